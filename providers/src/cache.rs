@@ -1,0 +1,178 @@
+//! The only cache in the broker: issuers' discovery documents and key sets. Never decisions,
+//! never replay state.
+//!
+//! - Loading is single-flight per provider (moka's per-key `and_compute_with` lock): a thousand
+//!   concurrent requests for a cold or rotated issuer cause one fetch.
+//! - Freshness is judged by the `now` the caller passes (the broker's injected clock), never by
+//!   moka's own timers, so tests drive time without sleeping.
+//! - A key set is fresh for `Cache-Control: max-age` clamped to `[min_ttl, max_ttl]`
+//!   (`default_ttl` without one). An unknown `kid` or an expired set triggers a refetch, at most
+//!   one attempt per `refresh_cooldown` per provider, whatever the traffic.
+//! - When refetching fails, the last good keys keep serving until `stale_window` past their
+//!   freshness; after that the provider fails closed (`KeysUnavailable`).
+
+use crate::error::VerifyError;
+use crate::fetch::{self, FetchError, FetchLimits};
+use crate::jwks::KeySet;
+use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Cache timings, seconds.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub default_ttl: u64,
+    pub min_ttl: u64,
+    pub max_ttl: u64,
+    pub refresh_cooldown: u64,
+    pub stale_window: u64,
+    pub limits: FetchLimits,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings { default_ttl: 300, min_ttl: 60, max_ttl: 86_400, refresh_cooldown: 30, stale_window: 3_600, limits: FetchLimits::default() }
+    }
+}
+
+/// Where a provider's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// OIDC discovery at the issuer, then its `jwks_uri`.
+    Discovery { issuer: String, jwks_hosts: Vec<String> },
+    /// A JWKS URL given in config (skips discovery).
+    JwksUrl { issuer: String, url: url::Url },
+    /// Keys pinned from a file or built in; never refetched.
+    Pinned(Arc<KeySet>),
+}
+
+#[derive(Debug)]
+struct Snapshot {
+    keys: Option<Arc<KeySet>>,
+    /// When `keys` were fetched (broker clock).
+    fetched_at: i64,
+    ttl: u64,
+    last_attempt: i64,
+    last_error: Option<String>,
+}
+
+impl Snapshot {
+    fn needs_refresh(&self, kid: Option<&str>, now: i64) -> bool {
+        match &self.keys {
+            None => true,
+            Some(k) => now - self.fetched_at >= self.ttl as i64 || kid.is_some_and(|kid| !k.has_kid(kid)),
+        }
+    }
+    fn may_attempt(&self, now: i64, s: &CacheSettings) -> bool {
+        now - self.last_attempt >= s.refresh_cooldown as i64 || now < self.last_attempt
+    }
+    fn usable(&self, now: i64, s: &CacheSettings) -> Result<Arc<KeySet>, VerifyError> {
+        match &self.keys {
+            Some(k) if now - self.fetched_at < (self.ttl + s.stale_window) as i64 => Ok(k.clone()),
+            Some(_) => Err(VerifyError::KeysUnavailable(format!(
+                "keys older than the stale window; last refresh: {}",
+                self.last_error.as_deref().unwrap_or("none")
+            ))),
+            None => Err(VerifyError::KeysUnavailable(self.last_error.clone().unwrap_or_else(|| "never fetched".into()))),
+        }
+    }
+}
+
+/// Keys of every provider, shared by all requests.
+pub struct KeyCache {
+    cache: Cache<String, Arc<Snapshot>>,
+    http: reqwest::Client,
+    settings: CacheSettings,
+    fetches: AtomicU64,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl KeyCache {
+    pub fn new(settings: CacheSettings, http: reqwest::Client) -> Self {
+        KeyCache { cache: Cache::builder().max_capacity(10_000).build(), http, settings, fetches: AtomicU64::new(0) }
+    }
+
+    /// How many fetch rounds (discovery + JWKS) this cache has started.
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
+    /// The key set to verify a token with `kid` from `provider`, refetching when the rules allow.
+    pub async fn keys_for(&self, provider: &str, source: &KeySource, kid: Option<&str>, now: i64) -> Result<Arc<KeySet>, VerifyError> {
+        if let KeySource::Pinned(keys) = source {
+            return Ok(keys.clone());
+        }
+        let s = &self.settings;
+        if let Some(snap) = self.cache.get(provider).await {
+            if !snap.needs_refresh(kid, now) || !snap.may_attempt(now, s) {
+                return snap.usable(now, s);
+            }
+        }
+        let result = self
+            .cache
+            .entry(provider.to_owned())
+            .and_compute_with(|existing| async move {
+                let existing = existing.map(|e| e.into_value());
+                // Re-check under the per-provider lock: another request may have just refreshed.
+                if let Some(snap) = &existing {
+                    if !snap.needs_refresh(kid, now) || !snap.may_attempt(now, s) {
+                        return Op::Nop;
+                    }
+                }
+                self.fetches.fetch_add(1, Ordering::Relaxed);
+                let fetched = self.fetch(source).await;
+                let next = match (fetched, existing) {
+                    (Ok((keys, max_age)), _) => Snapshot {
+                        keys: Some(Arc::new(keys)),
+                        fetched_at: now,
+                        ttl: max_age.unwrap_or(s.default_ttl).clamp(s.min_ttl, s.max_ttl),
+                        last_attempt: now,
+                        last_error: None,
+                    },
+                    (Err(e), Some(old)) => {
+                        tracing::warn!(provider, error = %e, "issuer key refresh failed");
+                        Snapshot { keys: old.keys.clone(), fetched_at: old.fetched_at, ttl: old.ttl, last_attempt: now, last_error: Some(e.to_string()) }
+                    }
+                    (Err(e), None) => {
+                        tracing::warn!(provider, error = %e, "issuer key fetch failed");
+                        Snapshot { keys: None, fetched_at: 0, ttl: 0, last_attempt: now, last_error: Some(e.to_string()) }
+                    }
+                };
+                Op::Put(Arc::new(next))
+            })
+            .await;
+        match result {
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => e.into_value().usable(now, s),
+            CompResult::Removed(_) | CompResult::StillNone(_) => Err(VerifyError::KeysUnavailable("key cache entry vanished".into())),
+        }
+    }
+
+    async fn fetch(&self, source: &KeySource) -> Result<(KeySet, Option<u64>), FetchError> {
+        let limits = &self.settings.limits;
+        let (issuer, jwks_url) = match source {
+            KeySource::Pinned(_) => return Err(FetchError::JwksUriRejected("pinned keys are never fetched".into())),
+            KeySource::Discovery { issuer, jwks_hosts } => {
+                let (_, url) = fetch::discover(&self.http, issuer, jwks_hosts, limits).await?;
+                (issuer, url)
+            }
+            KeySource::JwksUrl { issuer, url } => (issuer, url.clone()),
+        };
+        let fetched = fetch::get_capped(&self.http, &jwks_url, limits).await?;
+        let keys = KeySet::from_json(&fetched.body)
+            .map_err(|e| FetchError::Document { url: jwks_url.to_string(), cause: e.to_string() })?;
+        for ignored in keys.ignored() {
+            tracing::info!(issuer = %issuer, kid = ?ignored.kid.as_deref().map(|k| crate::error::escape_untrusted(k, 64)), reason = ignored.reason, "jwks key ignored");
+        }
+        Ok((keys, fetched.max_age))
+    }
+}
