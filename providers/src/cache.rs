@@ -32,7 +32,14 @@ pub struct CacheSettings {
 
 impl Default for CacheSettings {
     fn default() -> Self {
-        CacheSettings { default_ttl: 300, min_ttl: 60, max_ttl: 86_400, refresh_cooldown: 30, stale_window: 3_600, limits: FetchLimits::default() }
+        CacheSettings {
+            default_ttl: 300,
+            min_ttl: 60,
+            max_ttl: 86_400,
+            refresh_cooldown: 30,
+            stale_window: 3_600,
+            limits: FetchLimits::default(),
+        }
     }
 }
 
@@ -40,7 +47,10 @@ impl Default for CacheSettings {
 #[derive(Debug, Clone)]
 pub enum KeySource {
     /// OIDC discovery at the issuer, then its `jwks_uri`.
-    Discovery { issuer: String, jwks_hosts: Vec<String> },
+    Discovery {
+        issuer: String,
+        jwks_hosts: Vec<String>,
+    },
     /// A JWKS URL given in config (skips discovery).
     JwksUrl { issuer: String, url: url::Url },
     /// Keys pinned from a file or built in; never refetched.
@@ -61,7 +71,9 @@ impl Snapshot {
     fn needs_refresh(&self, kid: Option<&str>, now: i64) -> bool {
         match &self.keys {
             None => true,
-            Some(k) => now - self.fetched_at >= self.ttl as i64 || kid.is_some_and(|kid| !k.has_kid(kid)),
+            Some(k) => {
+                now - self.fetched_at >= self.ttl as i64 || kid.is_some_and(|kid| !k.has_kid(kid))
+            }
         }
     }
     fn may_attempt(&self, now: i64, s: &CacheSettings) -> bool {
@@ -74,7 +86,11 @@ impl Snapshot {
                 "keys older than the stale window; last refresh: {}",
                 self.last_error.as_deref().unwrap_or("none")
             ))),
-            None => Err(VerifyError::KeysUnavailable(self.last_error.clone().unwrap_or_else(|| "never fetched".into()))),
+            None => Err(VerifyError::KeysUnavailable(
+                self.last_error
+                    .clone()
+                    .unwrap_or_else(|| "never fetched".into()),
+            )),
         }
     }
 }
@@ -89,13 +105,20 @@ pub struct KeyCache {
 
 impl std::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyCache").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("KeyCache")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
 impl KeyCache {
     pub fn new(settings: CacheSettings, http: reqwest::Client) -> Self {
-        KeyCache { cache: Cache::builder().max_capacity(10_000).build(), http, settings, fetches: AtomicU64::new(0) }
+        KeyCache {
+            cache: Cache::builder().max_capacity(10_000).build(),
+            http,
+            settings,
+            fetches: AtomicU64::new(0),
+        }
     }
 
     /// How many fetch rounds (discovery + JWKS) this cache has started.
@@ -108,7 +131,13 @@ impl KeyCache {
     }
 
     /// The key set to verify a token with `kid` from `provider`, refetching when the rules allow.
-    pub async fn keys_for(&self, provider: &str, source: &KeySource, kid: Option<&str>, now: i64) -> Result<Arc<KeySet>, VerifyError> {
+    pub async fn keys_for(
+        &self,
+        provider: &str,
+        source: &KeySource,
+        kid: Option<&str>,
+        now: i64,
+    ) -> Result<Arc<KeySet>, VerifyError> {
         if let KeySource::Pinned(keys) = source {
             return Ok(keys.clone());
         }
@@ -141,26 +170,46 @@ impl KeyCache {
                     },
                     (Err(e), Some(old)) => {
                         tracing::warn!(provider, error = %e, "issuer key refresh failed");
-                        Snapshot { keys: old.keys.clone(), fetched_at: old.fetched_at, ttl: old.ttl, last_attempt: now, last_error: Some(e.to_string()) }
+                        Snapshot {
+                            keys: old.keys.clone(),
+                            fetched_at: old.fetched_at,
+                            ttl: old.ttl,
+                            last_attempt: now,
+                            last_error: Some(e.to_string()),
+                        }
                     }
                     (Err(e), None) => {
                         tracing::warn!(provider, error = %e, "issuer key fetch failed");
-                        Snapshot { keys: None, fetched_at: 0, ttl: 0, last_attempt: now, last_error: Some(e.to_string()) }
+                        Snapshot {
+                            keys: None,
+                            fetched_at: 0,
+                            ttl: 0,
+                            last_attempt: now,
+                            last_error: Some(e.to_string()),
+                        }
                     }
                 };
                 Op::Put(Arc::new(next))
             })
             .await;
         match result {
-            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => e.into_value().usable(now, s),
-            CompResult::Removed(_) | CompResult::StillNone(_) => Err(VerifyError::KeysUnavailable("key cache entry vanished".into())),
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
+                e.into_value().usable(now, s)
+            }
+            CompResult::Removed(_) | CompResult::StillNone(_) => Err(VerifyError::KeysUnavailable(
+                "key cache entry vanished".into(),
+            )),
         }
     }
 
     async fn fetch(&self, source: &KeySource) -> Result<(KeySet, Option<u64>), FetchError> {
         let limits = &self.settings.limits;
         let (issuer, jwks_url) = match source {
-            KeySource::Pinned(_) => return Err(FetchError::JwksUriRejected("pinned keys are never fetched".into())),
+            KeySource::Pinned(_) => {
+                return Err(FetchError::JwksUriRejected(
+                    "pinned keys are never fetched".into(),
+                ));
+            }
             KeySource::Discovery { issuer, jwks_hosts } => {
                 let (_, url) = fetch::discover(&self.http, issuer, jwks_hosts, limits).await?;
                 (issuer, url)
@@ -168,8 +217,10 @@ impl KeyCache {
             KeySource::JwksUrl { issuer, url } => (issuer, url.clone()),
         };
         let fetched = fetch::get_capped(&self.http, &jwks_url, limits).await?;
-        let keys = KeySet::from_json(&fetched.body)
-            .map_err(|e| FetchError::Document { url: jwks_url.to_string(), cause: e.to_string() })?;
+        let keys = KeySet::from_json(&fetched.body).map_err(|e| FetchError::Document {
+            url: jwks_url.to_string(),
+            cause: e.to_string(),
+        })?;
         for ignored in keys.ignored() {
             tracing::info!(issuer = %issuer, kid = ?ignored.kid.as_deref().map(|k| crate::error::escape_untrusted(k, 64)), reason = ignored.reason, "jwks key ignored");
         }

@@ -46,7 +46,9 @@ impl Check {
     pub fn describe(self) -> &'static str {
         match self {
             Check::Size => "token within the size limit",
-            Check::Structure => "compact JWS: three strict base64url segments, JSON objects, no duplicate members",
+            Check::Structure => {
+                "compact JWS: three strict base64url segments, JSON objects, no duplicate members"
+            }
             Check::Algorithm => "alg on the provider's allow-list (never none or HS*)",
             Check::Header => "no crit or b64 extension, typ is JWT if present, kid well-formed",
             Check::Issuer => "iss equals the configured issuer exactly",

@@ -31,7 +31,10 @@ pub struct UntrustedJws<'a> {
 
 /// Decodes one segment: unpadded base64url only, canonical (no stray trailing bits).
 pub fn b64url_strict(seg: &str) -> Result<Vec<u8>, VerifyError> {
-    if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if !seg
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(VerifyError::Malformed(Malformed::Charset));
     }
     URL_SAFE_NO_PAD
@@ -57,7 +60,10 @@ pub fn parse_claims(payload: &[u8]) -> Result<Map<String, Value>, VerifyError> {
     strict_object(payload, Malformed::PayloadJson)
 }
 
-fn header_str<'h>(h: &'h Map<String, Value>, name: &'static str) -> Result<Option<&'h str>, VerifyError> {
+fn header_str<'h>(
+    h: &'h Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<&'h str>, VerifyError> {
     match h.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -67,7 +73,9 @@ fn header_str<'h>(h: &'h Map<String, Value>, name: &'static str) -> Result<Optio
 
 /// Maps a header `alg` to an algorithm, exactly (case-sensitive), or refuses it.
 pub fn parse_alg(alg: &str, allowed: &[Algorithm]) -> Result<Algorithm, VerifyError> {
-    let refused = || VerifyError::AlgNotAllowed { alg: crate::error::escape_untrusted(alg, 32) };
+    let refused = || VerifyError::AlgNotAllowed {
+        alg: crate::error::escape_untrusted(alg, 32),
+    };
     let a = match alg {
         "RS256" => Algorithm::RS256,
         "RS384" => Algorithm::RS384,
@@ -82,17 +90,29 @@ pub fn parse_alg(alg: &str, allowed: &[Algorithm]) -> Result<Algorithm, VerifyEr
         // are refused here, whatever the provider's allow-list says.
         _ => return Err(refused()),
     };
-    if allowed.contains(&a) { Ok(a) } else { Err(refused()) }
+    if allowed.contains(&a) {
+        Ok(a)
+    } else {
+        Err(refused())
+    }
 }
 
 impl<'a> UntrustedJws<'a> {
     /// Runs the size, structure, algorithm and header checks on a compact JWS.
-    pub fn parse(token: &'a str, max_bytes: usize, allowed: &[Algorithm]) -> Result<Self, VerifyError> {
+    pub fn parse(
+        token: &'a str,
+        max_bytes: usize,
+        allowed: &[Algorithm],
+    ) -> Result<Self, VerifyError> {
         if token.len() > max_bytes {
-            return Err(VerifyError::TokenTooLarge { size: token.len(), max: max_bytes });
+            return Err(VerifyError::TokenTooLarge {
+                size: token.len(),
+                max: max_bytes,
+            });
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(VerifyError::Malformed(if token.split('.').count() == 5 {
                 Malformed::Jwe
@@ -112,8 +132,9 @@ impl<'a> UntrustedJws<'a> {
         if header.contains_key("enc") || header.contains_key("zip") {
             return Err(VerifyError::Malformed(Malformed::Jwe));
         }
-        let alg_name = header_str(&header, "alg")?
-            .ok_or(VerifyError::AlgNotAllowed { alg: "(missing)".into() })?;
+        let alg_name = header_str(&header, "alg")?.ok_or(VerifyError::AlgNotAllowed {
+            alg: "(missing)".into(),
+        })?;
         let alg = parse_alg(alg_name, allowed)?;
         // We implement no JWS extension, so any `crit` (even empty, which RFC 7515 forbids) and
         // the b64 extension are refused rather than ignored.
@@ -123,18 +144,31 @@ impl<'a> UntrustedJws<'a> {
         if let Some(typ) = header_str(&header, "typ")? {
             let t = typ.to_ascii_lowercase();
             if t != "jwt" && t != "application/jwt" {
-                return Err(VerifyError::TypNotAllowed { typ: crate::error::escape_untrusted(typ, 32) });
+                return Err(VerifyError::TypNotAllowed {
+                    typ: crate::error::escape_untrusted(typ, 32),
+                });
             }
         }
         let kid = match header_str(&header, "kid")? {
             None => None,
-            Some(k) if k.is_empty() || k.len() > MAX_KID_LEN || !k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Some(k)
+                if k.is_empty()
+                    || k.len() > MAX_KID_LEN
+                    || !k.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
                 return Err(VerifyError::KidInvalid);
             }
             Some(k) => Some(k.to_owned()),
         };
         let signing_input = &token[..h.len() + 1 + p.len()];
-        Ok(UntrustedJws { signing_input, signature_b64: s, header, alg, kid, payload })
+        Ok(UntrustedJws {
+            signing_input,
+            signature_b64: s,
+            header,
+            alg,
+            kid,
+            payload,
+        })
     }
 }
 
@@ -153,10 +187,15 @@ mod tests {
 
     #[test]
     fn none_in_every_spelling_and_hmac_are_refused() {
-        for alg in ["none", "None", "NONE", "nOnE", "HS256", "HS512", "rs256", ""] {
+        for alg in [
+            "none", "None", "NONE", "nOnE", "HS256", "HS512", "rs256", "",
+        ] {
             let t = tok(&format!(r#"{{"alg":"{alg}"}}"#), "{}");
             assert!(
-                matches!(UntrustedJws::parse(&t, 16384, ALLOWED), Err(VerifyError::AlgNotAllowed { .. })),
+                matches!(
+                    UntrustedJws::parse(&t, 16384, ALLOWED),
+                    Err(VerifyError::AlgNotAllowed { .. })
+                ),
                 "{alg}"
             );
         }
@@ -191,20 +230,40 @@ mod tests {
 
     #[test]
     fn crit_typ_kid_and_duplicates() {
-        for h in [r#"{"alg":"RS256","crit":["exp"]}"#, r#"{"alg":"RS256","crit":[]}"#, r#"{"alg":"RS256","b64":false,"crit":["b64"]}"#] {
-            assert_eq!(UntrustedJws::parse(&tok(h, "{}"), 16384, ALLOWED).err(), Some(VerifyError::CritUnsupported));
+        for h in [
+            r#"{"alg":"RS256","crit":["exp"]}"#,
+            r#"{"alg":"RS256","crit":[]}"#,
+            r#"{"alg":"RS256","b64":false,"crit":["b64"]}"#,
+        ] {
+            assert_eq!(
+                UntrustedJws::parse(&tok(h, "{}"), 16384, ALLOWED).err(),
+                Some(VerifyError::CritUnsupported)
+            );
         }
         for typ in ["at+jwt", "dpop+jwt", "logout+jwt", "secevent+jwt"] {
             let t = tok(&format!(r#"{{"alg":"RS256","typ":"{typ}"}}"#), "{}");
-            assert!(matches!(UntrustedJws::parse(&t, 16384, ALLOWED), Err(VerifyError::TypNotAllowed { .. })));
+            assert!(matches!(
+                UntrustedJws::parse(&t, 16384, ALLOWED),
+                Err(VerifyError::TypNotAllowed { .. })
+            ));
         }
-        assert!(UntrustedJws::parse(&tok(r#"{"alg":"RS256","typ":"JWT"}"#, "{}"), 16384, ALLOWED).is_ok());
+        assert!(
+            UntrustedJws::parse(&tok(r#"{"alg":"RS256","typ":"JWT"}"#, "{}"), 16384, ALLOWED)
+                .is_ok()
+        );
         let long = "k".repeat(4096);
         for kid in ["", "a\\u0000b", "a\\r\\nb", long.as_str()] {
             let t = tok(&format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#), "{}");
-            assert_eq!(UntrustedJws::parse(&t, 1 << 20, ALLOWED).err(), Some(VerifyError::KidInvalid), "{kid}");
+            assert_eq!(
+                UntrustedJws::parse(&t, 1 << 20, ALLOWED).err(),
+                Some(VerifyError::KidInvalid),
+                "{kid}"
+            );
         }
         let t = tok(r#"{"alg":"RS256","alg":"none"}"#, "{}");
-        assert_eq!(UntrustedJws::parse(&t, 16384, ALLOWED).err(), Some(VerifyError::DuplicateMember("alg".into())));
+        assert_eq!(
+            UntrustedJws::parse(&t, 16384, ALLOWED).err(),
+            Some(VerifyError::DuplicateMember("alg".into()))
+        );
     }
 }

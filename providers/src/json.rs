@@ -147,8 +147,17 @@ mod tests {
     fn non_objects_deep_nesting_and_huge_numbers_are_refused() {
         assert_eq!(parse_object(b"[1]"), Err(StrictJsonError::NotAnObject));
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(matches!(parse_object(deep.as_bytes()), Err(StrictJsonError::Syntax(_))));
-        assert!(matches!(parse_object(br#"{"exp":1e400}"#), Err(StrictJsonError::Syntax(_))));
-        assert!(matches!(parse_object(br#"{"a":1} x"#), Err(StrictJsonError::Syntax(_))));
+        assert!(matches!(
+            parse_object(deep.as_bytes()),
+            Err(StrictJsonError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse_object(br#"{"exp":1e400}"#),
+            Err(StrictJsonError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse_object(br#"{"a":1} x"#),
+            Err(StrictJsonError::Syntax(_))
+        ));
     }
 }

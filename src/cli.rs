@@ -1,0 +1,477 @@
+//! The command line. Exit codes: 0 ok (or allow), 1 runtime failure, 2 usage or config error,
+//! 3 denied (`explain`) or findings (`check`, `audit verify`).
+
+use crate::audit::AuditLog;
+use crate::clock::{Clock, FixedClock, SystemClock, rfc3339};
+use crate::config::{Config, StateBackend};
+use crate::exchange::{Broker, ExchangeRequest, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, Trace};
+use crate::minting::jwt::BrokerSigner;
+use crate::secret::SubjectToken;
+use crate::state::memory::MemoryStore;
+use clap::{Parser, Subcommand, ValueEnum};
+use ephemera_providers::KeyCache;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_DENY: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ephemera",
+    version,
+    about = "Workload identity federation broker: platform assertions in, short-lived credentials out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TokenTypeArg {
+    /// An OIDC ID token (JWT)
+    IdToken,
+    /// A JWT
+    Jwt,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker with a config file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the broker on embedded defaults with a demo issuer (NOT for production).
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Explain the decision the server would take on a token for a role (nothing is marked used).
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        token_file: PathBuf,
+        #[arg(long, value_enum, default_value = "id-token")]
+        token_type: TokenTypeArg,
+        /// Evaluate at this UNIX time instead of now.
+        #[arg(long)]
+        at: Option<i64>,
+        /// Print the trace as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load and check a config; print every problem.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check an audit log's hash chain.
+    Verify { file: PathBuf },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+/// Builds a broker from a checked config.
+pub fn build_broker(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    audit: Option<AuditLog>,
+    signer: Option<BrokerSigner>,
+) -> Result<Broker, String> {
+    let signer = match (signer, &config.server.signing_key_file) {
+        (Some(s), _) => s,
+        (None, Some(path)) => BrokerSigner::from_pem_file(path).map_err(|e| e.to_string())?,
+        (None, None) => {
+            tracing::warn!(
+                "no server.signing_key_file: using a generated key; broker tokens stop verifying when the process exits"
+            );
+            BrokerSigner::generate().map_err(|e| e.to_string())?
+        }
+    };
+    let http = ephemera_providers::fetch::http_client(&config.cache.limits)?;
+    let keys = KeyCache::new(config.cache.clone(), http);
+    let state: Arc<dyn crate::state::StateStore> = match config.state {
+        StateBackend::Memory { max_entries } => Arc::new(MemoryStore::new(max_entries)),
+    };
+    Ok(Broker {
+        config: Arc::new(config),
+        keys,
+        state,
+        audit,
+        signer,
+        clock,
+    })
+}
+
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config } => {
+            init_tracing(true);
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            serve(config, None, None).await
+        }
+        Command::Dev { listen } => {
+            init_tracing(false);
+            dev(&listen).await
+        }
+        Command::Explain {
+            config,
+            role,
+            token_file,
+            token_type,
+            at,
+            json,
+        } => {
+            init_tracing(false);
+            explain(&config, role, &token_file, token_type, at, json).await
+        }
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "ok: {} provider(s), {} role(s)",
+                    c.providers.len(),
+                    c.roles.len()
+                );
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => match crate::audit::verify_chain(&file) {
+            Ok(n) => {
+                println!("ok: {n} records, hash chain intact");
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                eprintln!("audit log {}: {e}", file.display());
+                ExitCode::from(EXIT_DENY)
+            }
+        },
+    }
+}
+
+async fn serve(
+    config: Config,
+    extra: Option<(crate::dev::DemoIssuer, Arc<dyn Clock>)>,
+    listener: Option<tokio::net::TcpListener>,
+) -> ExitCode {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let audit = match AuditLog::open(&config.audit_path) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: audit log {}: {e}", config.audit_path.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let listen = config.server.listen;
+    let (hrt, rt, drain) = (
+        config.server.header_read_timeout,
+        config.server.request_timeout,
+        Duration::from_secs(30),
+    );
+    let broker = match build_broker(config, clock, Some(audit), None) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let listener = match listener {
+        Some(l) => l,
+        None => match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {listen}: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
+    };
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(listen = %local, issuer = %broker.config.server.issuer, kid = %broker.signer.kid(), roles = broker.config.roles.len(), "ephemera serving");
+    let extra = extra.map(|(d, c)| crate::dev::routes(d, c));
+    match crate::server::serve(
+        listener,
+        crate::server::router(broker, extra),
+        hrt,
+        rt,
+        drain,
+    )
+    .await
+    {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn dev(listen: &str) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let base = format!("http://{addr}");
+    let demo = match BrokerSigner::generate() {
+        Ok(s) => crate::dev::DemoIssuer {
+            issuer: format!("{base}/demo"),
+            signer: s,
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("ephemera-dev-{}", std::process::id()));
+    let jwks_file = dir.join("demo-jwks.json");
+    let audit = dir.join("audit.jsonl");
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&jwks_file, demo.signer.jwks().to_string()));
+    if let Err(e) = written {
+        eprintln!("error: {}: {e}", dir.display());
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let text = crate::dev::config_toml(&addr.to_string(), &base, &demo.issuer, &jwks_file, &audit);
+    let config = match toml::from_str(&text)
+        .map_err(|e| e.to_string())
+        .and_then(|raw| Config::from_raw(raw, &dir).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: dev config: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    eprintln!(
+        "\nephemera dev: DEVELOPMENT MODE - NOT FOR PRODUCTION. The demo issuer at {base}/demo signs any claims it is sent;\n\
+         state is in memory; keys are generated now and forgotten at exit. Audit log: {audit}\n\n\
+         Get a demo GitHub-Actions-shaped token and exchange it for a broker JWT (role `{role}`):\n\n  \
+         curl -s {base}/v1/token -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange -d subject_token_type=urn:ietf:params:oauth:token-type:id_token -d audience={role} --data-urlencode \"subject_token=$(curl -s -X POST {base}/demo/token)\"\n\n\
+         Try a token the role refuses (another branch):\n\n  \
+         curl -s {base}/v1/token -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange -d subject_token_type=urn:ietf:params:oauth:token-type:id_token -d audience={role} --data-urlencode \"subject_token=$(curl -s -X POST {base}/demo/token -d '{{\"ref\":\"refs/heads/dev\"}}')\"\n\n\
+         Broker JWKS: {base}/.well-known/jwks.json\n",
+        audit = audit.display(),
+        role = crate::dev::DEMO_ROLE,
+    );
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    serve(config, Some((demo, clock)), Some(listener)).await
+}
+
+async fn explain(
+    config: &Path,
+    role: String,
+    token_file: &Path,
+    token_type: TokenTypeArg,
+    at: Option<i64>,
+    json: bool,
+) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let token = match std::fs::read_to_string(token_file) {
+        Ok(t) => t.trim().to_owned(),
+        Err(e) => {
+            eprintln!("error: {}: {e}", token_file.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let clock: Arc<dyn Clock> = match at {
+        Some(t) => Arc::new(FixedClock(t)),
+        None => Arc::new(SystemClock),
+    };
+    let now = clock.now();
+    // explain never signs; a throwaway key keeps it from needing the server's key file.
+    let signer = match BrokerSigner::generate() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let broker = match build_broker(config, clock, None, Some(signer)) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let subject_token_type = match token_type {
+        TokenTypeArg::IdToken => TOKEN_TYPE_ID_TOKEN,
+        TokenTypeArg::Jwt => TOKEN_TYPE_JWT,
+    };
+    let req = ExchangeRequest {
+        subject_token: SubjectToken::new(token),
+        subject_token_type: subject_token_type.into(),
+        role,
+        requested_token_type: None,
+    };
+    let (trace, result) = broker.evaluate(&req, now).await;
+    let (allow, reason, description) = match &result {
+        Ok(_) => (true, None, None),
+        Err(e) => {
+            let r = e.response();
+            (false, Some(r.reason), Some(r.description))
+        }
+    };
+    if json {
+        let doc = serde_json::json!({
+            "decision": if allow { "allow" } else { "deny" },
+            "reason": reason,
+            "error_description": description,
+            "trace": trace,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        print_trace(&trace, allow, reason, description.as_deref());
+    }
+    ExitCode::from(if allow { EXIT_OK } else { EXIT_DENY })
+}
+
+fn print_trace(t: &Trace, allow: bool, reason: Option<&str>, description: Option<&str>) {
+    println!(
+        "role {} (provider {}, profile {})",
+        t.role,
+        t.provider.as_deref().unwrap_or("-"),
+        t.profile.unwrap_or("-")
+    );
+    println!("broker clock {} ({})", t.now, t.now_rfc3339);
+    if let Some(tok) = &t.token {
+        let nbf = tok
+            .not_before
+            .map_or_else(|| "-".to_owned(), |n| format!("{n} ({})", rfc3339(n)));
+        println!(
+            "token iss {} sub {} aud {}",
+            tok.issuer, tok.subject, tok.audience
+        );
+        println!(
+            "      iat {} ({}) nbf {} exp {} ({}) alg {} kid {}",
+            tok.issued_at,
+            rfc3339(tok.issued_at),
+            nbf,
+            tok.expires_at,
+            rfc3339(tok.expires_at),
+            tok.alg,
+            tok.kid.as_deref().unwrap_or("-")
+        );
+    }
+    if !t.checks.is_empty() {
+        println!("verification:");
+        for c in &t.checks {
+            let mark = match c.status {
+                "pass" => "pass",
+                "fail" => "FAIL",
+                _ => "  - ",
+            };
+            println!(
+                "  {mark}  {:<11} {}",
+                c.check.to_string(),
+                c.detail.as_deref().unwrap_or(c.description)
+            );
+        }
+    }
+    if let Some(w) = &t.workload {
+        println!("workload {} task {}", w.subject, w.task);
+    }
+    if let Some(d) = &t.decision {
+        println!("conditions:");
+        if d.conditions.is_empty() {
+            println!("  (none)");
+        }
+        for c in &d.conditions {
+            let got = c
+                .got
+                .as_deref()
+                .map_or_else(|| "(missing)".to_owned(), |g| format!("`{g}`"));
+            println!(
+                "  {}  {} = `{}`   got {}{}",
+                if c.pass { "pass" } else { "FAIL" },
+                c.claim,
+                c.expected,
+                got,
+                c.hint.map(|h| format!("   hint: {h}")).unwrap_or_default()
+            );
+        }
+    }
+    if let Some(l) = t.lifetime {
+        println!("credential lifetime {l}s");
+    }
+    match (allow, reason) {
+        (true, _) => println!("decision: ALLOW"),
+        (false, r) => println!(
+            "decision: DENY ({})\n  {}",
+            r.unwrap_or("-"),
+            description.unwrap_or("")
+        ),
+    }
+}

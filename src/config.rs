@@ -1,0 +1,617 @@
+//! Configuration in two stages: [`RawConfig`] is what TOML says (unknown keys refused), and
+//! [`Config`] is everything resolved, parsed and checked. Every problem is reported in one run,
+//! each naming its key; a config with any problem never starts a server.
+
+use crate::policy::{Condition, Role};
+use ephemera_providers::cache::{CacheSettings, KeySource};
+use ephemera_providers::fetch::{self, FetchLimits};
+use ephemera_providers::profile::Profile;
+use ephemera_providers::{Algorithm, KeySet, TokenRules};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    #[serde(default)]
+    pub state: RawState,
+    pub audit: RawAudit,
+    #[serde(default)]
+    pub jwks: RawJwks,
+    #[serde(default)]
+    pub providers: Vec<RawProvider>,
+    #[serde(default)]
+    pub roles: Vec<RawRole>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: String,
+    pub issuer: String,
+    pub signing_key_file: Option<PathBuf>,
+    pub max_body_size: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub backend: String,
+    pub max_entries: Option<usize>,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            backend: "memory".into(),
+            max_entries: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwks {
+    pub default_ttl: Option<String>,
+    pub min_ttl: Option<String>,
+    pub max_ttl: Option<String>,
+    pub refresh_cooldown: Option<String>,
+    pub stale_window: Option<String>,
+    pub fetch_timeout: Option<String>,
+    pub max_document_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub name: String,
+    pub profile: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_uri: Option<String>,
+    pub jwks_hosts: Option<Vec<String>>,
+    pub leeway: Option<String>,
+    pub max_token_lifetime: Option<String>,
+    pub max_token_age: Option<String>,
+    pub max_token_size: Option<usize>,
+    /// Accept an `http://` issuer that is not loopback. Only with `jwks_file` (nothing is
+    /// fetched), for replaying recorded tokens from such issuers.
+    #[serde(default)]
+    pub allow_insecure_issuer: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    pub name: String,
+    pub provider: String,
+    pub max_ttl: String,
+    #[serde(default)]
+    pub conditions: BTreeMap<String, toml::Value>,
+    pub credential: RawCredential,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RawCredential {
+    Jwt {
+        audience: String,
+    },
+    Aws {
+        role_arn: String,
+    },
+    Gcp {
+        service_account: String,
+        scopes: Option<Vec<String>>,
+    },
+}
+
+/// A configured identity provider, ready to verify.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub profile: Profile,
+    pub rules: TokenRules,
+    pub source: KeySource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateBackend {
+    Memory { max_entries: usize },
+}
+
+#[derive(Debug)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub issuer: String,
+    pub signing_key_file: Option<PathBuf>,
+    pub max_body_size: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// The checked configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub state: StateBackend,
+    pub audit_path: PathBuf,
+    pub cache: CacheSettings,
+    pub providers: Vec<Arc<Provider>>,
+    pub roles: HashMap<String, Arc<Role>>,
+}
+
+/// Every problem found in a config, each naming its key.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for e in &self.0 {
+            writeln!(f, "config error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses a duration like `15m`, `60s`, `1h`.
+pub fn parse_duration(key: &str, v: &str, errs: &mut Vec<String>) -> Option<Duration> {
+    match humantime::parse_duration(v) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            errs.push(format!("{key}: invalid duration `{v}` ({e})"));
+            None
+        }
+    }
+}
+
+fn opt_secs(key: &str, v: &Option<String>, default: u64, errs: &mut Vec<String>) -> u64 {
+    v.as_deref()
+        .and_then(|v| parse_duration(key, v, errs))
+        .map_or(default, |d| d.as_secs())
+}
+
+impl Config {
+    /// Reads and checks a config file. Relative paths in it are relative to the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| {
+            ConfigErrors(vec![format!(
+                "{}: {}",
+                path.display(),
+                e.to_string().trim()
+            )])
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_raw(raw, base)
+    }
+
+    /// Checks a parsed config; `base` resolves relative paths.
+    pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
+        let mut errs = Vec::new();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let listen = raw
+            .server
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| {
+                errs.push(format!(
+                    "server.listen: `{}` is not an address ({e})",
+                    raw.server.listen
+                ))
+            })
+            .ok();
+        if let Err(e) = fetch::validate_issuer(&raw.server.issuer) {
+            errs.push(format!("server.issuer: `{}` {e}", raw.server.issuer));
+        }
+        let server = ServerSettings {
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            issuer: raw.server.issuer.clone(),
+            signing_key_file: raw.server.signing_key_file.as_deref().map(resolve),
+            max_body_size: raw.server.max_body_size.unwrap_or(64 * 1024),
+            header_read_timeout: Duration::from_secs(opt_secs(
+                "server.header_read_timeout",
+                &raw.server.header_read_timeout,
+                10,
+                &mut errs,
+            )),
+            request_timeout: Duration::from_secs(opt_secs(
+                "server.request_timeout",
+                &raw.server.request_timeout,
+                30,
+                &mut errs,
+            )),
+        };
+
+        let state = match raw.state.backend.as_str() {
+            "memory" => StateBackend::Memory {
+                max_entries: raw.state.max_entries.unwrap_or(1_000_000),
+            },
+            "redis" => {
+                errs.push(
+                    "state.backend: `redis` is not available in this release (use `memory`)".into(),
+                );
+                StateBackend::Memory { max_entries: 0 }
+            }
+            other => {
+                errs.push(format!(
+                    "state.backend: unknown backend `{other}` (expected memory)"
+                ));
+                StateBackend::Memory { max_entries: 0 }
+            }
+        };
+
+        let j = &raw.jwks;
+        let defaults = CacheSettings::default();
+        let cache = CacheSettings {
+            default_ttl: opt_secs(
+                "jwks.default_ttl",
+                &j.default_ttl,
+                defaults.default_ttl,
+                &mut errs,
+            ),
+            min_ttl: opt_secs("jwks.min_ttl", &j.min_ttl, defaults.min_ttl, &mut errs),
+            max_ttl: opt_secs("jwks.max_ttl", &j.max_ttl, defaults.max_ttl, &mut errs),
+            refresh_cooldown: opt_secs(
+                "jwks.refresh_cooldown",
+                &j.refresh_cooldown,
+                defaults.refresh_cooldown,
+                &mut errs,
+            ),
+            stale_window: opt_secs(
+                "jwks.stale_window",
+                &j.stale_window,
+                defaults.stale_window,
+                &mut errs,
+            ),
+            limits: FetchLimits {
+                connect_timeout: Duration::from_secs(5),
+                total_timeout: Duration::from_secs(
+                    opt_secs("jwks.fetch_timeout", &j.fetch_timeout, 10, &mut errs).max(1),
+                ),
+                max_body_bytes: j.max_document_size.unwrap_or(100 * 1024),
+            },
+        };
+        if cache.min_ttl > cache.max_ttl {
+            errs.push("jwks.min_ttl: greater than jwks.max_ttl".into());
+        }
+
+        let mut providers: Vec<Arc<Provider>> = Vec::new();
+        for (i, p) in raw.providers.iter().enumerate() {
+            let key = format!("providers[{i}] (`{}`)", p.name);
+            if providers.iter().any(|q| q.name == p.name) {
+                errs.push(format!("{key}.name: duplicate provider name"));
+            }
+            if let Some(provider) = check_provider(&key, p, &server.issuer, &resolve, &mut errs) {
+                providers.push(Arc::new(provider));
+            }
+        }
+
+        let mut roles = HashMap::new();
+        for (i, r) in raw.roles.iter().enumerate() {
+            let key = format!("roles[{i}] (`{}`)", r.name);
+            if roles.contains_key(&r.name) {
+                errs.push(format!("{key}.name: duplicate role name"));
+            }
+            if r.name.is_empty()
+                || !r
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+            {
+                errs.push(format!(
+                    "{key}.name: use letters, digits and - _ . : / only"
+                ));
+            }
+            let provider = providers.iter().find(|p| p.name == r.provider).cloned();
+            if provider.is_none() && !raw.providers.iter().any(|p| p.name == r.provider) {
+                errs.push(format!(
+                    "{key}.provider: no provider named `{}`",
+                    r.provider
+                ));
+            }
+            let max_ttl = parse_duration(&format!("{key}.max_ttl"), &r.max_ttl, &mut errs);
+            if let Some(d) = max_ttl {
+                if d.as_secs() == 0 || d.as_secs() > 12 * 3600 {
+                    errs.push(format!("{key}.max_ttl: must be between 1s and 12h"));
+                }
+            }
+            let mut conditions = Vec::new();
+            for (claim, v) in &r.conditions {
+                match v {
+                    toml::Value::String(s) => conditions.push(Condition {
+                        claim: claim.clone(),
+                        expected: s.clone(),
+                    }),
+                    other => errs.push(format!(
+                        "{key}.conditions.{claim}: expected a string, got {}",
+                        other.type_str()
+                    )),
+                }
+            }
+            let credential = match &r.credential {
+                RawCredential::Jwt { audience } => {
+                    if audience.is_empty() {
+                        errs.push(format!("{key}.credential.audience: must not be empty"));
+                    }
+                    crate::policy::Credential::Jwt {
+                        audience: audience.clone(),
+                    }
+                }
+                RawCredential::Aws { .. } | RawCredential::Gcp { .. } => {
+                    errs.push(format!("{key}.credential.kind: cloud credentials are not available in this release (use `jwt`)"));
+                    continue;
+                }
+            };
+            if let (Some(provider), Some(max_ttl)) = (provider, max_ttl) {
+                roles.insert(
+                    r.name.clone(),
+                    Arc::new(Role {
+                        name: r.name.clone(),
+                        provider,
+                        max_ttl,
+                        conditions,
+                        credential,
+                    }),
+                );
+            }
+        }
+
+        if errs.is_empty() {
+            Ok(Config {
+                server,
+                state,
+                audit_path: resolve(&raw.audit.path),
+                cache,
+                providers,
+                roles,
+            })
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+}
+
+fn parse_algorithms(
+    key: &str,
+    names: &Option<Vec<String>>,
+    errs: &mut Vec<String>,
+) -> Vec<Algorithm> {
+    let Some(names) = names else {
+        return vec![Algorithm::RS256, Algorithm::ES256];
+    };
+    let all = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+    let mut out = Vec::new();
+    for n in names {
+        match ephemera_providers::jose::parse_alg(n, &all) {
+            Ok(a) => out.push(a),
+            Err(_) => errs.push(format!("{key}.algorithms: `{n}` is not allowed (asymmetric JWS algorithms only; never none or HS*)")),
+        }
+    }
+    if out.is_empty() {
+        errs.push(format!(
+            "{key}.algorithms: at least one algorithm is required"
+        ));
+    }
+    out
+}
+
+fn check_provider(
+    key: &str,
+    p: &RawProvider,
+    broker_issuer: &str,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    errs: &mut Vec<String>,
+) -> Option<Provider> {
+    let before = errs.len();
+    if p.name.is_empty() {
+        errs.push(format!("{key}.name: must not be empty"));
+    }
+    let profile = Profile::parse(&p.profile)
+        .map_err(|e| errs.push(format!("{key}.profile: {e}")))
+        .ok();
+    match fetch::validate_issuer(&p.issuer) {
+        Ok(_) => {}
+        Err(e)
+            if e.contains("http on a host") && p.allow_insecure_issuer && p.jwks_file.is_some() => {
+        }
+        Err(e) if e.contains("http on a host") && p.allow_insecure_issuer => {
+            errs.push(format!("{key}.allow_insecure_issuer: only allowed with jwks_file (nothing may be fetched over http) ({e})"));
+        }
+        Err(e) => errs.push(format!("{key}.issuer: `{}` {e}", p.issuer)),
+    }
+    if p.issuer.trim_end_matches('/') == broker_issuer.trim_end_matches('/') {
+        errs.push(format!("{key}.issuer: is the broker's own issuer; broker credentials can never be exchanged again"));
+    }
+    if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
+        errs.push(format!(
+            "{key}.audiences: at least one non-empty audience is required"
+        ));
+    }
+    let algorithms = parse_algorithms(key, &p.algorithms, errs);
+    let mut rules = TokenRules::new(p.issuer.clone(), p.audiences.clone());
+    rules.algorithms = algorithms;
+    rules.leeway = opt_secs(&format!("{key}.leeway"), &p.leeway, 60, errs);
+    if rules.leeway > 300 {
+        errs.push(format!("{key}.leeway: at most 5m"));
+    }
+    rules.max_lifetime = opt_secs(
+        &format!("{key}.max_token_lifetime"),
+        &p.max_token_lifetime,
+        rules.max_lifetime,
+        errs,
+    );
+    rules.max_age = opt_secs(
+        &format!("{key}.max_token_age"),
+        &p.max_token_age,
+        rules.max_age,
+        errs,
+    );
+    rules.max_token_bytes = p.max_token_size.unwrap_or(rules.max_token_bytes);
+    let source = match (&p.jwks_file, &p.jwks_uri) {
+        (Some(_), Some(_)) => {
+            errs.push(format!("{key}: set jwks_file or jwks_uri, not both"));
+            None
+        }
+        (Some(file), None) => {
+            let path = resolve(file);
+            match std::fs::read(&path) {
+                Err(e) => {
+                    errs.push(format!("{key}.jwks_file: {}: {e}", path.display()));
+                    None
+                }
+                Ok(bytes) => match KeySet::from_json(&bytes) {
+                    Ok(set) if set.keys().is_empty() => {
+                        errs.push(format!(
+                            "{key}.jwks_file: no usable key ({} ignored)",
+                            set.ignored().len()
+                        ));
+                        None
+                    }
+                    Ok(set) => Some(KeySource::Pinned(Arc::new(set))),
+                    Err(e) => {
+                        errs.push(format!("{key}.jwks_file: {e}"));
+                        None
+                    }
+                },
+            }
+        }
+        (None, Some(uri)) => match (url::Url::parse(uri), fetch::validate_issuer(&p.issuer)) {
+            (Ok(u), Ok(iss)) => {
+                match fetch::check_jwks_uri(&iss, &u, p.jwks_hosts.as_deref().unwrap_or(&[])) {
+                    Ok(()) => Some(KeySource::JwksUrl {
+                        issuer: p.issuer.clone(),
+                        url: u,
+                    }),
+                    Err(e) => {
+                        errs.push(format!("{key}.jwks_uri: {e}"));
+                        None
+                    }
+                }
+            }
+            (Err(e), _) => {
+                errs.push(format!("{key}.jwks_uri: {e}"));
+                None
+            }
+            (_, Err(_)) => None,
+        },
+        (None, None) => Some(KeySource::Discovery {
+            issuer: p.issuer.clone(),
+            jwks_hosts: p.jwks_hosts.clone().unwrap_or_default(),
+        }),
+    };
+    if errs.len() > before {
+        return None;
+    }
+    Some(Provider {
+        name: p.name.clone(),
+        profile: profile?,
+        rules,
+        source: source?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        Config::from_raw(raw, Path::new("."))
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+issuer = "https://broker.example.com"
+[audit]
+path = "audit.jsonl"
+[[providers]]
+name = "ci"
+profile = "oidc"
+issuer = "https://ci.example.com"
+audiences = ["https://broker.example.com"]
+[[roles]]
+name = "deploy"
+provider = "ci"
+max_ttl = "15m"
+conditions = { sub = "repo:acme/app:ref:refs/heads/main" }
+credential = { kind = "jwt", audience = "https://partner.example" }
+"#;
+
+    #[test]
+    fn good_config_loads() {
+        let c = load(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.roles["deploy"].max_ttl, Duration::from_secs(900));
+        assert!(matches!(c.providers[0].source, KeySource::Discovery { .. }));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let bad = GOOD
+            .replace("\"15m\"", "\"fifteen\"")
+            .replace("https://ci.example.com", "http://ci.example.com")
+            .replace("provider = \"ci\"", "provider = \"nope\"");
+        let errs = load(&bad).err().map(|e| e.0).unwrap_or_default();
+        let all = errs.join("\n");
+        assert!(all.contains("max_ttl: invalid duration `fifteen`"), "{all}");
+        assert!(all.contains("providers[0] (`ci`).issuer"), "{all}");
+        assert!(all.contains("provider: no provider named `nope`"), "{all}");
+    }
+
+    #[test]
+    fn unknown_keys_hmac_and_own_issuer_are_refused() {
+        assert!(load(&GOOD.replace("[audit]", "[audit]\ncolour = \"red\"")).is_err());
+        let hs = GOOD.replace("audiences = [", "algorithms = [\"HS256\"]\naudiences = [");
+        assert!(
+            load(&hs)
+                .err()
+                .map(|e| e.0.join(""))
+                .unwrap_or_default()
+                .contains("HS256")
+        );
+        let own = GOOD.replace("https://ci.example.com", "https://broker.example.com");
+        assert!(
+            load(&own)
+                .err()
+                .map(|e| e.0.join(""))
+                .unwrap_or_default()
+                .contains("broker's own issuer")
+        );
+    }
+}

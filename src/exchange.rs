@@ -1,0 +1,648 @@
+//! The exchange pipeline. [`Broker::evaluate`] runs verification, profile, policy and lifetime
+//! bounding and returns a [`Trace`] of every step; the server's [`Broker::exchange`] and the
+//! `explain` command both call it, so an explanation is the server's decision, not a re-creation.
+//! [`Broker::exchange`] then marks the assertion used, writes the durable audit record, and only
+//! then mints.
+
+use crate::audit::{AuditLog, AuditRecord, CredentialRecord};
+use crate::clock::{Clock, rfc3339};
+use crate::config::{Config, Provider};
+use crate::minting::jwt::{BrokerSigner, random_id};
+use crate::policy::{self, Credential, Decision, Role};
+use crate::secret::{IssuedCredential, SubjectToken};
+use crate::state::{Mark, StateError, StateStore};
+use ephemera_providers::profile::Workload;
+use ephemera_providers::verify::{check_claims, precheck, verify_jws_signature};
+use ephemera_providers::{CHECKS, Check, KeyCache, VerifiedToken, VerifyError};
+use serde::Serialize;
+use serde_json::json;
+use std::sync::Arc;
+
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// Attestation token types: recognised, but verified only once the attestation verifiers land.
+pub const ATTESTATION_TOKEN_TYPES: &[&str] = &[
+    "urn:ephemera:token-type:nitro-attestation",
+    "urn:ephemera:token-type:aws-ec2-iid",
+    "urn:ephemera:token-type:x509-pop",
+];
+
+/// Most form fields accepted in one request.
+pub const MAX_FORM_FIELDS: usize = 32;
+
+/// A token exchange request, as the form said it.
+#[derive(Debug)]
+pub struct ExchangeRequest {
+    pub subject_token: SubjectToken,
+    pub subject_token_type: String,
+    pub role: String,
+    pub requested_token_type: Option<String>,
+}
+
+/// A malformed request, before any token is looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestProblem {
+    Missing(&'static str),
+    Duplicate(String),
+    TooManyFields,
+    ConflictingTarget,
+    ActorUnsupported,
+    ActorIncomplete,
+    RequestedTypeUnsupported,
+    NotForm,
+}
+
+impl std::fmt::Display for RequestProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestProblem::Missing(p) => write!(f, "parameter `{p}` is required"),
+            RequestProblem::Duplicate(p) => write!(f, "parameter `{p}` appears more than once"),
+            RequestProblem::TooManyFields => write!(f, "more than {MAX_FORM_FIELDS} form fields"),
+            RequestProblem::ConflictingTarget => {
+                f.write_str("`audience` and `resource` name different roles")
+            }
+            RequestProblem::ActorUnsupported => {
+                f.write_str("delegation (`actor_token`) is not supported")
+            }
+            RequestProblem::ActorIncomplete => {
+                f.write_str("`actor_token` and `actor_token_type` must come together")
+            }
+            RequestProblem::RequestedTypeUnsupported => {
+                f.write_str("`requested_token_type` must be the jwt or access_token type")
+            }
+            RequestProblem::NotForm => {
+                f.write_str("body must be application/x-www-form-urlencoded")
+            }
+        }
+    }
+}
+
+/// Everything that ends an exchange without a credential. [`ExchangeError::response`] is the one
+/// place that maps each to an HTTP status, an OAuth error code and a reason slug.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("grant_type must be {GRANT_TOKEN_EXCHANGE}")]
+    UnsupportedGrantType,
+    #[error("{0}")]
+    InvalidRequest(RequestProblem),
+    #[error("subject_token_type `{0}` is not supported")]
+    UnsupportedTokenType(String),
+    #[error("no role `{0}`")]
+    UnknownRole(String),
+    #[error("{0}")]
+    Token(VerifyError),
+    #[error("{0}")]
+    Profile(VerifyError),
+    #[error("policy denied role `{role}`: {reasons}")]
+    Denied { role: String, reasons: String },
+    #[error("assertion has no lifetime left: exp {exp}, broker clock {now}")]
+    NoLifetimeLeft { exp: i64, now: i64 },
+    #[error("assertion already used")]
+    Replayed,
+    #[error("{0}")]
+    State(StateError),
+    #[error("{0}")]
+    Audit(String),
+    #[error("credential could not be minted; the assertion is spent, present a fresh one")]
+    Mint(String),
+}
+
+/// How an error is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorResponse {
+    pub status: u16,
+    /// RFC 6749 §5.2 / RFC 8693 §2.2.2 error code.
+    pub error: &'static str,
+    /// Stable reason slug, also in the audit record.
+    pub reason: &'static str,
+    /// `reason: detail`, RFC 6749 charset (no `"` or `\`), never a secret.
+    pub description: String,
+}
+
+/// Keeps to RFC 6749's error_description characters: printable ASCII except `"` and `\`.
+pub fn oauth_charset(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '"' => '`',
+            '\\' => '/',
+            c if (' '..='~').contains(&c) => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+impl ExchangeError {
+    pub fn response(&self) -> ErrorResponse {
+        let (status, error, reason) = match self {
+            ExchangeError::UnsupportedGrantType => {
+                (400, "unsupported_grant_type", "unsupported_grant_type")
+            }
+            ExchangeError::InvalidRequest(_) => (400, "invalid_request", "request_invalid"),
+            ExchangeError::UnsupportedTokenType(_) => {
+                (400, "invalid_request", "unsupported_token_type")
+            }
+            ExchangeError::UnknownRole(_) => (400, "invalid_target", "unknown_role"),
+            ExchangeError::Token(e) | ExchangeError::Profile(e) if e.is_unavailable() => {
+                (503, "temporarily_unavailable", e.slug())
+            }
+            ExchangeError::Token(e) | ExchangeError::Profile(e) => {
+                (400, "invalid_request", e.slug())
+            }
+            ExchangeError::Denied { .. } => (400, "invalid_target", "policy_denied"),
+            ExchangeError::NoLifetimeLeft { .. } => (400, "invalid_request", "token_expired"),
+            ExchangeError::Replayed => (400, "invalid_request", "token_replayed"),
+            ExchangeError::State(_) => (503, "temporarily_unavailable", "replay_store_unavailable"),
+            ExchangeError::Audit(_) => (503, "temporarily_unavailable", "audit_unavailable"),
+            ExchangeError::Mint(_) => (503, "temporarily_unavailable", "mint_failed"),
+        };
+        ErrorResponse {
+            status,
+            error,
+            reason,
+            description: oauth_charset(&format!("{reason}: {self}")),
+        }
+    }
+}
+
+/// Parses an RFC 8693 form body. Duplicate parameters are refused (a second `subject_token`
+/// must not mean something to one parser and nothing to another); unknown ones are ignored as
+/// RFC 6749 §3.2 requires.
+pub fn parse_form(body: &[u8]) -> Result<ExchangeRequest, ExchangeError> {
+    let bad = ExchangeError::InvalidRequest;
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        if fields.len() >= MAX_FORM_FIELDS {
+            return Err(bad(RequestProblem::TooManyFields));
+        }
+        if fields.iter().any(|(f, _)| *f == k) {
+            return Err(bad(RequestProblem::Duplicate(
+                ephemera_providers::error::escape_untrusted(&k, 32),
+            )));
+        }
+        fields.push((k.into_owned(), v.into_owned()));
+    }
+    let mut take = |name: &str| {
+        fields
+            .iter()
+            .position(|(k, _)| k == name)
+            .map(|i| fields.swap_remove(i).1)
+    };
+    let grant = take("grant_type").ok_or(bad(RequestProblem::Missing("grant_type")))?;
+    if grant != GRANT_TOKEN_EXCHANGE {
+        return Err(ExchangeError::UnsupportedGrantType);
+    }
+    let subject_token = take("subject_token")
+        .filter(|t| !t.is_empty())
+        .ok_or(bad(RequestProblem::Missing("subject_token")))?;
+    let subject_token = SubjectToken::new(subject_token);
+    let subject_token_type =
+        take("subject_token_type").ok_or(bad(RequestProblem::Missing("subject_token_type")))?;
+    match (take("actor_token"), take("actor_token_type")) {
+        (None, None) => {}
+        (Some(_), Some(_)) => return Err(bad(RequestProblem::ActorUnsupported)),
+        _ => return Err(bad(RequestProblem::ActorIncomplete)),
+    }
+    let role = match (
+        take("audience").filter(|s| !s.is_empty()),
+        take("resource").filter(|s| !s.is_empty()),
+    ) {
+        (Some(a), Some(r)) if a != r => return Err(bad(RequestProblem::ConflictingTarget)),
+        (Some(a), _) => a,
+        (None, Some(r)) => r,
+        (None, None) => return Err(bad(RequestProblem::Missing("audience"))),
+    };
+    let requested_token_type = take("requested_token_type");
+    if requested_token_type
+        .as_deref()
+        .is_some_and(|t| t != TOKEN_TYPE_JWT && t != TOKEN_TYPE_ACCESS_TOKEN)
+    {
+        return Err(bad(RequestProblem::RequestedTypeUnsupported));
+    }
+    Ok(ExchangeRequest {
+        subject_token,
+        subject_token_type,
+        role,
+        requested_token_type,
+    })
+}
+
+/// How one verification check fared.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckOutcome {
+    pub check: Check,
+    pub description: &'static str,
+    /// `pass`, `fail` or `not_reached`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The registered claims of a verified token, for people (never the token itself).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenSummary {
+    pub issuer: String,
+    pub subject: String,
+    pub audience: String,
+    pub issued_at: i64,
+    pub not_before: Option<i64>,
+    pub expires_at: i64,
+    pub alg: String,
+    pub kid: Option<String>,
+}
+
+/// Everything `evaluate` found, step by step.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Trace {
+    pub now: i64,
+    pub now_rfc3339: String,
+    pub role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<&'static str>,
+    pub checks: Vec<CheckOutcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    /// Seconds the credential would live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<i64>,
+}
+
+impl Trace {
+    fn record_checks(&mut self, failed: Option<&VerifyError>) {
+        let failed_at = failed.map(VerifyError::check);
+        let mut reached = true;
+        self.checks = CHECKS
+            .iter()
+            .map(|&c| {
+                let (status, detail) = if !reached {
+                    ("not_reached", None)
+                } else if Some(c) == failed_at {
+                    reached = false;
+                    ("fail", failed.map(ToString::to_string))
+                } else {
+                    ("pass", None)
+                };
+                CheckOutcome {
+                    check: c,
+                    description: c.describe(),
+                    status,
+                    detail,
+                }
+            })
+            .collect();
+    }
+}
+
+/// An exchange that passed every check and the policy, at `now`. Only [`Broker::evaluate`]
+/// makes one; minting requires it.
+#[derive(Debug)]
+pub struct Allowed {
+    pub role: Arc<Role>,
+    pub token: VerifiedToken,
+    pub workload: Workload,
+    pub lifetime: i64,
+    pub now: i64,
+}
+
+/// The RFC 8693 success response.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    #[serde(serialize_with = "expose_credential")]
+    pub access_token: IssuedCredential,
+    pub issued_token_type: &'static str,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+}
+
+fn expose_credential<S: serde::Serializer>(c: &IssuedCredential, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(c.expose())
+}
+
+/// The broker: configuration, key cache, state, audit, signer and clock.
+#[derive(Debug)]
+pub struct Broker {
+    pub config: Arc<Config>,
+    pub keys: KeyCache,
+    pub state: Arc<dyn StateStore>,
+    /// `None` for `explain`, which never grants: an exchange without an audit log fails closed.
+    pub audit: Option<AuditLog>,
+    pub signer: BrokerSigner,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Broker {
+    async fn verify(
+        &self,
+        provider: &Provider,
+        token: &SubjectToken,
+        now: i64,
+    ) -> Result<VerifiedToken, VerifyError> {
+        let untrusted = precheck(token.expose(), &provider.rules)?;
+        let keys = self
+            .keys
+            .keys_for(
+                &provider.name,
+                &provider.source,
+                untrusted.jws.kid.as_deref(),
+                now,
+            )
+            .await?;
+        let jws = verify_jws_signature(untrusted.jws, &keys)?;
+        check_claims(jws, untrusted.claims, &provider.rules, now)
+    }
+
+    /// Steps 1–6 of the exchange, without side effects: classify, verify, profile, decide, bound.
+    pub async fn evaluate(
+        &self,
+        req: &ExchangeRequest,
+        now: i64,
+    ) -> (Trace, Result<Allowed, ExchangeError>) {
+        let mut trace = Trace {
+            now,
+            now_rfc3339: rfc3339(now),
+            role: req.role.clone(),
+            ..Default::default()
+        };
+        let result = self.evaluate_into(req, now, &mut trace).await;
+        (trace, result)
+    }
+
+    async fn evaluate_into(
+        &self,
+        req: &ExchangeRequest,
+        now: i64,
+        trace: &mut Trace,
+    ) -> Result<Allowed, ExchangeError> {
+        match req.subject_token_type.as_str() {
+            TOKEN_TYPE_ID_TOKEN | TOKEN_TYPE_JWT => {}
+            t => {
+                return Err(ExchangeError::UnsupportedTokenType(
+                    ephemera_providers::error::escape_untrusted(t, 80),
+                ));
+            }
+        }
+        let role = self.config.roles.get(&req.role).cloned().ok_or_else(|| {
+            ExchangeError::UnknownRole(ephemera_providers::error::escape_untrusted(&req.role, 64))
+        })?;
+        let provider = role.provider.clone();
+        trace.provider = Some(provider.name.clone());
+        trace.profile = Some(provider.profile.name());
+        let verified = self.verify(&provider, &req.subject_token, now).await;
+        trace.record_checks(verified.as_ref().err());
+        let token = verified.map_err(ExchangeError::Token)?;
+        trace.token = Some(TokenSummary {
+            issuer: token.issuer.clone(),
+            subject: token.subject.clone(),
+            audience: token.audience.clone(),
+            issued_at: token.issued_at,
+            not_before: token.not_before,
+            expires_at: token.expires_at,
+            alg: format!("{:?}", token.alg),
+            kid: token.kid.clone(),
+        });
+        let workload = provider
+            .profile
+            .workload(&token)
+            .map_err(ExchangeError::Profile)?;
+        trace.workload = Some(workload.clone());
+        let decision = policy::decide(&role, &token.claims);
+        trace.decision = Some(decision.clone());
+        if !decision.allow {
+            return Err(ExchangeError::Denied {
+                role: role.name.clone(),
+                reasons: decision.reasons(),
+            });
+        }
+        let lifetime = (role.max_ttl.as_secs() as i64).min(token.expires_at - now);
+        trace.lifetime = Some(lifetime.max(0));
+        if lifetime <= 0 {
+            return Err(ExchangeError::NoLifetimeLeft {
+                exp: token.expires_at,
+                now,
+            });
+        }
+        Ok(Allowed {
+            role,
+            token,
+            workload,
+            lifetime,
+            now,
+        })
+    }
+
+    /// The whole exchange: evaluate now, mark the assertion used, audit durably, mint, answer.
+    pub async fn exchange(
+        &self,
+        req: Result<ExchangeRequest, ExchangeError>,
+        request_id: &str,
+    ) -> Result<TokenResponse, ErrorResponse> {
+        let now = self.clock.now();
+        let decision_id = random_id(12);
+        let mut rec = AuditRecord {
+            time: rfc3339(now),
+            ts: now,
+            request_id: request_id.to_owned(),
+            decision_id: decision_id.clone(),
+            ..Default::default()
+        };
+        let outcome = match req {
+            Err(e) => Err(e),
+            Ok(req) => {
+                rec.role = Some(ephemera_providers::error::escape_untrusted(&req.role, 64));
+                let (trace, result) = self.evaluate(&req, now).await;
+                rec.provider = trace.provider.clone();
+                if let Some(t) = &trace.token {
+                    rec.issuer = Some(t.issuer.clone());
+                    rec.subject = Some(t.subject.clone());
+                    rec.assertion_expires_at = Some(t.expires_at);
+                }
+                rec.task = trace.workload.as_ref().map(|w| w.task.clone());
+                match result {
+                    Ok(allowed) => self.grant(allowed, &mut rec).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match outcome {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                let mut r = e.response();
+                if !matches!(e, ExchangeError::Mint(_)) {
+                    rec.decision = "deny";
+                    rec.reason = Some(r.reason);
+                    rec.detail = Some(r.description.clone());
+                    rec.credential = None;
+                    // A deny is recorded but not fsynced: nothing leaves the broker on a deny.
+                    if let Some(audit) = &self.audit {
+                        if let Err(ae) = audit.append(rec, false).await {
+                            tracing::error!(error = %ae, "audit write failed for a deny");
+                        }
+                    }
+                }
+                r.description = format!("{} (decision {decision_id})", r.description);
+                tracing::info!(
+                    request_id,
+                    decision_id,
+                    reason = r.reason,
+                    "exchange denied"
+                );
+                Err(r)
+            }
+        }
+    }
+
+    async fn grant(
+        &self,
+        allowed: Allowed,
+        rec: &mut AuditRecord,
+    ) -> Result<TokenResponse, ExchangeError> {
+        let Allowed {
+            role,
+            token,
+            workload,
+            lifetime,
+            now,
+        } = allowed;
+        let leeway = role.provider.rules.leeway as i64;
+        match self
+            .state
+            .mark_used(&token.replay_id, token.expires_at + leeway, now)
+            .await
+        {
+            Ok(Mark::Fresh) => {}
+            Ok(Mark::AlreadyUsed) => return Err(ExchangeError::Replayed),
+            Err(e) => return Err(ExchangeError::State(e)),
+        }
+        let jti = random_id(16);
+        let exp = now + lifetime;
+        rec.decision = "allow";
+        rec.credential = Some(CredentialRecord {
+            kind: role.credential.kind(),
+            jti: jti.clone(),
+            expires_at: exp,
+        });
+        // INVARIANT: the allow record is durable before any credential exists outside the broker.
+        let audit = self
+            .audit
+            .as_ref()
+            .ok_or_else(|| ExchangeError::Audit("no audit log".into()))?;
+        audit
+            .append(rec.clone(), true)
+            .await
+            .map_err(|e| ExchangeError::Audit(e.to_string()))?;
+        let minted = match &role.credential {
+            Credential::Jwt { audience } => self.signer.sign(&json!({
+                "iss": self.config.server.issuer,
+                "sub": workload.subject,
+                "aud": audience,
+                "iat": now,
+                "nbf": now,
+                "exp": exp,
+                "jti": jti,
+                "role": role.name,
+                "provider": role.provider.name,
+                "src_iss": token.issuer,
+                "task": workload.task,
+            })),
+        };
+        match minted {
+            Ok(access_token) => {
+                tracing::info!(request_id = %rec.request_id, decision_id = %rec.decision_id, role = %role.name, jti = %jti, expires_in = lifetime, "credential issued");
+                Ok(TokenResponse {
+                    access_token,
+                    issued_token_type: TOKEN_TYPE_JWT,
+                    token_type: "Bearer",
+                    expires_in: lifetime,
+                })
+            }
+            Err(e) => {
+                let err = ExchangeError::Mint(e.to_string());
+                let mut failed = rec.clone();
+                failed.decision = "mint_failed";
+                failed.reason = Some("mint_failed");
+                failed.detail = Some(oauth_charset(&e.to_string()));
+                if let Err(ae) = audit.append(failed, true).await {
+                    tracing::error!(error = %ae, "audit write failed for mint_failed");
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(s: &str) -> Result<ExchangeRequest, ExchangeError> {
+        parse_form(s.as_bytes())
+    }
+
+    const BASE: &str = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=abc&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aid_token&audience=deploy";
+
+    #[test]
+    fn form_rules() {
+        assert!(form(BASE).is_ok_and(|r| r.role == "deploy"));
+        assert!(matches!(
+            form(&format!("{BASE}&subject_token=x")),
+            Err(ExchangeError::InvalidRequest(RequestProblem::Duplicate(_)))
+        ));
+        assert!(matches!(
+            form(&BASE.replace("token-exchange", "refresh_token")),
+            Err(ExchangeError::UnsupportedGrantType)
+        ));
+        assert!(matches!(
+            form("grant_type=refresh_token&refresh_token=x"),
+            Err(ExchangeError::UnsupportedGrantType)
+        ));
+        assert!(matches!(
+            form(&format!("{BASE}&actor_token=x")),
+            Err(ExchangeError::InvalidRequest(
+                RequestProblem::ActorIncomplete
+            ))
+        ));
+        assert!(matches!(
+            form(&format!("{BASE}&resource=other")),
+            Err(ExchangeError::InvalidRequest(
+                RequestProblem::ConflictingTarget
+            ))
+        ));
+        let many: String = (0..40).map(|i| format!("&f{i}=1")).collect();
+        assert!(matches!(
+            form(&format!("{BASE}{many}")),
+            Err(ExchangeError::InvalidRequest(RequestProblem::TooManyFields))
+        ));
+        let no_type = BASE.replace(
+            "&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aid_token",
+            "",
+        );
+        assert!(matches!(
+            form(&no_type),
+            Err(ExchangeError::InvalidRequest(RequestProblem::Missing(
+                "subject_token_type"
+            )))
+        ));
+    }
+
+    #[test]
+    fn descriptions_keep_to_the_oauth_charset() {
+        let e = ExchangeError::UnknownRole("a\"b\\c\u{e9}".into()).response();
+        assert_eq!(e.status, 400);
+        assert_eq!(e.error, "invalid_target");
+        assert!(e.description.starts_with("unknown_role: "));
+        assert!(
+            !e.description.contains('"')
+                && !e.description.contains('\\')
+                && e.description.is_ascii()
+        );
+        let r = ExchangeError::Token(VerifyError::KeysUnavailable("down".into())).response();
+        assert_eq!((r.status, r.error), (503, "temporarily_unavailable"));
+    }
+}

@@ -1,0 +1,4 @@
+//! Credential minting. A minter takes a decision that was already allowed and audited; it never
+//! decides anything itself.
+
+pub mod jwt;

@@ -1,0 +1,36 @@
+//! Broker state that must be shared and never guessed: which assertions were already used.
+//! Every check-and-set is one atomic operation; a store that cannot answer makes the exchange
+//! fail closed.
+
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// Why the store could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("replay store unavailable: {0}")]
+    Unavailable(String),
+    #[error("replay store is full ({0} live entries); refusing rather than forgetting")]
+    Full(usize),
+}
+
+/// What marking an assertion as used found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// First use: it is now marked until the given time.
+    Fresh,
+    /// It had been used before.
+    AlreadyUsed,
+}
+
+pub type StateFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StateError>> + Send + 'a>>;
+
+/// Shared broker state.
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// Atomically marks `id` used until `until` (UNIX seconds) unless it already is.
+    fn mark_used<'a>(&'a self, id: &'a str, until: i64, now: i64) -> StateFuture<'a, Mark>;
+    /// Is the store answering?
+    fn ready(&self) -> StateFuture<'_, ()>;
+}
