@@ -1,1 +1,194 @@
-fn main() {}
+//! `cargo bench --bench exchange`: the cost of one exchange against the crypto floor, measured in
+//! the same run.
+//!
+//! - `rs256_verify`: full verification of an RS256 ID token (structure, header, key, signature,
+//!   claims) with pinned keys;
+//! - `es256_sign`: one broker JWT signature;
+//! - `exchange/*`: the whole in-process exchange (verify + decide + replay mark + durable audit +
+//!   mint + response) with the audit log on disk (`fdatasync` per allow) and on tmpfs.
+//!
+//! After the runs it prints each exchange's ratio to `rs256_verify + es256_sign`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use criterion::{BatchSize, Criterion};
+use ephemera::clock::{Clock, SystemClock};
+use ephemera::config::Config;
+use ephemera::exchange::{ExchangeRequest, TOKEN_TYPE_ID_TOKEN};
+use ephemera::secret::SubjectToken;
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const ISSUER: &str = "https://token.actions.githubusercontent.com";
+
+struct Issuer {
+    key: RsaKeyPair,
+    counter: AtomicU64,
+}
+
+impl Issuer {
+    fn new() -> Self {
+        Issuer {
+            key: RsaKeyPair::generate(KeySize::Rsa2048).unwrap(),
+            counter: AtomicU64::new(0),
+        }
+    }
+    fn jwks(&self) -> String {
+        let pk = self.key.public_key();
+        let n = B64.encode(pk.modulus().big_endian_without_leading_zero());
+        let e = B64.encode(pk.exponent().big_endian_without_leading_zero());
+        json!({"keys": [{"kty": "RSA", "kid": "bench", "alg": "RS256", "use": "sig", "n": n, "e": e}]}).to_string()
+    }
+    /// A realistic GitHub Actions token with a unique jti.
+    fn token(&self, now: i64) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let header = B64.encode(r#"{"alg":"RS256","kid":"bench","typ":"JWT"}"#);
+        let claims = json!({
+            "iss": ISSUER, "aud": "https://broker.example.com", "sub": "repo:acme/app:environment:prod",
+            "repository": "acme/app", "repository_id": "123456789", "repository_owner": "acme",
+            "repository_owner_id": "987654", "ref": "refs/heads/main", "ref_type": "branch",
+            "environment": "prod", "event_name": "push", "workflow_ref": "acme/app/.github/workflows/deploy.yml@refs/heads/main",
+            "job_workflow_ref": "acme/app/.github/workflows/deploy.yml@refs/heads/main", "runner_environment": "github-hosted",
+            "run_id": "9876543210", "run_attempt": "1", "sha": "d6f1c1ab3b5e1c6c3ee2f9c0d7a1b2c3d4e5f607",
+            "jti": format!("bench-{n}"), "iat": now, "nbf": now, "exp": now + 300,
+        });
+        let payload = B64.encode(claims.to_string());
+        let input = format!("{header}.{payload}");
+        let mut sig = vec![0u8; self.key.public_modulus_len()];
+        self.key
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                input.as_bytes(),
+                &mut sig,
+            )
+            .unwrap();
+        format!("{input}.{}", B64.encode(sig))
+    }
+}
+
+fn broker(dir: &Path, jwks: &str, audit_dir: &Path) -> ephemera::exchange::Broker {
+    std::fs::write(dir.join("jwks.json"), jwks).unwrap();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+issuer = "https://broker.example.com"
+[audit]
+path = "{audit}"
+[[providers]]
+name = "github"
+profile = "oidc"
+issuer = "{ISSUER}"
+audiences = ["https://broker.example.com"]
+jwks_file = "jwks.json"
+[[roles]]
+name = "deploy"
+provider = "github"
+max_ttl = "15m"
+conditions = {{ repository = "acme/app", ref = "refs/heads/main", environment = "prod" }}
+credential = {{ kind = "jwt", audience = "https://partner.example" }}
+"#,
+        audit = audit_dir.join("audit.jsonl").display()
+    );
+    let config = Config::from_raw(toml::from_str(&text).unwrap(), dir).unwrap();
+    let audit = ephemera::audit::AuditLog::open(&config.audit_path).unwrap();
+    ephemera::cli::build_broker(config, Arc::new(SystemClock), Some(audit), None).unwrap()
+}
+
+fn mean_ns(id: &str) -> Option<f64> {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let path = Path::new(&target)
+        .join("criterion")
+        .join(id)
+        .join("new/estimates.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    v["mean"]["point_estimate"].as_f64()
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let issuer = Issuer::new();
+    let now = SystemClock.now();
+    let keys = ephemera_providers::KeySet::from_json(issuer.jwks().as_bytes()).unwrap();
+    let rules =
+        ephemera_providers::TokenRules::new(ISSUER, vec!["https://broker.example.com".into()]);
+    let token = issuer.token(now);
+    c.bench_function("rs256_verify", |b| {
+        b.iter(|| {
+            ephemera_providers::verify_token(std::hint::black_box(&token), &rules, &keys, now)
+                .unwrap()
+        })
+    });
+    let signer = ephemera::minting::jwt::BrokerSigner::generate().unwrap();
+    let claims = json!({"iss": "https://broker.example.com", "sub": "repo:acme/app:environment:prod", "aud": "https://partner.example",
+        "iat": now, "nbf": now, "exp": now + 300, "jti": "abcdefghijklmnopqrstuv", "role": "deploy", "provider": "github",
+        "src_iss": ISSUER, "task": "123456789/9876543210/1"});
+    c.bench_function("es256_sign", |b| {
+        b.iter(|| signer.sign(std::hint::black_box(&claims)).unwrap())
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shm = Path::new("/dev/shm");
+    let variants: Vec<(&str, tempfile::TempDir)> = [
+        ("exchange/audit_on_disk", Some(dir.path())),
+        ("exchange/audit_on_tmpfs", shm.is_dir().then_some(shm)),
+    ]
+    .into_iter()
+    .filter_map(|(name, base)| Some((name, tempfile::tempdir_in(base?).unwrap())))
+    .collect();
+    let mut group = c.benchmark_group("exchange");
+    for (name, audit_dir) in &variants {
+        let b = broker(dir.path(), &issuer.jwks(), audit_dir.path());
+        let short = name.trim_start_matches("exchange/");
+        group.bench_function(short, |bench| {
+            bench.iter_batched(
+                || ExchangeRequest {
+                    subject_token: SubjectToken::new(issuer.token(now)),
+                    subject_token_type: TOKEN_TYPE_ID_TOKEN.into(),
+                    role: "deploy".into(),
+                    requested_token_type: None,
+                },
+                |req| {
+                    let r = rt.block_on(b.exchange(Ok(req), "bench"));
+                    assert!(r.is_ok(), "{:?}", r.err());
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+    c.final_summary();
+
+    let (Some(v), Some(s)) = (mean_ns("rs256_verify"), mean_ns("es256_sign")) else {
+        println!("ratios: estimates not found (run without --test)");
+        return;
+    };
+    println!("\n== ratios (mean times, same run) ==");
+    println!(
+        "crypto floor: rs256_verify {:.1} us + es256_sign {:.1} us = {:.1} us",
+        v / 1e3,
+        s / 1e3,
+        (v + s) / 1e3
+    );
+    for (name, _) in &variants {
+        if let Some(e) = mean_ns(name) {
+            println!(
+                "{name}: {:.1} us = {:.2} x crypto floor",
+                e / 1e3,
+                e / (v + s)
+            );
+        }
+    }
+}

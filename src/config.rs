@@ -336,10 +336,8 @@ impl Config {
                 ));
             }
             let max_ttl = parse_duration(&format!("{key}.max_ttl"), &r.max_ttl, &mut errs);
-            if let Some(d) = max_ttl {
-                if d.as_secs() == 0 || d.as_secs() > 12 * 3600 {
-                    errs.push(format!("{key}.max_ttl: must be between 1s and 12h"));
-                }
+            if max_ttl.is_some_and(|d| d.as_secs() == 0 || d.as_secs() > 12 * 3600) {
+                errs.push(format!("{key}.max_ttl: must be between 1s and 12h"));
             }
             let mut conditions = Vec::new();
             for (claim, v) in &r.conditions {

@@ -480,10 +480,10 @@ impl Broker {
                     rec.detail = Some(r.description.clone());
                     rec.credential = None;
                     // A deny is recorded but not fsynced: nothing leaves the broker on a deny.
-                    if let Some(audit) = &self.audit {
-                        if let Err(ae) = audit.append(rec, false).await {
-                            tracing::error!(error = %ae, "audit write failed for a deny");
-                        }
+                    if let Some(audit) = &self.audit
+                        && let Err(ae) = audit.append(rec, false).await
+                    {
+                        tracing::error!(error = %ae, "audit write failed for a deny");
                     }
                 }
                 r.description = format!("{} (decision {decision_id})", r.description);

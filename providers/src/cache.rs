@@ -142,10 +142,10 @@ impl KeyCache {
             return Ok(keys.clone());
         }
         let s = &self.settings;
-        if let Some(snap) = self.cache.get(provider).await {
-            if !snap.needs_refresh(kid, now) || !snap.may_attempt(now, s) {
-                return snap.usable(now, s);
-            }
+        if let Some(snap) = self.cache.get(provider).await
+            && (!snap.needs_refresh(kid, now) || !snap.may_attempt(now, s))
+        {
+            return snap.usable(now, s);
         }
         let result = self
             .cache
@@ -153,10 +153,10 @@ impl KeyCache {
             .and_compute_with(|existing| async move {
                 let existing = existing.map(|e| e.into_value());
                 // Re-check under the per-provider lock: another request may have just refreshed.
-                if let Some(snap) = &existing {
-                    if !snap.needs_refresh(kid, now) || !snap.may_attempt(now, s) {
-                        return Op::Nop;
-                    }
+                if let Some(snap) = &existing
+                    && (!snap.needs_refresh(kid, now) || !snap.may_attempt(now, s))
+                {
+                    return Op::Nop;
                 }
                 self.fetches.fetch_add(1, Ordering::Relaxed);
                 let fetched = self.fetch(source).await;

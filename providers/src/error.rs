@@ -127,7 +127,7 @@ pub enum VerifyError {
     IssuerNotTrusted { got: String },
     #[error("no signing key with kid `{kid}` in the issuer's key set")]
     UnknownKey { kid: String },
-    #[error("token has no kid and the issuer's key set holds {candidates} keys for `{alg}`")]
+    #[error("token has no kid and the issuer's key set holds {candidates} keys (alg `{alg}`)")]
     AmbiguousKey { alg: String, candidates: usize },
     #[error("key `{kid}` does not fit algorithm `{alg}`")]
     KeyAlgMismatch { kid: String, alg: String },

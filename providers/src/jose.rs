@@ -120,27 +120,30 @@ impl<'a> UntrustedJws<'a> {
                 Malformed::SegmentCount
             }));
         };
-        if h.is_empty() || s.is_empty() {
+        if h.is_empty() {
             return Err(VerifyError::Malformed(Malformed::EmptySegment));
         }
         let header = strict_object(&b64url_strict(h)?, Malformed::HeaderJson)?;
-        let payload = b64url_strict(p)?;
-        let signature = b64url_strict(s)?;
-        if signature.is_empty() {
-            return Err(VerifyError::Malformed(Malformed::EmptySegment));
-        }
         if header.contains_key("enc") || header.contains_key("zip") {
             return Err(VerifyError::Malformed(Malformed::Jwe));
         }
+        // We implement no JWS extension, so any `crit` (even empty, which RFC 7515 forbids) and
+        // the b64 extension are refused rather than ignored; checked before the payload is
+        // decoded, since b64=false payloads are not base64url at all.
+        if header.contains_key("crit") || header.contains_key("b64") {
+            return Err(VerifyError::CritUnsupported);
+        }
+        // The algorithm is judged before the signature segment: `none` is refused as such
+        // whether its signature is empty or not.
         let alg_name = header_str(&header, "alg")?.ok_or(VerifyError::AlgNotAllowed {
             alg: "(missing)".into(),
         })?;
         let alg = parse_alg(alg_name, allowed)?;
-        // We implement no JWS extension, so any `crit` (even empty, which RFC 7515 forbids) and
-        // the b64 extension are refused rather than ignored.
-        if header.contains_key("crit") || header.contains_key("b64") {
-            return Err(VerifyError::CritUnsupported);
+        if s.is_empty() {
+            return Err(VerifyError::Malformed(Malformed::EmptySegment));
         }
+        let payload = b64url_strict(p)?;
+        b64url_strict(s)?;
         if let Some(typ) = header_str(&header, "typ")? {
             let t = typ.to_ascii_lowercase();
             if t != "jwt" && t != "application/jwt" {

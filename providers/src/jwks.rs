@@ -7,7 +7,8 @@
 //!   RSA moduli outside 2048..=8192 bits, public exponents that are even or below 3, RSA moduli
 //!   with the ROCA fingerprint (CVE-2017-15361), and every key whose `kid` appears more than once
 //!   (a duplicated kid is ambiguous, so neither copy is trusted);
-//! - a token without `kid` is accepted only when exactly one usable key fits its algorithm.
+//! - a token without `kid` is accepted only when the set holds exactly one usable key, and it
+//!   fits the token's algorithm (with more keys, `kid` is required).
 
 use crate::error::VerifyError;
 use jsonwebtoken::jwk::Jwk;
@@ -206,10 +207,8 @@ fn classify(
         Some("oct") => return Err("symmetric key"),
         _ => return Err("kty unsupported"),
     };
-    if let Some(a) = alg {
-        if !kind.fits(a) {
-            return Err("alg does not fit kty or crv");
-        }
+    if alg.is_some_and(|a| !kind.fits(a)) {
+        return Err("alg does not fit kty or crv");
     }
     Ok((kind, alg))
 }

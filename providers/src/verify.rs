@@ -236,14 +236,14 @@ pub fn check_claims(
             leeway: rules.leeway,
         });
     }
-    if let Some(nbf) = nbf {
-        if nbf > now + leeway {
-            return Err(VerifyError::NotYetValid {
-                nbf,
-                now,
-                leeway: rules.leeway,
-            });
-        }
+    if let Some(nbf) = nbf
+        && nbf > now + leeway
+    {
+        return Err(VerifyError::NotYetValid {
+            nbf,
+            now,
+            leeway: rules.leeway,
+        });
     }
     if iat > now + leeway {
         return Err(VerifyError::IssuedInFuture {

@@ -38,10 +38,10 @@ impl MemoryStore {
             if *exp >= now {
                 break;
             }
-            if let Some(Reverse((_, old))) = inner.by_expiry.pop() {
-                if inner.used.get(&old).is_some_and(|e| *e < now) {
-                    inner.used.remove(&old);
-                }
+            if let Some(Reverse((_, old))) = inner.by_expiry.pop()
+                && inner.used.get(&old).is_some_and(|e| *e < now)
+            {
+                inner.used.remove(&old);
             }
         }
         if inner.used.get(id).is_some_and(|e| *e >= now) {
