@@ -116,7 +116,11 @@ pub fn build_broker(
             BrokerSigner::generate().map_err(|e| e.to_string())?
         }
     };
-    let http = ephemera_providers::fetch::http_client(&config.cache.limits)?;
+    let http = ephemera_providers::fetch::http_client(
+        &config.cache.limits,
+        Arc::new(ephemera_providers::resolve::SystemLookup),
+        config.allow_private_addresses,
+    )?;
     let keys = KeyCache::new(config.cache.clone(), http);
     let state: Arc<dyn crate::state::StateStore> = match config.state {
         StateBackend::Memory { max_entries } => Arc::new(MemoryStore::new(max_entries)),

@@ -72,6 +72,9 @@ pub struct RawJwks {
     pub stale_window: Option<String>,
     pub fetch_timeout: Option<String>,
     pub max_document_size: Option<usize>,
+    /// Let issuer hostnames resolve to loopback/private addresses (internal issuers).
+    #[serde(default)]
+    pub allow_private_addresses: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +155,8 @@ pub struct Config {
     pub state: StateBackend,
     pub audit_path: PathBuf,
     pub cache: CacheSettings,
+    /// Issuer hostnames may resolve to non-public addresses.
+    pub allow_private_addresses: bool,
     pub providers: Vec<Arc<Provider>>,
     pub roles: HashMap<String, Arc<Role>>,
 }

@@ -89,9 +89,15 @@ pub fn validate_issuer(issuer: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// The HTTP client for issuer fetches: rustls, no redirects, no proxy, timeouts.
-pub fn http_client(limits: &FetchLimits) -> Result<reqwest::Client, String> {
+/// The HTTP client for issuer fetches: rustls, no redirects, no proxy, timeouts, and DNS that
+/// refuses non-public addresses unless `allow_private` (see [`crate::resolve`]).
+pub fn http_client(
+    limits: &FetchLimits,
+    lookup: std::sync::Arc<dyn crate::resolve::Lookup>,
+    allow_private: bool,
+) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
+        .dns_resolver(crate::resolve::GuardedResolver::new(lookup, allow_private))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .connect_timeout(limits.connect_timeout)

@@ -18,6 +18,7 @@ pub mod jose;
 pub mod json;
 pub mod jwks;
 pub mod profile;
+pub mod resolve;
 pub mod verify;
 
 pub use cache::{CacheSettings, KeyCache, KeySource};

@@ -1,0 +1,376 @@
+"""RFC 8693 exchange against the real binary: success verified independently with PyJWT, and the
+token-level attacks of ATTACKS.md A 1–2, 8, 10, E 42, 44, 45, each with its positive twin."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from harness import (
+    AUDIENCE,
+    GRANT,
+    ID_TOKEN,
+    JWT_TYPE,
+    PARTNER,
+    b64url,
+    b64url_json,
+    good_claims,
+    now,
+    signature_segment,
+    verify_broker_jwt,
+    wait_next_second,
+)
+
+
+def assert_reject(resp, reason, error="invalid_request", status=400):
+    assert resp.status == status, resp
+    assert resp.error == error, resp
+    assert resp.reason == reason, resp
+    assert resp.decision_id, resp
+
+
+def test_success_is_verifiable_with_pyjwt(broker, mock_issuer):
+    claims = good_claims(mock_issuer.issuer)
+    token = mock_issuer.sign(claims)
+    r = broker.exchange(token)
+    assert r.status == 200, r
+    assert r.headers["Cache-Control"] == "no-store"
+    assert r.headers["Pragma"] == "no-cache"
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert set(r.json) == {"access_token", "issued_token_type", "token_type", "expires_in"}
+    assert "refresh_token" not in r.json
+    assert r.json["issued_token_type"] == JWT_TYPE
+    assert r.json["token_type"] == "Bearer"
+
+    access = r.json["access_token"]
+    assert jwt.get_unverified_header(access)["alg"] == "ES256"
+    assert jwt.get_unverified_header(access).get("kid")
+    got = verify_broker_jwt(broker, access)
+    assert got["iss"] == broker.issuer
+    assert got["aud"] == PARTNER
+    assert got["sub"] == claims["sub"]
+    assert got["exp"] <= claims["exp"]
+    assert abs(r.json["expires_in"] - (got["exp"] - got["iat"])) <= 1
+    assert got["role"] == "deploy"
+    assert got["provider"] == "mock"
+    assert got["src_iss"] == mock_issuer.issuer
+    assert got["task"] == claims["jti"]
+    # PyJWT refuses it for another audience: the aud claim is really bound
+    with pytest.raises(jwt.InvalidAudienceError):
+        verify_broker_jwt(broker, access, audience="https://other.example")
+
+    rec = [a for a in broker.audit() if a["decision"] == "allow"]
+    assert len(rec) == 1
+    assert rec[0]["credential"]["jti"] == got["jti"]
+    assert rec[0]["credential"]["expires_at"] == got["exp"]
+    assert rec[0]["subject"] == claims["sub"]
+
+
+def test_resource_parameter_names_the_role_too(broker, mock_issuer):
+    data = {
+        "grant_type": GRANT,
+        "subject_token": mock_issuer.token(),
+        "subject_token_type": JWT_TYPE,
+        "resource": "deploy",
+    }
+    assert broker.post_token(data).status == 200
+
+
+def test_wrong_audience(broker, mock_issuer):
+    r = broker.exchange(mock_issuer.token(aud="https://someone-else.example"))
+    assert_reject(r, "audience_mismatch")
+    # twin: aud as a one-element array with ours is fine
+    assert broker.exchange(mock_issuer.token(aud=[AUDIENCE])).status == 200
+
+
+def test_wrong_issuer_is_refused_before_any_fetch(broker, mock_issuer, mock_factory):
+    other = mock_factory()
+    # warm the cache so that the only fetches left would be caused by the bad token
+    assert broker.exchange(mock_issuer.token()).status == 200
+    before = mock_issuer.counts()
+    # a token signed with the real key, claiming another issuer
+    r = broker.exchange(mock_issuer.sign(good_claims(other.issuer)))
+    assert_reject(r, "issuer_not_trusted")
+    r = broker.exchange(mock_issuer.sign(good_claims("http://169.254.169.254/latest/meta-data")))
+    assert_reject(r, "issuer_not_trusted")
+    assert mock_issuer.counts() == before
+    assert other.counts() == {}
+    assert broker.exchange(mock_issuer.token()).status == 200
+
+
+def test_expired(broker, mock_issuer):
+    t = now()
+    r = broker.exchange(mock_issuer.token(iat=t - 600, nbf=t - 600, exp=t - 300))
+    assert_reject(r, "token_expired")
+    assert broker.exchange(mock_issuer.token(iat=t - 600, nbf=t - 600, exp=t + 300)).status == 200
+
+
+def test_not_yet_valid(broker, mock_issuer):
+    t = now()
+    r = broker.exchange(mock_issuer.token(nbf=t + 3600, exp=t + 7200))
+    assert_reject(r, "token_not_yet_valid")
+    assert broker.exchange(mock_issuer.token(nbf=t, exp=t + 7200)).status == 200
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
+def test_alg_none_every_spelling(broker, mock_issuer, alg):
+    before = mock_issuer.counts()
+    claims = good_claims(mock_issuer.issuer)
+    # with a signature segment present (the real RS256 signature of another header)
+    real = mock_issuer.sign(claims)
+    t = mock_issuer.sign(claims, header={"alg": alg}, signature=signature_segment(real))
+    assert_reject(broker.exchange(t), "alg_not_allowed")
+    # with a junk signature
+    t = mock_issuer.sign(claims, header={"alg": alg, "kid": None}, signature=b64url(b"x"))
+    assert_reject(broker.exchange(t), "alg_not_allowed")
+    # RFC 7515 A.5 shape: empty signature. The broker refuses the empty segment before it reads
+    # the header (ATTACKS 7 names `header.payload.` malformed_token; ATTACKS 1 alg_not_allowed).
+    t = mock_issuer.sign(claims, header={"alg": alg}, sign_alg="none")
+    assert t.endswith(".")
+    r = broker.exchange(t)
+    assert r.status == 400 and r.reason in ("malformed_token", "alg_not_allowed"), r
+    # no JWKS fetch was triggered by any of these
+    assert mock_issuer.counts() == before
+    # twin: the same claims properly signed
+    assert broker.exchange(real).status == 200
+
+
+@pytest.mark.parametrize("encoding", ["pem", "der"])
+def test_hs256_keyed_with_the_rsa_public_key(broker, mock_issuer, encoding):
+    claims = good_claims(mock_issuer.issuer)
+    t = mock_issuer.sign(claims, header={"alg": "HS256"}, sign_alg=f"HS256-pubkey-{encoding}")
+    assert_reject(broker.exchange(t), "alg_not_allowed")
+    assert broker.exchange(mock_issuer.sign(claims)).status == 200
+
+
+def test_es256_header_naming_an_rsa_key(broker, mock_issuer):
+    mock_issuer.add_key("e1", "EC")
+    claims = good_claims(mock_issuer.issuer)
+    # signed by a real EC key of the issuer, but the kid names the RSA key k1
+    t = mock_issuer.sign(claims, key="e1", header={"alg": "ES256", "kid": "k1"})
+    assert_reject(broker.exchange(t), "key_alg_mismatch")
+    # twin: the EC key under its own kid
+    t = mock_issuer.sign(claims, key="e1", header={"alg": "ES256", "kid": "e1"})
+    assert broker.exchange(t).status == 200
+
+
+def test_ps256_against_a_provider_pinned_to_rs256(broker, mock_issuer):
+    claims = good_claims(mock_issuer.issuer)
+    t = mock_issuer.sign(claims, header={"alg": "PS256"})
+    assert_reject(broker.exchange(t), "alg_not_allowed")
+    assert broker.exchange(mock_issuer.sign(claims)).status == 200
+
+
+def test_tampered_payload(broker, mock_issuer):
+    claims = good_claims(mock_issuer.issuer, ref="refs/heads/dev")
+    real = mock_issuer.sign(claims)
+    h, _, s = real.split(".")
+    forged = f"{h}.{b64url_json(dict(claims, ref='refs/heads/main'))}.{s}"
+    assert_reject(broker.exchange(forged), "signature_invalid")
+    # flip one bit of the signature of an otherwise good token
+    good = mock_issuer.sign(dict(claims, ref="refs/heads/main", jti="j-" + claims["jti"]))
+    h, p, s = good.split(".")
+    sig = bytearray(jwt.utils.base64url_decode(s))
+    sig[10] ^= 1
+    assert_reject(broker.exchange(f"{h}.{p}.{b64url(bytes(sig))}"), "signature_invalid")
+    assert broker.exchange(good).status == 200
+
+
+def test_duplicate_members(broker, mock_issuer):
+    t = now()
+    iss = mock_issuer.issuer
+    base = (f'"iss":"{iss}","aud":"{AUDIENCE}","repository":"acme/app","ref":"refs/heads/main",'
+            f'"iat":{t},"nbf":{t},"exp":{t + 300}')
+    dup_sub = '{"sub":"a","sub":"b",' + base + ',"jti":"dup-sub-' + str(t) + '"}'
+    assert_reject(broker.exchange(mock_issuer.sign(payload_raw=dup_sub)), "duplicate_member")
+    dup_repo = ('{"sub":"a","repository":"evil/app",' + base + ',"jti":"dup-repo-' + str(t) + '"}')
+    assert_reject(broker.exchange(mock_issuer.sign(payload_raw=dup_repo)), "duplicate_member")
+    dup_alg = '{"alg":"RS256","alg":"none","typ":"JWT","kid":"k1"}'
+    ok_payload = '{"sub":"a",' + base + ',"jti":"ok-' + str(t) + '"}'
+    assert_reject(broker.exchange(mock_issuer.sign(header_raw=dup_alg, payload_raw=ok_payload)),
+                  "duplicate_member")
+    # twin: the same raw payload without the duplicate
+    assert broker.exchange(mock_issuer.sign(payload_raw=ok_payload)).status == 200
+
+
+@pytest.mark.parametrize("claim,value", [
+    ("exp", "9999999999"), ("exp", -1), ("exp", 1.5e9), ("nbf", "99999999999"),
+    ("aud", 123), ("aud", {"x": 1}), ("sub", 42), ("sub", None),
+])
+def test_claim_type_confusion(broker, mock_issuer, claim, value):
+    claims = good_claims(mock_issuer.issuer)
+    claims[claim] = value
+    assert_reject(broker.exchange(mock_issuer.sign(claims)), "claim_type_invalid")
+
+
+def test_issuer_as_array_is_not_trusted(broker, mock_issuer):
+    claims = good_claims(mock_issuer.issuer)
+    claims["iss"] = ["https://evil.example", mock_issuer.issuer]
+    assert_reject(broker.exchange(mock_issuer.sign(claims)), "claim_type_invalid")
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "dpop+jwt", "logout+jwt", "secevent+jwt"])
+def test_typ_of_other_jwt_kinds(broker, mock_issuer, typ):
+    claims = good_claims(mock_issuer.issuer)
+    assert_reject(broker.exchange(mock_issuer.sign(claims, header={"typ": typ})), "typ_not_allowed")
+    assert broker.exchange(mock_issuer.sign(claims, header={"typ": "JWT"})).status == 200
+
+
+def test_crit_header(broker, mock_issuer):
+    claims = good_claims(mock_issuer.issuer)
+    for crit in (["exp"], [], ["alg"]):
+        r = broker.exchange(mock_issuer.sign(claims, header={"crit": crit}))
+        assert_reject(r, "crit_unsupported")
+    assert broker.exchange(mock_issuer.sign(claims)).status == 200
+
+
+@pytest.mark.parametrize("shape", [
+    "two_segments", "four_segments", "five_segments", "padding", "space", "plus_slash", "array",
+])
+def test_structure(broker, mock_issuer, shape):
+    claims = good_claims(mock_issuer.issuer)
+    good = mock_issuer.sign(claims)
+    h, p, s = good.split(".")
+    token = {
+        "two_segments": f"{h}.{p}",
+        "four_segments": f"{h}.{p}.{s}.{s}",
+        "five_segments": f"{h}.{p}.{s}.{s}.{s}",
+        "padding": f"{h}==.{p}.{s}",
+        "space": f"{h} .{p}.{s}",
+        "plus_slash": f"{h}.{p}.{s.replace('-', '+').replace('_', '/')}+/",
+        "array": mock_issuer.sign(payload_raw="[" + __import__("json").dumps(claims) + "]"),
+    }[shape]
+    assert_reject(broker.exchange(token), "malformed_token")
+    assert broker.exchange(good).status == 200
+
+
+def test_replay_and_denied_presentation_does_not_consume(broker, mock_issuer):
+    token = mock_issuer.token()
+    # denied by the policy of another role first: not consumed
+    r = broker.exchange(token, role="release")
+    assert_reject(r, "policy_denied", error="invalid_target")
+    assert "ref" in r.description
+    r1 = broker.exchange(token)
+    assert r1.status == 200, r1
+    r2 = broker.exchange(token)
+    assert_reject(r2, "token_replayed")
+    # also for another role: the assertion is spent, whatever it is presented for
+    r3 = broker.exchange(token, role="release")
+    assert r3.status == 400 and r3.reason in ("token_replayed", "policy_denied"), r3
+    # the replay is keyed by iss+jti: a token re-signed with the same jti is a replay too
+    claims = jwt.decode(token, options={"verify_signature": False})
+    same_jti = mock_issuer.sign(dict(claims, exp=claims["exp"] + 10))
+    assert_reject(broker.exchange(same_jti), "token_replayed")
+
+
+def test_replay_without_jti_is_keyed_by_the_signed_content(broker, mock_issuer):
+    claims = good_claims(mock_issuer.issuer, jti=None)
+    token = mock_issuer.sign(claims)
+    assert broker.exchange(token).status == 200
+    assert_reject(broker.exchange(token), "token_replayed")
+    # a different token (other iat) without jti is a different assertion
+    other = mock_issuer.sign(dict(claims, iat=claims["iat"] - 1))
+    assert broker.exchange(other).status == 200
+
+
+def test_oversized_token(broker, mock_issuer):
+    claims = good_claims(mock_issuer.issuer, padding="x" * (17 * 1024))
+    big = mock_issuer.sign(claims)
+    assert 16 * 1024 < len(big) < 60 * 1024
+    assert_reject(broker.exchange(big), "request_too_large")
+    claims = good_claims(mock_issuer.issuer, padding="x" * (10 * 1024))
+    assert broker.exchange(mock_issuer.sign(claims)).status == 200
+
+
+def test_refresh_token_grant_is_unsupported(broker, mock_issuer):
+    r = broker.post_token({"grant_type": "refresh_token", "refresh_token": "abc"})
+    assert r.status == 400 and r.error == "unsupported_grant_type", r
+    r = broker.post_token({
+        "grant_type": "refresh_token",
+        "subject_token": mock_issuer.token(),
+        "subject_token_type": ID_TOKEN,
+        "audience": "deploy",
+    })
+    assert r.status == 400 and r.error == "unsupported_grant_type", r
+
+
+def test_broker_jwt_cannot_be_exchanged_again(broker, mock_issuer):
+    r = broker.exchange(mock_issuer.token())
+    assert r.status == 200
+    access = r.json["access_token"]
+    for token_type in (ID_TOKEN, JWT_TYPE):
+        r2 = broker.exchange(access, token_type=token_type)
+        assert_reject(r2, "issuer_not_trusted")
+        assert access not in r2.text and signature_segment(access) not in r2.text
+
+
+def test_clock_edges_with_60s_leeway(broker, mock_issuer):
+    # Each rejection is sent early in a fresh second so the broker's clock reads the same second.
+    t = wait_next_second()
+    assert_reject(broker.exchange(mock_issuer.token(iat=t - 600, nbf=t - 600, exp=t - 61)),
+                  "token_expired")
+    t = wait_next_second()
+    assert_reject(broker.exchange(mock_issuer.token(nbf=t + 61, exp=t + 600)),
+                  "token_not_yet_valid")
+    t = wait_next_second()
+    assert_reject(broker.exchange(mock_issuer.token(iat=t + 120, nbf=t, exp=t + 600)),
+                  "iat_in_future")
+    # twins inside the leeway
+    t = now()
+    assert broker.exchange(mock_issuer.token(nbf=t + 50, exp=t + 600)).status == 200
+    assert broker.exchange(mock_issuer.token(iat=t + 50, nbf=t, exp=t + 600)).status == 200
+
+
+def test_too_old_and_too_long(broker, mock_issuer):
+    t = now()
+    r = broker.exchange(mock_issuer.token(iat=t - 25 * 3600, nbf=t - 25 * 3600, exp=t + 300))
+    assert r.status == 400 and r.reason in ("token_too_old", "lifetime_too_long"), r
+    r = broker.exchange(mock_issuer.token(iat=t, nbf=t, exp=t + 25 * 3600))
+    assert_reject(r, "lifetime_too_long")
+    assert broker.exchange(mock_issuer.token(iat=t - 3600, nbf=t - 3600, exp=t + 3600)).status == 200
+
+
+def test_credential_never_outlives_the_assertion(broker, mock_issuer):
+    t = now()
+    claims = good_claims(mock_issuer.issuer, exp=t + 120)
+    r = broker.exchange(mock_issuer.sign(claims))
+    assert r.status == 200, r
+    assert 0 < r.json["expires_in"] <= 120
+    got = verify_broker_jwt(broker, r.json["access_token"])
+    assert got["exp"] <= claims["exp"]
+    assert abs(r.json["expires_in"] - (got["exp"] - got["iat"])) <= 1
+    # twin: a long-lived assertion gets the role maximum (15 min)
+    r = broker.exchange(mock_issuer.token(exp=now() + 3600))
+    assert r.status == 200
+    assert 899 <= r.json["expires_in"] <= 900
+
+
+def test_unknown_role(broker, mock_issuer):
+    token = mock_issuer.token()
+    assert_reject(broker.exchange(token, role="no-such-role"), "unknown_role", error="invalid_target")
+    # not consumed
+    assert broker.exchange(token).status == 200
+
+
+def test_policy_denied_names_the_condition(broker, mock_issuer):
+    r = broker.exchange(mock_issuer.token(repository="acme/app-evil"))
+    assert_reject(r, "policy_denied", error="invalid_target")
+    assert "repository" in r.description
+    r = broker.exchange(mock_issuer.token(ref="refs/heads/main-evil"))
+    assert_reject(r, "policy_denied", error="invalid_target")
+    r = broker.exchange(mock_issuer.token(ref=None))
+    assert_reject(r, "policy_denied", error="invalid_target")
+    assert broker.exchange(mock_issuer.token()).status == 200
+
+
+def test_slow_request_does_not_matter_for_expiry_math(broker, mock_issuer):
+    """expires_in is computed from the broker's clock at decision time: two tokens with the same
+    exp a second apart get expires_in a second apart (not a fixed TTL)."""
+    exp = now() + 100
+    r1 = broker.exchange(mock_issuer.token(exp=exp))
+    time.sleep(1.1)
+    r2 = broker.exchange(mock_issuer.token(exp=exp))
+    assert r1.status == r2.status == 200
+    assert r2.json["expires_in"] < r1.json["expires_in"] <= 100
