@@ -391,6 +391,7 @@ impl Config {
                 state,
                 audit_path: resolve(&raw.audit.path),
                 cache,
+                allow_private_addresses: raw.jwks.allow_private_addresses,
                 providers,
                 roles,
             })
