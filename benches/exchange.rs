@@ -35,10 +35,7 @@ struct Issuer {
 
 impl Issuer {
     fn new() -> Self {
-        Issuer {
-            key: RsaKeyPair::generate(KeySize::Rsa2048).unwrap(),
-            counter: AtomicU64::new(0),
-        }
+        Issuer { key: RsaKeyPair::generate(KeySize::Rsa2048).unwrap(), counter: AtomicU64::new(0) }
     }
     fn jwks(&self) -> String {
         let pk = self.key.public_key();
@@ -62,14 +59,7 @@ impl Issuer {
         let payload = B64.encode(claims.to_string());
         let input = format!("{header}.{payload}");
         let mut sig = vec![0u8; self.key.public_modulus_len()];
-        self.key
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                input.as_bytes(),
-                &mut sig,
-            )
-            .unwrap();
+        self.key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut sig).unwrap();
         format!("{input}.{}", B64.encode(sig))
     }
 }
@@ -105,10 +95,7 @@ credential = {{ kind = "jwt", audience = "https://partner.example" }}
 
 fn mean_ns(id: &str) -> Option<f64> {
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = Path::new(&target)
-        .join("criterion")
-        .join(id)
-        .join("new/estimates.json");
+    let path = Path::new(&target).join("criterion").join(id).join("new/estimates.json");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     v["mean"]["point_estimate"].as_f64()
 }
@@ -118,36 +105,25 @@ fn main() {
     let issuer = Issuer::new();
     let now = SystemClock.now();
     let keys = ephemera_providers::KeySet::from_json(issuer.jwks().as_bytes()).unwrap();
-    let rules =
-        ephemera_providers::TokenRules::new(ISSUER, vec!["https://broker.example.com".into()]);
+    let rules = ephemera_providers::TokenRules::new(ISSUER, vec!["https://broker.example.com".into()]);
     let token = issuer.token(now);
     c.bench_function("rs256_verify", |b| {
-        b.iter(|| {
-            ephemera_providers::verify_token(std::hint::black_box(&token), &rules, &keys, now)
-                .unwrap()
-        })
+        b.iter(|| ephemera_providers::verify_token(std::hint::black_box(&token), &rules, &keys, now).unwrap())
     });
     let signer = ephemera::minting::jwt::BrokerSigner::generate().unwrap();
     let claims = json!({"iss": "https://broker.example.com", "sub": "repo:acme/app:environment:prod", "aud": "https://partner.example",
         "iat": now, "nbf": now, "exp": now + 300, "jti": "abcdefghijklmnopqrstuv", "role": "deploy", "provider": "github",
         "src_iss": ISSUER, "task": "123456789/9876543210/1"});
-    c.bench_function("es256_sign", |b| {
-        b.iter(|| signer.sign(std::hint::black_box(&claims)).unwrap())
-    });
+    c.bench_function("es256_sign", |b| b.iter(|| signer.sign(std::hint::black_box(&claims)).unwrap()));
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let shm = Path::new("/dev/shm");
-    let variants: Vec<(&str, tempfile::TempDir)> = [
-        ("exchange/audit_on_disk", Some(dir.path())),
-        ("exchange/audit_on_tmpfs", shm.is_dir().then_some(shm)),
-    ]
-    .into_iter()
-    .filter_map(|(name, base)| Some((name, tempfile::tempdir_in(base?).unwrap())))
-    .collect();
+    let variants: Vec<(&str, tempfile::TempDir)> =
+        [("exchange/audit_on_disk", Some(dir.path())), ("exchange/audit_on_tmpfs", shm.is_dir().then_some(shm))]
+            .into_iter()
+            .filter_map(|(name, base)| Some((name, tempfile::tempdir_in(base?).unwrap())))
+            .collect();
     let mut group = c.benchmark_group("exchange");
     for (name, audit_dir) in &variants {
         let b = broker(dir.path(), &issuer.jwks(), audit_dir.path());
@@ -176,19 +152,10 @@ fn main() {
         return;
     };
     println!("\n== ratios (mean times, same run) ==");
-    println!(
-        "crypto floor: rs256_verify {:.1} us + es256_sign {:.1} us = {:.1} us",
-        v / 1e3,
-        s / 1e3,
-        (v + s) / 1e3
-    );
+    println!("crypto floor: rs256_verify {:.1} us + es256_sign {:.1} us = {:.1} us", v / 1e3, s / 1e3, (v + s) / 1e3);
     for (name, _) in &variants {
         if let Some(e) = mean_ns(name) {
-            println!(
-                "{name}: {:.1} us = {:.2} x crypto floor",
-                e / 1e3,
-                e / (v + s)
-            );
+            println!("{name}: {:.1} us = {:.2} x crypto floor", e / 1e3, e / (v + s));
         }
     }
 }

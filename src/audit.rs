@@ -69,9 +69,7 @@ pub struct AuditLog {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    ephemera_providers::verify::hex(
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref(),
-    )
+    ephemera_providers::verify::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
 }
 
 /// The `prev` of the first record in a log.
@@ -96,10 +94,7 @@ impl AuditLog {
             Err(_) => GENESIS.to_owned(),
         };
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(AuditLog {
-            path: path.to_path_buf(),
-            inner: Arc::new(Mutex::new(Inner { file, prev })),
-        })
+        Ok(AuditLog { path: path.to_path_buf(), inner: Arc::new(Mutex::new(Inner { file, prev })) })
     }
 
     pub fn path(&self) -> &Path {
@@ -110,17 +105,10 @@ impl AuditLog {
     pub async fn append(&self, rec: AuditRecord, durable: bool) -> Result<(), AuditError> {
         let inner = self.inner.clone();
         let path = self.path.display().to_string();
-        let err = move |cause: String| AuditError::Write {
-            path: path.clone(),
-            cause,
-        };
+        let err = move |cause: String| AuditError::Write { path: path.clone(), cause };
         tokio::task::spawn_blocking(move || {
             let mut g = inner.lock().map_err(|_| "audit lock poisoned".to_owned())?;
-            let line = serde_json::to_string(&Chained {
-                record: &rec,
-                prev: &g.prev,
-            })
-            .map_err(|e| e.to_string())?;
+            let line = serde_json::to_string(&Chained { record: &rec, prev: &g.prev }).map_err(|e| e.to_string())?;
             let mut buf = Vec::with_capacity(line.len() + 1);
             buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
@@ -139,10 +127,7 @@ impl AuditLog {
 
     /// Can the log be written? (for readiness)
     pub fn ready(&self) -> bool {
-        self.inner
-            .lock()
-            .map(|g| g.file.metadata().is_ok())
-            .unwrap_or(false)
+        self.inner.lock().map(|g| g.file.metadata().is_ok()).unwrap_or(false)
     }
 }
 
@@ -177,32 +162,15 @@ mod tests {
         let path = dir.path().join("a.jsonl");
         let log = AuditLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
         for d in ["allow", "deny", "deny"] {
-            log.append(
-                AuditRecord {
-                    decision: d,
-                    ..Default::default()
-                },
-                true,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            log.append(AuditRecord { decision: d, ..Default::default() }, true).await.unwrap_or_else(|e| panic!("{e}"));
         }
         // reopening continues the chain
         let log = AuditLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
-        log.append(
-            AuditRecord {
-                decision: "allow",
-                ..Default::default()
-            },
-            true,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        log.append(AuditRecord { decision: "allow", ..Default::default() }, true)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(verify_chain(&path), Ok(4));
-        let text =
-            std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .replacen("\"deny\"", "\"allow\"", 1);
+        let text = std::fs::read_to_string(&path).unwrap_or_default().replacen("\"deny\"", "\"allow\"", 1);
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
         assert!(verify_chain(&path).is_err_and(|e| e.contains("line 3")));
     }

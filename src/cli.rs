@@ -89,14 +89,8 @@ pub enum AuditCommand {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        b.json().try_init()
-    } else {
-        b.try_init()
-    };
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { b.json().try_init() } else { b.try_init() };
 }
 
 /// Builds a broker from a checked config.
@@ -125,14 +119,7 @@ pub fn build_broker(
     let state: Arc<dyn crate::state::StateStore> = match config.state {
         StateBackend::Memory { max_entries } => Arc::new(MemoryStore::new(max_entries)),
     };
-    Ok(Broker {
-        config: Arc::new(config),
-        keys,
-        state,
-        audit,
-        signer,
-        clock,
-    })
+    Ok(Broker { config: Arc::new(config), keys, state, audit, signer, clock })
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
@@ -144,10 +131,7 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -171,24 +155,13 @@ async fn run(cli: Cli) -> ExitCode {
             init_tracing(false);
             dev(&listen).await
         }
-        Command::Explain {
-            config,
-            role,
-            token_file,
-            token_type,
-            at,
-            json,
-        } => {
+        Command::Explain { config, role, token_file, token_type, at, json } => {
             init_tracing(false);
             explain(&config, role, &token_file, token_type, at, json).await
         }
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
-                println!(
-                    "ok: {} provider(s), {} role(s)",
-                    c.providers.len(),
-                    c.roles.len()
-                );
+                println!("ok: {} provider(s), {} role(s)", c.providers.len(), c.roles.len());
                 ExitCode::from(EXIT_OK)
             }
             Err(e) => {
@@ -196,9 +169,7 @@ async fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
-        Command::Audit {
-            command: AuditCommand::Verify { file },
-        } => match crate::audit::verify_chain(&file) {
+        Command::Audit { command: AuditCommand::Verify { file } } => match crate::audit::verify_chain(&file) {
             Ok(n) => {
                 println!("ok: {n} records, hash chain intact");
                 ExitCode::from(EXIT_OK)
@@ -225,11 +196,7 @@ async fn serve(
         }
     };
     let listen = config.server.listen;
-    let (hrt, rt, drain) = (
-        config.server.header_read_timeout,
-        config.server.request_timeout,
-        Duration::from_secs(30),
-    );
+    let (hrt, rt, drain) = (config.server.header_read_timeout, config.server.request_timeout, Duration::from_secs(30));
     let broker = match build_broker(config, clock, Some(audit), None) {
         Ok(b) => Arc::new(b),
         Err(e) => {
@@ -247,21 +214,10 @@ async fn serve(
             }
         },
     };
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(listen = %local, issuer = %broker.config.server.issuer, kid = %broker.signer.kid(), roles = broker.config.roles.len(), "ephemera serving");
     let extra = extra.map(|(d, c)| crate::dev::routes(d, c));
-    match crate::server::serve(
-        listener,
-        crate::server::router(broker, extra),
-        hrt,
-        rt,
-        drain,
-    )
-    .await
-    {
+    match crate::server::serve(listener, crate::server::router(broker, extra), hrt, rt, drain).await {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {
             eprintln!("error: {e}");
@@ -287,10 +243,7 @@ async fn dev(listen: &str) -> ExitCode {
     };
     let base = format!("http://{addr}");
     let demo = match BrokerSigner::generate() {
-        Ok(s) => crate::dev::DemoIssuer {
-            issuer: format!("{base}/demo"),
-            signer: s,
-        },
+        Ok(s) => crate::dev::DemoIssuer { issuer: format!("{base}/demo"), signer: s },
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_FAILURE);
@@ -299,8 +252,8 @@ async fn dev(listen: &str) -> ExitCode {
     let dir = std::env::temp_dir().join(format!("ephemera-dev-{}", std::process::id()));
     let jwks_file = dir.join("demo-jwks.json");
     let audit = dir.join("audit.jsonl");
-    let written = std::fs::create_dir_all(&dir)
-        .and_then(|()| std::fs::write(&jwks_file, demo.signer.jwks().to_string()));
+    let written =
+        std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&jwks_file, demo.signer.jwks().to_string()));
     if let Err(e) = written {
         eprintln!("error: {}: {e}", dir.display());
         return ExitCode::from(EXIT_FAILURE);
@@ -411,13 +364,8 @@ fn print_trace(t: &Trace, allow: bool, reason: Option<&str>, description: Option
     );
     println!("broker clock {} ({})", t.now, t.now_rfc3339);
     if let Some(tok) = &t.token {
-        let nbf = tok
-            .not_before
-            .map_or_else(|| "-".to_owned(), |n| format!("{n} ({})", rfc3339(n)));
-        println!(
-            "token iss {} sub {} aud {}",
-            tok.issuer, tok.subject, tok.audience
-        );
+        let nbf = tok.not_before.map_or_else(|| "-".to_owned(), |n| format!("{n} ({})", rfc3339(n)));
+        println!("token iss {} sub {} aud {}", tok.issuer, tok.subject, tok.audience);
         println!(
             "      iat {} ({}) nbf {} exp {} ({}) alg {} kid {}",
             tok.issued_at,
@@ -437,11 +385,7 @@ fn print_trace(t: &Trace, allow: bool, reason: Option<&str>, description: Option
                 "fail" => "FAIL",
                 _ => "  - ",
             };
-            println!(
-                "  {mark}  {:<11} {}",
-                c.check.to_string(),
-                c.detail.as_deref().unwrap_or(c.description)
-            );
+            println!("  {mark}  {:<11} {}", c.check.to_string(), c.detail.as_deref().unwrap_or(c.description));
         }
     }
     if let Some(w) = &t.workload {
@@ -453,10 +397,7 @@ fn print_trace(t: &Trace, allow: bool, reason: Option<&str>, description: Option
             println!("  (none)");
         }
         for c in &d.conditions {
-            let got = c
-                .got
-                .as_deref()
-                .map_or_else(|| "(missing)".to_owned(), |g| format!("`{g}`"));
+            let got = c.got.as_deref().map_or_else(|| "(missing)".to_owned(), |g| format!("`{g}`"));
             println!(
                 "  {}  {} = `{}`   got {}{}",
                 if c.pass { "pass" } else { "FAIL" },
@@ -472,10 +413,6 @@ fn print_trace(t: &Trace, allow: bool, reason: Option<&str>, description: Option
     }
     match (allow, reason) {
         (true, _) => println!("decision: ALLOW"),
-        (false, r) => println!(
-            "decision: DENY ({})\n  {}",
-            r.unwrap_or("-"),
-            description.unwrap_or("")
-        ),
+        (false, r) => println!("decision: DENY ({})\n  {}", r.unwrap_or("-"), description.unwrap_or("")),
     }
 }

@@ -38,6 +38,8 @@ pub struct RawServer {
     pub max_body_size: Option<usize>,
     pub header_read_timeout: Option<String>,
     pub request_timeout: Option<String>,
+    pub rate_limit_per_second: Option<u32>,
+    pub rate_limit_burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,10 +51,7 @@ pub struct RawState {
 
 impl Default for RawState {
     fn default() -> Self {
-        RawState {
-            backend: "memory".into(),
-            max_entries: None,
-        }
+        RawState { backend: "memory".into(), max_entries: None }
     }
 }
 
@@ -112,16 +111,9 @@ pub struct RawRole {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum RawCredential {
-    Jwt {
-        audience: String,
-    },
-    Aws {
-        role_arn: String,
-    },
-    Gcp {
-        service_account: String,
-        scopes: Option<Vec<String>>,
-    },
+    Jwt { audience: String },
+    Aws { role_arn: String },
+    Gcp { service_account: String, scopes: Option<Vec<String>> },
 }
 
 /// A configured identity provider, ready to verify.
@@ -146,6 +138,9 @@ pub struct ServerSettings {
     pub max_body_size: usize,
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
+    /// Token exchanges per second per client address (0 = off).
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
 }
 
 /// The checked configuration.
@@ -188,23 +183,15 @@ pub fn parse_duration(key: &str, v: &str, errs: &mut Vec<String>) -> Option<Dura
 }
 
 fn opt_secs(key: &str, v: &Option<String>, default: u64, errs: &mut Vec<String>) -> u64 {
-    v.as_deref()
-        .and_then(|v| parse_duration(key, v, errs))
-        .map_or(default, |d| d.as_secs())
+    v.as_deref().and_then(|v| parse_duration(key, v, errs)).map_or(default, |d| d.as_secs())
 }
 
 impl Config {
     /// Reads and checks a config file. Relative paths in it are relative to the file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| {
-            ConfigErrors(vec![format!(
-                "{}: {}",
-                path.display(),
-                e.to_string().trim()
-            )])
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let raw: RawConfig = toml::from_str(&text)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {}", path.display(), e.to_string().trim())]))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::from_raw(raw, base)
     }
@@ -213,23 +200,14 @@ impl Config {
     pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         let mut errs = Vec::new();
         let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
+            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
         };
 
         let listen = raw
             .server
             .listen
             .parse::<SocketAddr>()
-            .map_err(|e| {
-                errs.push(format!(
-                    "server.listen: `{}` is not an address ({e})",
-                    raw.server.listen
-                ))
-            })
+            .map_err(|e| errs.push(format!("server.listen: `{}` is not an address ({e})", raw.server.listen)))
             .ok();
         if let Err(e) = fetch::validate_issuer(&raw.server.issuer) {
             errs.push(format!("server.issuer: `{}` {e}", raw.server.issuer));
@@ -251,22 +229,18 @@ impl Config {
                 30,
                 &mut errs,
             )),
+            rate_limit_per_second: raw.server.rate_limit_per_second.unwrap_or(100),
+            rate_limit_burst: raw.server.rate_limit_burst.unwrap_or(200),
         };
 
         let state = match raw.state.backend.as_str() {
-            "memory" => StateBackend::Memory {
-                max_entries: raw.state.max_entries.unwrap_or(1_000_000),
-            },
+            "memory" => StateBackend::Memory { max_entries: raw.state.max_entries.unwrap_or(1_000_000) },
             "redis" => {
-                errs.push(
-                    "state.backend: `redis` is not available in this release (use `memory`)".into(),
-                );
+                errs.push("state.backend: `redis` is not available in this release (use `memory`)".into());
                 StateBackend::Memory { max_entries: 0 }
             }
             other => {
-                errs.push(format!(
-                    "state.backend: unknown backend `{other}` (expected memory)"
-                ));
+                errs.push(format!("state.backend: unknown backend `{other}` (expected memory)"));
                 StateBackend::Memory { max_entries: 0 }
             }
         };
@@ -274,12 +248,7 @@ impl Config {
         let j = &raw.jwks;
         let defaults = CacheSettings::default();
         let cache = CacheSettings {
-            default_ttl: opt_secs(
-                "jwks.default_ttl",
-                &j.default_ttl,
-                defaults.default_ttl,
-                &mut errs,
-            ),
+            default_ttl: opt_secs("jwks.default_ttl", &j.default_ttl, defaults.default_ttl, &mut errs),
             min_ttl: opt_secs("jwks.min_ttl", &j.min_ttl, defaults.min_ttl, &mut errs),
             max_ttl: opt_secs("jwks.max_ttl", &j.max_ttl, defaults.max_ttl, &mut errs),
             refresh_cooldown: opt_secs(
@@ -288,12 +257,7 @@ impl Config {
                 defaults.refresh_cooldown,
                 &mut errs,
             ),
-            stale_window: opt_secs(
-                "jwks.stale_window",
-                &j.stale_window,
-                defaults.stale_window,
-                &mut errs,
-            ),
+            stale_window: opt_secs("jwks.stale_window", &j.stale_window, defaults.stale_window, &mut errs),
             limits: FetchLimits {
                 connect_timeout: Duration::from_secs(5),
                 total_timeout: Duration::from_secs(
@@ -323,22 +287,12 @@ impl Config {
             if roles.contains_key(&r.name) {
                 errs.push(format!("{key}.name: duplicate role name"));
             }
-            if r.name.is_empty()
-                || !r
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
-            {
-                errs.push(format!(
-                    "{key}.name: use letters, digits and - _ . : / only"
-                ));
+            if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b)) {
+                errs.push(format!("{key}.name: use letters, digits and - _ . : / only"));
             }
             let provider = providers.iter().find(|p| p.name == r.provider).cloned();
             if provider.is_none() && !raw.providers.iter().any(|p| p.name == r.provider) {
-                errs.push(format!(
-                    "{key}.provider: no provider named `{}`",
-                    r.provider
-                ));
+                errs.push(format!("{key}.provider: no provider named `{}`", r.provider));
             }
             let max_ttl = parse_duration(&format!("{key}.max_ttl"), &r.max_ttl, &mut errs);
             if max_ttl.is_some_and(|d| d.as_secs() == 0 || d.as_secs() > 12 * 3600) {
@@ -347,14 +301,10 @@ impl Config {
             let mut conditions = Vec::new();
             for (claim, v) in &r.conditions {
                 match v {
-                    toml::Value::String(s) => conditions.push(Condition {
-                        claim: claim.clone(),
-                        expected: s.clone(),
-                    }),
-                    other => errs.push(format!(
-                        "{key}.conditions.{claim}: expected a string, got {}",
-                        other.type_str()
-                    )),
+                    toml::Value::String(s) => conditions.push(Condition { claim: claim.clone(), expected: s.clone() }),
+                    other => {
+                        errs.push(format!("{key}.conditions.{claim}: expected a string, got {}", other.type_str()))
+                    }
                 }
             }
             let credential = match &r.credential {
@@ -362,25 +312,19 @@ impl Config {
                     if audience.is_empty() {
                         errs.push(format!("{key}.credential.audience: must not be empty"));
                     }
-                    crate::policy::Credential::Jwt {
-                        audience: audience.clone(),
-                    }
+                    crate::policy::Credential::Jwt { audience: audience.clone() }
                 }
                 RawCredential::Aws { .. } | RawCredential::Gcp { .. } => {
-                    errs.push(format!("{key}.credential.kind: cloud credentials are not available in this release (use `jwt`)"));
+                    errs.push(format!(
+                        "{key}.credential.kind: cloud credentials are not available in this release (use `jwt`)"
+                    ));
                     continue;
                 }
             };
             if let (Some(provider), Some(max_ttl)) = (provider, max_ttl) {
                 roles.insert(
                     r.name.clone(),
-                    Arc::new(Role {
-                        name: r.name.clone(),
-                        provider,
-                        max_ttl,
-                        conditions,
-                        credential,
-                    }),
+                    Arc::new(Role { name: r.name.clone(), provider, max_ttl, conditions, credential }),
                 );
             }
         }
@@ -401,11 +345,7 @@ impl Config {
     }
 }
 
-fn parse_algorithms(
-    key: &str,
-    names: &Option<Vec<String>>,
-    errs: &mut Vec<String>,
-) -> Vec<Algorithm> {
+fn parse_algorithms(key: &str, names: &Option<Vec<String>>, errs: &mut Vec<String>) -> Vec<Algorithm> {
     let Some(names) = names else {
         return vec![Algorithm::RS256, Algorithm::ES256];
     };
@@ -424,13 +364,13 @@ fn parse_algorithms(
     for n in names {
         match ephemera_providers::jose::parse_alg(n, &all) {
             Ok(a) => out.push(a),
-            Err(_) => errs.push(format!("{key}.algorithms: `{n}` is not allowed (asymmetric JWS algorithms only; never none or HS*)")),
+            Err(_) => errs.push(format!(
+                "{key}.algorithms: `{n}` is not allowed (asymmetric JWS algorithms only; never none or HS*)"
+            )),
         }
     }
     if out.is_empty() {
-        errs.push(format!(
-            "{key}.algorithms: at least one algorithm is required"
-        ));
+        errs.push(format!("{key}.algorithms: at least one algorithm is required"));
     }
     out
 }
@@ -446,16 +386,14 @@ fn check_provider(
     if p.name.is_empty() {
         errs.push(format!("{key}.name: must not be empty"));
     }
-    let profile = Profile::parse(&p.profile)
-        .map_err(|e| errs.push(format!("{key}.profile: {e}")))
-        .ok();
+    let profile = Profile::parse(&p.profile).map_err(|e| errs.push(format!("{key}.profile: {e}"))).ok();
     match fetch::validate_issuer(&p.issuer) {
         Ok(_) => {}
-        Err(e)
-            if e.contains("http on a host") && p.allow_insecure_issuer && p.jwks_file.is_some() => {
-        }
+        Err(e) if e.contains("http on a host") && p.allow_insecure_issuer && p.jwks_file.is_some() => {}
         Err(e) if e.contains("http on a host") && p.allow_insecure_issuer => {
-            errs.push(format!("{key}.allow_insecure_issuer: only allowed with jwks_file (nothing may be fetched over http) ({e})"));
+            errs.push(format!(
+                "{key}.allow_insecure_issuer: only allowed with jwks_file (nothing may be fetched over http) ({e})"
+            ));
         }
         Err(e) => errs.push(format!("{key}.issuer: `{}` {e}", p.issuer)),
     }
@@ -463,9 +401,7 @@ fn check_provider(
         errs.push(format!("{key}.issuer: is the broker's own issuer; broker credentials can never be exchanged again"));
     }
     if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
-        errs.push(format!(
-            "{key}.audiences: at least one non-empty audience is required"
-        ));
+        errs.push(format!("{key}.audiences: at least one non-empty audience is required"));
     }
     let algorithms = parse_algorithms(key, &p.algorithms, errs);
     let mut rules = TokenRules::new(p.issuer.clone(), p.audiences.clone());
@@ -474,18 +410,9 @@ fn check_provider(
     if rules.leeway > 300 {
         errs.push(format!("{key}.leeway: at most 5m"));
     }
-    rules.max_lifetime = opt_secs(
-        &format!("{key}.max_token_lifetime"),
-        &p.max_token_lifetime,
-        rules.max_lifetime,
-        errs,
-    );
-    rules.max_age = opt_secs(
-        &format!("{key}.max_token_age"),
-        &p.max_token_age,
-        rules.max_age,
-        errs,
-    );
+    rules.max_lifetime =
+        opt_secs(&format!("{key}.max_token_lifetime"), &p.max_token_lifetime, rules.max_lifetime, errs);
+    rules.max_age = opt_secs(&format!("{key}.max_token_age"), &p.max_token_age, rules.max_age, errs);
     rules.max_token_bytes = p.max_token_size.unwrap_or(rules.max_token_bytes);
     let source = match (&p.jwks_file, &p.jwks_uri) {
         (Some(_), Some(_)) => {
@@ -501,10 +428,7 @@ fn check_provider(
                 }
                 Ok(bytes) => match KeySet::from_json(&bytes) {
                     Ok(set) if set.keys().is_empty() => {
-                        errs.push(format!(
-                            "{key}.jwks_file: no usable key ({} ignored)",
-                            set.ignored().len()
-                        ));
+                        errs.push(format!("{key}.jwks_file: no usable key ({} ignored)", set.ignored().len()));
                         None
                     }
                     Ok(set) => Some(KeySource::Pinned(Arc::new(set))),
@@ -516,18 +440,13 @@ fn check_provider(
             }
         }
         (None, Some(uri)) => match (url::Url::parse(uri), fetch::validate_issuer(&p.issuer)) {
-            (Ok(u), Ok(iss)) => {
-                match fetch::check_jwks_uri(&iss, &u, p.jwks_hosts.as_deref().unwrap_or(&[])) {
-                    Ok(()) => Some(KeySource::JwksUrl {
-                        issuer: p.issuer.clone(),
-                        url: u,
-                    }),
-                    Err(e) => {
-                        errs.push(format!("{key}.jwks_uri: {e}"));
-                        None
-                    }
+            (Ok(u), Ok(iss)) => match fetch::check_jwks_uri(&iss, &u, p.jwks_hosts.as_deref().unwrap_or(&[])) {
+                Ok(()) => Some(KeySource::JwksUrl { issuer: p.issuer.clone(), url: u }),
+                Err(e) => {
+                    errs.push(format!("{key}.jwks_uri: {e}"));
+                    None
                 }
-            }
+            },
             (Err(e), _) => {
                 errs.push(format!("{key}.jwks_uri: {e}"));
                 None
@@ -542,12 +461,7 @@ fn check_provider(
     if errs.len() > before {
         return None;
     }
-    Some(Provider {
-        name: p.name.clone(),
-        profile: profile?,
-        rules,
-        source: source?,
-    })
+    Some(Provider { name: p.name.clone(), profile: profile?, rules, source: source? })
 }
 
 #[cfg(test)]
@@ -602,20 +516,8 @@ credential = { kind = "jwt", audience = "https://partner.example" }
     fn unknown_keys_hmac_and_own_issuer_are_refused() {
         assert!(load(&GOOD.replace("[audit]", "[audit]\ncolour = \"red\"")).is_err());
         let hs = GOOD.replace("audiences = [", "algorithms = [\"HS256\"]\naudiences = [");
-        assert!(
-            load(&hs)
-                .err()
-                .map(|e| e.0.join(""))
-                .unwrap_or_default()
-                .contains("HS256")
-        );
+        assert!(load(&hs).err().map(|e| e.0.join("")).unwrap_or_default().contains("HS256"));
         let own = GOOD.replace("https://ci.example.com", "https://broker.example.com");
-        assert!(
-            load(&own)
-                .err()
-                .map(|e| e.0.join(""))
-                .unwrap_or_default()
-                .contains("broker's own issuer")
-        );
+        assert!(load(&own).err().map(|e| e.0.join("")).unwrap_or_default().contains("broker's own issuer"));
     }
 }

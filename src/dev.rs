@@ -68,13 +68,7 @@ impl DemoIssuer {
 }
 
 /// The dev config: one provider (the demo issuer, keys pinned) and one role.
-pub fn config_toml(
-    listen: &str,
-    broker_issuer: &str,
-    demo_issuer: &str,
-    jwks_file: &Path,
-    audit: &Path,
-) -> String {
+pub fn config_toml(listen: &str, broker_issuer: &str, demo_issuer: &str, jwks_file: &Path, audit: &Path) -> String {
     format!(
         r#"
 [server]
@@ -107,33 +101,20 @@ credential = {{ kind = "jwt", audience = "https://partner.example" }}
     )
 }
 
-async fn demo_token(
-    State(d): State<Arc<(DemoIssuer, Arc<dyn crate::clock::Clock>)>>,
-    body: Bytes,
-) -> Response {
+async fn demo_token(State(d): State<Arc<(DemoIssuer, Arc<dyn crate::clock::Clock>)>>, body: Bytes) -> Response {
     let overrides = if body.is_empty() {
         serde_json::Map::new()
     } else {
         match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(m)) => m,
             _ => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    "body must be a JSON object of claims to set\n",
-                )
-                    .into_response();
+                return (StatusCode::BAD_REQUEST, "body must be a JSON object of claims to set\n").into_response();
             }
         }
     };
     let claims = d.0.claims(d.1.now(), &overrides);
     match d.0.signer.sign(&claims) {
-        Ok(t) => (
-            [
-                (header::CONTENT_TYPE, "text/plain"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            t.expose().to_owned(),
-        )
+        Ok(t) => ([(header::CONTENT_TYPE, "text/plain"), (header::CACHE_CONTROL, "no-store")], t.expose().to_owned())
             .into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "signing failed\n").into_response(),
     }
@@ -150,10 +131,7 @@ pub fn routes(demo: DemoIssuer, clock: Arc<dyn crate::clock::Clock>) -> Router {
         "subject_types_supported": ["public"],
     });
     Router::new()
-        .route(
-            "/demo/.well-known/openid-configuration",
-            get(move || async move { axum::Json(disco) }),
-        )
+        .route("/demo/.well-known/openid-configuration", get(move || async move { axum::Json(disco) }))
         .route("/demo/jwks", get(move || async move { axum::Json(jwks) }))
         .route("/demo/token", post(demo_token))
         .with_state(Arc::new((demo, clock)))

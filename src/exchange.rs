@@ -52,6 +52,9 @@ pub enum RequestProblem {
     ActorIncomplete,
     RequestedTypeUnsupported,
     NotForm,
+    QueryString,
+    BodyTooLarge,
+    MethodNotAllowed,
 }
 
 impl std::fmt::Display for RequestProblem {
@@ -60,21 +63,16 @@ impl std::fmt::Display for RequestProblem {
             RequestProblem::Missing(p) => write!(f, "parameter `{p}` is required"),
             RequestProblem::Duplicate(p) => write!(f, "parameter `{p}` appears more than once"),
             RequestProblem::TooManyFields => write!(f, "more than {MAX_FORM_FIELDS} form fields"),
-            RequestProblem::ConflictingTarget => {
-                f.write_str("`audience` and `resource` name different roles")
-            }
-            RequestProblem::ActorUnsupported => {
-                f.write_str("delegation (`actor_token`) is not supported")
-            }
-            RequestProblem::ActorIncomplete => {
-                f.write_str("`actor_token` and `actor_token_type` must come together")
-            }
+            RequestProblem::ConflictingTarget => f.write_str("`audience` and `resource` name different roles"),
+            RequestProblem::ActorUnsupported => f.write_str("delegation (`actor_token`) is not supported"),
+            RequestProblem::ActorIncomplete => f.write_str("`actor_token` and `actor_token_type` must come together"),
             RequestProblem::RequestedTypeUnsupported => {
                 f.write_str("`requested_token_type` must be the jwt or access_token type")
             }
-            RequestProblem::NotForm => {
-                f.write_str("body must be application/x-www-form-urlencoded")
-            }
+            RequestProblem::NotForm => f.write_str("body must be application/x-www-form-urlencoded"),
+            RequestProblem::QueryString => f.write_str("parameters belong in the form body, not the query string"),
+            RequestProblem::BodyTooLarge => f.write_str("request body over the size limit"),
+            RequestProblem::MethodNotAllowed => f.write_str("use POST with a form body"),
         }
     }
 }
@@ -107,6 +105,8 @@ pub enum ExchangeError {
     Audit(String),
     #[error("credential could not be minted; the assertion is spent, present a fresh one")]
     Mint(String),
+    #[error("too many requests from this client; retry later")]
+    RateLimited,
 }
 
 /// How an error is answered.
@@ -136,33 +136,30 @@ pub fn oauth_charset(s: &str) -> String {
 impl ExchangeError {
     pub fn response(&self) -> ErrorResponse {
         let (status, error, reason) = match self {
-            ExchangeError::UnsupportedGrantType => {
-                (400, "unsupported_grant_type", "unsupported_grant_type")
+            ExchangeError::UnsupportedGrantType => (400, "unsupported_grant_type", "unsupported_grant_type"),
+            ExchangeError::InvalidRequest(RequestProblem::NotForm) => (415, "invalid_request", "request_invalid"),
+            ExchangeError::InvalidRequest(RequestProblem::MethodNotAllowed) => {
+                (405, "invalid_request", "method_not_allowed")
+            }
+            ExchangeError::InvalidRequest(RequestProblem::BodyTooLarge | RequestProblem::TooManyFields) => {
+                (413, "invalid_request", "request_too_large")
             }
             ExchangeError::InvalidRequest(_) => (400, "invalid_request", "request_invalid"),
-            ExchangeError::UnsupportedTokenType(_) => {
-                (400, "invalid_request", "unsupported_token_type")
-            }
+            ExchangeError::UnsupportedTokenType(_) => (400, "invalid_request", "unsupported_token_type"),
             ExchangeError::UnknownRole(_) => (400, "invalid_target", "unknown_role"),
             ExchangeError::Token(e) | ExchangeError::Profile(e) if e.is_unavailable() => {
                 (503, "temporarily_unavailable", e.slug())
             }
-            ExchangeError::Token(e) | ExchangeError::Profile(e) => {
-                (400, "invalid_request", e.slug())
-            }
+            ExchangeError::Token(e) | ExchangeError::Profile(e) => (400, "invalid_request", e.slug()),
             ExchangeError::Denied { .. } => (400, "invalid_target", "policy_denied"),
             ExchangeError::NoLifetimeLeft { .. } => (400, "invalid_request", "token_expired"),
             ExchangeError::Replayed => (400, "invalid_request", "token_replayed"),
             ExchangeError::State(_) => (503, "temporarily_unavailable", "replay_store_unavailable"),
             ExchangeError::Audit(_) => (503, "temporarily_unavailable", "audit_unavailable"),
             ExchangeError::Mint(_) => (503, "temporarily_unavailable", "mint_failed"),
+            ExchangeError::RateLimited => (429, "temporarily_unavailable", "rate_limited"),
         };
-        ErrorResponse {
-            status,
-            error,
-            reason,
-            description: oauth_charset(&format!("{reason}: {self}")),
-        }
+        ErrorResponse { status, error, reason, description: oauth_charset(&format!("{reason}: {self}")) }
     }
 }
 
@@ -177,55 +174,35 @@ pub fn parse_form(body: &[u8]) -> Result<ExchangeRequest, ExchangeError> {
             return Err(bad(RequestProblem::TooManyFields));
         }
         if fields.iter().any(|(f, _)| *f == k) {
-            return Err(bad(RequestProblem::Duplicate(
-                ephemera_providers::error::escape_untrusted(&k, 32),
-            )));
+            return Err(bad(RequestProblem::Duplicate(ephemera_providers::error::escape_untrusted(&k, 32))));
         }
         fields.push((k.into_owned(), v.into_owned()));
     }
-    let mut take = |name: &str| {
-        fields
-            .iter()
-            .position(|(k, _)| k == name)
-            .map(|i| fields.swap_remove(i).1)
-    };
+    let mut take = |name: &str| fields.iter().position(|(k, _)| k == name).map(|i| fields.swap_remove(i).1);
     let grant = take("grant_type").ok_or(bad(RequestProblem::Missing("grant_type")))?;
     if grant != GRANT_TOKEN_EXCHANGE {
         return Err(ExchangeError::UnsupportedGrantType);
     }
-    let subject_token = take("subject_token")
-        .filter(|t| !t.is_empty())
-        .ok_or(bad(RequestProblem::Missing("subject_token")))?;
+    let subject_token =
+        take("subject_token").filter(|t| !t.is_empty()).ok_or(bad(RequestProblem::Missing("subject_token")))?;
     let subject_token = SubjectToken::new(subject_token);
-    let subject_token_type =
-        take("subject_token_type").ok_or(bad(RequestProblem::Missing("subject_token_type")))?;
+    let subject_token_type = take("subject_token_type").ok_or(bad(RequestProblem::Missing("subject_token_type")))?;
     match (take("actor_token"), take("actor_token_type")) {
         (None, None) => {}
         (Some(_), Some(_)) => return Err(bad(RequestProblem::ActorUnsupported)),
         _ => return Err(bad(RequestProblem::ActorIncomplete)),
     }
-    let role = match (
-        take("audience").filter(|s| !s.is_empty()),
-        take("resource").filter(|s| !s.is_empty()),
-    ) {
+    let role = match (take("audience").filter(|s| !s.is_empty()), take("resource").filter(|s| !s.is_empty())) {
         (Some(a), Some(r)) if a != r => return Err(bad(RequestProblem::ConflictingTarget)),
         (Some(a), _) => a,
         (None, Some(r)) => r,
         (None, None) => return Err(bad(RequestProblem::Missing("audience"))),
     };
     let requested_token_type = take("requested_token_type");
-    if requested_token_type
-        .as_deref()
-        .is_some_and(|t| t != TOKEN_TYPE_JWT && t != TOKEN_TYPE_ACCESS_TOKEN)
-    {
+    if requested_token_type.as_deref().is_some_and(|t| t != TOKEN_TYPE_JWT && t != TOKEN_TYPE_ACCESS_TOKEN) {
         return Err(bad(RequestProblem::RequestedTypeUnsupported));
     }
-    Ok(ExchangeRequest {
-        subject_token,
-        subject_token_type,
-        role,
-        requested_token_type,
-    })
+    Ok(ExchangeRequest { subject_token, subject_token_type, role, requested_token_type })
 }
 
 /// How one verification check fared.
@@ -289,12 +266,7 @@ impl Trace {
                 } else {
                     ("pass", None)
                 };
-                CheckOutcome {
-                    check: c,
-                    description: c.describe(),
-                    status,
-                    detail,
-                }
+                CheckOutcome { check: c, description: c.describe(), status, detail }
             })
             .collect();
     }
@@ -338,38 +310,16 @@ pub struct Broker {
 }
 
 impl Broker {
-    async fn verify(
-        &self,
-        provider: &Provider,
-        token: &SubjectToken,
-        now: i64,
-    ) -> Result<VerifiedToken, VerifyError> {
+    async fn verify(&self, provider: &Provider, token: &SubjectToken, now: i64) -> Result<VerifiedToken, VerifyError> {
         let untrusted = precheck(token.expose(), &provider.rules)?;
-        let keys = self
-            .keys
-            .keys_for(
-                &provider.name,
-                &provider.source,
-                untrusted.jws.kid.as_deref(),
-                now,
-            )
-            .await?;
+        let keys = self.keys.keys_for(&provider.name, &provider.source, untrusted.jws.kid.as_deref(), now).await?;
         let jws = verify_jws_signature(untrusted.jws, &keys)?;
         check_claims(jws, untrusted.claims, &provider.rules, now)
     }
 
     /// Steps 1–6 of the exchange, without side effects: classify, verify, profile, decide, bound.
-    pub async fn evaluate(
-        &self,
-        req: &ExchangeRequest,
-        now: i64,
-    ) -> (Trace, Result<Allowed, ExchangeError>) {
-        let mut trace = Trace {
-            now,
-            now_rfc3339: rfc3339(now),
-            role: req.role.clone(),
-            ..Default::default()
-        };
+    pub async fn evaluate(&self, req: &ExchangeRequest, now: i64) -> (Trace, Result<Allowed, ExchangeError>) {
+        let mut trace = Trace { now, now_rfc3339: rfc3339(now), role: req.role.clone(), ..Default::default() };
         let result = self.evaluate_into(req, now, &mut trace).await;
         (trace, result)
     }
@@ -383,14 +333,13 @@ impl Broker {
         match req.subject_token_type.as_str() {
             TOKEN_TYPE_ID_TOKEN | TOKEN_TYPE_JWT => {}
             t => {
-                return Err(ExchangeError::UnsupportedTokenType(
-                    ephemera_providers::error::escape_untrusted(t, 80),
-                ));
+                return Err(ExchangeError::UnsupportedTokenType(ephemera_providers::error::escape_untrusted(t, 80)));
             }
         }
-        let role = self.config.roles.get(&req.role).cloned().ok_or_else(|| {
-            ExchangeError::UnknownRole(ephemera_providers::error::escape_untrusted(&req.role, 64))
-        })?;
+        let role =
+            self.config.roles.get(&req.role).cloned().ok_or_else(|| {
+                ExchangeError::UnknownRole(ephemera_providers::error::escape_untrusted(&req.role, 64))
+            })?;
         let provider = role.provider.clone();
         trace.provider = Some(provider.name.clone());
         trace.profile = Some(provider.profile.name());
@@ -407,34 +356,19 @@ impl Broker {
             alg: format!("{:?}", token.alg),
             kid: token.kid.clone(),
         });
-        let workload = provider
-            .profile
-            .workload(&token)
-            .map_err(ExchangeError::Profile)?;
+        let workload = provider.profile.workload(&token).map_err(ExchangeError::Profile)?;
         trace.workload = Some(workload.clone());
         let decision = policy::decide(&role, &token.claims);
         trace.decision = Some(decision.clone());
         if !decision.allow {
-            return Err(ExchangeError::Denied {
-                role: role.name.clone(),
-                reasons: decision.reasons(),
-            });
+            return Err(ExchangeError::Denied { role: role.name.clone(), reasons: decision.reasons() });
         }
         let lifetime = (role.max_ttl.as_secs() as i64).min(token.expires_at - now);
         trace.lifetime = Some(lifetime.max(0));
         if lifetime <= 0 {
-            return Err(ExchangeError::NoLifetimeLeft {
-                exp: token.expires_at,
-                now,
-            });
+            return Err(ExchangeError::NoLifetimeLeft { exp: token.expires_at, now });
         }
-        Ok(Allowed {
-            role,
-            token,
-            workload,
-            lifetime,
-            now,
-        })
+        Ok(Allowed { role, token, workload, lifetime, now })
     }
 
     /// The whole exchange: evaluate now, mark the assertion used, audit durably, mint, answer.
@@ -487,35 +421,16 @@ impl Broker {
                     }
                 }
                 r.description = format!("{} (decision {decision_id})", r.description);
-                tracing::info!(
-                    request_id,
-                    decision_id,
-                    reason = r.reason,
-                    "exchange denied"
-                );
+                tracing::info!(request_id, decision_id, reason = r.reason, "exchange denied");
                 Err(r)
             }
         }
     }
 
-    async fn grant(
-        &self,
-        allowed: Allowed,
-        rec: &mut AuditRecord,
-    ) -> Result<TokenResponse, ExchangeError> {
-        let Allowed {
-            role,
-            token,
-            workload,
-            lifetime,
-            now,
-        } = allowed;
+    async fn grant(&self, allowed: Allowed, rec: &mut AuditRecord) -> Result<TokenResponse, ExchangeError> {
+        let Allowed { role, token, workload, lifetime, now } = allowed;
         let leeway = role.provider.rules.leeway as i64;
-        match self
-            .state
-            .mark_used(&token.replay_id, token.expires_at + leeway, now)
-            .await
-        {
+        match self.state.mark_used(&token.replay_id, token.expires_at + leeway, now).await {
             Ok(Mark::Fresh) => {}
             Ok(Mark::AlreadyUsed) => return Err(ExchangeError::Replayed),
             Err(e) => return Err(ExchangeError::State(e)),
@@ -523,20 +438,10 @@ impl Broker {
         let jti = random_id(16);
         let exp = now + lifetime;
         rec.decision = "allow";
-        rec.credential = Some(CredentialRecord {
-            kind: role.credential.kind(),
-            jti: jti.clone(),
-            expires_at: exp,
-        });
+        rec.credential = Some(CredentialRecord { kind: role.credential.kind(), jti: jti.clone(), expires_at: exp });
         // INVARIANT: the allow record is durable before any credential exists outside the broker.
-        let audit = self
-            .audit
-            .as_ref()
-            .ok_or_else(|| ExchangeError::Audit("no audit log".into()))?;
-        audit
-            .append(rec.clone(), true)
-            .await
-            .map_err(|e| ExchangeError::Audit(e.to_string()))?;
+        let audit = self.audit.as_ref().ok_or_else(|| ExchangeError::Audit("no audit log".into()))?;
+        audit.append(rec.clone(), true).await.map_err(|e| ExchangeError::Audit(e.to_string()))?;
         let minted = match &role.credential {
             Credential::Jwt { audience } => self.signer.sign(&json!({
                 "iss": self.config.server.issuer,
@@ -598,36 +503,24 @@ mod tests {
             form(&BASE.replace("token-exchange", "refresh_token")),
             Err(ExchangeError::UnsupportedGrantType)
         ));
-        assert!(matches!(
-            form("grant_type=refresh_token&refresh_token=x"),
-            Err(ExchangeError::UnsupportedGrantType)
-        ));
+        assert!(matches!(form("grant_type=refresh_token&refresh_token=x"), Err(ExchangeError::UnsupportedGrantType)));
         assert!(matches!(
             form(&format!("{BASE}&actor_token=x")),
-            Err(ExchangeError::InvalidRequest(
-                RequestProblem::ActorIncomplete
-            ))
+            Err(ExchangeError::InvalidRequest(RequestProblem::ActorIncomplete))
         ));
         assert!(matches!(
             form(&format!("{BASE}&resource=other")),
-            Err(ExchangeError::InvalidRequest(
-                RequestProblem::ConflictingTarget
-            ))
+            Err(ExchangeError::InvalidRequest(RequestProblem::ConflictingTarget))
         ));
         let many: String = (0..40).map(|i| format!("&f{i}=1")).collect();
         assert!(matches!(
             form(&format!("{BASE}{many}")),
             Err(ExchangeError::InvalidRequest(RequestProblem::TooManyFields))
         ));
-        let no_type = BASE.replace(
-            "&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aid_token",
-            "",
-        );
+        let no_type = BASE.replace("&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aid_token", "");
         assert!(matches!(
             form(&no_type),
-            Err(ExchangeError::InvalidRequest(RequestProblem::Missing(
-                "subject_token_type"
-            )))
+            Err(ExchangeError::InvalidRequest(RequestProblem::Missing("subject_token_type")))
         ));
     }
 
@@ -637,11 +530,7 @@ mod tests {
         assert_eq!(e.status, 400);
         assert_eq!(e.error, "invalid_target");
         assert!(e.description.starts_with("unknown_role: "));
-        assert!(
-            !e.description.contains('"')
-                && !e.description.contains('\\')
-                && e.description.is_ascii()
-        );
+        assert!(!e.description.contains('"') && !e.description.contains('\\') && e.description.is_ascii());
         let r = ExchangeError::Token(VerifyError::KeysUnavailable("down".into())).response();
         assert_eq!((r.status, r.error), (503, "temporarily_unavailable"));
     }

@@ -59,17 +59,8 @@ impl ConditionResult {
     /// `condition ref: expected `x`, got `y``, for error descriptions and audit.
     pub fn short(&self) -> String {
         match &self.got {
-            Some(g) => format!(
-                "condition {}: expected `{}`, got `{}`",
-                self.claim,
-                esc(&self.expected),
-                g
-            ),
-            None => format!(
-                "condition {}: expected `{}`, token has no such claim",
-                self.claim,
-                esc(&self.expected)
-            ),
+            Some(g) => format!("condition {}: expected `{}`, got `{}`", self.claim, esc(&self.expected), g),
+            None => format!("condition {}: expected `{}`, token has no such claim", self.claim, esc(&self.expected)),
         }
     }
 }
@@ -110,12 +101,7 @@ pub struct Decision {
 impl Decision {
     /// The failed conditions, short form, `; `-separated.
     pub fn reasons(&self) -> String {
-        self.conditions
-            .iter()
-            .filter(|c| !c.pass)
-            .map(ConditionResult::short)
-            .collect::<Vec<_>>()
-            .join("; ")
+        self.conditions.iter().filter(|c| !c.pass).map(ConditionResult::short).collect::<Vec<_>>().join("; ")
     }
 }
 
@@ -125,18 +111,15 @@ pub fn decide(role: &Role, claims: &Map<String, Value>) -> Decision {
         .conditions
         .iter()
         .map(|c| {
-            let got = lookup(claims, &c.claim).map(|v| {
-                scalar_text(v).unwrap_or_else(|| "(not a string, number or boolean)".into())
-            });
+            let got = lookup(claims, &c.claim)
+                .map(|v| scalar_text(v).unwrap_or_else(|| "(not a string, number or boolean)".into()));
             let pass = got.as_deref() == Some(c.expected.as_str())
                 && lookup(claims, &c.claim).is_some_and(|v| !v.is_object() && !v.is_array());
             let hint = match &got {
                 Some(g) if !pass && g.eq_ignore_ascii_case(&c.expected) => {
                     Some("differs only in letter case; comparison is case-sensitive")
                 }
-                Some(g) if !pass && g.trim() == c.expected => {
-                    Some("differs only in surrounding white space")
-                }
+                Some(g) if !pass && g.trim() == c.expected => Some("differs only in surrounding white space"),
                 _ => None,
             };
             ConditionResult {
@@ -148,10 +131,7 @@ pub fn decide(role: &Role, claims: &Map<String, Value>) -> Decision {
             }
         })
         .collect();
-    Decision {
-        allow: conditions.iter().all(|c| c.pass),
-        conditions,
-    }
+    Decision { allow: conditions.iter().all(|c| c.pass), conditions }
 }
 
 #[cfg(test)]
@@ -182,10 +162,7 @@ mod tests {
     #[test]
     fn dotted_paths_and_missing_claims() {
         let c = claims(json!({"google": {"compute_engine": {"project_id": "p1"}}, "a.b": "flat"}));
-        assert_eq!(
-            lookup(&c, "google.compute_engine.project_id"),
-            Some(&json!("p1"))
-        );
+        assert_eq!(lookup(&c, "google.compute_engine.project_id"), Some(&json!("p1")));
         assert_eq!(lookup(&c, "a.b"), Some(&json!("flat")));
         assert_eq!(lookup(&c, "google.nothing"), None);
     }

@@ -1,8 +1,9 @@
 //! The HTTP surface: RFC 8693 on `POST /v1/token`, the broker's JWKS and discovery, health.
 //!
-//! Limits are applied before any parsing: body size (413), header size and header read timeout
-//! (slow clients are dropped), a per-request timeout. Token responses carry
-//! `Cache-Control: no-store` and `Pragma: no-cache`; every error is RFC 6749 JSON.
+//! Limits are applied before any parsing: per-client rate (429), body size (413), header size
+//! and header read timeout (slow clients are dropped), a per-request timeout. Every rejection on
+//! `/v1/token` goes through [`Broker::exchange`], so it is mapped in one place and audited. Token
+//! responses carry `Cache-Control: no-store` and `Pragma: no-cache`; every error is RFC 6749 JSON.
 
 use crate::exchange::{Broker, ErrorResponse, ExchangeError, RequestProblem, parse_form};
 use crate::minting::jwt::random_id;
@@ -16,9 +17,70 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+/// Token buckets per client address on `/v1/token`. Bounded: past `max_clients` tracked
+/// addresses, idle buckets are dropped; if none is idle, new clients are refused (429) rather
+/// than letting the table grow.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    max_clients: usize,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        RateLimiter {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+            max_clients: 100_000,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `ip`; false when the client is over its rate.
+    pub fn admit(&self, ip: IpAddr) -> bool {
+        if self.per_second <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let Ok(mut map) = self.buckets.lock() else { return false };
+        if map.len() >= self.max_clients && !map.contains_key(&ip) {
+            let (rate, burst) = (self.per_second, self.burst);
+            map.retain(|_, (tokens, last)| *tokens + now.duration_since(*last).as_secs_f64() * rate < burst);
+            if map.len() >= self.max_clients {
+                return false;
+            }
+        }
+        let (tokens, last) = map.entry(ip).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Shared state of the routes.
+#[derive(Debug)]
+pub struct App {
+    pub broker: Arc<Broker>,
+    pub limiter: RateLimiter,
+}
+
+/// The client's address, set per connection by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
 
 fn no_store(mut r: Response) -> Response {
     let h = r.headers_mut();
@@ -30,89 +92,47 @@ fn no_store(mut r: Response) -> Response {
 /// An RFC 6749 §5.2 error body with its status.
 pub fn error_response(e: &ErrorResponse) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-    let mut r = (
-        status,
-        axum::Json(json!({"error": e.error, "error_description": e.description})),
-    )
-        .into_response();
-    if e.status == 503 {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    let mut r = (status, axum::Json(json!({"error": e.error, "error_description": e.description}))).into_response();
+    if e.status == 503 || e.status == 429 {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    if e.status == 405 {
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
     }
     no_store(r)
 }
 
-fn plain_error(status: u16, error: &'static str, reason: &'static str, detail: &str) -> Response {
-    error_response(&ErrorResponse {
-        status,
-        error,
-        reason,
-        description: format!("{reason}: {detail}"),
-    })
-}
-
 async fn token(
-    State(b): State<Arc<Broker>>,
+    State(app): State<Arc<App>>,
+    client: Option<axum::Extension<ClientAddr>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let request_id = random_id(12);
-    if method != Method::POST {
-        let mut r = plain_error(
-            405,
-            "invalid_request",
-            "method_not_allowed",
-            "use POST with a form body",
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
-    }
-    if uri.query().is_some() {
+    let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    });
+    let bad = |p| Err(ExchangeError::InvalidRequest(p));
+    let req = if client.is_some_and(|c| !app.limiter.admit(c.0.0.ip())) {
+        Err(ExchangeError::RateLimited)
+    } else if method != Method::POST {
+        bad(RequestProblem::MethodNotAllowed)
+    } else if uri.query().is_some() {
         // A token in a URL ends up in logs and proxies; refuse it whatever else the URL holds.
-        return plain_error(
-            400,
-            "invalid_request",
-            "request_invalid",
-            "parameters belong in the form body, not the query string",
-        );
-    }
-    let form_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';').next().is_some_and(|m| {
-                m.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        });
-    let body = match body {
-        Ok(b) => b,
-        Err(_) => {
-            return plain_error(
-                413,
-                "invalid_request",
-                "request_too_large",
-                "request body over the size limit",
-            );
-        }
-    };
-    let req = if form_type {
-        parse_form(&body)
+        bad(RequestProblem::QueryString)
+    } else if !form_type {
+        bad(RequestProblem::NotForm)
     } else {
-        Err(ExchangeError::InvalidRequest(RequestProblem::NotForm))
-    };
-    let unsupported_media = !form_type;
-    let mut resp = match b.exchange(req, &request_id).await {
-        Ok(ok) => no_store(axum::Json(ok).into_response()),
-        Err(mut e) => {
-            if unsupported_media {
-                e.status = 415;
-            }
-            error_response(&e)
+        match body {
+            Ok(b) => parse_form(&b),
+            Err(_) => bad(RequestProblem::BodyTooLarge),
         }
+    };
+    let mut resp = match app.broker.exchange(req, &request_id).await {
+        Ok(ok) => no_store(axum::Json(ok).into_response()),
+        Err(e) => error_response(&e),
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -120,21 +140,19 @@ async fn token(
     resp
 }
 
-async fn jwks(State(b): State<Arc<Broker>>) -> Response {
-    let mut r = axum::Json(b.signer.jwks()).into_response();
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
+async fn jwks(State(app): State<Arc<App>>) -> Response {
+    let mut r = axum::Json(app.broker.signer.jwks()).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
     r
 }
 
-async fn discovery(State(b): State<Arc<Broker>>) -> Response {
-    let iss = b.config.server.issuer.trim_end_matches('/').to_owned();
+async fn discovery(State(app): State<Arc<App>>) -> Response {
+    let issuer = &app.broker.config.server.issuer;
+    let base = issuer.trim_end_matches('/');
     axum::Json(json!({
-        "issuer": b.config.server.issuer,
-        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
-        "token_endpoint": format!("{iss}/v1/token"),
+        "issuer": issuer,
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "token_endpoint": format!("{base}/v1/token"),
         "grant_types_supported": [crate::exchange::GRANT_TOKEN_EXCHANGE],
         "id_token_signing_alg_values_supported": ["ES256"],
         "response_types_supported": ["id_token"],
@@ -147,41 +165,42 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(b): State<Arc<Broker>>) -> Response {
-    let state = b.state.ready().await.is_ok();
-    let audit = b.audit.as_ref().is_some_and(crate::audit::AuditLog::ready);
-    let status = if state && audit {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let state = app.broker.state.ready().await.is_ok();
+    let audit = app.broker.audit.as_ref().is_some_and(crate::audit::AuditLog::ready);
+    let status = if state && audit { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(json!({"state": state, "audit": audit}))).into_response()
 }
 
 async fn not_found() -> Response {
-    plain_error(404, "invalid_request", "not_found", "no such route")
+    error_response(&ErrorResponse {
+        status: 404,
+        error: "invalid_request",
+        reason: "not_found",
+        description: "not_found: no such route".into(),
+    })
 }
 
 /// The broker's routes; `extra` is merged in (dev mode's demo issuer).
 pub fn router(broker: Arc<Broker>, extra: Option<Router>) -> Router {
-    let max_body = broker.config.server.max_body_size;
+    let s = &broker.config.server;
+    let max_body = s.max_body_size;
+    let limiter = RateLimiter::new(s.rate_limit_per_second, s.rate_limit_burst);
+    let app = Arc::new(App { broker, limiter });
     let mut r = Router::new()
         .route("/v1/token", any(token))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(broker)
+        .with_state(app)
         .fallback(not_found);
     if let Some(extra) = extra {
         r = r.merge(extra);
     }
-    r.layer(DefaultBodyLimit::max(max_body)).layer(
-        tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            header::COOKIE,
-        ]),
-    )
+    r.layer(DefaultBodyLimit::max(max_body)).layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new(
+        [header::AUTHORIZATION, header::COOKIE],
+    ))
 }
 
 /// Serves `router` on `listener` until SIGINT/SIGTERM, then stops accepting and lets in-flight
@@ -193,17 +212,15 @@ pub async fn serve(
     request_timeout: Duration,
     drain: Duration,
 ) -> std::io::Result<()> {
-    let router = router.layer(tower_http::timeout::TimeoutLayer::with_status_code(
-        StatusCode::SERVICE_UNAVAILABLE,
-        request_timeout,
-    ));
+    let router = router
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout));
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -212,11 +229,13 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(router.clone());
+                let svc = router.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    req
+                });
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout).max_buf_size(64 * 1024).keep_alive(true);
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)));
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
@@ -230,31 +249,32 @@ pub async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain deadline passed with requests still in flight");
     }
     Ok(())
 }
 
 async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut t), Ok(mut i)) => {
-                tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
-            }
-            _ => std::future::pending::<()>().await,
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
         }
+        _ => std::future::pending::<()>().await,
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_admits_a_burst_then_refuses() {
+        let l = RateLimiter::new(1, 5);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!((0..10).filter(|_| l.admit(a)).count(), 5);
+        assert!(l.admit(b), "another client is unaffected");
     }
 }

@@ -47,10 +47,7 @@ impl Default for CacheSettings {
 #[derive(Debug, Clone)]
 pub enum KeySource {
     /// OIDC discovery at the issuer, then its `jwks_uri`.
-    Discovery {
-        issuer: String,
-        jwks_hosts: Vec<String>,
-    },
+    Discovery { issuer: String, jwks_hosts: Vec<String> },
     /// A JWKS URL given in config (skips discovery).
     JwksUrl { issuer: String, url: url::Url },
     /// Keys pinned from a file or built in; never refetched.
@@ -71,9 +68,7 @@ impl Snapshot {
     fn needs_refresh(&self, kid: Option<&str>, now: i64) -> bool {
         match &self.keys {
             None => true,
-            Some(k) => {
-                now - self.fetched_at >= self.ttl as i64 || kid.is_some_and(|kid| !k.has_kid(kid))
-            }
+            Some(k) => now - self.fetched_at >= self.ttl as i64 || kid.is_some_and(|kid| !k.has_kid(kid)),
         }
     }
     fn may_attempt(&self, now: i64, s: &CacheSettings) -> bool {
@@ -86,11 +81,9 @@ impl Snapshot {
                 "keys older than the stale window; last refresh: {}",
                 self.last_error.as_deref().unwrap_or("none")
             ))),
-            None => Err(VerifyError::KeysUnavailable(
-                self.last_error
-                    .clone()
-                    .unwrap_or_else(|| "never fetched".into()),
-            )),
+            None => {
+                Err(VerifyError::KeysUnavailable(self.last_error.clone().unwrap_or_else(|| "never fetched".into())))
+            }
         }
     }
 }
@@ -105,20 +98,13 @@ pub struct KeyCache {
 
 impl std::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyCache")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
+        f.debug_struct("KeyCache").field("settings", &self.settings).finish_non_exhaustive()
     }
 }
 
 impl KeyCache {
     pub fn new(settings: CacheSettings, http: reqwest::Client) -> Self {
-        KeyCache {
-            cache: Cache::builder().max_capacity(10_000).build(),
-            http,
-            settings,
-            fetches: AtomicU64::new(0),
-        }
+        KeyCache { cache: Cache::builder().max_capacity(10_000).build(), http, settings, fetches: AtomicU64::new(0) }
     }
 
     /// How many fetch rounds (discovery + JWKS) this cache has started.
@@ -196,9 +182,9 @@ impl KeyCache {
             CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
                 e.into_value().usable(now, s)
             }
-            CompResult::Removed(_) | CompResult::StillNone(_) => Err(VerifyError::KeysUnavailable(
-                "key cache entry vanished".into(),
-            )),
+            CompResult::Removed(_) | CompResult::StillNone(_) => {
+                Err(VerifyError::KeysUnavailable("key cache entry vanished".into()))
+            }
         }
     }
 
@@ -206,9 +192,7 @@ impl KeyCache {
         let limits = &self.settings.limits;
         let (issuer, jwks_url) = match source {
             KeySource::Pinned(_) => {
-                return Err(FetchError::JwksUriRejected(
-                    "pinned keys are never fetched".into(),
-                ));
+                return Err(FetchError::JwksUriRejected("pinned keys are never fetched".into()));
             }
             KeySource::Discovery { issuer, jwks_hosts } => {
                 let (_, url) = fetch::discover(&self.http, issuer, jwks_hosts, limits).await?;
@@ -217,10 +201,8 @@ impl KeyCache {
             KeySource::JwksUrl { issuer, url } => (issuer, url.clone()),
         };
         let fetched = fetch::get_capped(&self.http, &jwks_url, limits).await?;
-        let keys = KeySet::from_json(&fetched.body).map_err(|e| FetchError::Document {
-            url: jwks_url.to_string(),
-            cause: e.to_string(),
-        })?;
+        let keys = KeySet::from_json(&fetched.body)
+            .map_err(|e| FetchError::Document { url: jwks_url.to_string(), cause: e.to_string() })?;
         for ignored in keys.ignored() {
             tracing::info!(issuer = %issuer, kid = ?ignored.kid.as_deref().map(|k| crate::error::escape_untrusted(k, 64)), reason = ignored.reason, "jwks key ignored");
         }

@@ -46,9 +46,7 @@ impl Check {
     pub fn describe(self) -> &'static str {
         match self {
             Check::Size => "token within the size limit",
-            Check::Structure => {
-                "compact JWS: three strict base64url segments, JSON objects, no duplicate members"
-            }
+            Check::Structure => "compact JWS: three strict base64url segments, JSON objects, no duplicate members",
             Check::Algorithm => "alg on the provider's allow-list (never none or HS*)",
             Check::Header => "no crit or b64 extension, typ is JWT if present, kid well-formed",
             Check::Issuer => "iss equals the configured issuer exactly",
@@ -66,10 +64,7 @@ impl Check {
 
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         f.write_str(&s)
     }
 }
@@ -190,9 +185,7 @@ impl VerifyError {
             VerifyError::TokenTooLarge { .. } => Check::Size,
             VerifyError::Malformed(_) | VerifyError::DuplicateMember(_) => Check::Structure,
             VerifyError::AlgNotAllowed { .. } => Check::Algorithm,
-            VerifyError::CritUnsupported
-            | VerifyError::TypNotAllowed { .. }
-            | VerifyError::KidInvalid => Check::Header,
+            VerifyError::CritUnsupported | VerifyError::TypNotAllowed { .. } | VerifyError::KidInvalid => Check::Header,
             VerifyError::IssuerNotTrusted { .. } => Check::Issuer,
             VerifyError::UnknownKey { .. }
             | VerifyError::AmbiguousKey { .. }

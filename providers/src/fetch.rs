@@ -71,11 +71,7 @@ pub fn validate_issuer(issuer: &str) -> Result<Url, String> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err("has a userinfo part".into());
     }
-    if url.query().is_some()
-        || url.fragment().is_some()
-        || issuer.contains('?')
-        || issuer.contains('#')
-    {
+    if url.query().is_some() || url.fragment().is_some() || issuer.contains('?') || issuer.contains('#') {
         return Err("has a query or fragment".into());
     }
     let path = url.path();
@@ -116,19 +112,11 @@ pub struct Fetched {
 
 fn max_age(headers: &reqwest::header::HeaderMap) -> Option<u64> {
     let cc = headers.get(reqwest::header::CACHE_CONTROL)?.to_str().ok()?;
-    cc.split(',').find_map(|d| {
-        d.trim()
-            .strip_prefix("max-age=")
-            .and_then(|v| v.trim().parse().ok())
-    })
+    cc.split(',').find_map(|d| d.trim().strip_prefix("max-age=").and_then(|v| v.trim().parse().ok()))
 }
 
 /// GET with a body cap enforced while streaming.
-pub async fn get_capped(
-    client: &reqwest::Client,
-    url: &Url,
-    limits: &FetchLimits,
-) -> Result<Fetched, FetchError> {
+pub async fn get_capped(client: &reqwest::Client, url: &Url, limits: &FetchLimits) -> Result<Fetched, FetchError> {
     let u = url.to_string();
     let fut = async {
         let resp = client
@@ -136,42 +124,24 @@ pub async fn get_capped(
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| FetchError::Http {
-                url: u.clone(),
-                cause: short_cause(&e),
-            })?;
+            .map_err(|e| FetchError::Http { url: u.clone(), cause: short_cause(&e) })?;
         let status = resp.status();
         if status.is_redirection() {
             return Err(FetchError::Redirect { url: u.clone() });
         }
         if !status.is_success() {
-            return Err(FetchError::Status {
-                url: u.clone(),
-                status: status.as_u16(),
-            });
+            return Err(FetchError::Status { url: u.clone(), status: status.as_u16() });
         }
-        if resp
-            .content_length()
-            .is_some_and(|l| l > limits.max_body_bytes as u64)
-        {
-            return Err(FetchError::TooLarge {
-                url: u.clone(),
-                max: limits.max_body_bytes,
-            });
+        if resp.content_length().is_some_and(|l| l > limits.max_body_bytes as u64) {
+            return Err(FetchError::TooLarge { url: u.clone(), max: limits.max_body_bytes });
         }
         let max_age = max_age(resp.headers());
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| FetchError::Http {
-                url: u.clone(),
-                cause: short_cause(&e),
-            })?;
+            let chunk = chunk.map_err(|e| FetchError::Http { url: u.clone(), cause: short_cause(&e) })?;
             if body.len() + chunk.len() > limits.max_body_bytes {
-                return Err(FetchError::TooLarge {
-                    url: u.clone(),
-                    max: limits.max_body_bytes,
-                });
+                return Err(FetchError::TooLarge { url: u.clone(), max: limits.max_body_bytes });
             }
             body.extend_from_slice(&chunk);
         }
@@ -180,12 +150,7 @@ pub async fn get_capped(
     // reqwest's own timeout covers the whole request; this one also bounds a body that trickles.
     tokio::time::timeout(limits.total_timeout, fut)
         .await
-        .unwrap_or_else(|_| {
-            Err(FetchError::Http {
-                url: u.clone(),
-                cause: "timed out".into(),
-            })
-        })
+        .unwrap_or_else(|_| Err(FetchError::Http { url: u.clone(), cause: "timed out".into() }))
 }
 
 fn short_cause(e: &reqwest::Error) -> String {
@@ -216,28 +181,15 @@ pub async fn discover(
     jwks_hosts: &[String],
     limits: &FetchLimits,
 ) -> Result<(Discovery, Url), FetchError> {
-    let issuer_url = validate_issuer(issuer).map_err(|e| FetchError::Document {
-        url: issuer.into(),
-        cause: e,
-    })?;
-    let disco_url = Url::parse(&format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    ))
-    .map_err(|e| FetchError::Document {
-        url: issuer.into(),
-        cause: e.to_string(),
-    })?;
+    let issuer_url = validate_issuer(issuer).map_err(|e| FetchError::Document { url: issuer.into(), cause: e })?;
+    let disco_url = Url::parse(&format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/')))
+        .map_err(|e| FetchError::Document { url: issuer.into(), cause: e.to_string() })?;
     let fetched = get_capped(client, &disco_url, limits).await?;
-    let obj = crate::json::parse_object(&fetched.body).map_err(|e| FetchError::Document {
+    let obj = crate::json::parse_object(&fetched.body)
+        .map_err(|e| FetchError::Document { url: disco_url.to_string(), cause: e.to_string() })?;
+    let doc: Discovery = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|_| FetchError::Document {
         url: disco_url.to_string(),
-        cause: e.to_string(),
-    })?;
-    let doc: Discovery = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|_| {
-        FetchError::Document {
-            url: disco_url.to_string(),
-            cause: "issuer or jwks_uri missing or not strings".into(),
-        }
+        cause: "issuer or jwks_uri missing or not strings".into(),
     })?;
     if doc.issuer != issuer {
         return Err(FetchError::DiscoveryIssuerMismatch {
@@ -245,8 +197,7 @@ pub async fn discover(
             got: crate::error::escape_untrusted(&doc.issuer, 128),
         });
     }
-    let jwks = Url::parse(&doc.jwks_uri)
-        .map_err(|_| FetchError::JwksUriRejected("not an absolute URL".into()))?;
+    let jwks = Url::parse(&doc.jwks_uri).map_err(|_| FetchError::JwksUriRejected("not an absolute URL".into()))?;
     check_jwks_uri(&issuer_url, &jwks, jwks_hosts)?;
     Ok((doc, jwks))
 }
@@ -254,20 +205,16 @@ pub async fn discover(
 /// A JWKS URL must be https (http only when the issuer itself is loopback http), carry no
 /// userinfo, and sit on the issuer's host or a host the provider lists in `jwks_hosts`.
 pub fn check_jwks_uri(issuer: &Url, jwks: &Url, jwks_hosts: &[String]) -> Result<(), FetchError> {
-    let scheme_ok = jwks.scheme() == "https"
-        || (jwks.scheme() == "http" && issuer.scheme() == "http" && is_loopback_host(jwks));
+    let scheme_ok =
+        jwks.scheme() == "https" || (jwks.scheme() == "http" && issuer.scheme() == "http" && is_loopback_host(jwks));
     if !scheme_ok {
-        return Err(FetchError::JwksUriRejected(format!(
-            "scheme `{}` not allowed",
-            jwks.scheme()
-        )));
+        return Err(FetchError::JwksUriRejected(format!("scheme `{}` not allowed", jwks.scheme())));
     }
     if !jwks.username().is_empty() || jwks.password().is_some() {
         return Err(FetchError::JwksUriRejected("has a userinfo part".into()));
     }
     let host = jwks.host_str().unwrap_or_default();
-    let same = issuer.host_str() == Some(host)
-        && issuer.port_or_known_default() == jwks.port_or_known_default();
+    let same = issuer.host_str() == Some(host) && issuer.port_or_known_default() == jwks.port_or_known_default();
     if !same && !jwks_hosts.iter().any(|h| h == host) {
         return Err(FetchError::JwksUriRejected(format!(
             "host `{}` is neither the issuer's nor listed in jwks_hosts",
@@ -309,8 +256,7 @@ mod tests {
     fn jwks_uri_rules() {
         let iss = Url::parse("https://accounts.google.com").unwrap_or_else(|_| unreachable!());
         let ok = Url::parse("https://accounts.google.com/keys").unwrap_or_else(|_| unreachable!());
-        let other = Url::parse("https://www.googleapis.com/oauth2/v3/certs")
-            .unwrap_or_else(|_| unreachable!());
+        let other = Url::parse("https://www.googleapis.com/oauth2/v3/certs").unwrap_or_else(|_| unreachable!());
         let http = Url::parse("http://accounts.google.com/keys").unwrap_or_else(|_| unreachable!());
         let meta = Url::parse("https://169.254.169.254/keys").unwrap_or_else(|_| unreachable!());
         assert!(check_jwks_uri(&iss, &ok, &[]).is_ok());

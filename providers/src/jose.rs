@@ -31,15 +31,10 @@ pub struct UntrustedJws<'a> {
 
 /// Decodes one segment: unpadded base64url only, canonical (no stray trailing bits).
 pub fn b64url_strict(seg: &str) -> Result<Vec<u8>, VerifyError> {
-    if !seg
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(VerifyError::Malformed(Malformed::Charset));
     }
-    URL_SAFE_NO_PAD
-        .decode(seg)
-        .map_err(|_| VerifyError::Malformed(Malformed::Base64))
+    URL_SAFE_NO_PAD.decode(seg).map_err(|_| VerifyError::Malformed(Malformed::Base64))
 }
 
 fn strict_object(bytes: &[u8], which: Malformed) -> Result<Map<String, Value>, VerifyError> {
@@ -47,9 +42,7 @@ fn strict_object(bytes: &[u8], which: Malformed) -> Result<Map<String, Value>, V
         return Err(VerifyError::Malformed(Malformed::NotUtf8));
     }
     json::parse_object(bytes).map_err(|e| match e {
-        StrictJsonError::Duplicate(name) => {
-            VerifyError::DuplicateMember(crate::error::escape_untrusted(&name, 64))
-        }
+        StrictJsonError::Duplicate(name) => VerifyError::DuplicateMember(crate::error::escape_untrusted(&name, 64)),
         StrictJsonError::NotAnObject => VerifyError::Malformed(Malformed::NotAnObject),
         StrictJsonError::Syntax(_) => VerifyError::Malformed(which),
     })
@@ -60,10 +53,7 @@ pub fn parse_claims(payload: &[u8]) -> Result<Map<String, Value>, VerifyError> {
     strict_object(payload, Malformed::PayloadJson)
 }
 
-fn header_str<'h>(
-    h: &'h Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<&'h str>, VerifyError> {
+fn header_str<'h>(h: &'h Map<String, Value>, name: &'static str) -> Result<Option<&'h str>, VerifyError> {
     match h.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -73,9 +63,7 @@ fn header_str<'h>(
 
 /// Maps a header `alg` to an algorithm, exactly (case-sensitive), or refuses it.
 pub fn parse_alg(alg: &str, allowed: &[Algorithm]) -> Result<Algorithm, VerifyError> {
-    let refused = || VerifyError::AlgNotAllowed {
-        alg: crate::error::escape_untrusted(alg, 32),
-    };
+    let refused = || VerifyError::AlgNotAllowed { alg: crate::error::escape_untrusted(alg, 32) };
     let a = match alg {
         "RS256" => Algorithm::RS256,
         "RS384" => Algorithm::RS384,
@@ -90,30 +78,17 @@ pub fn parse_alg(alg: &str, allowed: &[Algorithm]) -> Result<Algorithm, VerifyEr
         // are refused here, whatever the provider's allow-list says.
         _ => return Err(refused()),
     };
-    if allowed.contains(&a) {
-        Ok(a)
-    } else {
-        Err(refused())
-    }
+    if allowed.contains(&a) { Ok(a) } else { Err(refused()) }
 }
 
 impl<'a> UntrustedJws<'a> {
     /// Runs the size, structure, algorithm and header checks on a compact JWS.
-    pub fn parse(
-        token: &'a str,
-        max_bytes: usize,
-        allowed: &[Algorithm],
-    ) -> Result<Self, VerifyError> {
+    pub fn parse(token: &'a str, max_bytes: usize, allowed: &[Algorithm]) -> Result<Self, VerifyError> {
         if token.len() > max_bytes {
-            return Err(VerifyError::TokenTooLarge {
-                size: token.len(),
-                max: max_bytes,
-            });
+            return Err(VerifyError::TokenTooLarge { size: token.len(), max: max_bytes });
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(VerifyError::Malformed(if token.split('.').count() == 5 {
                 Malformed::Jwe
             } else {
@@ -135,9 +110,7 @@ impl<'a> UntrustedJws<'a> {
         }
         // The algorithm is judged before the signature segment: `none` is refused as such
         // whether its signature is empty or not.
-        let alg_name = header_str(&header, "alg")?.ok_or(VerifyError::AlgNotAllowed {
-            alg: "(missing)".into(),
-        })?;
+        let alg_name = header_str(&header, "alg")?.ok_or(VerifyError::AlgNotAllowed { alg: "(missing)".into() })?;
         let alg = parse_alg(alg_name, allowed)?;
         if s.is_empty() {
             return Err(VerifyError::Malformed(Malformed::EmptySegment));
@@ -147,31 +120,18 @@ impl<'a> UntrustedJws<'a> {
         if let Some(typ) = header_str(&header, "typ")? {
             let t = typ.to_ascii_lowercase();
             if t != "jwt" && t != "application/jwt" {
-                return Err(VerifyError::TypNotAllowed {
-                    typ: crate::error::escape_untrusted(typ, 32),
-                });
+                return Err(VerifyError::TypNotAllowed { typ: crate::error::escape_untrusted(typ, 32) });
             }
         }
         let kid = match header_str(&header, "kid")? {
             None => None,
-            Some(k)
-                if k.is_empty()
-                    || k.len() > MAX_KID_LEN
-                    || !k.bytes().all(|b| b.is_ascii_graphic()) =>
-            {
+            Some(k) if k.is_empty() || k.len() > MAX_KID_LEN || !k.bytes().all(|b| b.is_ascii_graphic()) => {
                 return Err(VerifyError::KidInvalid);
             }
             Some(k) => Some(k.to_owned()),
         };
         let signing_input = &token[..h.len() + 1 + p.len()];
-        Ok(UntrustedJws {
-            signing_input,
-            signature_b64: s,
-            header,
-            alg,
-            kid,
-            payload,
-        })
+        Ok(UntrustedJws { signing_input, signature_b64: s, header, alg, kid, payload })
     }
 }
 
@@ -190,17 +150,9 @@ mod tests {
 
     #[test]
     fn none_in_every_spelling_and_hmac_are_refused() {
-        for alg in [
-            "none", "None", "NONE", "nOnE", "HS256", "HS512", "rs256", "",
-        ] {
+        for alg in ["none", "None", "NONE", "nOnE", "HS256", "HS512", "rs256", ""] {
             let t = tok(&format!(r#"{{"alg":"{alg}"}}"#), "{}");
-            assert!(
-                matches!(
-                    UntrustedJws::parse(&t, 16384, ALLOWED),
-                    Err(VerifyError::AlgNotAllowed { .. })
-                ),
-                "{alg}"
-            );
+            assert!(matches!(UntrustedJws::parse(&t, 16384, ALLOWED), Err(VerifyError::AlgNotAllowed { .. })), "{alg}");
         }
         // even when a provider lists HS256, it is refused
         let t = tok(r#"{"alg":"HS256"}"#, "{}");
@@ -225,10 +177,7 @@ mod tests {
         for c in cases {
             assert!(UntrustedJws::parse(&c, 16384, ALLOWED).is_err(), "{c}");
         }
-        assert!(matches!(
-            UntrustedJws::parse(&good, 10, ALLOWED),
-            Err(VerifyError::TokenTooLarge { .. })
-        ));
+        assert!(matches!(UntrustedJws::parse(&good, 10, ALLOWED), Err(VerifyError::TokenTooLarge { .. })));
     }
 
     #[test]
@@ -238,35 +187,19 @@ mod tests {
             r#"{"alg":"RS256","crit":[]}"#,
             r#"{"alg":"RS256","b64":false,"crit":["b64"]}"#,
         ] {
-            assert_eq!(
-                UntrustedJws::parse(&tok(h, "{}"), 16384, ALLOWED).err(),
-                Some(VerifyError::CritUnsupported)
-            );
+            assert_eq!(UntrustedJws::parse(&tok(h, "{}"), 16384, ALLOWED).err(), Some(VerifyError::CritUnsupported));
         }
         for typ in ["at+jwt", "dpop+jwt", "logout+jwt", "secevent+jwt"] {
             let t = tok(&format!(r#"{{"alg":"RS256","typ":"{typ}"}}"#), "{}");
-            assert!(matches!(
-                UntrustedJws::parse(&t, 16384, ALLOWED),
-                Err(VerifyError::TypNotAllowed { .. })
-            ));
+            assert!(matches!(UntrustedJws::parse(&t, 16384, ALLOWED), Err(VerifyError::TypNotAllowed { .. })));
         }
-        assert!(
-            UntrustedJws::parse(&tok(r#"{"alg":"RS256","typ":"JWT"}"#, "{}"), 16384, ALLOWED)
-                .is_ok()
-        );
+        assert!(UntrustedJws::parse(&tok(r#"{"alg":"RS256","typ":"JWT"}"#, "{}"), 16384, ALLOWED).is_ok());
         let long = "k".repeat(4096);
         for kid in ["", "a\\u0000b", "a\\r\\nb", long.as_str()] {
             let t = tok(&format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#), "{}");
-            assert_eq!(
-                UntrustedJws::parse(&t, 1 << 20, ALLOWED).err(),
-                Some(VerifyError::KidInvalid),
-                "{kid}"
-            );
+            assert_eq!(UntrustedJws::parse(&t, 1 << 20, ALLOWED).err(), Some(VerifyError::KidInvalid), "{kid}");
         }
         let t = tok(r#"{"alg":"RS256","alg":"none"}"#, "{}");
-        assert_eq!(
-            UntrustedJws::parse(&t, 16384, ALLOWED).err(),
-            Some(VerifyError::DuplicateMember("alg".into()))
-        );
+        assert_eq!(UntrustedJws::parse(&t, 16384, ALLOWED).err(), Some(VerifyError::DuplicateMember("alg".into())));
     }
 }

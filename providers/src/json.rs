@@ -132,14 +132,8 @@ mod tests {
 
     #[test]
     fn duplicate_members_are_refused_at_any_depth() {
-        assert_eq!(
-            parse_object(br#"{"alg":"RS256","alg":"none"}"#),
-            Err(StrictJsonError::Duplicate("alg".into()))
-        );
-        assert_eq!(
-            parse_object(br#"{"a":{"sub":"a","sub":"b"}}"#),
-            Err(StrictJsonError::Duplicate("sub".into()))
-        );
+        assert_eq!(parse_object(br#"{"alg":"RS256","alg":"none"}"#), Err(StrictJsonError::Duplicate("alg".into())));
+        assert_eq!(parse_object(br#"{"a":{"sub":"a","sub":"b"}}"#), Err(StrictJsonError::Duplicate("sub".into())));
         assert!(parse_object(br#"{"alg":"RS256","x":{"alg":"none"}}"#).is_ok());
     }
 
@@ -147,17 +141,8 @@ mod tests {
     fn non_objects_deep_nesting_and_huge_numbers_are_refused() {
         assert_eq!(parse_object(b"[1]"), Err(StrictJsonError::NotAnObject));
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(matches!(
-            parse_object(deep.as_bytes()),
-            Err(StrictJsonError::Syntax(_))
-        ));
-        assert!(matches!(
-            parse_object(br#"{"exp":1e400}"#),
-            Err(StrictJsonError::Syntax(_))
-        ));
-        assert!(matches!(
-            parse_object(br#"{"a":1} x"#),
-            Err(StrictJsonError::Syntax(_))
-        ));
+        assert!(matches!(parse_object(deep.as_bytes()), Err(StrictJsonError::Syntax(_))));
+        assert!(matches!(parse_object(br#"{"exp":1e400}"#), Err(StrictJsonError::Syntax(_))));
+        assert!(matches!(parse_object(br#"{"a":1} x"#), Err(StrictJsonError::Syntax(_))));
     }
 }

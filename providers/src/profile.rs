@@ -20,9 +20,9 @@ impl Profile {
     pub fn parse(name: &str) -> Result<Profile, String> {
         match name {
             "oidc" => Ok(Profile::Oidc),
-            "github-actions" | "gitlab" | "kubernetes" | "gcp" => Err(format!(
-                "profile `{name}` is not available in this release; use `oidc`"
-            )),
+            "github-actions" | "gitlab" | "kubernetes" | "gcp" => {
+                Err(format!("profile `{name}` is not available in this release; use `oidc`"))
+            }
             other => Err(format!("unknown profile `{other}` (expected oidc)")),
         }
     }
@@ -50,10 +50,7 @@ impl Profile {
         match self {
             Profile::Oidc => Ok(Workload {
                 subject: token.subject.clone(),
-                task: token
-                    .jti
-                    .clone()
-                    .unwrap_or_else(|| format!("assertion:{}", &token.replay_id[..32])),
+                task: token.jti.clone().unwrap_or_else(|| format!("assertion:{}", &token.replay_id[..32])),
             }),
         }
     }

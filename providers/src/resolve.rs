@@ -22,12 +22,7 @@ pub struct SystemLookup;
 impl Lookup for SystemLookup {
     fn lookup(&self, host: &str) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
         let host = host.to_owned();
-        Box::pin(async move {
-            Ok(tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .map(|a| a.ip())
-                .collect())
-        })
+        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.map(|a| a.ip()).collect()) })
     }
 }
 
@@ -75,19 +70,13 @@ pub struct GuardedResolver {
 
 impl GuardedResolver {
     pub fn new(inner: Arc<dyn Lookup>, allow_private: bool) -> Self {
-        GuardedResolver {
-            inner,
-            allow_private,
-        }
+        GuardedResolver { inner, allow_private }
     }
 
     /// The addresses a fetch may connect to for `host`.
     pub async fn addresses(&self, host: &str) -> io::Result<Vec<IpAddr>> {
         let all = self.inner.lookup(host).await?;
-        let kept: Vec<IpAddr> = all
-            .into_iter()
-            .filter(|ip| self.allow_private || is_public(*ip))
-            .collect();
+        let kept: Vec<IpAddr> = all.into_iter().filter(|ip| self.allow_private || is_public(*ip)).collect();
         if kept.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -104,10 +93,7 @@ impl Resolve for GuardedResolver {
         let allow_private = self.allow_private;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let guard = GuardedResolver {
-                inner,
-                allow_private,
-            };
+            let guard = GuardedResolver { inner, allow_private };
             let ips = guard.addresses(&host).await?;
             let addrs: Addrs = Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
             Ok(addrs)
@@ -122,15 +108,8 @@ mod tests {
 
     struct Fixed(HashMap<&'static str, Vec<IpAddr>>);
     impl Lookup for Fixed {
-        fn lookup(
-            &self,
-            host: &str,
-        ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
-            let r = self
-                .0
-                .get(host)
-                .cloned()
-                .ok_or_else(|| io::Error::other("nxdomain"));
+        fn lookup(&self, host: &str) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
+            let r = self.0.get(host).cloned().ok_or_else(|| io::Error::other("nxdomain"));
             Box::pin(async move { r })
         }
     }
@@ -157,12 +136,7 @@ mod tests {
         ] {
             assert!(!is_public(ip(p)), "{p}");
         }
-        for p in [
-            "93.184.216.34",
-            "140.82.112.3",
-            "2606:4700::1111",
-            "::ffff:93.184.216.34",
-        ] {
+        for p in ["93.184.216.34", "140.82.112.3", "2606:4700::1111", "::ffff:93.184.216.34"] {
             assert!(is_public(ip(p)), "{p}");
         }
     }
@@ -178,18 +152,9 @@ mod tests {
         let guard = GuardedResolver::new(Arc::new(Fixed(map.clone())), false);
         assert!(guard.addresses("rebind.test").await.is_err());
         assert!(guard.addresses("mapped.test").await.is_err());
-        assert_eq!(
-            guard.addresses("mixed.test").await.unwrap(),
-            vec![ip("93.184.216.34")]
-        );
-        assert_eq!(
-            guard.addresses("public.test").await.unwrap(),
-            vec![ip("93.184.216.34")]
-        );
+        assert_eq!(guard.addresses("mixed.test").await.unwrap(), vec![ip("93.184.216.34")]);
+        assert_eq!(guard.addresses("public.test").await.unwrap(), vec![ip("93.184.216.34")]);
         let open = GuardedResolver::new(Arc::new(Fixed(map)), true);
-        assert_eq!(
-            open.addresses("rebind.test").await.unwrap(),
-            vec![ip("127.0.0.1")]
-        );
+        assert_eq!(open.addresses("rebind.test").await.unwrap(), vec![ip("127.0.0.1")]);
     }
 }

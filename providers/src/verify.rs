@@ -58,32 +58,17 @@ pub struct VerifiedJws {
 }
 
 /// Picks the key and verifies the signature of an already structure-checked JWS.
-pub fn verify_jws_signature(
-    jws: UntrustedJws<'_>,
-    keys: &KeySet,
-) -> Result<VerifiedJws, VerifyError> {
+pub fn verify_jws_signature(jws: UntrustedJws<'_>, keys: &KeySet) -> Result<VerifiedJws, VerifyError> {
     let key = keys.select(jws.kid.as_deref(), jws.alg)?;
-    let ok = jsonwebtoken::crypto::verify(
-        jws.signature_b64,
-        jws.signing_input.as_bytes(),
-        &key.key,
-        jws.alg,
-    )
-    .unwrap_or(false);
+    let ok = jsonwebtoken::crypto::verify(jws.signature_b64, jws.signing_input.as_bytes(), &key.key, jws.alg)
+        .unwrap_or(false);
     if !ok {
         return Err(VerifyError::SignatureInvalid);
     }
-    let digest =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jws.signing_input.as_bytes());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jws.signing_input.as_bytes());
     let mut signing_input_sha256 = [0u8; 32];
     signing_input_sha256.copy_from_slice(digest.as_ref());
-    Ok(VerifiedJws {
-        alg: jws.alg,
-        kid: jws.kid,
-        header: jws.header,
-        payload: jws.payload,
-        signing_input_sha256,
-    })
+    Ok(VerifiedJws { alg: jws.alg, kid: jws.kid, header: jws.header, payload: jws.payload, signing_input_sha256 })
 }
 
 /// Structure, header and signature of a compact JWS, with no claim semantics: the function the
@@ -131,9 +116,7 @@ pub fn precheck<'a>(token: &'a str, rules: &TokenRules) -> Result<UntrustedJwt<'
     let claims = parse_claims(&jws.payload)?;
     match claims.get("iss") {
         Some(Value::String(iss)) if *iss == rules.issuer => Ok(UntrustedJwt { jws, claims }),
-        Some(Value::String(iss)) => Err(VerifyError::IssuerNotTrusted {
-            got: escape_untrusted(iss, 128),
-        }),
+        Some(Value::String(iss)) => Err(VerifyError::IssuerNotTrusted { got: escape_untrusted(iss, 128) }),
         Some(_) => Err(VerifyError::ClaimTypeInvalid { claim: "iss" }),
         None => Err(VerifyError::ClaimMissing { claim: "iss" }),
     }
@@ -144,10 +127,7 @@ const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
 
 /// NumericDate, strictly: a JSON integer in 0..=MAX. Fractions are refused rather than rounded
 /// (jsonwebtoken would round), strings and other types are refused.
-fn numeric_date(
-    claims: &Map<String, Value>,
-    claim: &'static str,
-) -> Result<Option<i64>, VerifyError> {
+fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<i64>, VerifyError> {
     match claims.get(claim) {
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_i64() {
@@ -187,10 +167,7 @@ fn audiences(claims: &Map<String, Value>) -> Result<Vec<&str>, VerifyError> {
     match claims.get("aud") {
         None => Err(VerifyError::ClaimMissing { claim: "aud" }),
         Some(Value::String(s)) => Ok(vec![s.as_str()]),
-        Some(Value::Array(a)) if !a.is_empty() => a
-            .iter()
-            .map(|v| v.as_str().ok_or_else(|| bad.clone()))
-            .collect(),
+        Some(Value::Array(a)) if !a.is_empty() => a.iter().map(|v| v.as_str().ok_or_else(|| bad.clone())).collect(),
         Some(_) => Err(bad),
     }
 }
@@ -207,9 +184,7 @@ pub fn check_claims(
         Some(Value::String(s)) => s.clone(),
         _ => return Err(VerifyError::ClaimTypeInvalid { claim: "iss" }),
     };
-    let subject = identifier_claim(&claims, "sub")?
-        .ok_or(VerifyError::ClaimMissing { claim: "sub" })?
-        .to_owned();
+    let subject = identifier_claim(&claims, "sub")?.ok_or(VerifyError::ClaimMissing { claim: "sub" })?.to_owned();
     let aud = audiences(&claims)?;
     let exp = numeric_date(&claims, "exp")?.ok_or(VerifyError::ClaimMissing { claim: "exp" })?;
     let nbf = numeric_date(&claims, "nbf")?;
@@ -219,51 +194,27 @@ pub fn check_claims(
     let Some(audience) = aud.iter().find(|a| rules.audiences.iter().any(|r| r == *a)) else {
         return Err(VerifyError::AudienceMismatch {
             expected: format!("{:?}", rules.audiences),
-            got: format!(
-                "{:?}",
-                aud.iter()
-                    .map(|a| escape_untrusted(a, 64))
-                    .collect::<Vec<_>>()
-            ),
+            got: format!("{:?}", aud.iter().map(|a| escape_untrusted(a, 64)).collect::<Vec<_>>()),
         });
     };
     let audience = (*audience).to_owned();
     let leeway = rules.leeway as i64;
     if now > exp + leeway {
-        return Err(VerifyError::Expired {
-            exp,
-            now,
-            leeway: rules.leeway,
-        });
+        return Err(VerifyError::Expired { exp, now, leeway: rules.leeway });
     }
     if let Some(nbf) = nbf
         && nbf > now + leeway
     {
-        return Err(VerifyError::NotYetValid {
-            nbf,
-            now,
-            leeway: rules.leeway,
-        });
+        return Err(VerifyError::NotYetValid { nbf, now, leeway: rules.leeway });
     }
     if iat > now + leeway {
-        return Err(VerifyError::IssuedInFuture {
-            iat,
-            now,
-            leeway: rules.leeway,
-        });
+        return Err(VerifyError::IssuedInFuture { iat, now, leeway: rules.leeway });
     }
     if now - iat > rules.max_age as i64 + leeway {
-        return Err(VerifyError::TooOld {
-            iat,
-            now,
-            max: rules.max_age,
-        });
+        return Err(VerifyError::TooOld { iat, now, max: rules.max_age });
     }
     if exp - iat > rules.max_lifetime as i64 {
-        return Err(VerifyError::LifetimeTooLong {
-            lifetime: exp - iat,
-            max: rules.max_lifetime,
-        });
+        return Err(VerifyError::LifetimeTooLong { lifetime: exp - iat, max: rules.max_lifetime });
     }
     let replay_id = {
         use aws_lc_rs::digest::{Context, SHA256};
@@ -303,12 +254,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Every check on a token, with the key set given (no fetching).
-pub fn verify_token(
-    token: &str,
-    rules: &TokenRules,
-    keys: &KeySet,
-    now: i64,
-) -> Result<VerifiedToken, VerifyError> {
+pub fn verify_token(token: &str, rules: &TokenRules, keys: &KeySet, now: i64) -> Result<VerifiedToken, VerifyError> {
     let UntrustedJwt { jws, claims } = precheck(token, rules)?;
     let verified = verify_jws_signature(jws, keys)?;
     check_claims(verified, claims, rules, now)

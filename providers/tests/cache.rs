@@ -64,21 +64,14 @@ async fn start_issuer() -> (String, Shared) {
                     } else if s.status != 200 {
                         (s.status, String::new(), "{}".to_owned())
                     } else if path == "/.well-known/openid-configuration" {
-                        let iss = s
-                            .discovery_issuer
-                            .clone()
-                            .unwrap_or_else(|| s.issuer.clone());
+                        let iss = s.discovery_issuer.clone().unwrap_or_else(|| s.issuer.clone());
                         (
                             200,
                             String::new(),
-                            json!({"issuer": iss, "jwks_uri": format!("{}/jwks", s.issuer)})
-                                .to_string(),
+                            json!({"issuer": iss, "jwks_uri": format!("{}/jwks", s.issuer)}).to_string(),
                         )
                     } else if path == "/jwks" {
-                        let cc = s
-                            .max_age
-                            .map(|m| format!("Cache-Control: max-age={m}\r\n"))
-                            .unwrap_or_default();
+                        let cc = s.max_age.map(|m| format!("Cache-Control: max-age={m}\r\n")).unwrap_or_default();
                         let body = if s.huge {
                             format!("{{\"keys\":[],\"pad\":\"{}\"}}", "x".repeat(200 * 1024))
                         } else {
@@ -112,8 +105,7 @@ fn settings() -> CacheSettings {
 }
 
 fn cache(s: CacheSettings) -> KeyCache {
-    let http =
-        ephemera_providers::fetch::http_client(&s.limits, Arc::new(SystemLookup), false).unwrap();
+    let http = ephemera_providers::fetch::http_client(&s.limits, Arc::new(SystemLookup), false).unwrap();
     KeyCache::new(s, http)
 }
 
@@ -122,10 +114,7 @@ fn count(st: &Shared, path: &str) -> usize {
 }
 
 fn source(base: &str) -> KeySource {
-    KeySource::Discovery {
-        issuer: base.to_owned(),
-        jwks_hosts: vec![],
-    }
+    KeySource::Discovery { issuer: base.to_owned(), jwks_hosts: vec![] }
 }
 
 const T0: i64 = 1_800_000_000;
@@ -138,11 +127,7 @@ async fn concurrent_cold_loads_fetch_once() {
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let (c, src) = (c.clone(), src.clone());
-        tasks.push(tokio::spawn(async move {
-            c.keys_for("p", &src, Some("k1"), T0)
-                .await
-                .map(|k| k.has_kid("k1"))
-        }));
+        tasks.push(tokio::spawn(async move { c.keys_for("p", &src, Some("k1"), T0).await.map(|k| k.has_kid("k1")) }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), Ok(true));
@@ -160,35 +145,17 @@ async fn unknown_kid_refreshes_at_most_once_per_cooldown() {
     assert_eq!(count(&st, "/jwks"), 1);
     // within the cooldown: a flood of unknown kids causes no fetch
     for i in 0..1000 {
-        let keys = c
-            .keys_for("p", &src, Some(&format!("random-{i}")), T0 + 5)
-            .await
-            .unwrap();
+        let keys = c.keys_for("p", &src, Some(&format!("random-{i}")), T0 + 5).await.unwrap();
         assert!(!keys.has_kid(&format!("random-{i}")));
     }
     assert_eq!(count(&st, "/jwks"), 1);
     // the issuer rotates in k2; after the cooldown the first k2 token triggers exactly one refresh
     st.lock().unwrap().keys.push(ec_jwk("k2"));
-    assert!(
-        !c.keys_for("p", &src, Some("k2"), T0 + 29)
-            .await
-            .unwrap()
-            .has_kid("k2")
-    );
+    assert!(!c.keys_for("p", &src, Some("k2"), T0 + 29).await.unwrap().has_kid("k2"));
     assert_eq!(count(&st, "/jwks"), 1);
-    assert!(
-        c.keys_for("p", &src, Some("k2"), T0 + 30)
-            .await
-            .unwrap()
-            .has_kid("k2")
-    );
+    assert!(c.keys_for("p", &src, Some("k2"), T0 + 30).await.unwrap().has_kid("k2"));
     assert_eq!(count(&st, "/jwks"), 2);
-    assert!(
-        c.keys_for("p", &src, Some("k2"), T0 + 31)
-            .await
-            .unwrap()
-            .has_kid("k2")
-    );
+    assert!(c.keys_for("p", &src, Some("k2"), T0 + 31).await.unwrap().has_kid("k2"));
     assert_eq!(count(&st, "/jwks"), 2);
 }
 
@@ -221,23 +188,10 @@ async fn outage_serves_stale_keys_then_fails_closed_then_recovers() {
     c.keys_for("p", &src, Some("k1"), T0).await.unwrap();
     st.lock().unwrap().status = 500;
     // past freshness (300 s), refresh fails: the old keys keep serving within the stale window
-    assert!(
-        c.keys_for("p", &src, Some("k1"), T0 + 301)
-            .await
-            .unwrap()
-            .has_kid("k1")
-    );
-    assert!(
-        c.keys_for("p", &src, Some("k1"), T0 + 899)
-            .await
-            .unwrap()
-            .has_kid("k1")
-    );
+    assert!(c.keys_for("p", &src, Some("k1"), T0 + 301).await.unwrap().has_kid("k1"));
+    assert!(c.keys_for("p", &src, Some("k1"), T0 + 899).await.unwrap().has_kid("k1"));
     // past ttl + stale window: fail closed
-    let err = c
-        .keys_for("p", &src, Some("k1"), T0 + 900)
-        .await
-        .unwrap_err();
+    let err = c.keys_for("p", &src, Some("k1"), T0 + 900).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
     // an unknown kid during the outage does not fetch again inside the cooldown
     let before = count(&st, "/.well-known/openid-configuration");
@@ -245,12 +199,7 @@ async fn outage_serves_stale_keys_then_fails_closed_then_recovers() {
     assert_eq!(count(&st, "/.well-known/openid-configuration"), before);
     // the issuer comes back: recovery after the cooldown, no restart
     st.lock().unwrap().status = 200;
-    assert!(
-        c.keys_for("p", &src, Some("k1"), T0 + 931)
-            .await
-            .unwrap()
-            .has_kid("k1")
-    );
+    assert!(c.keys_for("p", &src, Some("k1"), T0 + 931).await.unwrap().has_kid("k1"));
 }
 
 #[tokio::test]
@@ -258,10 +207,7 @@ async fn cold_start_with_issuer_down_is_unavailable() {
     let (base, st) = start_issuer().await;
     st.lock().unwrap().status = 503;
     let c = cache(settings());
-    let err = c
-        .keys_for("p", &source(&base), Some("k1"), T0)
-        .await
-        .unwrap_err();
+    let err = c.keys_for("p", &source(&base), Some("k1"), T0).await.unwrap_err();
     assert!(err.is_unavailable());
     assert_eq!(err.slug(), "keys_unavailable");
 }
@@ -271,42 +217,25 @@ async fn lying_discovery_redirects_and_huge_bodies_are_refused() {
     // discovery names another issuer
     let (base, st) = start_issuer().await;
     st.lock().unwrap().discovery_issuer = Some(format!("{base}/"));
-    let err = cache(settings())
-        .keys_for("p", &source(&base), Some("k1"), T0)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("discovery_issuer_mismatch"),
-        "{err}"
-    );
+    let err = cache(settings()).keys_for("p", &source(&base), Some("k1"), T0).await.unwrap_err();
+    assert!(err.to_string().contains("discovery_issuer_mismatch"), "{err}");
     assert_eq!(count(&st, "/jwks"), 0);
 
     // a redirect is never followed: the target (a second server) is never contacted
     let (canary, canary_st) = start_issuer().await;
     let (base, st) = start_issuer().await;
     st.lock().unwrap().redirect_to = Some(format!("{canary}/.well-known/openid-configuration"));
-    let err = cache(settings())
-        .keys_for("p", &source(&base), Some("k1"), T0)
-        .await
-        .unwrap_err();
+    let err = cache(settings()).keys_for("p", &source(&base), Some("k1"), T0).await.unwrap_err();
     assert!(err.to_string().contains("redirect"), "{err}");
     assert!(canary_st.lock().unwrap().counts.is_empty());
 
     // a JWKS over the cap is refused
     let (base, st) = start_issuer().await;
     st.lock().unwrap().huge = true;
-    let err = cache(settings())
-        .keys_for("p", &source(&base), Some("k1"), T0)
-        .await
-        .unwrap_err();
+    let err = cache(settings()).keys_for("p", &source(&base), Some("k1"), T0).await.unwrap_err();
     assert!(err.to_string().contains("exceeds"), "{err}");
 
     // twin: the same server, honest, works
     let (base, _) = start_issuer().await;
-    assert!(
-        cache(settings())
-            .keys_for("p", &source(&base), Some("k1"), T0)
-            .await
-            .is_ok()
-    );
+    assert!(cache(settings()).keys_for("p", &source(&base), Some("k1"), T0).await.is_ok());
 }

@@ -27,17 +27,10 @@ fn corpus_dir() -> Option<PathBuf> {
         return Some(beside);
     }
     let from_env = std::env::var_os("EPHEMERA_CORPUS").map(PathBuf::from);
-    if let Some(dir) = from_env
-        .as_ref()
-        .filter(|d| d.join("MANIFEST.json").is_file())
-    {
+    if let Some(dir) = from_env.as_ref().filter(|d| d.join("MANIFEST.json").is_file()) {
         return Some(dir.clone());
     }
-    let msg = format!(
-        "test corpus not found at {} nor at EPHEMERA_CORPUS={:?}",
-        beside.display(),
-        from_env
-    );
+    let msg = format!("test corpus not found at {} nor at EPHEMERA_CORPUS={:?}", beside.display(), from_env);
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
     eprintln!("warning: {msg}; skipping this corpus test");
     None
@@ -54,11 +47,7 @@ fn slug<T>(r: &Result<T, VerifyError>) -> &'static str {
     }
 }
 
-const TOKEN_DIRS: &[&str] = &[
-    "other_oidc/tokens",
-    "gcp_identity/tokens",
-    "gitlab_ci_oidc/tokens",
-];
+const TOKEN_DIRS: &[&str] = &["other_oidc/tokens", "gcp_identity/tokens", "gitlab_ci_oidc/tokens"];
 
 /// Two days: Azure AD v2 id_tokens live 24 h 5 min, so the 24 h defaults would refuse them.
 const GENEROUS: u64 = 2 * 24 * 3600;
@@ -80,45 +69,26 @@ struct CorpusToken {
 /// absent outside CI.
 fn corpus_tokens() -> Option<Vec<CorpusToken>> {
     let dir = corpus_dir()?;
-    let manifest: Value =
-        serde_json::from_slice(&read(&dir.join("MANIFEST.json"))).expect("MANIFEST.json");
+    let manifest: Value = serde_json::from_slice(&read(&dir.join("MANIFEST.json"))).expect("MANIFEST.json");
     let entries = manifest.as_array().expect("manifest is an array");
     let mut out = Vec::new();
     for entry in entries {
         let file = entry["file"].as_str().expect("file");
-        if !TOKEN_DIRS
-            .iter()
-            .any(|d| file.starts_with(&format!("{d}/")))
-        {
+        if !TOKEN_DIRS.iter().any(|d| file.starts_with(&format!("{d}/"))) {
             continue;
         }
-        let s = |name: &str| {
-            entry[name]
-                .as_str()
-                .unwrap_or_else(|| panic!("{file}: {name}"))
-                .to_owned()
-        };
-        let n = |name: &str| {
-            entry[name]
-                .as_i64()
-                .unwrap_or_else(|| panic!("{file}: {name}"))
-        };
+        let s = |name: &str| entry[name].as_str().unwrap_or_else(|| panic!("{file}: {name}")).to_owned();
+        let n = |name: &str| entry[name].as_i64().unwrap_or_else(|| panic!("{file}: {name}"));
         // `keys` is a path, sometimes followed by a remark: "path (kid ...) == ..."
         let keys_field = s("keys");
         let keys_path = keys_field.split_whitespace().next().expect("keys path");
         let keys = KeySet::from_json(&read(&dir.join(keys_path))).expect("corpus JWKS");
         let auds = match &entry["aud"] {
             Value::String(a) => vec![a.clone()],
-            Value::Array(a) => a
-                .iter()
-                .map(|v| v.as_str().expect("aud").to_owned())
-                .collect(),
+            Value::Array(a) => a.iter().map(|v| v.as_str().expect("aud").to_owned()).collect(),
             other => panic!("{file}: aud {other}"),
         };
-        let token = String::from_utf8(read(&dir.join(file)))
-            .expect("utf-8")
-            .trim()
-            .to_owned();
+        let token = String::from_utf8(read(&dir.join(file))).expect("utf-8").trim().to_owned();
         out.push(CorpusToken {
             file: file.to_owned(),
             token,
@@ -135,10 +105,7 @@ fn corpus_tokens() -> Option<Vec<CorpusToken>> {
     let mut on_disk = Vec::new();
     for d in TOKEN_DIRS {
         for e in std::fs::read_dir(dir.join(d)).expect("token dir") {
-            on_disk.push(format!(
-                "{d}/{}",
-                e.expect("entry").file_name().to_string_lossy()
-            ));
+            on_disk.push(format!("{d}/{}", e.expect("entry").file_name().to_string_lossy()));
         }
     }
     on_disk.sort();
@@ -156,10 +123,7 @@ fn rules_for(t: &CorpusToken, aud: &str) -> TokenRules {
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs() as i64
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,29 +138,17 @@ fn corpus_tokens_verify_at_their_verify_at_time() {
     assert_eq!(tokens.len(), 12);
     for t in &tokens {
         // every key the real issuers published passes the JWKS rules
-        assert!(
-            t.keys.ignored().is_empty(),
-            "{}: {:?}",
-            t.file,
-            t.keys.ignored()
-        );
+        assert!(t.keys.ignored().is_empty(), "{}: {:?}", t.file, t.keys.ignored());
         for aud in &t.auds {
             let v: VerifiedToken = verify_token(&t.token, &rules_for(t, aud), &t.keys, t.verify_at)
-                .unwrap_or_else(|e| {
-                    panic!("{} at verify_at with aud {aud}: {} ({e})", t.file, e.slug())
-                });
+                .unwrap_or_else(|e| panic!("{} at verify_at with aud {aud}: {} ({e})", t.file, e.slug()));
             assert_eq!(v.issuer, t.iss, "{}", t.file);
             assert_eq!(&v.audience, aud, "{}", t.file);
             assert_eq!(v.subject, t.sub, "{}", t.file);
             assert_eq!((v.issued_at, v.expires_at), (t.iat, t.exp), "{}", t.file);
             assert_eq!(v.alg, Algorithm::RS256, "{}", t.file);
         }
-        println!(
-            "{}: verified at {} (lifetime {} s)",
-            t.file,
-            t.verify_at,
-            t.exp - t.iat
-        );
+        println!("{}: verified at {} (lifetime {} s)", t.file, t.verify_at, t.exp - t.iat);
     }
 }
 
@@ -214,15 +166,7 @@ fn default_rules_refuse_only_the_azure_v2_token_for_its_lifetime() {
         if t.file.contains("login_microsoftonline_com") {
             assert_eq!(t.exp - t.iat, 86_700);
             assert_eq!(got, "lifetime_too_long", "{}", t.file);
-            assert_eq!(
-                slug(&verify_token(
-                    &t.token,
-                    &rules_for(&t, &t.auds[0]),
-                    &t.keys,
-                    t.verify_at
-                )),
-                "ok"
-            );
+            assert_eq!(slug(&verify_token(&t.token, &rules_for(&t, &t.auds[0]), &t.keys, t.verify_at)), "ok");
         } else {
             assert_eq!(got, "ok", "{}", t.file);
         }
@@ -238,31 +182,11 @@ fn corpus_tokens_are_expired_now() {
     for t in tokens {
         let rules = rules_for(&t, &t.auds[0]);
         // twin: accepted at verify_at
-        assert_eq!(
-            slug(&verify_token(&t.token, &rules, &t.keys, t.verify_at)),
-            "ok",
-            "{}",
-            t.file
-        );
-        assert_eq!(
-            slug(&verify_token(&t.token, &rules, &t.keys, now)),
-            "token_expired",
-            "{}",
-            t.file
-        );
+        assert_eq!(slug(&verify_token(&t.token, &rules, &t.keys, t.verify_at)), "ok", "{}", t.file);
+        assert_eq!(slug(&verify_token(&t.token, &rules, &t.keys, now)), "token_expired", "{}", t.file);
         // one second past exp + leeway
-        assert_eq!(
-            slug(&verify_token(&t.token, &rules, &t.keys, t.exp + 61)),
-            "token_expired",
-            "{}",
-            t.file
-        );
-        assert_eq!(
-            slug(&verify_token(&t.token, &rules, &t.keys, t.exp + 60)),
-            "ok",
-            "{}",
-            t.file
-        );
+        assert_eq!(slug(&verify_token(&t.token, &rules, &t.keys, t.exp + 61)), "token_expired", "{}", t.file);
+        assert_eq!(slug(&verify_token(&t.token, &rules, &t.keys, t.exp + 60)), "ok", "{}", t.file);
     }
 }
 
@@ -273,27 +197,12 @@ fn corpus_tokens_refuse_another_audience() {
     };
     for t in tokens {
         let good = rules_for(&t, &t.auds[0]);
-        assert_eq!(
-            slug(&verify_token(&t.token, &good, &t.keys, t.verify_at)),
-            "ok",
-            "{}",
-            t.file
-        );
+        assert_eq!(slug(&verify_token(&t.token, &good, &t.keys, t.verify_at)), "ok", "{}", t.file);
         let other = rules_for(&t, "https://broker.ephemera.test");
-        assert_eq!(
-            slug(&verify_token(&t.token, &other, &t.keys, t.verify_at)),
-            "audience_mismatch",
-            "{}",
-            t.file
-        );
+        assert_eq!(slug(&verify_token(&t.token, &other, &t.keys, t.verify_at)), "audience_mismatch", "{}", t.file);
         // a prefix or suffix of the real audience is another audience
         let trailing = rules_for(&t, &format!("{}/", t.auds[0]));
-        assert_eq!(
-            slug(&verify_token(&t.token, &trailing, &t.keys, t.verify_at)),
-            "audience_mismatch",
-            "{}",
-            t.file
-        );
+        assert_eq!(slug(&verify_token(&t.token, &trailing, &t.keys, t.verify_at)), "audience_mismatch", "{}", t.file);
     }
 }
 
@@ -304,12 +213,7 @@ fn corpus_tokens_with_tampered_payload_are_refused() {
     };
     for t in tokens {
         let rules = rules_for(&t, &t.auds[0]);
-        assert_eq!(
-            slug(&verify_token(&t.token, &rules, &t.keys, t.verify_at)),
-            "ok",
-            "{}",
-            t.file
-        );
+        assert_eq!(slug(&verify_token(&t.token, &rules, &t.keys, t.verify_at)), "ok", "{}", t.file);
         let parts: Vec<&str> = t.token.split('.').collect();
         assert_eq!(parts.len(), 3);
 
@@ -318,38 +222,16 @@ fn corpus_tokens_with_tampered_payload_are_refused() {
         let p = parts[1];
         let i = p.len() / 2;
         let flipped_char = if &p[i..=i] == "A" { "B" } else { "A" };
-        let flipped = format!(
-            "{}.{}{}{}.{}",
-            parts[0],
-            &p[..i],
-            flipped_char,
-            &p[i + 1..],
-            parts[2]
-        );
+        let flipped = format!("{}.{}{}{}.{}", parts[0], &p[..i], flipped_char, &p[i + 1..], parts[2]);
         let got = slug(&verify_token(&flipped, &rules, &t.keys, t.verify_at));
-        assert!(
-            got == "signature_invalid" || got == "malformed_token",
-            "{}: flipped payload gave {got}",
-            t.file
-        );
+        assert!(got == "signature_invalid" || got == "malformed_token", "{}: flipped payload gave {got}", t.file);
         println!("{}: payload char {i} flipped -> {got}", t.file);
 
         // a well-formed edit of a claim (sub) keeps the JSON valid: signature_invalid exactly
-        let mut claims: Value =
-            serde_json::from_slice(&B64.decode(p).expect("payload b64")).expect("payload json");
+        let mut claims: Value = serde_json::from_slice(&B64.decode(p).expect("payload b64")).expect("payload json");
         claims["sub"] = json!(format!("{}x", t.sub));
-        let edited = format!(
-            "{}.{}.{}",
-            parts[0],
-            B64.encode(claims.to_string()),
-            parts[2]
-        );
-        assert_eq!(
-            slug(&verify_token(&edited, &rules, &t.keys, t.verify_at)),
-            "signature_invalid",
-            "{}",
-            t.file
-        );
+        let edited = format!("{}.{}.{}", parts[0], B64.encode(claims.to_string()), parts[2]);
+        assert_eq!(slug(&verify_token(&edited, &rules, &t.keys, t.verify_at)), "signature_invalid", "{}", t.file);
     }
 }
 
@@ -360,30 +242,16 @@ fn corpus_tokens_are_bound_to_their_issuer_keys() {
     };
     // twin: each token verifies with its own issuer's keys (checked in the test above); with
     // another issuer's key set its kid is unknown
-    let google = tokens
-        .iter()
-        .find(|t| t.file.starts_with("gcp_identity/"))
-        .expect("google token");
-    for t in tokens
-        .iter()
-        .filter(|t| !t.file.starts_with("gcp_identity/"))
-    {
+    let google = tokens.iter().find(|t| t.file.starts_with("gcp_identity/")).expect("google token");
+    for t in tokens.iter().filter(|t| !t.file.starts_with("gcp_identity/")) {
         let rules = rules_for(t, &t.auds[0]);
-        assert_eq!(
-            slug(&verify_token(&t.token, &rules, &google.keys, t.verify_at)),
-            "unknown_key",
-            "{}",
-            t.file
-        );
+        assert_eq!(slug(&verify_token(&t.token, &rules, &google.keys, t.verify_at)), "unknown_key", "{}", t.file);
     }
     // and a token for another issuer never gets as far as the keys
     let t = &tokens[0];
     let mut rules = rules_for(t, &t.auds[0]);
     rules.issuer = "https://attacker.test".to_owned();
-    assert_eq!(
-        slug(&verify_token(&t.token, &rules, &t.keys, t.verify_at)),
-        "issuer_not_trusted"
-    );
+    assert_eq!(slug(&verify_token(&t.token, &rules, &t.keys, t.verify_at)), "issuer_not_trusted");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -415,10 +283,7 @@ impl TestIssuer {
         }]});
         let keys = KeySet::from_json(jwks.to_string().as_bytes()).expect("jwks");
         assert_eq!(keys.keys().len(), 1);
-        TestIssuer {
-            key: EncodingKey::from_ec_der(pkcs8.as_ref()),
-            keys,
-        }
+        TestIssuer { key: EncodingKey::from_ec_der(pkcs8.as_ref()), keys }
     }
 
     /// Signs claims given as a JSON value, through `jsonwebtoken::encode`.
@@ -432,8 +297,7 @@ impl TestIssuer {
     /// members, 1e400), with `jsonwebtoken::crypto::sign` over `header.payload`.
     fn mint_raw(&self, header_json: &str, payload_json: &str) -> String {
         let input = format!("{}.{}", B64.encode(header_json), B64.encode(payload_json));
-        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &self.key, Algorithm::ES256)
-            .expect("sign");
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &self.key, Algorithm::ES256).expect("sign");
         format!("{input}.{sig}")
     }
 
@@ -456,10 +320,7 @@ impl TestIssuer {
 
     /// Verdict for the base claims with one member replaced by raw JSON text.
     fn verdict_raw(&self, name: &str, raw_value: &str) -> &'static str {
-        self.verify(
-            &self.mint_raw(&header_json(), &raw_payload(name, raw_value)),
-            NOW,
-        )
+        self.verify(&self.mint_raw(&header_json(), &raw_payload(name, raw_value)), NOW)
     }
 }
 
@@ -509,73 +370,39 @@ fn raw_payload(name: &str, raw_value: &str) -> String {
 #[test]
 fn minted_base_token_verifies() {
     let issuer = TestIssuer::new();
-    let v = verify_token(&issuer.mint(&base_claims()), &rules(), &issuer.keys, NOW)
-        .expect("base token");
+    let v = verify_token(&issuer.mint(&base_claims()), &rules(), &issuer.keys, NOW).expect("base token");
     assert_eq!((v.issuer.as_str(), v.audience.as_str()), (ISS, AUD));
     assert_eq!(v.jti.as_deref(), Some("jti-1"));
     assert_eq!(v.kid.as_deref(), Some(KID));
     // the hand-built payload path produces the same verdict as encode
-    assert_eq!(
-        issuer.verify(
-            &issuer.mint_raw(&header_json(), &raw_payload("sub", r#""x""#)),
-            NOW
-        ),
-        "ok"
-    );
+    assert_eq!(issuer.verify(&issuer.mint_raw(&header_json(), &raw_payload("sub", r#""x""#)), NOW), "ok");
     // a token signed by another key (same kid) is refused
     let other = TestIssuer::new();
-    assert_eq!(
-        issuer.verify(&other.mint(&base_claims()), NOW),
-        "signature_invalid"
-    );
+    assert_eq!(issuer.verify(&other.mint(&base_claims()), NOW), "signature_invalid");
 }
 
 #[test]
 fn clock_edges_with_60s_leeway() {
     let i = TestIssuer::new();
     // exp: leeway 60 -> now-59 and now-60 accepted, now-61 refused
-    assert_eq!(
-        i.verdict(json!({"iat": NOW - 100, "nbf": NOW - 100, "exp": NOW - 59})),
-        "ok"
-    );
-    assert_eq!(
-        i.verdict(json!({"iat": NOW - 100, "nbf": NOW - 100, "exp": NOW - 60})),
-        "ok"
-    );
-    assert_eq!(
-        i.verdict(json!({"iat": NOW - 100, "nbf": NOW - 100, "exp": NOW - 61})),
-        "token_expired"
-    );
+    assert_eq!(i.verdict(json!({"iat": NOW - 100, "nbf": NOW - 100, "exp": NOW - 59})), "ok");
+    assert_eq!(i.verdict(json!({"iat": NOW - 100, "nbf": NOW - 100, "exp": NOW - 60})), "ok");
+    assert_eq!(i.verdict(json!({"iat": NOW - 100, "nbf": NOW - 100, "exp": NOW - 61})), "token_expired");
     // nbf: now+60 accepted, now+61 refused
     assert_eq!(i.verdict(json!({"nbf": NOW + 60})), "ok");
     assert_eq!(i.verdict(json!({"nbf": NOW + 61})), "token_not_yet_valid");
     // iat in the future: now+60 accepted, now+61 and now+120 refused
     assert_eq!(i.verdict(json!({"iat": NOW + 60, "nbf": null})), "ok");
-    assert_eq!(
-        i.verdict(json!({"iat": NOW + 61, "nbf": null})),
-        "iat_in_future"
-    );
-    assert_eq!(
-        i.verdict(json!({"iat": NOW + 120, "nbf": null})),
-        "iat_in_future"
-    );
+    assert_eq!(i.verdict(json!({"iat": NOW + 61, "nbf": null})), "iat_in_future");
+    assert_eq!(i.verdict(json!({"iat": NOW + 120, "nbf": null})), "iat_in_future");
     // age: now - iat may reach max_age + leeway (660 s), not more
     let age_ok = NOW - (MAX_AGE as i64 + 60);
     assert_eq!(i.verdict(json!({"iat": age_ok, "nbf": age_ok})), "ok");
-    assert_eq!(
-        i.verdict(json!({"iat": age_ok - 1, "nbf": age_ok - 1})),
-        "token_too_old"
-    );
+    assert_eq!(i.verdict(json!({"iat": age_ok - 1, "nbf": age_ok - 1})), "token_too_old");
     // lifetime: exp - iat may reach max_lifetime (no leeway), not more
     let iat = NOW - 10;
-    assert_eq!(
-        i.verdict(json!({"iat": iat, "exp": iat + MAX_LIFETIME as i64})),
-        "ok"
-    );
-    assert_eq!(
-        i.verdict(json!({"iat": iat, "exp": iat + MAX_LIFETIME as i64 + 1})),
-        "lifetime_too_long"
-    );
+    assert_eq!(i.verdict(json!({"iat": iat, "exp": iat + MAX_LIFETIME as i64})), "ok");
+    assert_eq!(i.verdict(json!({"iat": iat, "exp": iat + MAX_LIFETIME as i64 + 1})), "lifetime_too_long");
     // exp and iat are required, nbf is not
     assert_eq!(i.verdict(json!({"nbf": null})), "ok");
     assert_eq!(i.verdict(json!({"exp": null})), "exp_missing");
@@ -591,18 +418,9 @@ fn claim_type_confusion_is_refused() {
     assert_eq!(i.verdict_raw("exp", &exp_ok), "ok");
     assert_eq!(i.verdict_raw("nbf", &(NOW - 10).to_string()), "ok");
     // NumericDate as a string
-    assert_eq!(
-        i.verdict_raw("exp", r#""9999999999""#),
-        "claim_type_invalid"
-    );
-    assert_eq!(
-        i.verdict_raw("nbf", r#""99999999999""#),
-        "claim_type_invalid"
-    );
-    assert_eq!(
-        i.verdict_raw("iat", &format!("\"{}\"", NOW - 10)),
-        "claim_type_invalid"
-    );
+    assert_eq!(i.verdict_raw("exp", r#""9999999999""#), "claim_type_invalid");
+    assert_eq!(i.verdict_raw("nbf", r#""99999999999""#), "claim_type_invalid");
+    assert_eq!(i.verdict_raw("iat", &format!("\"{}\"", NOW - 10)), "claim_type_invalid");
     // negative
     assert_eq!(i.verdict_raw("exp", "-1"), "claim_type_invalid");
     // past year 9999 (MAX_NUMERIC_DATE) -- an integer, but out of range
@@ -613,24 +431,12 @@ fn claim_type_confusion_is_refused() {
     // a finite float in exponent form is still not an integer
     assert_eq!(i.verdict_raw("exp", "1.7500003e9"), "claim_type_invalid");
     // fractional NumericDate (now + 0.6 s): refused, neither rounded nor truncated
-    assert_eq!(
-        i.verdict_raw("exp", &format!("{}.6", NOW)),
-        "claim_type_invalid"
-    );
-    assert_eq!(
-        i.verdict_raw("exp", &format!("{}.0", NOW + 300)),
-        "claim_type_invalid"
-    );
-    assert_eq!(
-        i.verdict_raw("iat", &format!("{}.6", NOW - 10)),
-        "claim_type_invalid"
-    );
+    assert_eq!(i.verdict_raw("exp", &format!("{}.6", NOW)), "claim_type_invalid");
+    assert_eq!(i.verdict_raw("exp", &format!("{}.0", NOW + 300)), "claim_type_invalid");
+    assert_eq!(i.verdict_raw("iat", &format!("{}.6", NOW - 10)), "claim_type_invalid");
     // iss as an array that contains the configured issuer; twin: the string
     assert_eq!(i.verdict(json!({"iss": ISS})), "ok");
-    assert_eq!(
-        i.verdict(json!({"iss": ["https://evil.test", ISS]})),
-        "claim_type_invalid"
-    );
+    assert_eq!(i.verdict(json!({"iss": ["https://evil.test", ISS]})), "claim_type_invalid");
     assert_eq!(i.verdict(json!({"iss": [ISS]})), "claim_type_invalid");
     // aud of the wrong type
     assert_eq!(i.verdict(json!({"aud": 123})), "claim_type_invalid");
@@ -657,14 +463,8 @@ fn audience_string_and_array_are_both_enforced() {
     assert_eq!(i.verdict(json!({"aud": ["other", AUD]})), "ok");
     assert_eq!(i.verdict(json!({"aud": "other"})), "audience_mismatch");
     assert_eq!(i.verdict(json!({"aud": ["other"]})), "audience_mismatch");
-    assert_eq!(
-        i.verdict(json!({"aud": format!("{AUD}/")})),
-        "audience_mismatch"
-    );
-    assert_eq!(
-        i.verdict(json!({"aud": [AUD.to_uppercase()]})),
-        "audience_mismatch"
-    );
+    assert_eq!(i.verdict(json!({"aud": format!("{AUD}/")})), "audience_mismatch");
+    assert_eq!(i.verdict(json!({"aud": [AUD.to_uppercase()]})), "audience_mismatch");
 }
 
 /// ATTACKS.md case 8: duplicate member names, in the claims and in the header.
@@ -672,45 +472,18 @@ fn audience_string_and_array_are_both_enforced() {
 fn duplicate_members_are_refused() {
     let i = TestIssuer::new();
     let head = header_json();
-    let tail = format!(
-        r#""iss":"{ISS}","aud":"{AUD}","iat":{},"exp":{}"#,
-        NOW - 10,
-        NOW + 300
-    );
+    let tail = format!(r#""iss":"{ISS}","aud":"{AUD}","iat":{},"exp":{}"#, NOW - 10, NOW + 300);
     // twin: one sub
-    assert_eq!(
-        i.verify(&i.mint_raw(&head, &format!(r#"{{"sub":"a",{tail}}}"#)), NOW),
-        "ok"
-    );
-    assert_eq!(
-        i.verify(
-            &i.mint_raw(&head, &format!(r#"{{"sub":"a","sub":"b",{tail}}}"#)),
-            NOW
-        ),
-        "duplicate_member"
-    );
-    assert_eq!(
-        i.verify(
-            &i.mint_raw(&head, &format!(r#"{{"sub":"a",{tail},"exp":1}}"#)),
-            NOW
-        ),
-        "duplicate_member"
-    );
+    assert_eq!(i.verify(&i.mint_raw(&head, &format!(r#"{{"sub":"a",{tail}}}"#)), NOW), "ok");
+    assert_eq!(i.verify(&i.mint_raw(&head, &format!(r#"{{"sub":"a","sub":"b",{tail}}}"#)), NOW), "duplicate_member");
+    assert_eq!(i.verify(&i.mint_raw(&head, &format!(r#"{{"sub":"a",{tail},"exp":1}}"#)), NOW), "duplicate_member");
     // nested duplicates count too; the twin with distinct names verifies
     let nested_ok = format!(r#"{{"sub":"a",{tail},"ctx":{{"repository":"acme/app","repo":"x"}}}}"#);
-    let nested_dup = format!(
-        r#"{{"sub":"a",{tail},"ctx":{{"repository":"acme/app","repository":"evil/app"}}}}"#
-    );
+    let nested_dup = format!(r#"{{"sub":"a",{tail},"ctx":{{"repository":"acme/app","repository":"evil/app"}}}}"#);
     assert_eq!(i.verify(&i.mint_raw(&head, &nested_ok), NOW), "ok");
-    assert_eq!(
-        i.verify(&i.mint_raw(&head, &nested_dup), NOW),
-        "duplicate_member"
-    );
+    assert_eq!(i.verify(&i.mint_raw(&head, &nested_dup), NOW), "duplicate_member");
     // header: {"alg":"ES256","alg":"none"}
     let payload = format!(r#"{{"sub":"a",{tail}}}"#);
     let dup_alg = format!(r#"{{"alg":"ES256","alg":"none","kid":"{KID}"}}"#);
-    assert_eq!(
-        i.verify(&i.mint_raw(&dup_alg, &payload), NOW),
-        "duplicate_member"
-    );
+    assert_eq!(i.verify(&i.mint_raw(&dup_alg, &payload), NOW), "duplicate_member");
 }

@@ -32,17 +32,10 @@ fn corpus_dir() -> Option<PathBuf> {
         return Some(beside);
     }
     let from_env = std::env::var_os("EPHEMERA_CORPUS").map(PathBuf::from);
-    if let Some(dir) = from_env
-        .as_ref()
-        .filter(|d| d.join("MANIFEST.json").is_file())
-    {
+    if let Some(dir) = from_env.as_ref().filter(|d| d.join("MANIFEST.json").is_file()) {
         return Some(dir.clone());
     }
-    let msg = format!(
-        "test corpus not found at {} nor at EPHEMERA_CORPUS={:?}",
-        beside.display(),
-        from_env
-    );
+    let msg = format!("test corpus not found at {} nor at EPHEMERA_CORPUS={:?}", beside.display(), from_env);
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
     eprintln!("warning: {msg}; skipping this corpus test");
     None
@@ -70,9 +63,7 @@ const ALL_ENABLED: &[Algorithm] = &[
     Algorithm::ES384,
     Algorithm::EdDSA,
 ];
-const ENABLED_NAMES: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-];
+const ENABLED_NAMES: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 
 /// Size limit for the vector runs: large enough that size is never the reason for a verdict.
 const MAX_BYTES: usize = 1 << 20;
@@ -90,11 +81,7 @@ fn slug(r: &Result<VerifiedJws, VerifyError>) -> &'static str {
 
 /// A key set from a JWK or a JWKS value, as an issuer would publish it.
 fn keyset(key: &Value) -> KeySet {
-    let doc = if key.get("keys").is_some() {
-        key.clone()
-    } else {
-        json!({ "keys": [key] })
-    };
+    let doc = if key.get("keys").is_some() { key.clone() } else { json!({ "keys": [key] }) };
     KeySet::from_json(doc.to_string().as_bytes()).expect("key set document shape")
 }
 
@@ -116,28 +103,19 @@ fn header_alg(token: &str) -> Option<String> {
             .with_decode_allow_trailing_bits(true)
             .with_decode_padding_mode(DecodePaddingMode::Indifferent),
     );
-    let seg: String = token
-        .split('.')
-        .next()?
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .collect();
+    let seg: String =
+        token.split('.').next()?.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
     let header: Value = serde_json::from_slice(&lenient.decode(seg).ok()?).ok()?;
     header.get("alg")?.as_str().map(str::to_owned)
 }
 
 fn hex(s: &str) -> Vec<u8> {
     assert!(s.len().is_multiple_of(2), "odd-length hex");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit")).collect()
 }
 
 fn str_of<'v>(v: &'v Value, name: &str) -> &'v str {
-    v.get(name)
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("member `{name}` missing or not a string"))
+    v.get(name).and_then(Value::as_str).unwrap_or_else(|| panic!("member `{name}` missing or not a string"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,12 +175,8 @@ impl Tally {
 /// key's publisher restricted it to PS256 (RFC 7517 §4.4), and `KeySet::select` honours a JWK's
 /// `alg`: the verdict is `key_alg_mismatch`. The same signature with the RFC's own key (no `alg`)
 /// verifies in `rfc7520_cookbook_jws`, and `wycheproof_pinned_jwk_alg_is_honoured` shows both.
-const JWS_DOCUMENTED: &[(u64, &str)] = &[
-    (346, "key_alg_mismatch"),
-    (350, "key_alg_mismatch"),
-    (372, "malformed_token"),
-    (373, "alg_not_allowed"),
-];
+const JWS_DOCUMENTED: &[(u64, &str)] =
+    &[(346, "key_alg_mismatch"), (350, "key_alg_mismatch"), (372, "malformed_token"), (373, "alg_not_allowed")];
 
 fn run_wycheproof_jws(corpus: &Path, rel: &str, documented: &[(u64, &str)]) -> Tally {
     let file = load_json(corpus, rel);
@@ -213,10 +187,7 @@ fn run_wycheproof_jws(corpus: &Path, rel: &str, documented: &[(u64, &str)]) -> T
         // `public` is a JWK (JWS file) or a JWKS (JWK file); HMAC groups have only `private`.
         // HS* is refused before any key is looked up, so the key set built from a private oct
         // key (which KeySet ignores anyway) never matters.
-        let key = group
-            .get("public")
-            .or_else(|| group.get("private"))
-            .expect("group key");
+        let key = group.get("public").or_else(|| group.get("private")).expect("group key");
         let keys = keyset(key);
         for test in group["tests"].as_array().expect("tests") {
             t.total += 1;
@@ -232,12 +203,7 @@ fn run_wycheproof_jws(corpus: &Path, rel: &str, documented: &[(u64, &str)]) -> T
                 t.rejected += 1;
                 *t.slugs.entry(got).or_default() += 1;
             }
-            let ctx = || {
-                format!(
-                    "{rel} tc{tc} ({result}, alg {alg:?}, {})",
-                    str_of(test, "comment")
-                )
-            };
+            let ctx = || format!("{rel} tc{tc} ({result}, alg {alg:?}, {})", str_of(test, "comment"));
             match result {
                 "valid" => t.valid += 1,
                 "invalid" => t.invalid += 1,
@@ -246,61 +212,41 @@ fn run_wycheproof_jws(corpus: &Path, rel: &str, documented: &[(u64, &str)]) -> T
             if let Some(want) = documented.get(&tc) {
                 t.documented += 1;
                 if got != *want {
-                    t.failures
-                        .push(format!("{}: documented verdict {want}, got {got}", ctx()));
+                    t.failures.push(format!("{}: documented verdict {want}, got {got}", ctx()));
                 }
                 continue;
             }
             match result {
                 "valid" if is_enabled(&alg) => {
                     if got != "ok" {
-                        t.failures
-                            .push(format!("{}: must verify, got {got}", ctx()));
+                        t.failures.push(format!("{}: must verify, got {got}", ctx()));
                     }
                 }
                 "valid" => {
                     t.not_enabled += 1;
                     if got != "alg_not_allowed" {
-                        t.failures.push(format!(
-                            "{}: alg not enabled, want alg_not_allowed, got {got}",
-                            ctx()
-                        ));
+                        t.failures.push(format!("{}: alg not enabled, want alg_not_allowed, got {got}", ctx()));
                     }
                 }
                 "invalid" => {
                     if got == "ok" {
-                        t.failures
-                            .push(format!("{}: must be rejected, was accepted", ctx()));
+                        t.failures.push(format!("{}: must be rejected, was accepted", ctx()));
                     }
                 }
                 "acceptable" => t.acceptable_outcomes.push(format!("tc{tc}={got}")),
-                other => t
-                    .failures
-                    .push(format!("{}: unknown result {other}", ctx())),
+                other => t.failures.push(format!("{}: unknown result {other}", ctx())),
             }
         }
     }
-    assert_eq!(
-        Some(t.total as u64),
-        file["numberOfTests"].as_u64(),
-        "{rel}: test count differs from numberOfTests"
-    );
+    assert_eq!(Some(t.total as u64), file["numberOfTests"].as_u64(), "{rel}: test count differs from numberOfTests");
     println!("{}", t.summary(rel));
     t
 }
 
 fn assert_agreement(rel: &str, t: &Tally) {
-    assert!(
-        t.failures.is_empty(),
-        "{rel}: {} disagreements:\n{}",
-        t.failures.len(),
-        t.failures.join("\n")
-    );
+    assert!(t.failures.is_empty(), "{rel}: {} disagreements:\n{}", t.failures.len(), t.failures.join("\n"));
     // both directions are exercised, so the run can fail either way
-    assert!(
-        t.accepted > 0 && t.rejected > 0,
-        "{rel}: degenerate run {t:?}"
-    );
+    assert!(t.accepted > 0 && t.rejected > 0, "{rel}: degenerate run {t:?}");
 }
 
 #[test]
@@ -309,10 +255,7 @@ fn wycheproof_json_web_signature_test_full_agreement() {
     let rel = "wycheproof/testvectors_v1/json_web_signature_test.json";
     let t = run_wycheproof_jws(&corpus, rel, JWS_DOCUMENTED);
     assert_agreement(rel, &t);
-    assert_eq!(
-        (t.total, t.valid, t.invalid, t.acceptable),
-        (401, 46, 355, 0)
-    );
+    assert_eq!((t.total, t.valid, t.invalid, t.acceptable), (401, 46, 355, 0));
     assert_eq!(t.documented, 4);
 }
 
@@ -341,21 +284,12 @@ fn wycheproof_jws_attack_subset_full_agreement() {
 #[test]
 fn wycheproof_attack_cases_have_the_named_reasons() {
     let Some(corpus) = corpus_dir() else { return };
-    let file = load_json(
-        &corpus,
-        "wycheproof/testvectors_v1/json_web_signature_test.json",
-    );
+    let file = load_json(&corpus, "wycheproof/testvectors_v1/json_web_signature_test.json");
     let mut by_tc: HashMap<u64, (String, KeySet)> = HashMap::new();
     for group in file["testGroups"].as_array().expect("groups") {
-        let key = group
-            .get("public")
-            .or_else(|| group.get("private"))
-            .expect("key");
+        let key = group.get("public").or_else(|| group.get("private")).expect("key");
         for test in group["tests"].as_array().expect("tests") {
-            by_tc.insert(
-                test["tcId"].as_u64().expect("tcId"),
-                (str_of(test, "jws").to_owned(), keyset(key)),
-            );
+            by_tc.insert(test["tcId"].as_u64().expect("tcId"), (str_of(test, "jws").to_owned(), keyset(key)));
         }
     }
     let verdict = |tc: u64| {
@@ -375,10 +309,7 @@ fn wycheproof_attack_cases_have_the_named_reasons() {
     // the same `none` header with a non-empty signature reaches the algorithm check
     let (tc16, keys16) = &by_tc[&16];
     let with_sig = format!("{tc16}c2ln");
-    assert_eq!(
-        slug(&verify_jws(&with_sig, MAX_BYTES, ALL_ENABLED, keys16)),
-        "alg_not_allowed"
-    );
+    assert_eq!(slug(&verify_jws(&with_sig, MAX_BYTES, ALL_ENABLED, keys16)), "alg_not_allowed");
     // HS256 keyed with the EC public key bytes (case 2): HS* is never accepted
     assert_eq!(verdict(31), "alg_not_allowed");
     // attacker jwk embedded in the header (case 4): ignored, so the signature does not verify
@@ -398,11 +329,7 @@ fn wycheproof_attack_cases_have_the_named_reasons() {
         assert_eq!(verdict(tc), "alg_not_allowed", "tc{tc}");
         let (_, rest) = by_tc[&tc].0.split_once('.').expect("segments");
         let moved = format!("{es256_header}.{rest}");
-        assert_eq!(
-            slug(&verify_jws(&moved, MAX_BYTES, ALL_ENABLED, es_keys)),
-            "malformed_token",
-            "tc{tc} under ES256"
-        );
+        assert_eq!(slug(&verify_jws(&moved, MAX_BYTES, ALL_ENABLED, es_keys)), "malformed_token", "tc{tc} under ES256");
     }
     // tc367 and tc370 ("invalidBase64Padding"): in this Wycheproof commit their `jws` string is
     // byte-identical to tc357 (the padding was lost), so they are plain HS256 tokens.
@@ -417,10 +344,7 @@ fn wycheproof_attack_cases_have_the_named_reasons() {
 #[test]
 fn wycheproof_pinned_jwk_alg_is_honoured() {
     let Some(corpus) = corpus_dir() else { return };
-    let file = load_json(
-        &corpus,
-        "wycheproof/testvectors_v1/json_web_signature_test.json",
-    );
+    let file = load_json(&corpus, "wycheproof/testvectors_v1/json_web_signature_test.json");
     let mut seen = 0;
     for group in file["testGroups"].as_array().expect("groups") {
         for test in group["tests"].as_array().expect("tests") {
@@ -434,18 +358,10 @@ fn wycheproof_pinned_jwk_alg_is_honoured() {
             let public = &group["public"];
             assert_eq!(public["alg"], "PS256");
             let pinned = keyset(public);
-            assert_eq!(
-                slug(&verify_jws(jws, MAX_BYTES, ALL_ENABLED, &pinned)),
-                "key_alg_mismatch",
-                "tc{tc}"
-            );
+            assert_eq!(slug(&verify_jws(jws, MAX_BYTES, ALL_ENABLED, &pinned)), "key_alg_mismatch", "tc{tc}");
             let mut unpinned = public.clone();
             unpinned.as_object_mut().expect("jwk").remove("alg");
-            assert_eq!(
-                slug(&verify_jws(jws, MAX_BYTES, ALL_ENABLED, &keyset(&unpinned))),
-                "ok",
-                "tc{tc}"
-            );
+            assert_eq!(slug(&verify_jws(jws, MAX_BYTES, ALL_ENABLED, &keyset(&unpinned))), "ok", "tc{tc}");
         }
     }
     assert_eq!(seen, 2);
@@ -455,17 +371,11 @@ fn wycheproof_pinned_jwk_alg_is_honoured() {
 #[test]
 fn wycheproof_tc372_tc373_are_refused_as_malformed() {
     let Some(corpus) = corpus_dir() else { return };
-    let file = load_json(
-        &corpus,
-        "wycheproof/testvectors_v1/json_web_signature_test.json",
-    );
+    let file = load_json(&corpus, "wycheproof/testvectors_v1/json_web_signature_test.json");
     let mut tokens: HashMap<u64, String> = HashMap::new();
     for group in file["testGroups"].as_array().expect("groups") {
         for test in group["tests"].as_array().expect("tests") {
-            tokens.insert(
-                test["tcId"].as_u64().expect("tcId"),
-                str_of(test, "jws").to_owned(),
-            );
+            tokens.insert(test["tcId"].as_u64().expect("tcId"), str_of(test, "jws").to_owned());
         }
     }
     let keys = KeySet::default();
@@ -491,13 +401,7 @@ fn wycheproof_tc372_tc373_are_refused_as_malformed() {
 /// [`KeySet::from_json`] (the broker's only path from a JWK to a key), and each vector is checked
 /// with `jsonwebtoken::crypto::verify` (the backend `verify_jws` calls). The message is the raw
 /// `msg` bytes, so no compact JWS is built.
-fn run_raw(
-    corpus: &Path,
-    rel: &str,
-    alg: Algorithm,
-    jwk_of: fn(&Value) -> Value,
-    check_group: fn(&Value),
-) -> Tally {
+fn run_raw(corpus: &Path, rel: &str, alg: Algorithm, jwk_of: fn(&Value) -> Value, check_group: fn(&Value)) -> Tally {
     let file = load_json(corpus, rel);
     let mut t = Tally::default();
     let mut ignored_keys = 0usize;
@@ -516,10 +420,7 @@ fn run_raw(
             let msg = hex(str_of(test, "msg"));
             let sig = B64.encode(hex(str_of(test, "sig")));
             let (accepted, why) = match key {
-                None => (
-                    false,
-                    format!("key ignored by KeySet: {:?}", keys.ignored()),
-                ),
+                None => (false, format!("key ignored by KeySet: {:?}", keys.ignored())),
                 Some(k) => match jsonwebtoken::crypto::verify(&sig, &msg, &k.key, alg) {
                     Ok(true) => (true, String::new()),
                     Ok(false) => (false, "signature_invalid".to_owned()),
@@ -530,55 +431,31 @@ fn run_raw(
                 t.accepted += 1;
             } else {
                 t.rejected += 1;
-                *t.slugs
-                    .entry(if key.is_none() {
-                        "key_ignored"
-                    } else {
-                        "signature_invalid"
-                    })
-                    .or_default() += 1;
+                *t.slugs.entry(if key.is_none() { "key_ignored" } else { "signature_invalid" }).or_default() += 1;
             }
-            let ctx = || {
-                format!(
-                    "{rel} tc{tc} ({result}, {}, {:?})",
-                    str_of(test, "comment"),
-                    test["flags"]
-                )
-            };
+            let ctx = || format!("{rel} tc{tc} ({result}, {}, {:?})", str_of(test, "comment"), test["flags"]);
             match result {
                 "valid" => {
                     t.valid += 1;
                     if !accepted {
-                        t.failures
-                            .push(format!("{}: must verify, got {why}", ctx()));
+                        t.failures.push(format!("{}: must verify, got {why}", ctx()));
                     }
                 }
                 "invalid" => {
                     t.invalid += 1;
                     if accepted {
-                        t.failures
-                            .push(format!("{}: must be rejected, was accepted", ctx()));
+                        t.failures.push(format!("{}: must be rejected, was accepted", ctx()));
                     }
                 }
                 _ => {
                     t.acceptable += 1;
-                    t.acceptable_outcomes.push(format!(
-                        "tc{tc}={}",
-                        if accepted { "accepted" } else { "rejected" }
-                    ));
+                    t.acceptable_outcomes.push(format!("tc{tc}={}", if accepted { "accepted" } else { "rejected" }));
                 }
             }
         }
     }
-    assert_eq!(
-        Some(t.total as u64),
-        file["numberOfTests"].as_u64(),
-        "{rel}: test count"
-    );
-    println!(
-        "{} (groups whose key KeySet ignored: {ignored_keys})",
-        t.summary(rel)
-    );
+    assert_eq!(Some(t.total as u64), file["numberOfTests"].as_u64(), "{rel}: test count");
+    println!("{} (groups whose key KeySet ignored: {ignored_keys})", t.summary(rel));
     t
 }
 
@@ -595,11 +472,7 @@ fn ec_jwk(group: &Value, crv: &str, len: usize) -> Value {
         "y": B64.encode(&point[1 + len..]),
     });
     if let Some(theirs) = group.get("publicKeyJwk") {
-        assert_eq!(
-            (&jwk["x"], &jwk["y"]),
-            (&theirs["x"], &theirs["y"]),
-            "publicKeyJwk disagrees"
-        );
+        assert_eq!((&jwk["x"], &jwk["y"]), (&theirs["x"], &theirs["y"]), "publicKeyJwk disagrees");
     }
     jwk
 }
@@ -728,27 +601,15 @@ fn rfc7515_appendix_a() {
         let keys = keyset(&v[name]["verification_key_jwk"]);
         let r = verify_jws(token, MAX_BYTES, ALL_ENABLED, &keys);
         if let Ok(ok) = &r {
-            assert_eq!(
-                ok.payload,
-                str_of(&v[name], "payload_bytes_utf8").as_bytes(),
-                "{name} payload"
-            );
+            assert_eq!(ok.payload, str_of(&v[name], "payload_bytes_utf8").as_bytes(), "{name} payload");
         }
         slug(&r)
     };
     for name in ["A.1", "A.2", "A.3", "A.4"] {
         let e = &v[name];
-        let rebuilt = format!(
-            "{}.{}.{}",
-            str_of(e, "protected_b64u"),
-            str_of(e, "payload_b64u"),
-            str_of(e, "signature_b64u")
-        );
-        assert_eq!(
-            rebuilt,
-            str_of(e, "compact"),
-            "{name}: compact = protected.payload.signature"
-        );
+        let rebuilt =
+            format!("{}.{}.{}", str_of(e, "protected_b64u"), str_of(e, "payload_b64u"), str_of(e, "signature_b64u"));
+        assert_eq!(rebuilt, str_of(e, "compact"), "{name}: compact = protected.payload.signature");
     }
     let compact = |name: &str| str_of(&v[name], "compact").to_owned();
     assert_eq!(verdict("A.2", &compact("A.2")), "ok");
@@ -761,12 +622,7 @@ fn rfc7515_appendix_a() {
     for name in ["A.2", "A.3"] {
         let c = compact(name);
         let i = c.len() - 10;
-        let flipped = format!(
-            "{}{}{}",
-            &c[..i],
-            if &c[i..=i] == "A" { "B" } else { "A" },
-            &c[i + 1..]
-        );
+        let flipped = format!("{}{}{}", &c[..i], if &c[i..=i] == "A" { "B" } else { "A" }, &c[i + 1..]);
         assert_eq!(verdict(name, &flipped), "signature_invalid", "{name}");
     }
 
@@ -775,19 +631,8 @@ fn rfc7515_appendix_a() {
     let a5 = compact("A.5");
     assert!(a5.ends_with('.'));
     let none_keys = KeySet::default();
-    assert_eq!(
-        slug(&verify_jws(&a5, MAX_BYTES, ALL_ENABLED, &none_keys)),
-        "alg_not_allowed"
-    );
-    assert_eq!(
-        slug(&verify_jws(
-            &format!("{a5}c2ln"),
-            MAX_BYTES,
-            ALL_ENABLED,
-            &none_keys
-        )),
-        "alg_not_allowed"
-    );
+    assert_eq!(slug(&verify_jws(&a5, MAX_BYTES, ALL_ENABLED, &none_keys)), "alg_not_allowed");
+    assert_eq!(slug(&verify_jws(&format!("{a5}c2ln"), MAX_BYTES, ALL_ENABLED, &none_keys)), "alg_not_allowed");
 
     // A.6 (general) and A.7 (flattened) JSON serialization: the compact parser refuses both...
     for name in ["A.6", "A.7"] {
@@ -818,14 +663,9 @@ fn rfc7515_appendix_a() {
     // A token without `kid` is matched only against a key set holding exactly one key: with the
     // A.2 (RSA) and A.3 (EC) keys published together, the kid-less A.2 token is refused as
     // ambiguous (unknown_key), although only one of the two keys fits RS256.
-    let both = keyset(
-        &json!({"keys": [v["A.2"]["verification_key_jwk"], v["A.3"]["verification_key_jwk"]]}),
-    );
+    let both = keyset(&json!({"keys": [v["A.2"]["verification_key_jwk"], v["A.3"]["verification_key_jwk"]]}));
     assert_eq!(both.keys().len(), 2);
-    assert_eq!(
-        slug(&verify_jws(&compact("A.2"), MAX_BYTES, ALL_ENABLED, &both)),
-        "unknown_key"
-    );
+    assert_eq!(slug(&verify_jws(&compact("A.2"), MAX_BYTES, ALL_ENABLED, &both)), "unknown_key");
 }
 
 /// RFC 8037 A.4: Ed25519 JWS verifies with the A.1 public key.
@@ -844,24 +684,14 @@ fn rfc8037_a4_ed25519() {
     let mut parts: Vec<&str> = compact.split('.').collect();
     let other = B64.encode("Example of Ed25519 signinG");
     parts[1] = &other;
-    assert_eq!(
-        slug(&verify_jws(&parts.join("."), MAX_BYTES, ALL_ENABLED, &keys)),
-        "signature_invalid"
-    );
+    assert_eq!(slug(&verify_jws(&parts.join("."), MAX_BYTES, ALL_ENABLED, &keys)), "signature_invalid");
     // EdDSA off for the provider -> refused
-    assert_eq!(
-        slug(&verify_jws(compact, MAX_BYTES, &[Algorithm::RS256], &keys)),
-        "alg_not_allowed"
-    );
+    assert_eq!(slug(&verify_jws(compact, MAX_BYTES, &[Algorithm::RS256], &keys)), "alg_not_allowed");
 }
 
 /// What the broker answers for a correctly signed JWS with this algorithm.
 fn expected_for_alg(alg: &str) -> &'static str {
-    if is_enabled(alg) {
-        "ok"
-    } else {
-        "alg_not_allowed"
-    }
+    if is_enabled(alg) { "ok" } else { "alg_not_allowed" }
 }
 
 /// A key set with only the (public) key from `keys` that fits `alg`.
@@ -872,10 +702,7 @@ fn cookbook_keyset(keys: &[Value], alg: &str) -> KeySet {
         "EdDSA" => "OKP",
         _ => "oct",
     };
-    let key = keys
-        .iter()
-        .find(|k| k["kty"] == kty)
-        .unwrap_or_else(|| panic!("no {kty} key"));
+    let key = keys.iter().find(|k| k["kty"] == kty).unwrap_or_else(|| panic!("no {kty} key"));
     keyset(&public_jwk(key))
 }
 
@@ -889,12 +716,7 @@ fn rfc7520_cookbook_jws() {
     let dir = corpus.join("jose_vectors/rfc7520_jose_cookbook/jws");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .expect("cookbook jws dir")
-        .map(|e| {
-            format!(
-                "jose_vectors/rfc7520_jose_cookbook/jws/{}",
-                e.expect("entry").file_name().to_string_lossy()
-            )
-        })
+        .map(|e| format!("jose_vectors/rfc7520_jose_cookbook/jws/{}", e.expect("entry").file_name().to_string_lossy()))
         .filter(|f| f.ends_with(".json"))
         .collect();
     files.sort();
@@ -936,11 +758,7 @@ fn rfc7520_cookbook_jws() {
                 // 4.5 detached content: re-attach base64url(payload); the result is exactly the
                 // signing input the example signed
                 let attached = format!("{}.{payload_b64}.{}", parts[0], parts[2]);
-                assert_eq!(
-                    attached,
-                    format!("{}.{}", str_of(s, "sig-input"), parts[2]),
-                    "{rel}"
-                );
+                assert_eq!(attached, format!("{}.{}", str_of(s, "sig-input"), parts[2]), "{rel}");
                 check(&attached, alg, "compact-reattached", &mut seen);
                 // as published (empty payload segment) it does not verify either way
                 let ks = cookbook_keyset(&keys, alg);
@@ -956,22 +774,14 @@ fn rfc7520_cookbook_jws() {
             // the compact parser refuses a JSON serialization outright
             let text = j.to_string();
             let no_keys = KeySet::default();
-            assert_eq!(
-                slug(&verify_jws(&text, MAX_BYTES, ALL_ENABLED, &no_keys)),
-                "malformed_token",
-                "{rel} {form}"
-            );
+            assert_eq!(slug(&verify_jws(&text, MAX_BYTES, ALL_ENABLED, &no_keys)), "malformed_token", "{rel} {form}");
             seen.push(format!("{form}=malformed_token"));
             // rebuild each signature as compact, where it has a protected header
             let sigs: Vec<Value> = match j.get("signatures") {
                 Some(Value::Array(a)) => a.clone(),
                 _ => vec![j.clone()],
             };
-            let body = j
-                .get("payload")
-                .and_then(Value::as_str)
-                .unwrap_or(&payload_b64)
-                .to_owned();
+            let body = j.get("payload").and_then(Value::as_str).unwrap_or(&payload_b64).to_owned();
             for sig in &sigs {
                 let Some(protected) = sig.get("protected").and_then(Value::as_str) else {
                     // 4.7 "protecting content only": no protected header, no compact form
@@ -988,24 +798,12 @@ fn rfc7520_cookbook_jws() {
     for (f, v) in &verdicts {
         println!("{f}: {}", v.join(", "));
     }
-    let ok_count: usize = verdicts
-        .values()
-        .flatten()
-        .filter(|s| s.ends_with("=ok"))
-        .count();
+    let ok_count: usize = verdicts.values().flatten().filter(|s| s.ends_with("=ok")).count();
     // 4.1 (RS256), 4.2 (PS384) and Ed25519 x {compact, json, json_flat}, and 4.8's RS256
     // signature (its ES512 one has only an unprotected header, so no compact form)
     assert_eq!(ok_count, 3 + 3 + 3 + 1, "{verdicts:#?}");
-    assert!(
-        verdicts["4_3.ecdsa_signature.json"]
-            .iter()
-            .any(|s| s == "compact:ES512=alg_not_allowed")
-    );
-    assert!(
-        verdicts["4_4.hmac-sha2_integrity_protection.json"]
-            .iter()
-            .any(|s| s == "compact:HS256=alg_not_allowed")
-    );
+    assert!(verdicts["4_3.ecdsa_signature.json"].iter().any(|s| s == "compact:ES512=alg_not_allowed"));
+    assert!(verdicts["4_4.hmac-sha2_integrity_protection.json"].iter().any(|s| s == "compact:HS256=alg_not_allowed"));
 }
 
 /// RFC 7797 (`b64: false`, `crit: ["b64"]`): the broker implements no JWS extension, so these
@@ -1016,14 +814,8 @@ fn rfc7520_cookbook_jws() {
 #[test]
 fn rfc7797_b64_false_is_refused() {
     let Some(corpus) = corpus_dir() else { return };
-    let compat = load_json(
-        &corpus,
-        "jose_vectors/rfc7520_jose_cookbook/rfc7797/hmac-sha2_b64_false.json",
-    );
-    let json_only = load_json(
-        &corpus,
-        "jose_vectors/rfc7520_jose_cookbook/rfc7797/4.2.hmac-sha2_b64_false.json",
-    );
+    let compat = load_json(&corpus, "jose_vectors/rfc7520_jose_cookbook/rfc7797/hmac-sha2_b64_false.json");
+    let json_only = load_json(&corpus, "jose_vectors/rfc7520_jose_cookbook/rfc7797/4.2.hmac-sha2_b64_false.json");
     let none = KeySet::default();
     let verdict = |t: &str, keys: &KeySet| slug(&verify_jws(t, MAX_BYTES, ALL_ENABLED, keys));
 
@@ -1035,35 +827,19 @@ fn rfc7797_b64_false_is_refused() {
     // JSON serializations -> malformed_token
     for f in [&compat, &json_only] {
         for form in ["json", "json_flat"] {
-            assert_eq!(
-                verdict(&f["output"][form].to_string(), &none),
-                "malformed_token",
-                "{form}"
-            );
+            assert_eq!(verdict(&f["output"][form].to_string(), &none), "malformed_token", "{form}");
         }
     }
     // 4.2's "$.02" payload contains a '.', so its compact form has four segments
     let p42 = &json_only["output"]["json_flat"];
-    let t42 = format!(
-        "{}.{}.{}",
-        str_of(p42, "protected"),
-        str_of(p42, "payload"),
-        str_of(p42, "signature")
-    );
+    let t42 = format!("{}.{}.{}", str_of(p42, "protected"), str_of(p42, "payload"), str_of(p42, "signature"));
     assert_eq!(verdict(&t42, &none), "malformed_token");
     // the compact header with a base64url payload: HS256 is refused before crit is looked at
     let header_b64 = compact.split('.').next().expect("header");
-    let header: Value =
-        serde_json::from_slice(&B64.decode(header_b64).expect("b64")).expect("json");
-    assert_eq!(
-        header,
-        json!({"alg": "HS256", "b64": false, "crit": ["b64"]})
-    );
+    let header: Value = serde_json::from_slice(&B64.decode(header_b64).expect("b64")).expect("json");
+    assert_eq!(header, json!({"alg": "HS256", "b64": false, "crit": ["b64"]}));
     let sig = compact.rsplit('.').next().expect("sig");
-    let encoded = format!(
-        "{header_b64}.{}.{sig}",
-        B64.encode(str_of(&compat["input"], "payload"))
-    );
+    let encoded = format!("{header_b64}.{}.{sig}", B64.encode(str_of(&compat["input"], "payload")));
     assert_eq!(verdict(&encoded, &none), "crit_unsupported");
 
     // the same extension header over ES256, signed by a test key: crit_unsupported; the twin

@@ -22,10 +22,7 @@ pub struct BrokerSigner {
 
 impl std::fmt::Debug for BrokerSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerSigner")
-            .field("kid", &self.kid)
-            .field("key", &"[REDACTED]")
-            .finish()
+        f.debug_struct("BrokerSigner").field("kid", &self.kid).field("key", &"[REDACTED]").finish()
     }
 }
 
@@ -52,12 +49,9 @@ impl BrokerSigner {
     pub fn from_pem_file(path: &Path) -> Result<Self, SignerError> {
         use rustls_pki_types::PrivatePkcs8KeyDer;
         use rustls_pki_types::pem::PemObject;
-        let load = |cause: String| SignerError::Load {
-            path: path.display().to_string(),
-            cause,
-        };
-        let der = PrivatePkcs8KeyDer::from_pem_file(path)
-            .map_err(|e| load(format!("not a PKCS#8 PEM private key ({e})")))?;
+        let load = |cause: String| SignerError::Load { path: path.display().to_string(), cause };
+        let der =
+            PrivatePkcs8KeyDer::from_pem_file(path).map_err(|e| load(format!("not a PKCS#8 PEM private key ({e})")))?;
         Self::from_pkcs8(Zeroizing::new(der.secret_pkcs8_der().to_vec())).map_err(load)
     }
 
@@ -72,16 +66,9 @@ impl BrokerSigner {
         let y = URL_SAFE_NO_PAD.encode(&point[33..]);
         // RFC 7638: members in lexicographic order, no white space.
         let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-        let kid = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            canonical.as_bytes(),
-        ));
+        let kid = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()));
         let public_jwk = json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig"});
-        Ok(BrokerSigner {
-            kid,
-            encoding: EncodingKey::from_ec_der(&der),
-            public_jwk,
-        })
+        Ok(BrokerSigner { kid, encoding: EncodingKey::from_ec_der(&der), public_jwk })
     }
 
     pub fn kid(&self) -> &str {
@@ -121,11 +108,8 @@ mod tests {
     #[test]
     fn signs_tokens_its_own_jwks_verifies() {
         let s = BrokerSigner::generate().unwrap_or_else(|e| panic!("{e}"));
-        let tok = s
-            .sign(&json!({"sub": "x"}))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let keys = ephemera_providers::KeySet::from_json(s.jwks().to_string().as_bytes())
-            .unwrap_or_default();
+        let tok = s.sign(&json!({"sub": "x"})).unwrap_or_else(|e| panic!("{e}"));
+        let keys = ephemera_providers::KeySet::from_json(s.jwks().to_string().as_bytes()).unwrap_or_default();
         let v = ephemera_providers::verify_jws(tok.expose(), 16384, &[Algorithm::ES256], &keys)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v.kid.as_deref(), Some(s.kid()));

@@ -22,17 +22,11 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(max_entries: usize) -> Self {
-        MemoryStore {
-            inner: Mutex::new(Inner::default()),
-            max_entries,
-        }
+        MemoryStore { inner: Mutex::new(Inner::default()), max_entries }
     }
 
     fn mark(&self, id: &str, until: i64, now: i64) -> Result<Mark, StateError> {
-        let mut g = self
-            .inner
-            .lock()
-            .map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
         let inner = &mut *g;
         while let Some(Reverse((exp, _))) = inner.by_expiry.peek() {
             if *exp >= now {

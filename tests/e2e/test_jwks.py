@@ -1,0 +1,527 @@
+"""Discovery and JWKS (ATTACKS.md C 23–30) and keys smuggled in tokens (A 4, 5): the broker
+against a scriptable mock issuer, with the mock's per-path counters and a canary listener that
+must never be contacted."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import datetime
+import os
+import time
+import uuid
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from harness import (
+    LocalKey,
+    b64url,
+    good_claims,
+    now,
+    provider,
+    role,
+    wait_until,
+)
+
+DISCO = "/.well-known/openid-configuration"
+JWKS = "/jwks"
+
+# Short cache timings so expiry and cooldown can be observed in seconds. A cooldown of 2 s (not 1)
+# keeps "no second fetch right away" deterministic with the broker's whole-second clock.
+FAST = {"default_ttl": "1s", "min_ttl": "1s", "refresh_cooldown": "2s", "stale_window": "3s",
+        "fetch_timeout": "2s"}
+COOLDOWN_S = 2.1
+
+
+def assert_reject(resp, reason, error="invalid_request", status=400):
+    assert resp.status == status, resp
+    assert resp.error == error, resp
+    assert resp.reason == reason, resp
+
+
+def assert_unavailable(resp, detail=None):
+    assert resp.status == 503, resp
+    assert resp.error == "temporarily_unavailable", resp
+    assert resp.reason == "keys_unavailable", resp
+    assert resp.headers.get("Retry-After"), "503 without Retry-After"
+    if detail:
+        assert detail in resp.description, resp
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def pinned_setup(tmp_path, key: LocalKey, name="pinned", issuer="http://127.0.0.1:9/pinned"):
+    path = key.write_jwks(tmp_path / f"{name}-jwks.json")
+    return (provider(name, issuer, jwks_file=str(path)),
+            role(f"{name}-role", name, conditions={"sub": "pinned-workload"}),
+            issuer)
+
+
+def pinned_token(key: LocalKey, issuer: str) -> str:
+    return key.sign(good_claims(issuer, sub="pinned-workload"))
+
+
+# ---- C 23: issuers not on the allowlist ------------------------------------------------------
+
+
+def test_issuer_not_on_allowlist_causes_no_connection(broker, mock_issuer, canary):
+    assert broker.exchange(mock_issuer.token()).status == 200
+    before = mock_issuer.counts()
+    for iss in ["http://169.254.169.254/latest/meta-data", "http://127.0.0.1:6379",
+                "https://attacker.test", "file:///etc/passwd", canary.url,
+                mock_issuer.issuer + "/", mock_issuer.issuer.replace("http:", "https:")]:
+        r = broker.exchange(mock_issuer.sign(good_claims(iss)))
+        assert_reject(r, "issuer_not_trusted")
+    assert canary.connections == 0
+    assert mock_issuer.counts() == before
+    assert broker.exchange(mock_issuer.token()).status == 200
+
+
+# ---- C 29: rotation ----------------------------------------------------------------------------
+
+
+def test_unknown_kid_triggers_exactly_one_refresh(broker_factory, mock_issuer):
+    b = broker_factory(issuer=mock_issuer, jwks={"refresh_cooldown": "2s"})
+    assert b.exchange(mock_issuer.token()).status == 200
+    assert mock_issuer.fetches() == (1, 1)
+
+    # K2 exists at the issuer but is not published yet: one refresh, then unknown_key
+    mock_issuer.add_key("k2", "RSA", publish=False)
+    time.sleep(COOLDOWN_S)
+    assert_reject(b.exchange(mock_issuer.token(key="k2")), "unknown_key")
+    assert mock_issuer.fetches() == (2, 2)
+    # again at once: inside the cooldown, no fetch
+    assert_reject(b.exchange(mock_issuer.token(key="k2")), "unknown_key")
+    assert mock_issuer.fetches() == (2, 2)
+
+    # the issuer publishes K2: the first K2 token after the cooldown refreshes once and succeeds
+    mock_issuer.publish("k2")
+    time.sleep(COOLDOWN_S)
+    assert b.exchange(mock_issuer.token(key="k2")).status == 200
+    assert mock_issuer.fetches() == (3, 3)
+    for key in ("k2", "k1", "k2"):
+        assert b.exchange(mock_issuer.token(key=key)).status == 200
+    assert mock_issuer.fetches() == (3, 3)
+
+
+def test_rotation_k1_tokens_refused_after_ttl(broker_factory, mock_issuer):
+    """ATTACKS 29: K2 added and used (one refresh); K1 removed: K1 tokens are refused at the
+    latest after the cache TTL plus one cooldown."""
+    b = broker_factory(issuer=mock_issuer, jwks=FAST)
+    assert b.exchange(mock_issuer.token()).status == 200
+    # a stock of K1-signed tokens made while the issuer still holds K1
+    stock = [mock_issuer.token(key="k1", exp=now() + 600) for _ in range(60)]
+    mock_issuer.add_key("k2")
+    time.sleep(COOLDOWN_S)
+    before = mock_issuer.fetches()
+    assert b.exchange(mock_issuer.token(key="k2")).status == 200
+    assert mock_issuer.fetches()[1] == before[1] + 1
+
+    mock_issuer.remove_key("k1")
+    removed_at = time.monotonic()
+
+    def k1_refused():
+        r = b.exchange(stock.pop())
+        return r if r.status != 200 else None
+
+    r = wait_until(k1_refused, timeout=20, interval=0.25, what="K1 tokens refused after rotation")
+    assert_reject(r, "unknown_key")
+    # TTL 1 s + cooldown 2 s, plus slack for a loaded machine
+    assert time.monotonic() - removed_at < 15
+    # stays refused, and K2 keeps working
+    assert_reject(b.exchange(stock.pop()), "unknown_key")
+    assert b.exchange(mock_issuer.token(key="k2")).status == 200
+
+
+# ---- C 28: unknown-kid flood -------------------------------------------------------------------
+
+
+def test_unknown_kid_flood_is_rate_limited(broker_factory, mock_issuer):
+    b = broker_factory(issuer=mock_issuer, jwks={"refresh_cooldown": "30s"})
+    attacker = LocalKey("attacker")
+    claims = good_claims(mock_issuer.issuer)
+    flood = [attacker.sign(dict(claims, jti=uuid.uuid4().hex), kid=f"kid-{uuid.uuid4().hex}")
+             for _ in range(200)]
+    legit = [mock_issuer.token() for _ in range(5)]
+    start = time.monotonic()
+
+    def send(tok):
+        with requests.Session() as s:
+            return b.exchange(tok, session=s)
+
+    with cf.ThreadPoolExecutor(max_workers=16) as pool:
+        flood_f = [pool.submit(send, t) for t in flood[:100]]
+        legit_f = [pool.submit(send, t) for t in legit]
+        flood_f += [pool.submit(send, t) for t in flood[100:]]
+        flood_r = [f.result() for f in flood_f]
+        legit_r = [f.result() for f in legit_f]
+    elapsed = time.monotonic() - start
+    assert elapsed < 30, "the flood outlasted the cooldown window; the fetch bound is not tested"
+    assert all(r.status == 400 and r.reason == "unknown_key" for r in flood_r), \
+        {(r.status, r.reason) for r in flood_r}
+    assert all(r.status == 200 for r in legit_r), legit_r
+    disco, jwks = mock_issuer.fetches()
+    # a cold cache: the first request fetches; every other one is inside the 30 s cooldown
+    assert jwks <= 1 and disco <= 1, mock_issuer.counts()
+    assert b.alive()
+
+
+# ---- C 30: outage ------------------------------------------------------------------------------
+
+
+def test_outage_stale_keys_then_503_then_recovery(broker_factory, mock_issuer):
+    b = broker_factory(issuer=mock_issuer, jwks=FAST)
+    stock = [mock_issuer.token(exp=now() + 600) for _ in range(80)]
+    attacker = LocalKey("not-published")
+    assert b.exchange(stock.pop()).status == 200
+    fetched = time.monotonic()
+    mock_issuer.kill()
+    # past the 1 s TTL (so a refresh is attempted and fails) but inside TTL + stale window (4 s)
+    time.sleep(max(0.0, fetched + 1.2 - time.monotonic()))
+    r = b.exchange(stock.pop())
+    assert r.status == 200, f"stale keys should still serve during the outage: {r}"
+    wait_until(lambda: "issuer key refresh failed" in b.stderr(), timeout=10,
+               what="a logged refresh failure")
+    # an unknown kid during the outage is refused (not 503 while keys are still usable)
+    r = b.exchange(attacker.sign(good_claims(mock_issuer.issuer)))
+    assert r.status in (400, 503), r
+
+    def unavailable():
+        r = b.exchange(stock.pop())
+        return r if r.status == 503 else None
+
+    r = wait_until(unavailable, timeout=20, interval=0.25, what="503 once the stale window ends")
+    assert_unavailable(r)
+    assert time.monotonic() - fetched < 20
+
+    mock_issuer.revive()
+
+    def recovered():
+        r = b.exchange(stock.pop())
+        return r if r.status == 200 else None
+
+    wait_until(recovered, timeout=20, interval=0.25, what="recovery without restart")
+    assert b.proc.poll() is None
+
+
+def test_cold_start_with_issuer_down_503_other_provider_works(broker_factory, mock_issuer,
+                                                             tmp_path):
+    stock = [mock_issuer.token(exp=now() + 600) for _ in range(40)]
+    mock_issuer.kill()
+    key = LocalKey("pinned-1", "EC")
+    p2, r2, iss2 = pinned_setup(tmp_path, key)
+    b = broker_factory([provider("mock", mock_issuer.issuer), p2], [role("deploy", "mock"), r2],
+                       jwks=FAST)
+    r = b.exchange(stock.pop())
+    assert_unavailable(r)
+    # the pinned provider goes on, at normal latency
+    r = b.exchange(pinned_token(key, iss2), role="pinned-role")
+    assert r.status == 200, r
+    assert r.elapsed < 5
+
+    mock_issuer.revive()
+
+    def recovered():
+        r = b.exchange(stock.pop())
+        return r if r.status == 200 else None
+
+    wait_until(recovered, timeout=20, interval=0.25, what="recovery after the issuer came back")
+
+
+# ---- C 24: discovery lies ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lie", ["trailing_slash", "https", "other_host"])
+def test_discovery_issuer_mismatch(broker_factory, mock_factory, lie):
+    a, b_iss = mock_factory(), mock_factory()
+    claimed = {
+        "trailing_slash": a.issuer + "/",
+        "https": a.issuer.replace("http:", "https:"),
+        "other_host": b_iss.issuer,
+    }[lie]
+    a.set_mode(discovery_issuer=claimed)
+    br = broker_factory([provider("a", a.issuer), provider("b", b_iss.issuer)],
+                        [role("deploy", "a"), role("deploy-b", "b")], jwks=FAST)
+    r = br.exchange(a.token())
+    assert_unavailable(r, "discovery_issuer_mismatch")
+    assert a.count(JWKS) == 0, "the JWKS of a lying issuer must not be fetched"
+    # the other issuer is not affected
+    assert br.exchange(b_iss.token(), role="deploy-b").status == 200
+    # twin: the issuer stops lying; after the cooldown the provider recovers
+    a.reset_modes()
+    time.sleep(COOLDOWN_S)
+    assert br.exchange(a.token()).status == 200
+
+
+@pytest.mark.parametrize("where", ["localhost_other_port", "same_ip_other_port", "metadata_ip",
+                                   "https_other_host", "userinfo"])
+def test_jwks_uri_off_the_issuer_host(broker_factory, mock_issuer, canary, where):
+    uri = {
+        "localhost_other_port": f"http://localhost:{canary.port}/jwks",
+        "same_ip_other_port": f"http://127.0.0.1:{canary.port}/jwks",
+        "metadata_ip": "http://169.254.169.254/latest/meta-data/jwks",
+        "https_other_host": "https://attacker.test/jwks",
+        "userinfo": mock_issuer.issuer.replace("http://", "http://user:pw@") + "/jwks",
+    }[where]
+    mock_issuer.set_mode(jwks_uri=uri)
+    b = broker_factory(issuer=mock_issuer, jwks=FAST)
+    r = b.exchange(mock_issuer.token())
+    assert_unavailable(r, "jwks_uri_rejected")
+    assert canary.connections == 0
+    assert mock_issuer.count(JWKS) == 0
+    mock_issuer.reset_modes()
+    time.sleep(COOLDOWN_S)
+    assert b.exchange(mock_issuer.token()).status == 200
+
+
+def test_jwks_uri_over_http_for_an_https_issuer_is_refused(broker_factory, mock_issuer, canary,
+                                                          tmp_path):
+    """A non-loopback http jwks_uri is refused at config load for jwks_uri, and a discovery
+    pointing at http on a non-loopback host is refused at fetch time (metadata_ip case above)."""
+    b = broker_factory(issuer=mock_issuer)
+    cfg = dict(b.config)
+    cfg["providers"] = [provider("x", "https://issuer.example", jwks_uri="http://issuer.example/jwks")]
+    cfg["roles"] = [role("deploy", "x")]
+    from harness import run_cli, to_toml
+    path = tmp_path / "http-jwks.toml"
+    path.write_text(to_toml(cfg))
+    res = run_cli(b.binary, ["check", "--config", str(path)])
+    assert res.returncode == 2, res
+    assert "jwks_uri" in res.stderr
+    assert canary.connections == 0
+
+
+# ---- C 25: redirects ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [DISCO, JWKS])
+def test_redirect_is_never_followed(broker_factory, mock_issuer, canary, path):
+    mock_issuer.set_mode(redirect={path: canary.url + "/latest/meta-data/"})
+    b = broker_factory(issuer=mock_issuer, jwks=FAST)
+    r = b.exchange(mock_issuer.token())
+    assert_unavailable(r)
+    assert "redirect" in r.description
+    assert canary.connections == 0
+    mock_issuer.reset_modes()
+    time.sleep(COOLDOWN_S)
+    assert b.exchange(mock_issuer.token()).status == 200
+    assert canary.connections == 0
+
+
+# ---- C 26: oversized and slow responses --------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [JWKS, DISCO])
+@pytest.mark.parametrize("content_length", [True, False])
+def test_ten_mib_document(broker_factory, mock_issuer, path, content_length):
+    mock_issuer.set_mode(big={path: {"bytes": 10 * 1024 * 1024, "content_length": content_length}})
+    b = broker_factory(issuer=mock_issuer, jwks=FAST)
+    rss_before = rss_kib(b.proc.pid)
+    r = b.exchange(mock_issuer.token())
+    assert_unavailable(r)
+    assert b.alive()
+    # the body was not buffered: RSS grew far less than 10 MiB
+    assert rss_kib(b.proc.pid) - rss_before < 8 * 1024
+    mock_issuer.reset_modes()
+    time.sleep(COOLDOWN_S)
+    assert b.exchange(mock_issuer.token()).status == 200
+
+
+@pytest.mark.parametrize("path", [DISCO, JWKS])
+def test_trickling_issuer_times_out_and_others_go_on(broker_factory, mock_issuer, tmp_path, path):
+    mock_issuer.set_mode(trickle={path: 1.0})
+    key = LocalKey("pinned-1", "EC")
+    p2, r2, iss2 = pinned_setup(tmp_path, key)
+    b = broker_factory([provider("mock", mock_issuer.issuer), p2], [role("deploy", "mock"), r2],
+                       jwks=FAST)
+    with cf.ThreadPoolExecutor(max_workers=2) as pool:
+        slow = pool.submit(b.exchange, mock_issuer.token(), session=requests.Session())
+        time.sleep(0.3)
+        # another issuer's exchange is not held up by the stuck fetch
+        other = b.exchange(pinned_token(key, iss2), role="pinned-role")
+        assert other.status == 200, other
+        assert other.elapsed < 1.5, f"other issuer slowed down: {other.elapsed:.2f}s"
+        r = slow.result()
+    assert_unavailable(r)
+    # fetch_timeout is 2 s: the whole exchange ends well before the trickle would
+    assert r.elapsed < 6, f"exchange took {r.elapsed:.1f}s with fetch_timeout 2s"
+    assert b.alive()
+    mock_issuer.reset_modes()
+    time.sleep(COOLDOWN_S)
+    assert b.exchange(mock_issuer.token()).status == 200
+
+
+@pytest.mark.parametrize("status", [500, 404, 503])
+def test_issuer_error_status_is_503_for_that_provider(broker_factory, mock_issuer, status):
+    mock_issuer.set_mode(status={JWKS: status})
+    b = broker_factory(issuer=mock_issuer, jwks=FAST)
+    r = b.exchange(mock_issuer.token())
+    assert_unavailable(r, str(status))
+    mock_issuer.reset_modes()
+    time.sleep(COOLDOWN_S)
+    assert b.exchange(mock_issuer.token()).status == 200
+
+
+def test_jwks_with_too_many_keys_is_refused(broker_factory, mock_issuer):
+    junk = [{"kty": "oct", "kid": f"j{i}", "k": b64url(os.urandom(16))} for i in range(101)]
+    mock_issuer.set_mode(extra_keys=junk)
+    b = broker_factory(issuer=mock_issuer, jwks=FAST)
+    assert_unavailable(b.exchange(mock_issuer.token()))
+    mock_issuer.set_mode(extra_keys=junk[:50])
+    time.sleep(COOLDOWN_S)
+    assert b.exchange(mock_issuer.token()).status == 200
+
+
+# ---- A 4: keys smuggled in through the header --------------------------------------------------
+
+
+def _self_signed_x5c(mock, kid: str) -> list[str]:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attacker")])
+    t = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(t - datetime.timedelta(days=1))
+            .not_valid_after(t + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
+
+
+def test_jku_x5u_jwk_x5c_headers_are_ignored(broker, mock_issuer, canary):
+    mock_issuer.add_key("evil", "RSA", publish=False)
+    evil_jwk = mock_issuer.jwk("evil")
+    smuggle = {"jku": canary.url + "/jwks.json", "x5u": canary.url + "/cert.pem"}
+    claims = lambda: good_claims(mock_issuer.issuer)  # noqa: E731
+
+    # attacker-signed, attacker kid: unknown_key
+    r = broker.exchange(mock_issuer.sign(claims(), key="evil", header=smuggle))
+    assert_reject(r, "unknown_key")
+    # attacker-signed under the real kid: signature_invalid
+    r = broker.exchange(mock_issuer.sign(claims(), key="evil", header=dict(smuggle, kid="k1")))
+    assert_reject(r, "signature_invalid")
+    # embedded jwk of the attacker key
+    r = broker.exchange(mock_issuer.sign(claims(), key="evil", header={"jwk": evil_jwk}))
+    assert_reject(r, "unknown_key")
+    r = broker.exchange(mock_issuer.sign(claims(), key="evil", header={"jwk": evil_jwk, "kid": "k1"}))
+    assert_reject(r, "signature_invalid")
+    r = broker.exchange(mock_issuer.sign(claims(), key="evil", header={"jwk": evil_jwk, "kid": None}))
+    assert r.status == 400 and r.reason in ("unknown_key", "signature_invalid"), r
+    # an attacker-made x5c chain
+    r = broker.exchange(mock_issuer.sign(claims(), key="evil",
+                                         header={"x5c": _self_signed_x5c(mock_issuer, "evil")}))
+    assert_reject(r, "unknown_key")
+    assert canary.connections == 0
+
+    # twin: the same header members on a token signed by the real key are ignored
+    r = broker.exchange(mock_issuer.sign(claims(), key="k1", header=smuggle))
+    assert r.status == 200, r
+    r = broker.exchange(mock_issuer.sign(claims(), key="k1", embed_jwk=True))
+    assert r.status == 200, r
+    r = broker.exchange(mock_issuer.sign(claims(), key="k1",
+                                         header={"x5c": _self_signed_x5c(mock_issuer, "k1")}))
+    assert r.status == 200, r
+    assert canary.connections == 0
+
+
+# ---- A 5: kid abuse ----------------------------------------------------------------------------
+
+
+def test_kid_abuse(broker, mock_issuer, canary):
+    assert broker.exchange(mock_issuer.token()).status == 200
+    long_printable = "L" * 200
+    cases = {
+        "../../../../dev/null": {"unknown_key"},
+        "' OR 1=1--": {"kid_invalid", "unknown_key"},
+        "http://169.254.169.254/": {"unknown_key"},
+        canary.url + "/": {"unknown_key"},
+        "k" * 4096: {"kid_invalid"},
+        "a\x00b": {"kid_invalid"},
+        "a\r\nb": {"kid_invalid"},
+        "k1\u0430": {"kid_invalid"},  # a Cyrillic а after k1
+        long_printable: {"unknown_key", "kid_invalid"},
+    }
+    for kid, reasons in cases.items():
+        r = broker.exchange(mock_issuer.sign(good_claims(mock_issuer.issuer), header={"kid": kid}))
+        assert r.status == 400 and r.reason in reasons, (kid[:40], r)
+        if r.reason == "unknown_key" and kid == long_printable:
+            rec = broker.audit_record(r.decision_id)
+            assert long_printable not in rec["detail"], "audit keeps the kid truncated"
+        for rec in broker.audit():
+            assert "\n" not in rec.get("detail", "") and "\x00" not in rec.get("detail", "")
+    # a header kid that is not valid UTF-8 once decoded (lone surrogate escape)
+    r = broker.exchange(mock_issuer.sign(
+        good_claims(mock_issuer.issuer),
+        header_raw='{"alg":"RS256","typ":"JWT","kid":"\\ud800"}'))
+    assert r.status == 400 and r.reason in ("kid_invalid", "malformed_token"), r
+    assert canary.connections == 0
+    assert not os.path.exists("/dev/null-ephemera")  # nothing touched on disk (smoke)
+    assert broker.exchange(mock_issuer.token()).status == 200
+
+
+# ---- C 27: JWKS hygiene ------------------------------------------------------------------------
+
+
+def test_token_without_kid_when_two_rsa_keys(broker_factory, mock_factory):
+    two, one = mock_factory(), mock_factory()
+    two.add_key("k2", "RSA")
+    b = broker_factory([provider("two", two.issuer), provider("one", one.issuer)],
+                       [role("deploy", "two"), role("single", "one")])
+    r = b.exchange(two.sign(good_claims(two.issuer), header={"kid": None}))
+    assert_reject(r, "unknown_key")
+    assert b.exchange(two.token()).status == 200
+    # twin: with exactly one key, a token without kid is accepted
+    assert b.exchange(one.sign(good_claims(one.issuer), header={"kid": None}), role="single").status == 200
+
+
+@pytest.mark.parametrize("variant", ["use_enc", "private_members", "duplicate_kid", "key_ops",
+                                     "alg_mismatch"])
+def test_ignored_jwks_entries(broker_factory, mock_issuer, variant):
+    mock_issuer.add_key("k2", "RSA")
+    if variant == "use_enc":
+        mock_issuer.set_mode(jwk_overrides={"k2": {"use": "enc"}})
+    elif variant == "private_members":
+        mock_issuer.set_mode(jwk_overrides={"k2": {"d": "$private"}})
+    elif variant == "duplicate_kid":
+        mock_issuer.set_mode(extra_keys=[mock_issuer.jwk("k2")])
+    elif variant == "key_ops":
+        mock_issuer.set_mode(jwk_overrides={"k2": {"key_ops": ["encrypt"]}})
+    elif variant == "alg_mismatch":
+        mock_issuer.set_mode(jwk_overrides={"k2": {"alg": "ES256"}})
+    b = broker_factory(issuer=mock_issuer, jwks=FAST)
+    assert_reject(b.exchange(mock_issuer.token(key="k2")), "unknown_key")
+    # the document as a whole was not refused: K1 still works
+    assert b.exchange(mock_issuer.token(key="k1")).status == 200
+    # twin: the same key published cleanly is accepted
+    mock_issuer.reset_modes()
+    time.sleep(COOLDOWN_S)
+    assert b.exchange(mock_issuer.token(key="k2")).status == 200
+
+
+def test_symmetric_jwks_entry_is_never_an_hmac_key(broker_factory, mock_issuer):
+    import hashlib
+    import hmac
+    secret = os.urandom(32)
+    mock_issuer.set_mode(extra_keys=[{"kty": "oct", "kid": "sym", "k": b64url(secret), "alg": "HS256"}])
+    b = broker_factory(issuer=mock_issuer, jwks=FAST)
+    assert b.exchange(mock_issuer.token()).status == 200
+    claims = good_claims(mock_issuer.issuer)
+
+    def hs(header):
+        import json
+        si = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+        return si + "." + b64url(hmac.new(secret, si.encode(), hashlib.sha256).digest())
+
+    assert_reject(b.exchange(hs({"alg": "HS256", "kid": "sym", "typ": "JWT"})), "alg_not_allowed")
+    assert_reject(b.exchange(hs({"alg": "RS256", "kid": "sym", "typ": "JWT"})), "unknown_key")
+    assert b.exchange(mock_issuer.token()).status == 200
