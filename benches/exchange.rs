@@ -64,7 +64,30 @@ impl Issuer {
     }
 }
 
-fn broker(dir: &Path, jwks: &str, audit_dir: &Path) -> ephemera::exchange::Broker {
+fn roles_toml(n: usize) -> String {
+    let mut out = String::new();
+    for i in 0..n {
+        // role `deploy` is the one the bench exchanges for; the rest are other repositories' roles
+        let (name, repo_id) = if i == 0 {
+            ("deploy".to_owned(), "123456789".to_owned())
+        } else {
+            (format!("deploy-{i}"), format!("{}", 100_000 + i))
+        };
+        out.push_str(&format!(
+            r#"
+[[roles]]
+name = "{name}"
+provider = "github"
+max_ttl = "15m"
+conditions = {{ repository_id = "{repo_id}", repository = "acme/*", ref = "refs/heads/main", environment = ["prod", "staging"] }}
+credential = {{ kind = "jwt", audience = "https://partner.example" }}
+"#
+        ));
+    }
+    out
+}
+
+fn broker(dir: &Path, jwks: &str, audit_dir: &Path, roles: usize) -> ephemera::exchange::Broker {
     std::fs::write(dir.join("jwks.json"), jwks).unwrap();
     let text = format!(
         r#"
@@ -75,18 +98,13 @@ issuer = "https://broker.example.com"
 path = "{audit}"
 [[providers]]
 name = "github"
-profile = "oidc"
+profile = "github-actions"
 issuer = "{ISSUER}"
 audiences = ["https://broker.example.com"]
 jwks_file = "jwks.json"
-[[roles]]
-name = "deploy"
-provider = "github"
-max_ttl = "15m"
-conditions = {{ repository = "acme/app", ref = "refs/heads/main", environment = "prod" }}
-credential = {{ kind = "jwt", audience = "https://partner.example" }}
-"#,
-        audit = audit_dir.join("audit.jsonl").display()
+{roles}"#,
+        audit = audit_dir.join("audit.jsonl").display(),
+        roles = roles_toml(roles),
     );
     let config = Config::from_raw(toml::from_str(&text).unwrap(), dir).unwrap();
     let audit = ephemera::audit::AuditLog::open(&config.audit_path).unwrap();
@@ -126,7 +144,7 @@ fn main() {
             .collect();
     let mut group = c.benchmark_group("exchange");
     for (name, audit_dir) in &variants {
-        let b = broker(dir.path(), &issuer.jwks(), audit_dir.path());
+        let b = broker(dir.path(), &issuer.jwks(), audit_dir.path(), 1);
         let short = name.trim_start_matches("exchange/");
         group.bench_function(short, |bench| {
             bench.iter_batched(
@@ -145,6 +163,25 @@ fn main() {
         });
     }
     group.finish();
+
+    // The policy decision alone (profile + Cedar) for a realistic GitHub claim set, with 1, 100
+    // and 10,000 roles loaded: roles are found by name, and each has its own Cedar slice, so the
+    // cost should not grow with the number of roles.
+    let verified = ephemera_providers::verify_token(&issuer.token(now), &rules, &keys, now).unwrap();
+    let mut group = c.benchmark_group("decide");
+    for n in [1usize, 100, 10_000] {
+        let audit_dir = tempfile::tempdir().unwrap();
+        let b = broker(dir.path(), &issuer.jwks(), audit_dir.path(), n);
+        let role = b.config.roles["deploy"].clone();
+        let workload = role.provider.profile.workload(&verified).unwrap();
+        group.bench_function(format!("roles_{n}"), |bench| {
+            bench.iter(|| {
+                let d = b.config.engine.decide(&role, &workload, &verified.claims, ISSUER, (now, now, now + 300));
+                assert!(d.allow, "{:?}", d.reasons());
+            })
+        });
+    }
+    group.finish();
     c.final_summary();
 
     let (Some(v), Some(s)) = (mean_ns("rs256_verify"), mean_ns("es256_sign")) else {
@@ -156,6 +193,11 @@ fn main() {
     for (name, _) in &variants {
         if let Some(e) = mean_ns(name) {
             println!("{name}: {:.1} us = {:.2} x crypto floor", e / 1e3, e / (v + s));
+        }
+    }
+    for n in [1, 100, 10_000] {
+        if let Some(d) = mean_ns(&format!("decide/roles_{n}")) {
+            println!("decide with {n} roles: {:.1} us ({:.2} x crypto floor)", d / 1e3, d / (v + s));
         }
     }
 }

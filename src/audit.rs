@@ -26,6 +26,8 @@ pub struct AuditRecord {
     pub ts: i64,
     pub request_id: String,
     pub decision_id: String,
+    /// The config (policy) version in force.
+    pub policy_version: String,
     /// `allow`, `deny`, or `mint_failed` (allowed and audited, but the credential could not be
     /// made: none was returned).
     pub decision: &'static str,

@@ -57,8 +57,11 @@ pub enum Command {
         config: PathBuf,
         #[arg(long)]
         role: String,
+        #[arg(long, required_unless_present = "claims", conflicts_with = "claims")]
+        token_file: Option<PathBuf>,
+        /// A JSON file of claims to evaluate against the policies (no signature, no verification).
         #[arg(long)]
-        token_file: PathBuf,
+        claims: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "id-token")]
         token_type: TokenTypeArg,
         /// Evaluate at this UNIX time instead of now.
@@ -155,13 +158,21 @@ async fn run(cli: Cli) -> ExitCode {
             init_tracing(false);
             dev(&listen).await
         }
-        Command::Explain { config, role, token_file, token_type, at, json } => {
+        Command::Explain { config, role, token_file, claims, token_type, at, json } => {
             init_tracing(false);
-            explain(&config, role, &token_file, token_type, at, json).await
+            let input = match (token_file, claims) {
+                (Some(t), _) => Input::Token(t),
+                (None, Some(c)) => Input::Claims(c),
+                (None, None) => return ExitCode::from(EXIT_USAGE),
+            };
+            explain(&config, role, input, token_type, at, json).await
         }
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
-                println!("ok: {} provider(s), {} role(s)", c.providers.len(), c.roles.len());
+                for f in &c.findings {
+                    println!("{}: role `{}`: {}: {}", f.severity, f.role, f.code, f.message);
+                }
+                println!("ok: {} provider(s), {} role(s), version {}", c.providers.len(), c.roles.len(), c.version);
                 ExitCode::from(EXIT_OK)
             }
             Err(e) => {
@@ -214,6 +225,9 @@ async fn serve(
             }
         },
     };
+    for f in &broker.config.findings {
+        tracing::warn!(role = %f.role, code = f.code, message = %f.message, "policy finding");
+    }
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(listen = %local, issuer = %broker.config.server.issuer, kid = %broker.signer.kid(), roles = broker.config.roles.len(), "ephemera serving");
     let extra = extra.map(|(d, c)| crate::dev::routes(d, c));
@@ -284,10 +298,39 @@ async fn dev(listen: &str) -> ExitCode {
     serve(config, Some((demo, clock)), Some(listener)).await
 }
 
+/// What `explain` evaluates.
+#[derive(Debug)]
+pub enum Input {
+    Token(PathBuf),
+    Claims(PathBuf),
+}
+
+/// The roles nearest to allowing this workload: same provider, fewest failed conditions.
+fn closest_roles(
+    broker: &Broker,
+    trace: &Trace,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    let (Some(w), Some(tok_iss)) = (&trace.workload, claims.get("iss").and_then(|v| v.as_str())) else { return vec![] };
+    let mut scored: Vec<(usize, serde_json::Value)> = broker
+        .config
+        .roles
+        .values()
+        .filter(|r| r.name != trace.role && Some(&r.provider.name) == trace.provider.as_ref())
+        .map(|r| {
+            let d = broker.config.engine.decide(r, w, claims, tok_iss, (trace.now, trace.now, trace.now + 300));
+            let failed: Vec<String> = d.conditions.iter().filter(|c| !c.pass).map(|c| c.short()).collect();
+            (failed.len(), serde_json::json!({"role": r.name, "allow": d.allow, "failed": failed}))
+        })
+        .collect();
+    scored.sort_by_key(|(n, _)| *n);
+    scored.into_iter().take(3).map(|(_, v)| v).collect()
+}
+
 async fn explain(
     config: &Path,
     role: String,
-    token_file: &Path,
+    input: Input,
     token_type: TokenTypeArg,
     at: Option<i64>,
     json: bool,
@@ -296,12 +339,11 @@ async fn explain(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let token = match std::fs::read_to_string(token_file) {
-        Ok(t) => t.trim().to_owned(),
-        Err(e) => {
-            eprintln!("error: {}: {e}", token_file.display());
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| {
+            eprintln!("error: {}: {e}", p.display());
+            ExitCode::from(EXIT_USAGE)
+        })
     };
     let clock: Arc<dyn Clock> = match at {
         Some(t) => Arc::new(FixedClock(t)),
@@ -323,34 +365,70 @@ async fn explain(
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let subject_token_type = match token_type {
-        TokenTypeArg::IdToken => TOKEN_TYPE_ID_TOKEN,
-        TokenTypeArg::Jwt => TOKEN_TYPE_JWT,
+    let (trace, result, claims) = match input {
+        Input::Token(path) => {
+            let token = match read(&path) {
+                Ok(t) => t.trim().to_owned(),
+                Err(code) => return code,
+            };
+            // The claims as the token carries them, for the closest-role search only.
+            let claims = token
+                .split('.')
+                .nth(1)
+                .and_then(|p| ephemera_providers::jose::b64url_strict(p).ok())
+                .and_then(|b| ephemera_providers::jose::parse_claims(&b).ok())
+                .unwrap_or_default();
+            let subject_token_type = match token_type {
+                TokenTypeArg::IdToken => TOKEN_TYPE_ID_TOKEN,
+                TokenTypeArg::Jwt => TOKEN_TYPE_JWT,
+            };
+            let req = ExchangeRequest {
+                subject_token: SubjectToken::new(token),
+                subject_token_type: subject_token_type.into(),
+                role,
+                requested_token_type: None,
+            };
+            let (trace, result) = broker.evaluate(&req, now).await;
+            (trace, result.map(|_| ()), claims)
+        }
+        Input::Claims(path) => {
+            let text = match read(&path) {
+                Ok(t) => t,
+                Err(code) => return code,
+            };
+            let claims = match ephemera_providers::jose::parse_claims(text.as_bytes()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", path.display());
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let (trace, result) = broker.evaluate_claims(&role, &claims, now);
+            (trace, result, claims)
+        }
     };
-    let req = ExchangeRequest {
-        subject_token: SubjectToken::new(token),
-        subject_token_type: subject_token_type.into(),
-        role,
-        requested_token_type: None,
-    };
-    let (trace, result) = broker.evaluate(&req, now).await;
     let (allow, reason, description) = match &result {
-        Ok(_) => (true, None, None),
+        Ok(()) => (true, None, None),
         Err(e) => {
             let r = e.response();
             (false, Some(r.reason), Some(r.description))
         }
     };
+    let closest = if allow || trace.decision.is_none() { vec![] } else { closest_roles(&broker, &trace, &claims) };
     if json {
         let doc = serde_json::json!({
             "decision": if allow { "allow" } else { "deny" },
             "reason": reason,
             "error_description": description,
             "trace": trace,
+            "closest_roles": closest,
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
         print_trace(&trace, allow, reason, description.as_deref());
+        for c in &closest {
+            println!("closest role {}: {}", c["role"].as_str().unwrap_or_default(), c["failed"]);
+        }
     }
     ExitCode::from(if allow { EXIT_OK } else { EXIT_DENY })
 }
@@ -362,7 +440,7 @@ fn print_trace(t: &Trace, allow: bool, reason: Option<&str>, description: Option
         t.provider.as_deref().unwrap_or("-"),
         t.profile.unwrap_or("-")
     );
-    println!("broker clock {} ({})", t.now, t.now_rfc3339);
+    println!("broker clock {} ({})   config version {}", t.now, t.now_rfc3339, t.config_version);
     if let Some(tok) = &t.token {
         let nbf = tok.not_before.map_or_else(|| "-".to_owned(), |n| format!("{n} ({})", rfc3339(n)));
         println!("token iss {} sub {} aud {}", tok.issuer, tok.subject, tok.audience);
@@ -406,6 +484,14 @@ fn print_trace(t: &Trace, allow: bool, reason: Option<&str>, description: Option
                 got,
                 c.hint.map(|h| format!("   hint: {h}")).unwrap_or_default()
             );
+        }
+    }
+    if let Some(d) = &t.decision {
+        if !d.policies.is_empty() {
+            println!("cedar policies that decided: {}", d.policies.join(", "));
+        }
+        for e in &d.errors {
+            println!("policy error: {e}");
         }
     }
     if let Some(l) = t.lifetime {

@@ -2,13 +2,13 @@
 //! [`Config`] is everything resolved, parsed and checked. Every problem is reported in one run,
 //! each naming its key; a config with any problem never starts a server.
 
-use crate::policy::{Condition, Role};
+use crate::policy::{Finding, Matcher, PolicyEngine, Role, RoleSpec, Source};
 use ephemera_providers::cache::{CacheSettings, KeySource};
 use ephemera_providers::fetch::{self, FetchLimits};
 use ephemera_providers::profile::Profile;
 use ephemera_providers::{Algorithm, KeySet, TokenRules};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +27,15 @@ pub struct RawConfig {
     pub providers: Vec<RawProvider>,
     #[serde(default)]
     pub roles: Vec<RawRole>,
+    #[serde(default)]
+    pub policy: RawPolicy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Global Cedar `forbid`s (revocations, guardrails), evaluated with every role.
+    pub guardrails: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +49,7 @@ pub struct RawServer {
     pub request_timeout: Option<String>,
     pub rate_limit_per_second: Option<u32>,
     pub rate_limit_burst: Option<u32>,
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +115,11 @@ pub struct RawRole {
     pub max_ttl: String,
     #[serde(default)]
     pub conditions: BTreeMap<String, toml::Value>,
+    /// Raw Cedar, instead of or in addition to conditions (both must hold).
+    pub policy: Option<String>,
+    /// Accept a role that does not pin the workload's identity.
+    #[serde(default)]
+    pub allow_broad: bool,
     pub credential: RawCredential,
 }
 
@@ -141,6 +156,19 @@ pub struct ServerSettings {
     /// Token exchanges per second per client address (0 = off).
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// What a denial tells the caller; the audit always has everything.
+    pub detail: Detail,
+}
+
+/// What a denial reveals to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// The reason slug and every failed check with expected vs got.
+    Full,
+    /// The reason slug and the names of what failed, no values.
+    Reason,
+    /// The reason slug only.
+    None,
 }
 
 /// The checked configuration.
@@ -154,6 +182,12 @@ pub struct Config {
     pub allow_private_addresses: bool,
     pub providers: Vec<Arc<Provider>>,
     pub roles: HashMap<String, Arc<Role>>,
+    /// The schema, guardrails and request builder every role's decision goes through.
+    pub engine: PolicyEngine,
+    /// Lint warnings (errors refuse the config).
+    pub findings: Vec<Finding>,
+    /// SHA-256 (first 16 hex digits) of the config file: in every audit record and in `explain`.
+    pub version: String,
 }
 
 /// Every problem found in a config, each naming its key.
@@ -193,7 +227,10 @@ impl Config {
         let raw: RawConfig = toml::from_str(&text)
             .map_err(|e| ConfigErrors(vec![format!("{}: {}", path.display(), e.to_string().trim())]))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::from_raw(raw, base)
+        let mut config = Config::from_raw(raw, base)?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+        config.version = ephemera_providers::verify::hex(&digest.as_ref()[..8]);
+        Ok(config)
     }
 
     /// Checks a parsed config; `base` resolves relative paths.
@@ -231,6 +268,15 @@ impl Config {
             )),
             rate_limit_per_second: raw.server.rate_limit_per_second.unwrap_or(100),
             rate_limit_burst: raw.server.rate_limit_burst.unwrap_or(200),
+            detail: match raw.server.detail.as_deref() {
+                None | Some("full") => Detail::Full,
+                Some("reason") => Detail::Reason,
+                Some("none") => Detail::None,
+                Some(other) => {
+                    errs.push(format!("server.detail: `{other}` is not one of full, reason, none"));
+                    Detail::Full
+                }
+            },
         };
 
         let state = match raw.state.backend.as_str() {
@@ -281,7 +327,27 @@ impl Config {
             }
         }
 
+        // Which raw claims any condition reads: they become the schema's `context.claims`.
+        let raw_claims: BTreeSet<String> = raw
+            .roles
+            .iter()
+            .flat_map(|r| {
+                let profile =
+                    raw.providers.iter().find(|p| p.name == r.provider).and_then(|p| Profile::parse(&p.profile).ok());
+                r.conditions.keys().filter_map(move |c| {
+                    profile.is_some_and(|pr| PolicyEngine::source_for(pr, c) == Source::Claim).then(|| c.clone())
+                })
+            })
+            .collect();
+        let engine = match PolicyEngine::new(raw_claims, raw.policy.guardrails.as_deref()) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                errs.push(e);
+                None
+            }
+        };
         let mut roles = HashMap::new();
+        let mut findings = Vec::new();
         for (i, r) in raw.roles.iter().enumerate() {
             let key = format!("roles[{i}] (`{}`)", r.name);
             if roles.contains_key(&r.name) {
@@ -300,11 +366,9 @@ impl Config {
             }
             let mut conditions = Vec::new();
             for (claim, v) in &r.conditions {
-                match v {
-                    toml::Value::String(s) => conditions.push(Condition { claim: claim.clone(), expected: s.clone() }),
-                    other => {
-                        errs.push(format!("{key}.conditions.{claim}: expected a string, got {}", other.type_str()))
-                    }
+                match Matcher::parse(v) {
+                    Ok(m) => conditions.push((claim.clone(), m)),
+                    Err(e) => errs.push(format!("{key}.conditions.{claim}: {e}")),
                 }
             }
             let credential = match &r.credential {
@@ -321,15 +385,31 @@ impl Config {
                     continue;
                 }
             };
-            if let (Some(provider), Some(max_ttl)) = (provider, max_ttl) {
-                roles.insert(
-                    r.name.clone(),
-                    Arc::new(Role { name: r.name.clone(), provider, max_ttl, conditions, credential }),
-                );
+            let (Some(provider), Some(max_ttl), Some(engine)) = (provider, max_ttl, &engine) else { continue };
+            let spec = RoleSpec {
+                name: r.name.clone(),
+                provider,
+                max_ttl,
+                conditions,
+                policy: r.policy.clone(),
+                credential,
+                allow_broad: r.allow_broad,
+            };
+            match engine.compile(spec) {
+                Ok((role, found)) => {
+                    for f in found {
+                        if f.severity == "error" {
+                            errs.push(format!("{key}: {}: {}", f.code, f.message));
+                        }
+                        findings.push(f);
+                    }
+                    roles.insert(r.name.clone(), Arc::new(role));
+                }
+                Err(es) => errs.extend(es.into_iter().map(|e| format!("{key}: {e}"))),
             }
         }
 
-        if errs.is_empty() {
+        if let (true, Some(engine)) = (errs.is_empty(), engine) {
             Ok(Config {
                 server,
                 state,
@@ -338,6 +418,9 @@ impl Config {
                 allow_private_addresses: raw.jwks.allow_private_addresses,
                 providers,
                 roles,
+                engine,
+                findings,
+                version: String::new(),
             })
         } else {
             Err(ConfigErrors(errs))
@@ -410,8 +493,14 @@ fn check_provider(
     if rules.leeway > 300 {
         errs.push(format!("{key}.leeway: at most 5m"));
     }
-    rules.max_lifetime =
-        opt_secs(&format!("{key}.max_token_lifetime"), &p.max_token_lifetime, rules.max_lifetime, errs);
+    if let Some(profile) = profile
+        && let Err(e) = profile.check_issuer(&p.issuer)
+        && !p.allow_insecure_issuer
+    {
+        errs.push(format!("{key}.issuer: `{}` {e} (profile `{}`)", p.issuer, profile.name()));
+    }
+    let default_lifetime = profile.map_or(rules.max_lifetime, Profile::default_max_lifetime);
+    rules.max_lifetime = opt_secs(&format!("{key}.max_token_lifetime"), &p.max_token_lifetime, default_lifetime, errs);
     rules.max_age = opt_secs(&format!("{key}.max_token_age"), &p.max_token_age, rules.max_age, errs);
     rules.max_token_bytes = p.max_token_size.unwrap_or(rules.max_token_bytes);
     let source = match (&p.jwks_file, &p.jwks_uri) {

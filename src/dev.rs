@@ -83,7 +83,7 @@ path = "{audit}"
 
 [[providers]]
 name = "demo"
-profile = "oidc"
+profile = "github-actions"
 issuer = "{demo_issuer}"
 audiences = ["{DEMO_AUDIENCE}"]
 algorithms = ["ES256"]
@@ -93,7 +93,7 @@ jwks_file = "{jwks}"
 name = "{DEMO_ROLE}"
 provider = "demo"
 max_ttl = "15m"
-conditions = {{ repository = "acme/app", ref = "refs/heads/main" }}
+conditions = {{ repository = "acme/app", repository_id = "123456789", ref = "refs/heads/main" }}
 credential = {{ kind = "jwt", audience = "https://partner.example" }}
 "#,
         audit = audit.display(),

@@ -6,9 +6,10 @@
 
 use crate::audit::{AuditLog, AuditRecord, CredentialRecord};
 use crate::clock::{Clock, rfc3339};
+use crate::config::Detail;
 use crate::config::{Config, Provider};
 use crate::minting::jwt::{BrokerSigner, random_id};
-use crate::policy::{self, Credential, Decision, Role};
+use crate::policy::{Credential, Decision, Role};
 use crate::secret::{IssuedCredential, SubjectToken};
 use crate::state::{Mark, StateError, StateStore};
 use ephemera_providers::profile::Workload;
@@ -94,7 +95,7 @@ pub enum ExchangeError {
     #[error("{0}")]
     Profile(VerifyError),
     #[error("policy denied role `{role}`: {reasons}")]
-    Denied { role: String, reasons: String },
+    Denied { role: String, reasons: String, names: String },
     #[error("assertion has no lifetime left: exp {exp}, broker clock {now}")]
     NoLifetimeLeft { exp: i64, now: i64 },
     #[error("assertion already used")]
@@ -134,6 +135,16 @@ pub fn oauth_charset(s: &str) -> String {
 }
 
 impl ExchangeError {
+    /// The reason slug and what failed, without any value (for `detail = "reason"`).
+    pub fn reason_only(&self) -> String {
+        let r = self.response().reason;
+        match self {
+            ExchangeError::Denied { role, names, .. } => format!("{r}: role `{role}`: {names}"),
+            ExchangeError::Token(e) | ExchangeError::Profile(e) => format!("{r}: check {} failed", e.check()),
+            _ => oauth_charset(&format!("{r}: {self}")),
+        }
+    }
+
     pub fn response(&self) -> ErrorResponse {
         let (status, error, reason) = match self {
             ExchangeError::UnsupportedGrantType => (400, "unsupported_grant_type", "unsupported_grant_type"),
@@ -249,6 +260,8 @@ pub struct Trace {
     /// Seconds the credential would live.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<i64>,
+    /// The config (and so policy) version the decision was taken under.
+    pub config_version: String,
 }
 
 impl Trace {
@@ -311,6 +324,15 @@ pub struct Broker {
 
 impl Broker {
     async fn verify(&self, provider: &Provider, token: &SubjectToken, now: i64) -> Result<VerifiedToken, VerifyError> {
+        self.verify_inner(provider, token, now).await.map_err(|e| provider.profile.refine(e))
+    }
+
+    async fn verify_inner(
+        &self,
+        provider: &Provider,
+        token: &SubjectToken,
+        now: i64,
+    ) -> Result<VerifiedToken, VerifyError> {
         let untrusted = precheck(token.expose(), &provider.rules)?;
         let keys = self.keys.keys_for(&provider.name, &provider.source, untrusted.jws.kid.as_deref(), now).await?;
         let jws = verify_jws_signature(untrusted.jws, &keys)?;
@@ -319,7 +341,13 @@ impl Broker {
 
     /// Steps 1–6 of the exchange, without side effects: classify, verify, profile, decide, bound.
     pub async fn evaluate(&self, req: &ExchangeRequest, now: i64) -> (Trace, Result<Allowed, ExchangeError>) {
-        let mut trace = Trace { now, now_rfc3339: rfc3339(now), role: req.role.clone(), ..Default::default() };
+        let mut trace = Trace {
+            now,
+            now_rfc3339: rfc3339(now),
+            role: req.role.clone(),
+            config_version: self.config.version.clone(),
+            ..Default::default()
+        };
         let result = self.evaluate_into(req, now, &mut trace).await;
         (trace, result)
     }
@@ -358,17 +386,67 @@ impl Broker {
         });
         let workload = provider.profile.workload(&token).map_err(ExchangeError::Profile)?;
         trace.workload = Some(workload.clone());
-        let decision = policy::decide(&role, &token.claims);
+        self.decide_and_bound(&role, &workload, &token.claims, (now, token.issued_at, token.expires_at), trace)?;
+        let lifetime = trace.lifetime.unwrap_or(0);
+        Ok(Allowed { role, token, workload, lifetime, now })
+    }
+
+    /// Steps 5–6: the policy decision and the credential's lifetime.
+    fn decide_and_bound(
+        &self,
+        role: &Role,
+        workload: &Workload,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        (now, iat, exp): (i64, i64, i64),
+        trace: &mut Trace,
+    ) -> Result<(), ExchangeError> {
+        let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
+        let decision = self.config.engine.decide(role, workload, claims, iss, (now, iat, exp));
         trace.decision = Some(decision.clone());
         if !decision.allow {
-            return Err(ExchangeError::Denied { role: role.name.clone(), reasons: decision.reasons() });
+            return Err(ExchangeError::Denied {
+                role: role.name.clone(),
+                reasons: decision.reasons(),
+                names: decision.failed_names(),
+            });
         }
-        let lifetime = (role.max_ttl.as_secs() as i64).min(token.expires_at - now);
+        let lifetime = (role.max_ttl.as_secs() as i64).min(exp - now);
         trace.lifetime = Some(lifetime.max(0));
         if lifetime <= 0 {
-            return Err(ExchangeError::NoLifetimeLeft { exp: token.expires_at, now });
+            return Err(ExchangeError::NoLifetimeLeft { exp, now });
         }
-        Ok(Allowed { role, token, workload, lifetime, now })
+        Ok(())
+    }
+
+    /// `explain --claims`: the profile and policy steps on a synthetic claim set (no signature,
+    /// no verification), for writing roles before any token exists.
+    pub fn evaluate_claims(
+        &self,
+        role_name: &str,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        now: i64,
+    ) -> (Trace, Result<(), ExchangeError>) {
+        let mut trace = Trace {
+            now,
+            now_rfc3339: rfc3339(now),
+            role: role_name.to_owned(),
+            config_version: self.config.version.clone(),
+            ..Default::default()
+        };
+        let result = (|| {
+            let role = self.config.roles.get(role_name).cloned().ok_or_else(|| {
+                ExchangeError::UnknownRole(ephemera_providers::error::escape_untrusted(role_name, 64))
+            })?;
+            trace.provider = Some(role.provider.name.clone());
+            trace.profile = Some(role.provider.profile.name());
+            let jti = claims.get("jti").and_then(|v| v.as_str());
+            let workload =
+                role.provider.profile.workload_from_claims(claims, jti, "synthetic").map_err(ExchangeError::Profile)?;
+            trace.workload = Some(workload.clone());
+            let num = |k: &str, d: i64| claims.get(k).and_then(serde_json::Value::as_i64).unwrap_or(d);
+            self.decide_and_bound(&role, &workload, claims, (now, num("iat", now), num("exp", now + 300)), &mut trace)
+        })();
+        (trace, result)
     }
 
     /// The whole exchange: evaluate now, mark the assertion used, audit durably, mint, answer.
@@ -384,6 +462,7 @@ impl Broker {
             ts: now,
             request_id: request_id.to_owned(),
             decision_id: decision_id.clone(),
+            policy_version: self.config.version.clone(),
             ..Default::default()
         };
         let outcome = match req {
@@ -420,7 +499,12 @@ impl Broker {
                         tracing::error!(error = %ae, "audit write failed for a deny");
                     }
                 }
-                r.description = format!("{} (decision {decision_id})", r.description);
+                let public = match self.config.server.detail {
+                    Detail::Full => r.description.clone(),
+                    Detail::Reason => e.reason_only(),
+                    Detail::None => r.reason.to_owned(),
+                };
+                r.description = format!("{public} (decision {decision_id})");
                 tracing::info!(request_id, decision_id, reason = r.reason, "exchange denied");
                 Err(r)
             }

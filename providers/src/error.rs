@@ -148,6 +148,8 @@ pub enum VerifyError {
     LifetimeTooLong { lifetime: i64, max: u64 },
     #[error("issuer keys unavailable: {0}")]
     KeysUnavailable(String),
+    #[error("{what}")]
+    LegacyToken { slug: &'static str, what: &'static str },
 }
 
 impl VerifyError {
@@ -176,6 +178,7 @@ impl VerifyError {
             VerifyError::TooOld { .. } => "token_too_old",
             VerifyError::LifetimeTooLong { .. } => "lifetime_too_long",
             VerifyError::KeysUnavailable(_) => "keys_unavailable",
+            VerifyError::LegacyToken { slug, .. } => slug,
         }
     }
 
@@ -200,6 +203,7 @@ impl VerifyError {
             VerifyError::NotYetValid { .. } => Check::NotBefore,
             VerifyError::IssuedInFuture { .. } | VerifyError::TooOld { .. } => Check::IssuedAt,
             VerifyError::LifetimeTooLong { .. } => Check::Lifetime,
+            VerifyError::LegacyToken { .. } => Check::Issuer,
         }
     }
 

@@ -157,7 +157,7 @@ pub fn identifier_claim<'c>(
     }
 }
 
-fn is_hidden_char(c: char) -> bool {
+pub fn is_hidden_char(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{00ad}')
 }
