@@ -172,11 +172,12 @@ fn main() {
     for n in [1usize, 100, 10_000] {
         let audit_dir = tempfile::tempdir().unwrap();
         let b = broker(dir.path(), &issuer.jwks(), audit_dir.path(), n);
-        let role = b.config.roles["deploy"].clone();
+        let config = b.config();
+        let role = config.roles["deploy"].clone();
         let workload = role.provider.profile.workload(&verified).unwrap();
         group.bench_function(format!("roles_{n}"), |bench| {
             bench.iter(|| {
-                let d = b.config.engine.decide(&role, &workload, &verified.claims, ISSUER, (now, now, now + 300));
+                let d = config.engine.decide(&role, &workload, &verified.claims, ISSUER, (now, now, now + 300));
                 assert!(d.allow, "{:?}", d.reasons());
             })
         });

@@ -122,7 +122,7 @@ pub fn build_broker(
     let state: Arc<dyn crate::state::StateStore> = match config.state {
         StateBackend::Memory { max_entries } => Arc::new(MemoryStore::new(max_entries)),
     };
-    Ok(Broker { config: Arc::new(config), keys, state, audit, signer, clock })
+    Ok(Broker { config: arc_swap::ArcSwap::from_pointee(config), keys, state, audit, signer, clock })
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
@@ -148,11 +148,12 @@ async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { config } => {
             init_tracing(true);
+            let path = config.clone();
             let config = match load_config(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            serve(config, None, None).await
+            serve(config, None, None, Some(path)).await
         }
         Command::Dev { listen } => {
             init_tracing(false);
@@ -193,10 +194,38 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// On SIGHUP, reloads the config file: a config with any error (syntax, unscoped role, policy
+/// that does not validate) is refused and the last good one keeps serving.
+async fn reload_on_sighup(broker: Arc<Broker>, path: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match Config::load(&path) {
+            Ok(new) => {
+                let version = new.version.clone();
+                for f in &new.findings {
+                    tracing::warn!(role = %f.role, code = f.code, message = %f.message, "policy finding");
+                }
+                for key in broker.reload(new) {
+                    tracing::warn!(key, "config reloaded, but this setting needs a restart to change");
+                }
+                tracing::info!(version = %version, "config reloaded");
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(error = %e, "config reload refused");
+                }
+                tracing::error!(version = %broker.config().version, "config reload refused; the last good config keeps serving");
+            }
+        }
+    }
+}
+
 async fn serve(
     config: Config,
     extra: Option<(crate::dev::DemoIssuer, Arc<dyn Clock>)>,
     listener: Option<tokio::net::TcpListener>,
+    config_path: Option<PathBuf>,
 ) -> ExitCode {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let audit = match AuditLog::open(&config.audit_path) {
@@ -225,11 +254,15 @@ async fn serve(
             }
         },
     };
-    for f in &broker.config.findings {
+    for f in &broker.config().findings {
         tracing::warn!(role = %f.role, code = f.code, message = %f.message, "policy finding");
     }
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(listen = %local, issuer = %broker.config.server.issuer, kid = %broker.signer.kid(), roles = broker.config.roles.len(), "ephemera serving");
+    let config = broker.config();
+    tracing::info!(listen = %local, issuer = %config.server.issuer, kid = %broker.signer.kid(), roles = config.roles.len(), version = %config.version, "ephemera serving");
+    if let Some(path) = config_path {
+        tokio::spawn(reload_on_sighup(broker.clone(), path));
+    }
     let extra = extra.map(|(d, c)| crate::dev::routes(d, c));
     match crate::server::serve(listener, crate::server::router(broker, extra), hrt, rt, drain).await {
         Ok(()) => ExitCode::from(EXIT_OK),
@@ -295,7 +328,7 @@ async fn dev(listen: &str) -> ExitCode {
         role = crate::dev::DEMO_ROLE,
     );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    serve(config, Some((demo, clock)), Some(listener)).await
+    serve(config, Some((demo, clock)), Some(listener), None).await
 }
 
 /// What `explain` evaluates.
@@ -312,13 +345,13 @@ fn closest_roles(
     claims: &serde_json::Map<String, serde_json::Value>,
 ) -> Vec<serde_json::Value> {
     let (Some(w), Some(tok_iss)) = (&trace.workload, claims.get("iss").and_then(|v| v.as_str())) else { return vec![] };
-    let mut scored: Vec<(usize, serde_json::Value)> = broker
-        .config
+    let config = broker.config();
+    let mut scored: Vec<(usize, serde_json::Value)> = config
         .roles
         .values()
         .filter(|r| r.name != trace.role && Some(&r.provider.name) == trace.provider.as_ref())
         .map(|r| {
-            let d = broker.config.engine.decide(r, w, claims, tok_iss, (trace.now, trace.now, trace.now + 300));
+            let d = config.engine.decide(r, w, claims, tok_iss, (trace.now, trace.now, trace.now + 300));
             let failed: Vec<String> = d.conditions.iter().filter(|c| !c.pass).map(|c| c.short()).collect();
             (failed.len(), serde_json::json!({"role": r.name, "allow": d.allow, "failed": failed}))
         })

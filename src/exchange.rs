@@ -313,7 +313,8 @@ fn expose_credential<S: serde::Serializer>(c: &IssuedCredential, s: S) -> Result
 /// The broker: configuration, key cache, state, audit, signer and clock.
 #[derive(Debug)]
 pub struct Broker {
-    pub config: Arc<Config>,
+    /// The config in force; replaced whole by a reload, read once per exchange.
+    pub config: arc_swap::ArcSwap<Config>,
     pub keys: KeyCache,
     pub state: Arc<dyn StateStore>,
     /// `None` for `explain`, which never grants: an exchange without an audit log fails closed.
@@ -323,6 +324,29 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// The config in force now (one snapshot: use it for the whole of one exchange).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Replaces the config for every exchange that starts from now on. Listener, state, audit
+    /// and key-cache settings are fixed at start; a change to them is reported, not applied.
+    pub fn reload(&self, new: Config) -> Vec<String> {
+        let old = self.config();
+        let mut ignored = Vec::new();
+        if new.server.listen != old.server.listen {
+            ignored.push("server.listen".to_owned());
+        }
+        if new.audit_path != old.audit_path {
+            ignored.push("audit.path".to_owned());
+        }
+        if new.state != old.state {
+            ignored.push("state".to_owned());
+        }
+        self.config.store(Arc::new(new));
+        ignored
+    }
+
     async fn verify(&self, provider: &Provider, token: &SubjectToken, now: i64) -> Result<VerifiedToken, VerifyError> {
         self.verify_inner(provider, token, now).await.map_err(|e| provider.profile.refine(e))
     }
@@ -345,7 +369,7 @@ impl Broker {
             now,
             now_rfc3339: rfc3339(now),
             role: req.role.clone(),
-            config_version: self.config.version.clone(),
+            config_version: self.config().version.clone(),
             ..Default::default()
         };
         let result = self.evaluate_into(req, now, &mut trace).await;
@@ -364,8 +388,9 @@ impl Broker {
                 return Err(ExchangeError::UnsupportedTokenType(ephemera_providers::error::escape_untrusted(t, 80)));
             }
         }
+        let config = self.config();
         let role =
-            self.config.roles.get(&req.role).cloned().ok_or_else(|| {
+            config.roles.get(&req.role).cloned().ok_or_else(|| {
                 ExchangeError::UnknownRole(ephemera_providers::error::escape_untrusted(&req.role, 64))
             })?;
         let provider = role.provider.clone();
@@ -401,7 +426,7 @@ impl Broker {
         trace: &mut Trace,
     ) -> Result<(), ExchangeError> {
         let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
-        let decision = self.config.engine.decide(role, workload, claims, iss, (now, iat, exp));
+        let decision = self.config().engine.decide(role, workload, claims, iss, (now, iat, exp));
         trace.decision = Some(decision.clone());
         if !decision.allow {
             return Err(ExchangeError::Denied {
@@ -430,11 +455,12 @@ impl Broker {
             now,
             now_rfc3339: rfc3339(now),
             role: role_name.to_owned(),
-            config_version: self.config.version.clone(),
+            config_version: self.config().version.clone(),
             ..Default::default()
         };
+        let config = self.config();
         let result = (|| {
-            let role = self.config.roles.get(role_name).cloned().ok_or_else(|| {
+            let role = config.roles.get(role_name).cloned().ok_or_else(|| {
                 ExchangeError::UnknownRole(ephemera_providers::error::escape_untrusted(role_name, 64))
             })?;
             trace.provider = Some(role.provider.name.clone());
@@ -456,13 +482,14 @@ impl Broker {
         request_id: &str,
     ) -> Result<TokenResponse, ErrorResponse> {
         let now = self.clock.now();
+        let config = self.config();
         let decision_id = random_id(12);
         let mut rec = AuditRecord {
             time: rfc3339(now),
             ts: now,
             request_id: request_id.to_owned(),
             decision_id: decision_id.clone(),
-            policy_version: self.config.version.clone(),
+            policy_version: config.version.clone(),
             ..Default::default()
         };
         let outcome = match req {
@@ -499,7 +526,7 @@ impl Broker {
                         tracing::error!(error = %ae, "audit write failed for a deny");
                     }
                 }
-                let public = match self.config.server.detail {
+                let public = match config.server.detail {
                     Detail::Full => r.description.clone(),
                     Detail::Reason => e.reason_only(),
                     Detail::None => r.reason.to_owned(),
@@ -528,7 +555,7 @@ impl Broker {
         audit.append(rec.clone(), true).await.map_err(|e| ExchangeError::Audit(e.to_string()))?;
         let minted = match &role.credential {
             Credential::Jwt { audience } => self.signer.sign(&json!({
-                "iss": self.config.server.issuer,
+                "iss": self.config().server.issuer,
                 "sub": workload.subject,
                 "aud": audience,
                 "iat": now,

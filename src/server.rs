@@ -147,7 +147,8 @@ async fn jwks(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn discovery(State(app): State<Arc<App>>) -> Response {
-    let issuer = &app.broker.config.server.issuer;
+    let config = app.broker.config();
+    let issuer = &config.server.issuer;
     let base = issuer.trim_end_matches('/');
     axum::Json(json!({
         "issuer": issuer,
@@ -183,7 +184,8 @@ async fn not_found() -> Response {
 
 /// The broker's routes; `extra` is merged in (dev mode's demo issuer).
 pub fn router(broker: Arc<Broker>, extra: Option<Router>) -> Router {
-    let s = &broker.config.server;
+    let config = broker.config();
+    let s = &config.server;
     let max_body = s.max_body_size;
     let limiter = RateLimiter::new(s.rate_limit_per_second, s.rate_limit_burst);
     let app = Arc::new(App { broker, limiter });
