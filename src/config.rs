@@ -334,9 +334,10 @@ impl Config {
             .flat_map(|r| {
                 let profile =
                     raw.providers.iter().find(|p| p.name == r.provider).and_then(|p| Profile::parse(&p.profile).ok());
-                r.conditions.keys().filter_map(move |c| {
-                    profile.is_some_and(|pr| PolicyEngine::source_for(pr, c) == Source::Claim).then(|| c.clone())
-                })
+                r.conditions
+                    .keys()
+                    .filter(move |c| profile.is_some_and(|pr| PolicyEngine::source_for(pr, c) == Source::Claim))
+                    .cloned()
             })
             .collect();
         let engine = match PolicyEngine::new(raw_claims, raw.policy.guardrails.as_deref()) {

@@ -419,10 +419,10 @@ impl PolicyEngine {
                 &mut errs,
             );
         }
-        if errs.is_empty() {
-            if let Err(e) = validate(&self.schema, &set) {
-                errs.push(format!("policy does not validate against the schema: {e}"));
-            }
+        if errs.is_empty()
+            && let Err(e) = validate(&self.schema, &set)
+        {
+            errs.push(format!("policy does not validate against the schema: {e}"));
         }
         for g in self.guardrails.policies() {
             if let Err(e) = set.add(g.clone()) {
