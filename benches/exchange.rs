@@ -87,7 +87,13 @@ credential = {{ kind = "jwt", audience = "https://partner.example" }}
     out
 }
 
-fn broker(dir: &Path, jwks: &str, audit_dir: &Path, roles: usize) -> ephemera::exchange::Broker {
+fn broker(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    jwks: &str,
+    audit_dir: &Path,
+    roles: usize,
+) -> ephemera::exchange::Broker {
     std::fs::write(dir.join("jwks.json"), jwks).unwrap();
     let text = format!(
         r#"
@@ -108,7 +114,7 @@ jwks_file = "jwks.json"
     );
     let config = Config::from_raw(toml::from_str(&text).unwrap(), dir).unwrap();
     let audit = ephemera::audit::AuditLog::open(&config.audit_path).unwrap();
-    ephemera::cli::build_broker(config, Arc::new(SystemClock), Some(audit), None).unwrap()
+    rt.block_on(ephemera::cli::build_broker(config, Arc::new(SystemClock), Some(audit), None)).unwrap()
 }
 
 fn mean_ns(id: &str) -> Option<f64> {
@@ -144,7 +150,7 @@ fn main() {
             .collect();
     let mut group = c.benchmark_group("exchange");
     for (name, audit_dir) in &variants {
-        let b = broker(dir.path(), &issuer.jwks(), audit_dir.path(), 1);
+        let b = broker(&rt, dir.path(), &issuer.jwks(), audit_dir.path(), 1);
         let short = name.trim_start_matches("exchange/");
         group.bench_function(short, |bench| {
             bench.iter_batched(
@@ -171,7 +177,7 @@ fn main() {
     let mut group = c.benchmark_group("decide");
     for n in [1usize, 100, 10_000] {
         let audit_dir = tempfile::tempdir().unwrap();
-        let b = broker(dir.path(), &issuer.jwks(), audit_dir.path(), n);
+        let b = broker(&rt, dir.path(), &issuer.jwks(), audit_dir.path(), n);
         let config = b.config();
         let role = config.roles["deploy"].clone();
         let workload = role.provider.profile.workload(&verified).unwrap();

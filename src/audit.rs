@@ -1,9 +1,11 @@
 //! The audit log: append-only JSON Lines, one record per decision, hash-chained (each record
-//! carries the SHA-256 of the line before it, so `ephemera audit verify` detects an edited,
-//! dropped or reordered line). An allow record is on disk (`fdatasync`) before any credential
-//! leaves the broker; if it cannot be written, no credential is returned.
-//! Records never hold a token, a signature or a key: a minted credential appears as its `jti`
-//! and SHA-256 only.
+//! carries the SHA-256 of the line before it) with a head file beside it (`FILE.head`: the number
+//! of records and the hash of the last, rewritten after every record), so `ephemera audit verify`
+//! detects an edited, dropped or reordered line, the last one included. Whoever can rewrite both
+//! files can still forge a consistent pair: ship the log to an append-only store for that.
+//! An allow record is on disk (`fdatasync`, log then head) before any credential leaves the
+//! broker; if it cannot be written, no credential is returned. Records never hold a token, a
+//! signature or a key: a credential appears as its kind, `jti` (grant id) and expiry.
 
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -60,7 +62,9 @@ pub enum AuditError {
 #[derive(Debug)]
 struct Inner {
     file: File,
+    head: File,
     prev: String,
+    count: u64,
 }
 
 /// The audit sink.
@@ -77,6 +81,18 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// The `prev` of the first record in a log.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// `FILE.head` beside the log.
+pub fn head_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".head");
+    PathBuf::from(p)
+}
+
+/// Fixed width, so it is rewritten in place.
+fn head_line(count: u64, hash: &str) -> String {
+    format!("{count:020} {hash}\n")
+}
+
 #[derive(Serialize)]
 struct Chained<'a> {
     #[serde(flatten)]
@@ -87,16 +103,16 @@ struct Chained<'a> {
 impl AuditLog {
     /// Opens (or creates) the log for appending and picks up its hash chain.
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
-        let prev = match File::open(path) {
-            Ok(f) => BufReader::new(f)
-                .lines()
-                .map_while(Result::ok)
-                .last()
-                .map_or_else(|| GENESIS.to_owned(), |l| sha256_hex(l.as_bytes())),
-            Err(_) => GENESIS.to_owned(),
-        };
+        let (mut prev, mut count) = (GENESIS.to_owned(), 0u64);
+        if let Ok(f) = File::open(path) {
+            for line in BufReader::new(f).lines() {
+                prev = sha256_hex(line?.as_bytes());
+                count += 1;
+            }
+        }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(AuditLog { path: path.to_path_buf(), inner: Arc::new(Mutex::new(Inner { file, prev })) })
+        let head = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(head_path(path))?;
+        Ok(AuditLog { path: path.to_path_buf(), inner: Arc::new(Mutex::new(Inner { file, head, prev, count })) })
     }
 
     pub fn path(&self) -> &Path {
@@ -119,6 +135,12 @@ impl AuditLog {
                 g.file.sync_data().map_err(|e| e.to_string())?;
             }
             g.prev = sha256_hex(line.as_bytes());
+            g.count += 1;
+            let head = head_line(g.count, &g.prev);
+            std::os::unix::fs::FileExt::write_at(&g.head, head.as_bytes(), 0).map_err(|e| e.to_string())?;
+            if durable {
+                g.head.sync_data().map_err(|e| e.to_string())?;
+            }
             Ok::<(), String>(())
         })
         .await
@@ -133,7 +155,7 @@ impl AuditLog {
     }
 }
 
-/// Checks a log's hash chain; returns the number of records, or the first broken line.
+/// Checks a log's hash chain and head; returns the number of records, or what is broken.
 pub fn verify_chain(path: &Path) -> Result<usize, String> {
     let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut prev = GENESIS.to_owned();
@@ -151,6 +173,16 @@ pub fn verify_chain(path: &Path) -> Result<usize, String> {
         prev = sha256_hex(line.as_bytes());
         n += 1;
     }
+    let head_file = head_path(path);
+    let head = std::fs::read_to_string(&head_file).map_err(|e| {
+        format!("head file {}: {e}: cannot tell whether the last records were changed or removed", head_file.display())
+    })?;
+    if head != head_line(n as u64, &prev) {
+        let named: u64 = head.split(' ').next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        return Err(format!(
+            "the log ends at record {n} but its head names record {named} with another hash: the last record(s) were changed or removed"
+        ));
+    }
     Ok(n)
 }
 
@@ -159,21 +191,32 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn chain_detects_edits() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    async fn chain_and_head_detect_edits_anywhere() {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.jsonl");
-        let log = AuditLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let log = AuditLog::open(&path).unwrap();
         for d in ["allow", "deny", "deny"] {
-            log.append(AuditRecord { decision: d, ..Default::default() }, true).await.unwrap_or_else(|e| panic!("{e}"));
+            log.append(AuditRecord { decision: d, ..Default::default() }, true).await.unwrap();
         }
-        // reopening continues the chain
-        let log = AuditLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
-        log.append(AuditRecord { decision: "allow", ..Default::default() }, true)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        // reopening continues the chain and the head
+        let log = AuditLog::open(&path).unwrap();
+        log.append(AuditRecord { decision: "allow", ..Default::default() }, true).await.unwrap();
         assert_eq!(verify_chain(&path), Ok(4));
-        let text = std::fs::read_to_string(&path).unwrap_or_default().replacen("\"deny\"", "\"allow\"", 1);
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        let original = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = original.lines().collect();
+        // a record in the middle
+        std::fs::write(&path, original.replacen("\"deny\"", "\"allow\"", 1)).unwrap();
         assert!(verify_chain(&path).is_err_and(|e| e.contains("line 3")));
+        // the last record dropped
+        std::fs::write(&path, format!("{}\n", lines[..3].join("\n"))).unwrap();
+        assert!(verify_chain(&path).is_err_and(|e| e.contains("last record")));
+        // the last record edited
+        let mut edited: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+        edited[3] = edited[3].replace("\"allow\"", "\"deny\"");
+        std::fs::write(&path, format!("{}\n", edited.join("\n"))).unwrap();
+        assert!(verify_chain(&path).is_err_and(|e| e.contains("last record")));
+        // the twin: the untouched log verifies
+        std::fs::write(&path, &original).unwrap();
+        assert_eq!(verify_chain(&path), Ok(4));
     }
 }

@@ -97,7 +97,7 @@ fn init_tracing(json: bool) {
 }
 
 /// Builds a broker from a checked config.
-pub fn build_broker(
+pub async fn build_broker(
     config: Config,
     clock: Arc<dyn Clock>,
     audit: Option<AuditLog>,
@@ -122,7 +122,14 @@ pub fn build_broker(
     let state: Arc<dyn crate::state::StateStore> = match config.state {
         StateBackend::Memory { max_entries } => Arc::new(MemoryStore::new(max_entries)),
     };
-    Ok(Broker { config: arc_swap::ArcSwap::from_pointee(config), keys, state, audit, signer, clock })
+    let kinds: Vec<&str> = config.roles.values().map(|r| r.credential.kind()).collect();
+    let aws = if kinds.contains(&"aws") { Some(crate::minting::aws::AwsMinter::from_env().await) } else { None };
+    let gcp = if kinds.contains(&"gcp") {
+        Some(crate::minting::gcp::GcpMinter::new(config.gcp_iam_url.clone())?)
+    } else {
+        None
+    };
+    Ok(Broker { config: arc_swap::ArcSwap::from_pointee(config), keys, state, audit, signer, clock, aws, gcp })
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
@@ -237,7 +244,7 @@ async fn serve(
     };
     let listen = config.server.listen;
     let (hrt, rt, drain) = (config.server.header_read_timeout, config.server.request_timeout, Duration::from_secs(30));
-    let broker = match build_broker(config, clock, Some(audit), None) {
+    let broker = match build_broker(config, clock, Some(audit), None).await {
         Ok(b) => Arc::new(b),
         Err(e) => {
             eprintln!("error: {e}");
@@ -391,7 +398,7 @@ async fn explain(
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let broker = match build_broker(config, clock, None, Some(signer)) {
+    let broker = match build_broker(config, clock, None, Some(signer)).await {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");

@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub roles: Vec<RawRole>,
     #[serde(default)]
     pub policy: RawPolicy,
+    #[serde(default)]
+    pub gcp: RawGcp,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +107,9 @@ pub struct RawProvider {
     /// fetched), for replaying recorded tokens from such issuers.
     #[serde(default)]
     pub allow_insecure_issuer: bool,
+    /// Accept tokens whose `aud` array also names other audiences.
+    #[serde(default)]
+    pub allow_multiple_audiences: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,9 +131,133 @@ pub struct RawRole {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum RawCredential {
-    Jwt { audience: String },
-    Aws { role_arn: String },
-    Gcp { service_account: String, scopes: Option<Vec<String>> },
+    Jwt {
+        audience: String,
+    },
+    Aws {
+        role_arn: String,
+        region: Option<String>,
+        endpoint_url: Option<String>,
+        /// Session tag key → claim name (profile attribute or raw claim path).
+        #[serde(default)]
+        session_tags: BTreeMap<String, String>,
+        #[serde(default)]
+        transitive_tag_keys: Vec<String>,
+        external_id: Option<String>,
+        #[serde(default)]
+        policy_arns: Vec<String>,
+        /// Scope-down IAM statements, a JSON array, instead of "what the role allows".
+        session_policy: Option<String>,
+    },
+    Gcp {
+        service_account: String,
+        scopes: Vec<String>,
+        #[serde(default)]
+        delegates: Vec<String>,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGcp {
+    /// Base URL of the IAM Credentials API (tests point it at a local double).
+    pub iam_credentials_url: Option<String>,
+}
+
+fn check_credential(key: &str, c: &RawCredential, errs: &mut Vec<String>) -> Option<crate::policy::Credential> {
+    use crate::minting::aws::{AwsRole, check_tag};
+    use crate::minting::gcp::GcpRole;
+    use crate::policy::Credential;
+    let before = errs.len();
+    let out = match c {
+        RawCredential::Jwt { audience } => {
+            if audience.is_empty() {
+                errs.push(format!("{key}.credential.audience: must not be empty"));
+            }
+            Credential::Jwt { audience: audience.clone() }
+        }
+        RawCredential::Aws {
+            role_arn,
+            region,
+            endpoint_url,
+            session_tags,
+            transitive_tag_keys,
+            external_id,
+            policy_arns,
+            session_policy,
+        } => {
+            let parts: Vec<&str> = role_arn.splitn(6, ':').collect();
+            let arn_ok = parts.len() == 6
+                && parts[0] == "arn"
+                && parts[1].starts_with("aws")
+                && parts[2] == "iam"
+                && parts[4].len() == 12
+                && parts[4].bytes().all(|b| b.is_ascii_digit())
+                && parts[5].starts_with("role/");
+            if !arn_ok {
+                errs.push(format!("{key}.credential.role_arn: `{role_arn}` is not an IAM role ARN"));
+            }
+            if session_tags.len() > 50 {
+                errs.push(format!("{key}.credential.session_tags: at most 50"));
+            }
+            for k in session_tags.keys() {
+                if let Err(e) = check_tag(k, "") {
+                    errs.push(format!("{key}.credential.session_tags: {e}"));
+                }
+            }
+            for k in transitive_tag_keys {
+                if !session_tags.contains_key(k) {
+                    errs.push(format!("{key}.credential.transitive_tag_keys: `{k}` is not a session tag"));
+                }
+            }
+            if let Some(u) = endpoint_url
+                && url::Url::parse(u).is_err()
+            {
+                errs.push(format!("{key}.credential.endpoint_url: not a URL"));
+            }
+            let statements = match session_policy.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+                None => None,
+                Some(Ok(serde_json::Value::Array(a))) if a.iter().all(serde_json::Value::is_object) => Some(a),
+                Some(_) => {
+                    errs.push(format!("{key}.credential.session_policy: must be a JSON array of IAM statements"));
+                    None
+                }
+            };
+            Credential::Aws(AwsRole {
+                role_arn: role_arn.clone(),
+                region: region.clone(),
+                endpoint_url: endpoint_url.clone(),
+                session_tags: session_tags.clone(),
+                transitive_tag_keys: transitive_tag_keys.clone(),
+                external_id: external_id.clone(),
+                policy_arns: policy_arns.clone(),
+                statements,
+            })
+        }
+        RawCredential::Gcp { service_account, scopes, delegates } => {
+            let sa_ok =
+                |s: &str| s.split_once('@').is_some_and(|(a, d)| !a.is_empty() && d.contains('.')) && !s.contains('/');
+            if !sa_ok(service_account) {
+                errs.push(format!(
+                    "{key}.credential.service_account: `{service_account}` is not a service account email"
+                ));
+            }
+            if scopes.is_empty() {
+                errs.push(format!("{key}.credential.scopes: at least one scope is required"));
+            }
+            for d in delegates {
+                if !sa_ok(d) {
+                    errs.push(format!("{key}.credential.delegates: `{d}` is not a service account email"));
+                }
+            }
+            Credential::Gcp(GcpRole {
+                service_account: service_account.clone(),
+                scopes: scopes.clone(),
+                delegates: delegates.clone(),
+            })
+        }
+    };
+    (errs.len() == before).then_some(out)
 }
 
 /// A configured identity provider, ready to verify.
@@ -188,6 +317,8 @@ pub struct Config {
     pub findings: Vec<Finding>,
     /// SHA-256 (first 16 hex digits) of the config file: in every audit record and in `explain`.
     pub version: String,
+    /// IAM Credentials base URL (default Google's).
+    pub gcp_iam_url: Option<String>,
 }
 
 /// Every problem found in a config, each naming its key.
@@ -372,20 +503,7 @@ impl Config {
                     Err(e) => errs.push(format!("{key}.conditions.{claim}: {e}")),
                 }
             }
-            let credential = match &r.credential {
-                RawCredential::Jwt { audience } => {
-                    if audience.is_empty() {
-                        errs.push(format!("{key}.credential.audience: must not be empty"));
-                    }
-                    crate::policy::Credential::Jwt { audience: audience.clone() }
-                }
-                RawCredential::Aws { .. } | RawCredential::Gcp { .. } => {
-                    errs.push(format!(
-                        "{key}.credential.kind: cloud credentials are not available in this release (use `jwt`)"
-                    ));
-                    continue;
-                }
-            };
+            let Some(credential) = check_credential(&key, &r.credential, &mut errs) else { continue };
             let (Some(provider), Some(max_ttl), Some(engine)) = (provider, max_ttl, &engine) else { continue };
             let spec = RoleSpec {
                 name: r.name.clone(),
@@ -422,6 +540,7 @@ impl Config {
                 engine,
                 findings,
                 version: String::new(),
+                gcp_iam_url: raw.gcp.iam_credentials_url.clone(),
             })
         } else {
             Err(ConfigErrors(errs))
@@ -504,6 +623,7 @@ fn check_provider(
     rules.max_lifetime = opt_secs(&format!("{key}.max_token_lifetime"), &p.max_token_lifetime, default_lifetime, errs);
     rules.max_age = opt_secs(&format!("{key}.max_token_age"), &p.max_token_age, rules.max_age, errs);
     rules.max_token_bytes = p.max_token_size.unwrap_or(rules.max_token_bytes);
+    rules.allow_multiple_audiences = p.allow_multiple_audiences;
     let source = match (&p.jwks_file, &p.jwks_uri) {
         (Some(_), Some(_)) => {
             errs.push(format!("{key}: set jwks_file or jwks_uri, not both"));

@@ -32,6 +32,8 @@ pub const ATTESTATION_TOKEN_TYPES: &[&str] = &[
 
 /// Most form fields accepted in one request.
 pub const MAX_FORM_FIELDS: usize = 32;
+/// Most bytes of request headers accepted on the token endpoint.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// A token exchange request, as the form said it.
 #[derive(Debug)]
@@ -55,6 +57,7 @@ pub enum RequestProblem {
     NotForm,
     QueryString,
     BodyTooLarge,
+    HeadersTooLarge,
     MethodNotAllowed,
 }
 
@@ -73,6 +76,7 @@ impl std::fmt::Display for RequestProblem {
             RequestProblem::NotForm => f.write_str("body must be application/x-www-form-urlencoded"),
             RequestProblem::QueryString => f.write_str("parameters belong in the form body, not the query string"),
             RequestProblem::BodyTooLarge => f.write_str("request body over the size limit"),
+            RequestProblem::HeadersTooLarge => write!(f, "request headers over {MAX_HEADER_BYTES} bytes"),
             RequestProblem::MethodNotAllowed => f.write_str("use POST with a form body"),
         }
     }
@@ -108,6 +112,12 @@ pub enum ExchangeError {
     Mint(String),
     #[error("too many requests from this client; retry later")]
     RateLimited,
+    #[error("{0}")]
+    Tag(String),
+    #[error("the exchange took longer than {0} s (an issuer slow to answer?)")]
+    Timeout(u64),
+    #[error("{message}")]
+    Upstream { service: &'static str, retryable: bool, message: String },
 }
 
 /// How an error is answered.
@@ -152,6 +162,9 @@ impl ExchangeError {
             ExchangeError::InvalidRequest(RequestProblem::MethodNotAllowed) => {
                 (405, "invalid_request", "method_not_allowed")
             }
+            ExchangeError::InvalidRequest(RequestProblem::HeadersTooLarge) => {
+                (431, "invalid_request", "request_too_large")
+            }
             ExchangeError::InvalidRequest(RequestProblem::BodyTooLarge | RequestProblem::TooManyFields) => {
                 (413, "invalid_request", "request_too_large")
             }
@@ -169,6 +182,10 @@ impl ExchangeError {
             ExchangeError::Audit(_) => (503, "temporarily_unavailable", "audit_unavailable"),
             ExchangeError::Mint(_) => (503, "temporarily_unavailable", "mint_failed"),
             ExchangeError::RateLimited => (429, "temporarily_unavailable", "rate_limited"),
+            ExchangeError::Tag(_) => (400, "invalid_request", "tag_invalid"),
+            ExchangeError::Timeout(_) => (503, "temporarily_unavailable", "request_timeout"),
+            ExchangeError::Upstream { retryable: true, .. } => (503, "temporarily_unavailable", "upstream_unavailable"),
+            ExchangeError::Upstream { retryable: false, .. } => (502, "server_error", "upstream_refused"),
         };
         ErrorResponse { status, error, reason, description: oauth_charset(&format!("{reason}: {self}")) }
     }
@@ -304,7 +321,27 @@ pub struct TokenResponse {
     pub issued_token_type: &'static str,
     pub token_type: &'static str,
     pub expires_in: i64,
+    /// AWS sessions: the credentials in the `credential_process` shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialProcess>,
 }
+
+/// AWS's `credential_process` output (`Expiration` is the broker's deadline, so SDKs come back
+/// for a fresh session, with a fresh assertion, when the authority ends).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CredentialProcess {
+    pub version: u8,
+    pub access_key_id: String,
+    #[serde(serialize_with = "expose_credential")]
+    pub secret_access_key: IssuedCredential,
+    #[serde(serialize_with = "expose_credential")]
+    pub session_token: IssuedCredential,
+    pub expiration: String,
+}
+
+/// `issued_token_type` of an AWS session (its `access_token` is the session token).
+pub const TOKEN_TYPE_AWS_CREDENTIALS: &str = "urn:ephemera:token-type:aws-credentials";
 
 fn expose_credential<S: serde::Serializer>(c: &IssuedCredential, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(c.expose())
@@ -321,6 +358,10 @@ pub struct Broker {
     pub audit: Option<AuditLog>,
     pub signer: BrokerSigner,
     pub clock: Arc<dyn Clock>,
+    /// STS client, when any role hands out AWS sessions.
+    pub aws: Option<crate::minting::aws::AwsMinter>,
+    /// IAM Credentials client, when any role hands out GCP tokens.
+    pub gcp: Option<crate::minting::gcp::GcpMinter>,
 }
 
 impl Broker {
@@ -496,7 +537,13 @@ impl Broker {
             Err(e) => Err(e),
             Ok(req) => {
                 rec.role = Some(ephemera_providers::error::escape_untrusted(&req.role, 64));
-                let (trace, result) = self.evaluate(&req, now).await;
+                // Verification (and any issuer fetch it needs) runs under the request timeout, so a
+                // slow issuer ends in an answered, audited 503; granting is bounded by its own calls.
+                let limit = config.server.request_timeout;
+                let (trace, result) = match tokio::time::timeout(limit, self.evaluate(&req, now)).await {
+                    Ok(r) => r,
+                    Err(_) => (Trace::default(), Err(ExchangeError::Timeout(limit.as_secs()))),
+                };
                 rec.provider = trace.provider.clone();
                 if let Some(t) = &trace.token {
                     rec.issuer = Some(t.issuer.clone());
@@ -514,7 +561,8 @@ impl Broker {
             Ok(resp) => Ok(resp),
             Err(e) => {
                 let mut r = e.response();
-                if !matches!(e, ExchangeError::Mint(_)) {
+                // A failed mint was audited by `grant` (mint_failed); every other error is a deny.
+                if !matches!(e, ExchangeError::Mint(_) | ExchangeError::Upstream { .. }) {
                     rec.decision = "deny";
                     rec.reason = Some(r.reason);
                     rec.detail = Some(r.description.clone());
@@ -540,6 +588,12 @@ impl Broker {
 
     async fn grant(&self, allowed: Allowed, rec: &mut AuditRecord) -> Result<TokenResponse, ExchangeError> {
         let Allowed { role, token, workload, lifetime, now } = allowed;
+        let exp = now + lifetime;
+        // Cloud requests are built (and their tags validated) before the assertion is spent.
+        let aws_request = match &role.credential {
+            Credential::Aws(aws) => Some(aws_request(aws, &role.name, &workload, &token.claims, now, lifetime)?),
+            _ => None,
+        };
         let leeway = role.provider.rules.leeway as i64;
         match self.state.mark_used(&token.replay_id, token.expires_at + leeway, now).await {
             Ok(Mark::Fresh) => {}
@@ -547,43 +601,84 @@ impl Broker {
             Err(e) => return Err(ExchangeError::State(e)),
         }
         let jti = random_id(16);
-        let exp = now + lifetime;
         rec.decision = "allow";
         rec.credential = Some(CredentialRecord { kind: role.credential.kind(), jti: jti.clone(), expires_at: exp });
         // INVARIANT: the allow record is durable before any credential exists outside the broker.
         let audit = self.audit.as_ref().ok_or_else(|| ExchangeError::Audit("no audit log".into()))?;
         audit.append(rec.clone(), true).await.map_err(|e| ExchangeError::Audit(e.to_string()))?;
         let minted = match &role.credential {
-            Credential::Jwt { audience } => self.signer.sign(&json!({
-                "iss": self.config().server.issuer,
-                "sub": workload.subject,
-                "aud": audience,
-                "iat": now,
-                "nbf": now,
-                "exp": exp,
-                "jti": jti,
-                "role": role.name,
-                "provider": role.provider.name,
-                "src_iss": token.issuer,
-                "task": workload.task,
-            })),
-        };
-        match minted {
-            Ok(access_token) => {
-                tracing::info!(request_id = %rec.request_id, decision_id = %rec.decision_id, role = %role.name, jti = %jti, expires_in = lifetime, "credential issued");
-                Ok(TokenResponse {
+            Credential::Jwt { audience } => self
+                .signer
+                .sign(&json!({
+                    "iss": self.config().server.issuer,
+                    "sub": workload.subject,
+                    "aud": audience,
+                    "iat": now,
+                    "nbf": now,
+                    "exp": exp,
+                    "jti": jti,
+                    "role": role.name,
+                    "provider": role.provider.name,
+                    "src_iss": token.issuer,
+                    "task": workload.task,
+                }))
+                .map(|access_token| TokenResponse {
                     access_token,
                     issued_token_type: TOKEN_TYPE_JWT,
                     token_type: "Bearer",
                     expires_in: lifetime,
+                    credentials: None,
                 })
+                .map_err(|e| ExchangeError::Mint(e.to_string())),
+            Credential::Aws(aws) => match (&self.aws, aws_request) {
+                (Some(minter), Some(req)) => minter
+                    .assume(aws, &req)
+                    .await
+                    .map(|s| {
+                        tracing::info!(assumed_role = %s.assumed_role_arn, access_key_id = %s.access_key_id, sts_expiration = s.sts_expiration, "aws session minted");
+                        TokenResponse {
+                            access_token: s.session_token.clone(),
+                            issued_token_type: TOKEN_TYPE_AWS_CREDENTIALS,
+                            token_type: "N_A",
+                            expires_in: lifetime,
+                            credentials: Some(CredentialProcess {
+                                version: 1,
+                                access_key_id: s.access_key_id,
+                                secret_access_key: s.secret_access_key,
+                                session_token: s.session_token,
+                                expiration: rfc3339(exp),
+                            }),
+                        }
+                    })
+                    .map_err(|e| ExchangeError::Upstream { service: "aws", retryable: e.is_retryable(), message: e.to_string() }),
+                _ => Err(ExchangeError::Mint("AWS minting is not set up in this broker".into())),
+            },
+            Credential::Gcp(gcp) => match &self.gcp {
+                Some(minter) => minter
+                    .mint(gcp, lifetime)
+                    .await
+                    .map(|t| TokenResponse {
+                        access_token: t.access_token,
+                        issued_token_type: TOKEN_TYPE_ACCESS_TOKEN,
+                        token_type: "Bearer",
+                        expires_in: lifetime,
+                        credentials: None,
+                    })
+                    .map_err(|e| ExchangeError::Upstream { service: "gcp", retryable: e.is_retryable(), message: e.to_string() }),
+                None => Err(ExchangeError::Mint("GCP minting is not set up in this broker".into())),
+            },
+        };
+        match minted {
+            Ok(resp) => {
+                tracing::info!(request_id = %rec.request_id, decision_id = %rec.decision_id, role = %role.name, jti = %jti, expires_in = lifetime, "credential issued");
+                Ok(resp)
             }
-            Err(e) => {
-                let err = ExchangeError::Mint(e.to_string());
+            Err(err) => {
+                let r = err.response();
                 let mut failed = rec.clone();
                 failed.decision = "mint_failed";
-                failed.reason = Some("mint_failed");
-                failed.detail = Some(oauth_charset(&e.to_string()));
+                failed.reason = Some(r.reason);
+                failed.detail = Some(r.description);
                 if let Err(ae) = audit.append(failed, true).await {
                     tracing::error!(error = %ae, "audit write failed for mint_failed");
                 }
@@ -591,6 +686,41 @@ impl Broker {
             }
         }
     }
+}
+
+/// The AssumeRole request for a role, a workload and a bounded lifetime.
+pub fn aws_request(
+    aws: &crate::minting::aws::AwsRole,
+    role: &str,
+    workload: &Workload,
+    claims: &serde_json::Map<String, serde_json::Value>,
+    now: i64,
+    lifetime: i64,
+) -> Result<crate::minting::aws::AssumeRequest, ExchangeError> {
+    use crate::minting::aws::{check_tag, duration_for, session_policy, sts_name};
+    let mut tags = Vec::new();
+    for (key, claim) in &aws.session_tags {
+        let value = workload.attributes.get(claim).cloned().or_else(|| {
+            ephemera_providers::profile::lookup(claims, claim).and_then(ephemera_providers::profile::scalar_text)
+        });
+        // A claim the token lacks leaves its tag out; a value STS would refuse is an error.
+        if let Some(v) = value {
+            check_tag(key, &v).map_err(|e| ExchangeError::Tag(e.to_string()))?;
+            tags.push((key.clone(), v));
+        }
+    }
+    let source_identity = sts_name(&workload.subject, 64);
+    Ok(crate::minting::aws::AssumeRequest {
+        role_arn: aws.role_arn.clone(),
+        session_name: sts_name(&format!("{role}/{}", workload.task), 64),
+        source_identity: if source_identity.len() < 2 { format!("{source_identity}--") } else { source_identity },
+        duration_seconds: duration_for(lifetime),
+        policy: session_policy(aws.statements.as_deref(), &rfc3339(now + lifetime)),
+        tags,
+        transitive_tag_keys: aws.transitive_tag_keys.clone(),
+        external_id: aws.external_id.clone(),
+        policy_arns: aws.policy_arns.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -160,12 +160,20 @@ impl Condition {
 pub enum Credential {
     /// A broker-signed JWT for this audience.
     Jwt { audience: String },
+    /// An AWS STS session for this role.
+    #[serde(skip)]
+    Aws(crate::minting::aws::AwsRole),
+    /// A GCP access token for this service account.
+    #[serde(skip)]
+    Gcp(crate::minting::gcp::GcpRole),
 }
 
 impl Credential {
     pub fn kind(&self) -> &'static str {
         match self {
             Credential::Jwt { .. } => "jwt",
+            Credential::Aws(_) => "aws",
+            Credential::Gcp(_) => "gcp",
         }
     }
 }

@@ -115,8 +115,11 @@ async fn token(
         v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
     });
     let bad = |p| Err(ExchangeError::InvalidRequest(p));
+    let header_bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     let req = if client.is_some_and(|c| !app.limiter.admit(c.0.0.ip())) {
         Err(ExchangeError::RateLimited)
+    } else if header_bytes > crate::exchange::MAX_HEADER_BYTES {
+        bad(RequestProblem::HeadersTooLarge)
     } else if method != Method::POST {
         bad(RequestProblem::MethodNotAllowed)
     } else if uri.query().is_some() {
@@ -214,8 +217,10 @@ pub async fn serve(
     request_timeout: Duration,
     drain: Duration,
 ) -> std::io::Result<()> {
-    let router = router
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout));
+    // A backstop only: the token endpoint answers its own timeouts (audited, RFC 6749 JSON).
+    let backstop = request_timeout + Duration::from_secs(30);
+    let router =
+        router.layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, backstop));
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);

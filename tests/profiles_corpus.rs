@@ -62,7 +62,7 @@ credential = {{ kind = "jwt", audience = "https://partner.example" }}
     );
     let raw: RawConfig = toml::from_str(&text).unwrap();
     let config = Config::from_raw(raw, Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
-    let broker = ephemera::cli::build_broker(config, Arc::new(FixedClock(c.at)), None, None).unwrap();
+    let broker = ephemera::cli::build_broker(config, Arc::new(FixedClock(c.at)), None, None).await.unwrap();
     let token = std::fs::read_to_string(corpus.join(c.token)).unwrap().trim().to_owned();
     let req = ExchangeRequest {
         subject_token: SubjectToken::new(token),

@@ -27,6 +27,9 @@ pub struct TokenRules {
     pub max_age: u64,
     /// Largest token accepted, in bytes.
     pub max_token_bytes: usize,
+    /// Accept an `aud` array naming other audiences besides ours. Off by default: a token meant
+    /// for several relying parties is not a token meant for the broker.
+    pub allow_multiple_audiences: bool,
 }
 
 impl TokenRules {
@@ -41,6 +44,7 @@ impl TokenRules {
             max_lifetime: 24 * 3600,
             max_age: 24 * 3600,
             max_token_bytes: 16 * 1024,
+            allow_multiple_audiences: false,
         }
     }
 }
@@ -198,6 +202,12 @@ pub fn check_claims(
         });
     };
     let audience = (*audience).to_owned();
+    if aud.len() > 1 && !rules.allow_multiple_audiences {
+        return Err(VerifyError::AudienceMismatch {
+            expected: format!("{:?} alone", rules.audiences),
+            got: format!("{:?}", aud.iter().map(|a| escape_untrusted(a, 64)).collect::<Vec<_>>()),
+        });
+    }
     let leeway = rules.leeway as i64;
     if now > exp + leeway {
         return Err(VerifyError::Expired { exp, now, leeway: rules.leeway });

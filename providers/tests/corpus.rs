@@ -119,6 +119,9 @@ fn rules_for(t: &CorpusToken, aud: &str) -> TokenRules {
     let mut rules = TokenRules::new(t.iss.clone(), vec![aud.to_owned()]);
     rules.max_lifetime = GENEROUS;
     rules.max_age = GENEROUS;
+    // A token whose `aud` names several parties needs the provider's explicit opt-in (the
+    // Keycloak access token of the corpus); `multi_audience_tokens_need_the_opt_in` shows it.
+    rules.allow_multiple_audiences = t.auds.len() > 1;
     rules
 }
 
@@ -152,11 +155,12 @@ fn corpus_tokens_verify_at_their_verify_at_time() {
     }
 }
 
-/// `TokenRules::new` allows tokens that live at most 24 h. The real Azure AD v2 id_token lives
-/// 24 h 5 min (86,700 s), so under the defaults it is refused `lifetime_too_long`; every other
-/// corpus token fits. A provider for Azure AD v2 must raise `max_lifetime`.
+/// `TokenRules::new` allows tokens that live at most 24 h, with a single audience. The real Azure
+/// AD v2 id_token lives 24 h 5 min (86,700 s), so under the defaults it is refused
+/// `lifetime_too_long`; the Keycloak access token names two audiences and is refused
+/// `audience_mismatch`; every other corpus token fits. A provider for either must say so.
 #[test]
-fn default_rules_refuse_only_the_azure_v2_token_for_its_lifetime() {
+fn default_rules_refuse_only_the_azure_v2_and_multi_audience_tokens() {
     let Some(tokens) = corpus_tokens() else {
         return;
     };
@@ -167,6 +171,8 @@ fn default_rules_refuse_only_the_azure_v2_token_for_its_lifetime() {
             assert_eq!(t.exp - t.iat, 86_700);
             assert_eq!(got, "lifetime_too_long", "{}", t.file);
             assert_eq!(slug(&verify_token(&t.token, &rules_for(&t, &t.auds[0]), &t.keys, t.verify_at)), "ok");
+        } else if t.auds.len() > 1 {
+            assert_eq!(got, "audience_mismatch", "{}", t.file);
         } else {
             assert_eq!(got, "ok", "{}", t.file);
         }
@@ -460,11 +466,27 @@ fn audience_string_and_array_are_both_enforced() {
     let i = TestIssuer::new();
     assert_eq!(i.verdict(json!({"aud": AUD})), "ok");
     assert_eq!(i.verdict(json!({"aud": [AUD]})), "ok");
-    assert_eq!(i.verdict(json!({"aud": ["other", AUD]})), "ok");
+    // ATTACKS.md case 17: a token also meant for another party is refused by default
+    assert_eq!(i.verdict(json!({"aud": ["other", AUD]})), "audience_mismatch");
+    assert_eq!(i.verdict(json!({"aud": [AUD, AUD]})), "audience_mismatch");
     assert_eq!(i.verdict(json!({"aud": "other"})), "audience_mismatch");
     assert_eq!(i.verdict(json!({"aud": ["other"]})), "audience_mismatch");
     assert_eq!(i.verdict(json!({"aud": format!("{AUD}/")})), "audience_mismatch");
     assert_eq!(i.verdict(json!({"aud": [AUD.to_uppercase()]})), "audience_mismatch");
+}
+
+/// A corpus token whose `aud` is a list verifies only with `allow_multiple_audiences`.
+#[test]
+fn multi_audience_tokens_need_the_opt_in() {
+    let Some(tokens) = corpus_tokens() else { return };
+    let multi: Vec<_> = tokens.iter().filter(|t| t.auds.len() > 1).collect();
+    assert!(!multi.is_empty(), "the corpus has a multi-audience token (Keycloak access token)");
+    for t in multi {
+        let mut rules = rules_for(t, &t.auds[0]);
+        assert_eq!(slug(&verify_token(&t.token, &rules, &t.keys, t.verify_at)), "ok", "{}", t.file);
+        rules.allow_multiple_audiences = false;
+        assert_eq!(slug(&verify_token(&t.token, &rules, &t.keys, t.verify_at)), "audience_mismatch", "{}", t.file);
+    }
 }
 
 /// ATTACKS.md case 8: duplicate member names, in the claims and in the header.

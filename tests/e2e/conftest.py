@@ -13,9 +13,13 @@ Environment: EPHEMERA_TEST_RUST_LOG sets the broker's RUST_LOG (default `info`).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import threading
+
 import pytest
 
 from harness import (
+    DEFAULT_CONDITIONS,
     Broker,
     Canary,
     MockIssuer,
@@ -45,12 +49,58 @@ def canary():
     c.close()
 
 
+class MockPool:
+    """Hands out fresh mock issuers, starting the next one in the background while a test runs
+    (a Python process with its own RSA key takes a noticeable fraction of a second to start)."""
+
+    def __init__(self, base):
+        self.base = base
+        self.n = 0
+        self.lock = threading.Lock()
+        self.pool = cf.ThreadPoolExecutor(max_workers=1)
+        self.spare: cf.Future | None = None
+
+    def _spawn(self) -> MockIssuer:
+        with self.lock:
+            self.n += 1
+            d = self.base / f"issuer{self.n}"
+        return MockIssuer(d)
+
+    def get(self) -> MockIssuer:
+        m = None
+        if self.spare is not None:
+            try:
+                m = self.spare.result(timeout=60)
+            except Exception:  # a failed spare: start one in the foreground instead
+                m = None
+            if m is not None and not m.alive:
+                m.close()
+                m = None
+        self.spare = self.pool.submit(self._spawn)
+        return m or self._spawn()
+
+    def close(self):
+        if self.spare is not None:
+            try:
+                self.spare.result(timeout=60).close()
+            except Exception:
+                pass
+        self.pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="session")
+def _mock_pool(tmp_path_factory):
+    pool = MockPool(tmp_path_factory.mktemp("issuers"))
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def mock_factory(tmp_path):
+def mock_factory(_mock_pool):
     made: list[MockIssuer] = []
 
-    def make(port: int = 0) -> MockIssuer:
-        m = MockIssuer(tmp_path / f"issuer{len(made)}", port=port)
+    def make() -> MockIssuer:
+        m = _mock_pool.get()
         made.append(m)
         return m
 
@@ -77,7 +127,7 @@ def broker_factory(ephemera_bin, tmp_path, request):
             roles = [
                 role("deploy", providers[0]["name"]),
                 role("release", providers[0]["name"],
-                     conditions={"repository": "acme/app", "ref": "refs/heads/release"}),
+                     conditions=dict(DEFAULT_CONDITIONS, ref="refs/heads/release")),
             ]
         workdir = tmp_path / f"broker{len(made)}"
         workdir.mkdir()

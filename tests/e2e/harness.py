@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -37,6 +37,10 @@ ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 
 AUDIENCE = "ephemera-test"
+DEFAULT_SUB = "repo:acme/app:ref:refs/heads/main"
+# The default role pins the workload's identity (`sub`, which the broker requires of a role)
+# and two more claims.
+DEFAULT_CONDITIONS = {"sub": DEFAULT_SUB, "repository": "acme/app", "ref": "refs/heads/main"}
 PARTNER = "https://partner.example"
 
 # RFC 6749 §5.2: error_description is %x20-21 / %x23-5B / %x5D-7E.
@@ -120,7 +124,7 @@ def good_claims(issuer: str, **overrides) -> dict:
     c = {
         "iss": issuer,
         "aud": AUDIENCE,
-        "sub": "repo:acme/app:ref:refs/heads/main",
+        "sub": DEFAULT_SUB,
         "repository": "acme/app",
         "ref": "refs/heads/main",
         "iat": t,
@@ -369,6 +373,9 @@ class MockIssuer:
     def remove_key(self, kid: str):
         self._post("/control/keys/remove", {"kid": kid})
 
+    def rotate(self, add: str | None = None, remove: str | None = None, kty: str = "RSA"):
+        self._post("/control/rotate", {"add": add, "remove": remove, "kty": kty})
+
     def publish(self, kid: str, publish: bool = True):
         self._post("/control/keys/publish", {"kid": kid, "publish": publish})
 
@@ -506,7 +513,7 @@ class Broker:
                         return
                 except requests.RequestException:
                     pass
-                time.sleep(0.03)
+                time.sleep(0.01)
             err = self.stderr_path.read_text(errors="replace")
             self.stop()
             if "cannot listen" in err and attempt < 2:
@@ -557,6 +564,8 @@ class Broker:
         self.responses.append((resp, secrets))
         if resp.status != 200:
             check_error_hygiene(resp, secrets)
+            assert resp.headers.get("Cache-Control") == "no-store", \
+                f"error answer without Cache-Control: no-store: {dict(resp.headers)}"
         return resp
 
     def exchange(self, token: str, role: str = "deploy", *, token_type: str = ID_TOKEN,
@@ -648,7 +657,7 @@ def role(name: str = "deploy", provider_name: str = "mock", *, max_ttl: str = "1
         "name": name,
         "provider": provider_name,
         "max_ttl": max_ttl,
-        "conditions": {"repository": "acme/app", "ref": "refs/heads/main"} if conditions is None else conditions,
+        "conditions": dict(DEFAULT_CONDITIONS) if conditions is None else conditions,
         "credential": {"kind": "jwt", "audience": audience},
     }
 

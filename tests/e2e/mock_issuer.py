@@ -32,6 +32,8 @@ Control API (never counted):
   (RSA-2048 or P-256).
 - ``POST /control/keys/remove`` ``{"kid"}``: stop publishing and forget a key.
 - ``POST /control/keys/publish`` ``{"kid", "publish": bool}``
+- ``POST /control/rotate`` ``{"add": kid, "kty", "remove": kid}``: publish a new key and retire
+  an old one in one step.
 - ``GET /control/keys``: kids, types, published flags.
 - ``GET /control/jwk?kid=K[&private=1]``: a key's JWK.
 - ``POST /control/mode``: merge modes (below); ``POST /control/reset-modes``.
@@ -368,6 +370,16 @@ def make_handler(state: State, issuer: str):
                         state.keys.pop(body["kid"], None)
                         state.private.pop(body["kid"], None)
                         state.save()
+                    return self._json(200, {"ok": True})
+                if u.path == "/control/rotate":
+                    # add a new key and retire an old one in one step
+                    if body.get("add"):
+                        state.add_key(body["add"], body.get("kty", "RSA"), True)
+                    if body.get("remove"):
+                        with state.lock:
+                            state.keys.pop(body["remove"], None)
+                            state.private.pop(body["remove"], None)
+                            state.save()
                     return self._json(200, {"ok": True})
                 if u.path == "/control/keys/publish":
                     with state.lock:

@@ -10,6 +10,7 @@ import pytest
 
 from harness import (
     AUDIENCE,
+    DEFAULT_SUB,
     GRANT,
     ID_TOKEN,
     JWT_TYPE,
@@ -125,12 +126,11 @@ def test_alg_none_every_spelling(broker, mock_issuer, alg):
     # with a junk signature
     t = mock_issuer.sign(claims, header={"alg": alg, "kid": None}, signature=b64url(b"x"))
     assert_reject(broker.exchange(t), "alg_not_allowed")
-    # RFC 7515 A.5 shape: empty signature. The broker refuses the empty segment before it reads
-    # the header (ATTACKS 7 names `header.payload.` malformed_token; ATTACKS 1 alg_not_allowed).
+    # RFC 7515 A.5 shape: empty signature. README: the algorithm is judged before the empty
+    # signature segment, so `alg: none` is alg_not_allowed either way.
     t = mock_issuer.sign(claims, header={"alg": alg}, sign_alg="none")
     assert t.endswith(".")
-    r = broker.exchange(t)
-    assert r.status == 400 and r.reason in ("malformed_token", "alg_not_allowed"), r
+    assert_reject(broker.exchange(t), "alg_not_allowed")
     # no JWKS fetch was triggered by any of these
     assert mock_issuer.counts() == before
     # twin: the same claims properly signed
@@ -183,12 +183,12 @@ def test_duplicate_members(broker, mock_issuer):
     iss = mock_issuer.issuer
     base = (f'"iss":"{iss}","aud":"{AUDIENCE}","repository":"acme/app","ref":"refs/heads/main",'
             f'"iat":{t},"nbf":{t},"exp":{t + 300}')
-    dup_sub = '{"sub":"a","sub":"b",' + base + ',"jti":"dup-sub-' + str(t) + '"}'
+    dup_sub = '{"sub":"a","sub":"' + DEFAULT_SUB + '",' + base + ',"jti":"dup-sub-' + str(t) + '"}'
     assert_reject(broker.exchange(mock_issuer.sign(payload_raw=dup_sub)), "duplicate_member")
-    dup_repo = ('{"sub":"a","repository":"evil/app",' + base + ',"jti":"dup-repo-' + str(t) + '"}')
+    dup_repo = ('{"sub":"' + DEFAULT_SUB + '","repository":"evil/app",' + base + ',"jti":"dup-repo-' + str(t) + '"}')
     assert_reject(broker.exchange(mock_issuer.sign(payload_raw=dup_repo)), "duplicate_member")
     dup_alg = '{"alg":"RS256","alg":"none","typ":"JWT","kid":"k1"}'
-    ok_payload = '{"sub":"a",' + base + ',"jti":"ok-' + str(t) + '"}'
+    ok_payload = '{"sub":"' + DEFAULT_SUB + '",' + base + ',"jti":"ok-' + str(t) + '"}'
     assert_reject(broker.exchange(mock_issuer.sign(header_raw=dup_alg, payload_raw=ok_payload)),
                   "duplicate_member")
     # twin: the same raw payload without the duplicate
@@ -201,14 +201,19 @@ def test_duplicate_members(broker, mock_issuer):
 ])
 def test_claim_type_confusion(broker, mock_issuer, claim, value):
     claims = good_claims(mock_issuer.issuer)
+    good = dict(claims)
     claims[claim] = value
     assert_reject(broker.exchange(mock_issuer.sign(claims)), "claim_type_invalid")
+    # twin: the same claims with their proper types
+    assert broker.exchange(mock_issuer.sign(good)).status == 200
 
 
 def test_issuer_as_array_is_not_trusted(broker, mock_issuer):
     claims = good_claims(mock_issuer.issuer)
     claims["iss"] = ["https://evil.example", mock_issuer.issuer]
     assert_reject(broker.exchange(mock_issuer.sign(claims)), "claim_type_invalid")
+    claims["iss"] = mock_issuer.issuer
+    assert broker.exchange(mock_issuer.sign(claims)).status == 200
 
 
 @pytest.mark.parametrize("typ", ["at+jwt", "dpop+jwt", "logout+jwt", "secevent+jwt"])
@@ -294,6 +299,7 @@ def test_refresh_token_grant_is_unsupported(broker, mock_issuer):
         "audience": "deploy",
     })
     assert r.status == 400 and r.error == "unsupported_grant_type", r
+    assert broker.exchange(mock_issuer.token()).status == 200
 
 
 def test_broker_jwt_cannot_be_exchanged_again(broker, mock_issuer):
@@ -374,3 +380,63 @@ def test_slow_request_does_not_matter_for_expiry_math(broker, mock_issuer):
     r2 = broker.exchange(mock_issuer.token(exp=exp))
     assert r1.status == r2.status == 200
     assert r2.json["expires_in"] < r1.json["expires_in"] <= 100
+
+
+def test_concurrent_replay_has_one_winner(broker, mock_issuer):
+    """ATTACKS 43 on one replica: 20 parallel presentations of one token, exactly one 200."""
+    import concurrent.futures as cf
+
+    import requests
+
+    token = mock_issuer.token()
+    with cf.ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda _: broker.exchange(token, session=requests.Session()),
+                                range(20)))
+    assert sum(a.status == 200 for a in answers) == 1, answers
+    assert all(a.reason == "token_replayed" for a in answers if a.status != 200)
+
+
+@pytest.mark.parametrize("value", ["acme\x00app", "acme\r\napp", "acme\tapp", "acme\u200dapp",
+                                   "a" * 256])
+def test_claim_hygiene_of_sub(broker, mock_issuer, value):
+    assert_reject(broker.exchange(mock_issuer.token(sub=value)), "claim_invalid")
+    assert broker.exchange(mock_issuer.token()).status == 200
+
+
+def test_lookalike_sub_is_denied(broker, mock_issuer):
+    lookalike = "repo:\u0430cme/app:ref:refs/heads/main"  # Cyrillic а
+    r = broker.exchange(mock_issuer.token(sub=lookalike))
+    assert r.status == 400 and r.reason in ("claim_invalid", "policy_denied"), r
+
+
+@pytest.mark.parametrize("aud", ["sts.amazonaws.com", AUDIENCE + "/", None, ["other", "another"], [AUDIENCE, "other"]])
+def test_audience_variants(broker, mock_issuer, aud):
+    r = broker.exchange(mock_issuer.token(aud=aud))
+    assert_reject(r, "claim_missing" if aud is None else "audience_mismatch")
+
+
+def test_broker_discovery_jwks_and_health(broker):
+    assert broker.get("/healthz").status_code == 200
+    ready = broker.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    disco = broker.get("/.well-known/openid-configuration").json()
+    assert disco["issuer"] == broker.issuer
+    assert disco["jwks_uri"] == broker.issuer + "/.well-known/jwks.json"
+    keys = broker.get("/.well-known/jwks.json").json()["keys"]
+    assert keys and all(k["kty"] == "EC" and k["crv"] == "P-256" and "d" not in k for k in keys)
+    r = broker.get("/no/such/route")
+    assert r.status_code == 404
+
+
+def test_replay_key_is_scoped_to_the_issuer(broker_factory, mock_factory):
+    """The same jti from two trusted issuers names two different assertions."""
+    from harness import provider, role
+
+    a, b_ = mock_factory(), mock_factory()
+    br = broker_factory([provider("a", a.issuer), provider("b", b_.issuer)],
+                        [role("deploy", "a"), role("deploy-b", "b")])
+    jti = "shared-jti-1"
+    assert br.exchange(a.token(jti=jti)).status == 200
+    assert br.exchange(b_.token(jti=jti), role="deploy-b").status == 200
+    assert_reject(br.exchange(a.token(jti=jti)), "token_replayed")
+    assert_reject(br.exchange(b_.token(jti=jti), role="deploy-b"), "token_replayed")

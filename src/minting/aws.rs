@@ -1,0 +1,260 @@
+//! AWS STS sessions, bound to the task rather than to STS's timer.
+//!
+//! STS sessions last at least 900 s, often longer than the assertion allows. So every session
+//! carries an inline session policy that allows what the role allows (or the role's scope-down
+//! statements) and denies every action once `aws:CurrentTime` passes the broker's deadline
+//! (`min(role max_ttl, assertion exp)`). The credentials may look alive after that; the authority
+//! is gone. `DurationSeconds` is the smallest STS accepts that covers the deadline.
+//!
+//! Attribution: `RoleSessionName` (deterministic, from workload and task, STS's charset, ≤ 64),
+//! `SourceIdentity` (the workload), session tags from a claim mapping (validated, never
+//! truncated), `TransitiveTagKeys`, `ExternalId`, managed `PolicyArns`.
+//! The broker's own AWS identity comes from the SDK's standard chain and environment
+//! (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL_STS`, profiles,
+//! instance roles); a role may override region and endpoint.
+
+use crate::secret::IssuedCredential;
+use aws_sdk_sts::error::ProvideErrorMetadata;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// A role's AWS credential settings, checked at load.
+#[derive(Debug, Clone)]
+pub struct AwsRole {
+    pub role_arn: String,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    /// Session tag key → claim (profile attribute or raw claim path).
+    pub session_tags: BTreeMap<String, String>,
+    pub transitive_tag_keys: Vec<String>,
+    pub external_id: Option<String>,
+    pub policy_arns: Vec<String>,
+    /// Scope-down statements (a JSON array of IAM statements) instead of "allow what the role allows".
+    pub statements: Option<Vec<Value>>,
+}
+
+/// What one AssumeRole call carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRequest {
+    pub role_arn: String,
+    pub session_name: String,
+    pub source_identity: String,
+    pub duration_seconds: i32,
+    /// The inline session policy (JSON).
+    pub policy: String,
+    pub tags: Vec<(String, String)>,
+    pub transitive_tag_keys: Vec<String>,
+    pub external_id: Option<String>,
+    pub policy_arns: Vec<String>,
+}
+
+/// Minted AWS credentials. `Debug` redacts the secret parts.
+pub struct AwsSession {
+    pub access_key_id: String,
+    pub secret_access_key: IssuedCredential,
+    pub session_token: IssuedCredential,
+    /// STS's own expiry (UNIX seconds), at least 900 s away.
+    pub sts_expiration: i64,
+    pub assumed_role_arn: String,
+}
+
+impl std::fmt::Debug for AwsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsSession")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"[REDACTED]")
+            .field("session_token", &"[REDACTED]")
+            .field("sts_expiration", &self.sts_expiration)
+            .finish()
+    }
+}
+
+/// Why a session could not be minted. Upstream error bodies are never passed on, only codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AwsError {
+    #[error("AWS STS refused AssumeRole (`{code}`): check the role's trust policy and the broker's identity")]
+    Refused { code: String },
+    #[error("AWS STS is unavailable (`{code}`)")]
+    Unavailable { code: String },
+    #[error("session tag `{key}`: {problem}")]
+    Tag { key: String, problem: String },
+    #[error("AWS STS answered without credentials")]
+    NoCredentials,
+}
+
+impl AwsError {
+    /// True when retrying later may help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, AwsError::Unavailable { .. })
+    }
+}
+
+/// STS's charset for session names and source identities: `[\w+=,.@-]`.
+fn sts_charset(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_+=,.@-".contains(c)
+}
+
+/// A deterministic, STS-safe name of at most `max` characters: characters outside STS's set
+/// become `-`; a name too long keeps its head and gets a hash of the whole.
+pub fn sts_name(raw: &str, max: usize) -> String {
+    let clean: String = raw.chars().map(|c| if sts_charset(c) { c } else { '-' }).collect();
+    if clean.len() <= max {
+        return clean;
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, raw.as_bytes());
+    let hash = ephemera_providers::verify::hex(&digest.as_ref()[..8]);
+    format!("{}-{hash}", &clean[..max - hash.len() - 1])
+}
+
+/// STS's session tag rules: key 1–128, value 0–256 characters of letters, digits, spaces and
+/// `_.:/=+-@`. A claim that does not fit is an error, never truncated.
+pub fn check_tag(key: &str, value: &str) -> Result<(), AwsError> {
+    let ok = |s: &str| s.chars().all(|c| c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c));
+    let err = |problem: &str| AwsError::Tag { key: key.to_owned(), problem: problem.to_owned() };
+    if key.is_empty() || key.chars().count() > 128 || !ok(key) || key.to_ascii_lowercase().starts_with("aws:") {
+        return Err(err(
+            "key must be 1-128 characters of letters, digits, spaces and _.:/=+-@, not starting with aws:",
+        ));
+    }
+    if value.chars().count() > 256 {
+        return Err(err("value over 256 characters"));
+    }
+    if !ok(value) {
+        return Err(err("value has characters STS does not accept in tags"));
+    }
+    Ok(())
+}
+
+/// The inline session policy: allow what the role (or its scope-down statements) allows, deny
+/// everything after `deadline`.
+pub fn session_policy(statements: Option<&[Value]>, deadline_rfc3339: &str) -> String {
+    let mut stmts: Vec<Value> = match statements {
+        Some(s) => s.to_vec(),
+        None => vec![json!({"Sid": "EphemeraWithinRole", "Effect": "Allow", "Action": "*", "Resource": "*"})],
+    };
+    stmts.push(json!({
+        "Sid": "EphemeraDeadline",
+        "Effect": "Deny",
+        "Action": "*",
+        "Resource": "*",
+        "Condition": {"DateGreaterThan": {"aws:CurrentTime": deadline_rfc3339}},
+    }));
+    json!({"Version": "2012-10-17", "Statement": stmts}).to_string()
+}
+
+/// STS's shortest session that covers `lifetime` seconds (900 s at least, 12 h at most).
+pub fn duration_for(lifetime: i64) -> i32 {
+    lifetime.clamp(900, 43_200) as i32
+}
+
+/// The broker's STS clients.
+#[derive(Debug, Clone)]
+pub struct AwsMinter {
+    shared: aws_config::SdkConfig,
+}
+
+impl AwsMinter {
+    /// Loads the SDK's standard configuration (credential chain, region, endpoint overrides).
+    pub async fn from_env() -> Self {
+        AwsMinter { shared: aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await }
+    }
+
+    fn client(&self, role: &AwsRole) -> aws_sdk_sts::Client {
+        let mut b = aws_sdk_sts::config::Builder::from(&self.shared);
+        if let Some(r) = &role.region {
+            b = b.region(aws_sdk_sts::config::Region::new(r.clone()));
+        }
+        if let Some(e) = &role.endpoint_url {
+            b = b.endpoint_url(e.clone());
+        }
+        aws_sdk_sts::Client::from_conf(b.build())
+    }
+
+    /// Calls `sts:AssumeRole`.
+    pub async fn assume(&self, role: &AwsRole, req: &AssumeRequest) -> Result<AwsSession, AwsError> {
+        let mut call = self
+            .client(role)
+            .assume_role()
+            .role_arn(&req.role_arn)
+            .role_session_name(&req.session_name)
+            .source_identity(&req.source_identity)
+            .duration_seconds(req.duration_seconds)
+            .policy(&req.policy)
+            .set_external_id(req.external_id.clone());
+        for (k, v) in &req.tags {
+            call = call.tags(
+                aws_sdk_sts::types::Tag::builder()
+                    .key(k)
+                    .value(v)
+                    .build()
+                    .map_err(|_| AwsError::Tag { key: k.clone(), problem: "rejected by the SDK".into() })?,
+            );
+        }
+        for k in &req.transitive_tag_keys {
+            call = call.transitive_tag_keys(k);
+        }
+        for arn in &req.policy_arns {
+            call = call.policy_arns(aws_sdk_sts::types::PolicyDescriptorType::builder().arn(arn).build());
+        }
+        let out = call.send().await.map_err(|e| {
+            let code = e.code().unwrap_or("no_response").to_owned();
+            let refused = matches!(
+                code.as_str(),
+                "AccessDenied"
+                    | "MalformedPolicyDocument"
+                    | "PackedPolicyTooLarge"
+                    | "RegionDisabledException"
+                    | "ExpiredTokenException"
+                    | "ValidationError"
+                    | "InvalidClientTokenId"
+                    | "SignatureDoesNotMatch"
+            );
+            tracing::warn!(code = %code, role_arn = %req.role_arn, "sts:AssumeRole failed");
+            if refused { AwsError::Refused { code } } else { AwsError::Unavailable { code } }
+        })?;
+        let creds = out.credentials.ok_or(AwsError::NoCredentials)?;
+        Ok(AwsSession {
+            access_key_id: creds.access_key_id,
+            secret_access_key: IssuedCredential::new(creds.secret_access_key),
+            session_token: IssuedCredential::new(creds.session_token),
+            sts_expiration: creds.expiration.secs(),
+            assumed_role_arn: out.assumed_role_user.map(|u| u.arn).unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_deterministic_sts_safe_and_bounded() {
+        assert_eq!(sts_name("repo:acme@987654/app@123456789", 64), "repo-acme@987654-app@123456789");
+        let long = format!("repo:acme/{}", "x".repeat(100));
+        let a = sts_name(&long, 64);
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, sts_name(&long, 64));
+        assert_ne!(a, sts_name(&format!("{long}y"), 64));
+        assert!(a.chars().all(sts_charset));
+    }
+
+    #[test]
+    fn tags_are_validated_not_truncated() {
+        assert!(check_tag("Repository", "acme/app").is_ok());
+        assert!(check_tag("Ref", "refs/heads/main").is_ok());
+        assert!(check_tag("Repository", &"a".repeat(257)).is_err());
+        assert!(check_tag("Repository", "a;b").is_err());
+        assert!(check_tag("aws:x", "v").is_err());
+    }
+
+    #[test]
+    fn session_policy_denies_after_the_deadline() {
+        let p: Value = serde_json::from_str(&session_policy(None, "2026-11-23T00:02:00Z")).unwrap();
+        let deny = &p["Statement"][1];
+        assert_eq!(deny["Effect"], "Deny");
+        assert_eq!(deny["Condition"]["DateGreaterThan"]["aws:CurrentTime"], "2026-11-23T00:02:00Z");
+        assert_eq!(p["Statement"][0]["Effect"], "Allow");
+        assert_eq!(duration_for(120), 900);
+        assert_eq!(duration_for(3600), 3600);
+    }
+}

@@ -1,0 +1,133 @@
+"""`ephemera dev`: embedded defaults with a demo issuer, for trying the broker on one machine."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import jwt
+import pytest
+import requests
+
+from harness import GRANT, ID_TOKEN, PARTNER, HTTP_TIMEOUT, STARTUP_TIMEOUT, free_port
+
+
+class DevBroker:
+    def __init__(self, binary, tmp_path):
+        self.tmp = tmp_path
+        self.stderr_path = tmp_path / "dev.stderr"
+        env = dict(os.environ, TMPDIR=str(tmp_path), RUST_LOG="info")
+        for attempt in range(3):
+            port = free_port()
+            self._err = open(self.stderr_path, "wb")
+            self.proc = subprocess.Popen([str(binary), "dev", "--listen", f"127.0.0.1:{port}"],
+                                         stdout=subprocess.DEVNULL, stderr=self._err,
+                                         stdin=subprocess.DEVNULL, env=env)
+            self.url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
+                        return
+                except requests.RequestException:
+                    pass
+                time.sleep(0.05)
+            self.stop()
+            if "cannot listen" not in self.stderr() or attempt == 2:
+                raise RuntimeError(f"dev broker did not start:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._err.close()
+
+    def demo_token(self, overrides: dict | None = None) -> str:
+        r = requests.post(self.url + "/demo/token", json=overrides, timeout=HTTP_TIMEOUT) \
+            if overrides else requests.post(self.url + "/demo/token", timeout=HTTP_TIMEOUT)
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"].startswith("text/plain")
+        return r.text.strip()
+
+    def exchange(self, token: str, role: str = "demo") -> requests.Response:
+        return requests.post(self.url + "/v1/token", data={
+            "grant_type": GRANT, "subject_token": token, "subject_token_type": ID_TOKEN,
+            "audience": role}, timeout=HTTP_TIMEOUT)
+
+
+@pytest.fixture
+def dev(ephemera_bin, tmp_path):
+    d = DevBroker(ephemera_bin, tmp_path)
+    yield d
+    d.stop()
+
+
+def test_dev_says_it_is_not_for_production_and_prints_a_curl(dev):
+    err = dev.stderr()
+    assert re.search(r"not for production", err, re.IGNORECASE), err
+    assert "curl " in err and f"{dev.url}/v1/token" in err
+    assert f"{dev.url}/demo/token" in err
+
+
+def test_dev_demo_exchange_verifies_with_pyjwt(dev):
+    token = dev.demo_token()
+    r = dev.exchange(token)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["token_type"] == "Bearer" and "refresh_token" not in body
+    assert r.headers["Cache-Control"] == "no-store"
+    client = jwt.PyJWKClient(dev.url + "/.well-known/jwks.json", cache_keys=False)
+    key = client.get_signing_key_from_jwt(body["access_token"])
+    claims = jwt.decode(body["access_token"], key.key, algorithms=["ES256"], audience=PARTNER,
+                        issuer=dev.url)
+    demo = jwt.decode(token, options={"verify_signature": False})
+    # sub is the workload's subject as the demo role's profile names it (not necessarily the
+    # token's own `sub` string)
+    assert claims["sub"] and "acme" in claims["sub"] and claims["role"] == "demo"
+    assert claims["src_iss"] == demo["iss"]
+    assert claims["exp"] <= demo["exp"]
+    assert abs(body["expires_in"] - (claims["exp"] - claims["iat"])) <= 1
+    # the broker's discovery document points at that JWKS
+    disco = requests.get(dev.url + "/.well-known/openid-configuration", timeout=HTTP_TIMEOUT).json()
+    assert disco["issuer"] == dev.url
+    assert disco["jwks_uri"] == dev.url + "/.well-known/jwks.json"
+    # and the same demo token a second time is a replay
+    r = dev.exchange(token)
+    assert r.status_code == 400 and r.json()["error_description"].startswith("token_replayed: ")
+
+
+def test_dev_demo_token_for_another_branch_is_denied(dev):
+    r = dev.exchange(dev.demo_token({"ref": "refs/heads/dev"}))
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["error"] == "invalid_target"
+    assert body["error_description"].startswith("policy_denied: ")
+    assert "ref" in body["error_description"] and "refs/heads/dev" in body["error_description"]
+    # twin
+    assert dev.exchange(dev.demo_token({"ref": "refs/heads/main"})).status_code == 200
+
+
+def test_dev_demo_issuer_rejects_non_object_overrides(dev):
+    r = requests.post(dev.url + "/demo/token", data="[1,2]", timeout=HTTP_TIMEOUT)
+    assert r.status_code == 400
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None,
+                    reason="curl and bash are needed to run the printed command")
+def test_dev_printed_curl_works(dev):
+    lines = [ln.strip() for ln in dev.stderr().splitlines() if ln.strip().startswith("curl ")]
+    assert len(lines) >= 2, dev.stderr()
+    out = subprocess.run(["bash", "-c", lines[0]], capture_output=True, text=True, timeout=60)
+    assert '"access_token"' in out.stdout, out
+    out = subprocess.run(["bash", "-c", lines[1]], capture_output=True, text=True, timeout=60)
+    assert "policy_denied" in out.stdout, out
