@@ -76,6 +76,8 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Exchange an assertion at a broker and print the credential (client side).
+    Exchange(crate::client::ExchangeArgs),
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -90,11 +92,35 @@ pub enum AuditCommand {
 }
 
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // These crates print request and response bodies (credentials, tokens) at debug and trace:
+    // they are capped at info whatever RUST_LOG says.
+    for capped in CAPPED_LOG_TARGETS {
+        if let Ok(d) = format!("{capped}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json { b.json().try_init() } else { b.try_init() };
 }
+
+/// Log targets never shown below info (they would print credentials).
+pub const CAPPED_LOG_TARGETS: &[&str] = &[
+    "aws_smithy_runtime",
+    "aws_smithy_http_client",
+    "aws_smithy_runtime_api",
+    "aws_sdk_sts",
+    "aws_config",
+    "aws_runtime",
+    "aws_sigv4",
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "h2",
+    "rustls",
+    "gcp_auth",
+];
 
 /// Builds a broker from a checked config.
 pub async fn build_broker(
@@ -188,6 +214,7 @@ async fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Command::Exchange(args) => crate::client::run(args).await,
         Command::Audit { command: AuditCommand::Verify { file } } => match crate::audit::verify_chain(&file) {
             Ok(n) => {
                 println!("ok: {n} records, hash chain intact");

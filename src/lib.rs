@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod dev;
