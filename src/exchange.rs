@@ -536,6 +536,7 @@ impl Broker {
         let outcome = match req {
             Err(e) => Err(e),
             Ok(req) => {
+                tracing::trace!(request_id, role = %ephemera_providers::error::escape_untrusted(&req.role, 64), token_bytes = req.subject_token.len(), "exchange request parsed");
                 rec.role = Some(ephemera_providers::error::escape_untrusted(&req.role, 64));
                 // Verification (and any issuer fetch it needs) runs under the request timeout, so a
                 // slow issuer ends in an answered, audited 503; granting is bounded by its own calls.
@@ -551,6 +552,13 @@ impl Broker {
                     rec.assertion_expires_at = Some(t.expires_at);
                 }
                 rec.task = trace.workload.as_ref().map(|w| w.task.clone());
+                tracing::trace!(
+                    request_id,
+                    provider = ?trace.provider,
+                    checks_passed = trace.checks.iter().filter(|c| c.status == "pass").count(),
+                    allow = result.is_ok(),
+                    "exchange evaluated"
+                );
                 match result {
                     Ok(allowed) => self.grant(allowed, &mut rec).await,
                     Err(e) => Err(e),

@@ -631,6 +631,35 @@ fn lint(role: &str, profile: Profile, conditions: &[Condition], raw_policy: bool
             (pinned("sub") || pinned("email"), "`sub` (or a verified `email`) with an exact value")
         }
         Profile::Oidc => (pinned("sub"), "`sub` with an exact value"),
+        Profile::Nitro => {
+            let pcrs: Vec<&Condition> =
+                conditions.iter().filter(|c| c.claim.starts_with("pcr") && c.matcher.is_exact()).collect();
+            for c in &pcrs {
+                if let Matcher::Exact(v) = &c.matcher {
+                    if v.len() != 96 || !v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                        out.push(finding(
+                            role,
+                            "error",
+                            "pcr_invalid",
+                            format!("condition {}: a PCR is 48 bytes as 96 lower-case hex digits", c.claim),
+                        ));
+                    } else if v.bytes().all(|b| b == b'0') {
+                        out.push(finding(
+                            role,
+                            "error",
+                            "pcr_zero",
+                            format!("condition {}: an all-zero PCR is a debug enclave's; it pins nothing", c.claim),
+                        ));
+                    }
+                }
+            }
+            (!pcrs.is_empty(), "a PCR (`pcr0`, `pcr1`, `pcr2`, `pcr8` …) with an exact, non-zero value")
+        }
+        Profile::Ec2Iid => (pinned("accountId"), "`accountId` with an exact value"),
+        Profile::X509Pop => (
+            pinned("spiffe_id") || pinned("subject_cn") || pinned("subject_dn"),
+            "`spiffe_id` (or `subject_cn`, `subject_dn`) with an exact value",
+        ),
     };
     let _ = raw_policy;
     match (ok, allow_broad) {

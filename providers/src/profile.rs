@@ -27,7 +27,60 @@ pub enum Profile {
     Kubernetes,
     Gcp,
     Oidc,
+    /// AWS Nitro Enclaves attestation documents (verified by the attestation crate).
+    Nitro,
+    /// EC2 instance identity documents.
+    Ec2Iid,
+    /// X.509 proof of possession over a broker nonce.
+    X509Pop,
 }
+
+/// Attribute names of the attestation profiles (all optional strings in Cedar).
+const NITRO_ATTRS: &[&str] = &[
+    "module_id",
+    "digest",
+    "debug",
+    "user_data",
+    "pcr0",
+    "pcr1",
+    "pcr2",
+    "pcr3",
+    "pcr4",
+    "pcr5",
+    "pcr6",
+    "pcr7",
+    "pcr8",
+    "pcr9",
+    "pcr10",
+    "pcr11",
+    "pcr12",
+    "pcr13",
+    "pcr14",
+    "pcr15",
+];
+const EC2_ATTRS: &[&str] = &[
+    "accountId",
+    "region",
+    "instanceId",
+    "imageId",
+    "instanceType",
+    "privateIp",
+    "availabilityZone",
+    "architecture",
+    "pendingTime",
+];
+const X509_ATTRS: &[&str] = &[
+    "spiffe_id",
+    "subject_dn",
+    "subject_cn",
+    "subject_o",
+    "subject_ou",
+    "subject_c",
+    "issuer_dn",
+    "serial",
+    "dns_sans",
+    "uri_sans",
+];
 
 /// How a normalised attribute is read from the token and checked.
 #[derive(Debug, Clone, Copy)]
@@ -179,9 +232,12 @@ impl Profile {
             "kubernetes" => Ok(Profile::Kubernetes),
             "gcp" => Ok(Profile::Gcp),
             "oidc" => Ok(Profile::Oidc),
-            other => {
-                Err(format!("unknown profile `{other}` (expected github-actions, gitlab, kubernetes, gcp or oidc)"))
-            }
+            "nitro" => Ok(Profile::Nitro),
+            "aws-ec2-iid" => Ok(Profile::Ec2Iid),
+            "x509-pop" => Ok(Profile::X509Pop),
+            other => Err(format!(
+                "unknown profile `{other}` (expected github-actions, gitlab, kubernetes, gcp, oidc, nitro, aws-ec2-iid or x509-pop)"
+            )),
         }
     }
 
@@ -192,11 +248,37 @@ impl Profile {
             Profile::Kubernetes => "kubernetes",
             Profile::Gcp => "gcp",
             Profile::Oidc => "oidc",
+            Profile::Nitro => "nitro",
+            Profile::Ec2Iid => "aws-ec2-iid",
+            Profile::X509Pop => "x509-pop",
         }
     }
 
-    pub const ALL: [Profile; 5] =
-        [Profile::GithubActions, Profile::Gitlab, Profile::Kubernetes, Profile::Gcp, Profile::Oidc];
+    /// True for the attestation profiles (their providers verify documents, not OIDC tokens).
+    pub fn is_attestation(self) -> bool {
+        matches!(self, Profile::Nitro | Profile::Ec2Iid | Profile::X509Pop)
+    }
+
+    /// The `subject_token_type` this profile's assertions come as.
+    pub fn token_types(self) -> &'static [&'static str] {
+        match self {
+            Profile::Nitro => &["urn:ephemera:token-type:nitro-attestation"],
+            Profile::Ec2Iid => &["urn:ephemera:token-type:aws-ec2-iid"],
+            Profile::X509Pop => &["urn:ephemera:token-type:x509-pop"],
+            _ => &["urn:ietf:params:oauth:token-type:id_token", "urn:ietf:params:oauth:token-type:jwt"],
+        }
+    }
+
+    pub const ALL: [Profile; 8] = [
+        Profile::GithubActions,
+        Profile::Gitlab,
+        Profile::Kubernetes,
+        Profile::Gcp,
+        Profile::Oidc,
+        Profile::Nitro,
+        Profile::Ec2Iid,
+        Profile::X509Pop,
+    ];
 
     /// The Cedar entity type of this profile's workloads.
     pub fn entity_type(self) -> &'static str {
@@ -206,6 +288,9 @@ impl Profile {
             Profile::Kubernetes => "KubernetesWorkload",
             Profile::Gcp => "GcpWorkload",
             Profile::Oidc => "OidcWorkload",
+            Profile::Nitro => "NitroWorkload",
+            Profile::Ec2Iid => "Ec2Workload",
+            Profile::X509Pop => "X509Workload",
         }
     }
 
@@ -215,13 +300,19 @@ impl Profile {
             Profile::Gitlab => GITLAB,
             Profile::Kubernetes => KUBERNETES,
             Profile::Gcp => GCP,
-            Profile::Oidc => &[],
+            Profile::Oidc | Profile::Nitro | Profile::Ec2Iid | Profile::X509Pop => &[],
         }
     }
 
     /// Normalised attribute names, each with whether the profile requires it.
     pub fn attributes(self) -> impl Iterator<Item = (&'static str, bool)> {
-        self.table().iter().map(|a| (a.name, a.required))
+        let evidence: &'static [&'static str] = match self {
+            Profile::Nitro => NITRO_ATTRS,
+            Profile::Ec2Iid => EC2_ATTRS,
+            Profile::X509Pop => X509_ATTRS,
+            _ => &[],
+        };
+        self.table().iter().map(|a| (a.name, a.required)).chain(evidence.iter().map(|n| (*n, false)))
     }
 
     /// The largest `exp - iat` this platform's tokens should have.
@@ -229,6 +320,7 @@ impl Profile {
         match self {
             Profile::GithubActions | Profile::Gcp => 3600,
             Profile::Gitlab | Profile::Kubernetes | Profile::Oidc => 24 * 3600,
+            Profile::Nitro | Profile::Ec2Iid | Profile::X509Pop => 300,
         }
     }
 
@@ -248,6 +340,7 @@ impl Profile {
             }
             Profile::Gcp => issuer == "https://accounts.google.com",
             Profile::Gitlab | Profile::Kubernetes | Profile::Oidc => u.scheme() == "https",
+            Profile::Nitro | Profile::Ec2Iid | Profile::X509Pop => true,
         };
         if ok {
             Ok(())
@@ -349,6 +442,12 @@ impl Profile {
                 (subject, task)
             }
             Profile::Oidc => (sub.clone(), fallback_task()),
+            Profile::Nitro | Profile::Ec2Iid | Profile::X509Pop => {
+                return Err(VerifyError::LegacyToken {
+                    slug: "unsupported_token_type",
+                    what: "attestation profiles take attestation documents, not JWT claims",
+                });
+            }
         };
         Ok(Workload { subject, task, attributes })
     }
