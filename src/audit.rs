@@ -51,6 +51,9 @@ pub struct AuditRecord {
     pub assertion_expires_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialRecord>,
+    /// The evidence could be replayed (an EC2 instance identity document).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayable: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

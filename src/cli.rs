@@ -15,6 +15,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `println!` that does not panic when stdout is closed (`ephemera explain … | head`).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+pub(crate) use outln;
+
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -37,6 +46,12 @@ pub enum TokenTypeArg {
     IdToken,
     /// A JWT
     Jwt,
+    /// An AWS Nitro Enclaves attestation document (raw CBOR or base64)
+    NitroAttestation,
+    /// An X.509 proof of possession (compact JWS with x5c)
+    X509Pop,
+    /// An EC2 instance identity document (PKCS#7, or the JSON document + signature form)
+    AwsEc2Iid,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,9 +219,9 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 for f in &c.findings {
-                    println!("{}: role `{}`: {}: {}", f.severity, f.role, f.code, f.message);
+                    outln!("{}: role `{}`: {}: {}", f.severity, f.role, f.code, f.message);
                 }
-                println!("ok: {} provider(s), {} role(s), version {}", c.providers.len(), c.roles.len(), c.version);
+                outln!("ok: {} provider(s), {} role(s), version {}", c.providers.len(), c.roles.len(), c.version);
                 ExitCode::from(EXIT_OK)
             }
             Err(e) => {
@@ -217,7 +232,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Exchange(args) => crate::client::run(args).await,
         Command::Audit { command: AuditCommand::Verify { file } } => match crate::audit::verify_chain(&file) {
             Ok(n) => {
-                println!("ok: {n} records, hash chain intact");
+                outln!("ok: {n} records, hash chain intact");
                 ExitCode::from(EXIT_OK)
             }
             Err(e) => {
@@ -434,9 +449,16 @@ async fn explain(
     };
     let (trace, result, claims) = match input {
         Input::Token(path) => {
-            let token = match read(&path) {
-                Ok(t) => t.trim().to_owned(),
-                Err(code) => return code,
+            // A token file holds text (JWT, base64) or, for attestation documents, raw bytes.
+            let token = match std::fs::read(&path) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(t) => t.trim().to_owned(),
+                    Err(e) => base64::Engine::encode(&base64::engine::general_purpose::STANDARD, e.into_bytes()),
+                },
+                Err(e) => {
+                    eprintln!("error: {}: {e}", path.display());
+                    return ExitCode::from(EXIT_USAGE);
+                }
             };
             // The claims as the token carries them, for the closest-role search only.
             let claims = token
@@ -448,6 +470,9 @@ async fn explain(
             let subject_token_type = match token_type {
                 TokenTypeArg::IdToken => TOKEN_TYPE_ID_TOKEN,
                 TokenTypeArg::Jwt => TOKEN_TYPE_JWT,
+                TokenTypeArg::NitroAttestation => "urn:ephemera:token-type:nitro-attestation",
+                TokenTypeArg::X509Pop => "urn:ephemera:token-type:x509-pop",
+                TokenTypeArg::AwsEc2Iid => "urn:ephemera:token-type:aws-ec2-iid",
             };
             let req = ExchangeRequest {
                 subject_token: SubjectToken::new(token),
@@ -490,28 +515,23 @@ async fn explain(
             "trace": trace,
             "closest_roles": closest,
         });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
         print_trace(&trace, allow, reason, description.as_deref());
         for c in &closest {
-            println!("closest role {}: {}", c["role"].as_str().unwrap_or_default(), c["failed"]);
+            outln!("closest role {}: {}", c["role"].as_str().unwrap_or_default(), c["failed"]);
         }
     }
     ExitCode::from(if allow { EXIT_OK } else { EXIT_DENY })
 }
 
 fn print_trace(t: &Trace, allow: bool, reason: Option<&str>, description: Option<&str>) {
-    println!(
-        "role {} (provider {}, profile {})",
-        t.role,
-        t.provider.as_deref().unwrap_or("-"),
-        t.profile.unwrap_or("-")
-    );
-    println!("broker clock {} ({})   config version {}", t.now, t.now_rfc3339, t.config_version);
+    outln!("role {} (provider {}, profile {})", t.role, t.provider.as_deref().unwrap_or("-"), t.profile.unwrap_or("-"));
+    outln!("broker clock {} ({})   config version {}", t.now, t.now_rfc3339, t.config_version);
     if let Some(tok) = &t.token {
         let nbf = tok.not_before.map_or_else(|| "-".to_owned(), |n| format!("{n} ({})", rfc3339(n)));
-        println!("token iss {} sub {} aud {}", tok.issuer, tok.subject, tok.audience);
-        println!(
+        outln!("token iss {} sub {} aud {}", tok.issuer, tok.subject, tok.audience);
+        outln!(
             "      iat {} ({}) nbf {} exp {} ({}) alg {} kid {}",
             tok.issued_at,
             rfc3339(tok.issued_at),
@@ -523,27 +543,33 @@ fn print_trace(t: &Trace, allow: bool, reason: Option<&str>, description: Option
         );
     }
     if !t.checks.is_empty() {
-        println!("verification:");
+        outln!("verification:");
         for c in &t.checks {
             let mark = match c.status {
                 "pass" => "pass",
                 "fail" => "FAIL",
                 _ => "  - ",
             };
-            println!("  {mark}  {:<11} {}", c.check.to_string(), c.detail.as_deref().unwrap_or(c.description));
+            outln!("  {mark}  {:<11} {}", c.check.to_string(), c.detail.as_deref().unwrap_or(c.description));
+        }
+    }
+    if let Some(ev) = &t.evidence {
+        outln!("evidence:");
+        for (k, v) in ev {
+            outln!("  {k} = {}", v.as_str().unwrap_or_default());
         }
     }
     if let Some(w) = &t.workload {
-        println!("workload {} task {}", w.subject, w.task);
+        outln!("workload {} task {}", w.subject, w.task);
     }
     if let Some(d) = &t.decision {
-        println!("conditions:");
+        outln!("conditions:");
         if d.conditions.is_empty() {
-            println!("  (none)");
+            outln!("  (none)");
         }
         for c in &d.conditions {
             let got = c.got.as_deref().map_or_else(|| "(missing)".to_owned(), |g| format!("`{g}`"));
-            println!(
+            outln!(
                 "  {}  {} = `{}`   got {}{}",
                 if c.pass { "pass" } else { "FAIL" },
                 c.claim,
@@ -555,17 +581,17 @@ fn print_trace(t: &Trace, allow: bool, reason: Option<&str>, description: Option
     }
     if let Some(d) = &t.decision {
         if !d.policies.is_empty() {
-            println!("cedar policies that decided: {}", d.policies.join(", "));
+            outln!("cedar policies that decided: {}", d.policies.join(", "));
         }
         for e in &d.errors {
-            println!("policy error: {e}");
+            outln!("policy error: {e}");
         }
     }
     if let Some(l) = t.lifetime {
-        println!("credential lifetime {l}s");
+        outln!("credential lifetime {l}s");
     }
     match (allow, reason) {
-        (true, _) => println!("decision: ALLOW"),
-        (false, r) => println!("decision: DENY ({})\n  {}", r.unwrap_or("-"), description.unwrap_or("")),
+        (true, _) => outln!("decision: ALLOW"),
+        (false, r) => outln!("decision: DENY ({})\n  {}", r.unwrap_or("-"), description.unwrap_or("")),
     }
 }

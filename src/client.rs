@@ -10,6 +10,7 @@
 //! Exit codes: 0 ok, 1 the broker refused or could not be reached (its `error_description` on
 //! stderr), 2 usage (no assertion, bad arguments).
 
+use crate::cli::outln;
 use crate::secret::SubjectToken;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
@@ -137,7 +138,7 @@ pub async fn run(a: ExchangeArgs) -> ExitCode {
     }
     match render(&v, a.format) {
         Ok(out) => {
-            println!("{out}");
+            outln!("{out}");
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, e),

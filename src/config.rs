@@ -93,7 +93,10 @@ pub struct RawJwks {
 pub struct RawProvider {
     pub name: String,
     pub profile: String,
+    /// OIDC providers: the issuer (attestation providers have none).
+    #[serde(default)]
     pub issuer: String,
+    #[serde(default)]
     pub audiences: Vec<String>,
     pub algorithms: Option<Vec<String>>,
     pub jwks_file: Option<PathBuf>,
@@ -110,6 +113,48 @@ pub struct RawProvider {
     /// Accept tokens whose `aud` array also names other audiences.
     #[serde(default)]
     pub allow_multiple_audiences: bool,
+    /// nitro: the AWS Nitro Enclaves root certificate (PEM), and optionally its SHA-256 to pin.
+    pub root_cert_file: Option<PathBuf>,
+    pub root_sha256: Option<String>,
+    /// nitro: how old a document may be (default 5m).
+    pub max_age: Option<String>,
+    /// nitro: the document must carry an outstanding broker nonce (default true).
+    pub require_nonce: Option<bool>,
+    /// aws-ec2-iid: AWS's published certificates valid for any region.
+    #[serde(default)]
+    pub certificate_files: Vec<PathBuf>,
+    /// aws-ec2-iid: AWS's published certificates per region.
+    #[serde(default)]
+    pub certificates: Vec<RawRegionCertificate>,
+    /// aws-ec2-iid: accept DSA-SHA1 and RSA under 2048 bits.
+    #[serde(default)]
+    pub allow_legacy_crypto: bool,
+    /// x509-pop: the CAs that issue workload certificates (PEM).
+    #[serde(default)]
+    pub trust_anchor_files: Vec<PathBuf>,
+    /// x509-pop: CRLs (DER or PEM).
+    #[serde(default)]
+    pub crl_files: Vec<PathBuf>,
+    /// x509-pop: revoked serials (hex).
+    #[serde(default)]
+    pub revoked_serials: Vec<String>,
+    /// x509-pop: the `aud` a proof must carry (default: the broker's issuer).
+    pub pop_audience: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegionCertificate {
+    pub region: String,
+    pub file: PathBuf,
+}
+
+/// How an attestation provider verifies its documents.
+#[derive(Debug)]
+pub enum Attestor {
+    Nitro(ephemera_attestation::nitro::NitroVerifier),
+    Ec2(ephemera_attestation::ec2::IidVerifier),
+    X509(ephemera_attestation::x509pop::PopVerifier),
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +170,12 @@ pub struct RawRole {
     /// Accept a role that does not pin the workload's identity.
     #[serde(default)]
     pub allow_broad: bool,
+    /// nitro: admit debug-mode enclaves (all-zero PCR0..2).
+    #[serde(default)]
+    pub allow_debug: bool,
+    /// aws-ec2-iid: accept evidence that can be replayed for the instance's life.
+    #[serde(default)]
+    pub accept_replayable: bool,
     pub credential: RawCredential,
 }
 
@@ -267,6 +318,10 @@ pub struct Provider {
     pub profile: Profile,
     pub rules: TokenRules,
     pub source: KeySource,
+    /// Attestation providers: the verifier (OIDC providers: `None`).
+    pub attestor: Option<Attestor>,
+    /// Attestation providers: a broker nonce is required and consumed.
+    pub require_nonce: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -513,7 +568,16 @@ impl Config {
                 policy: r.policy.clone(),
                 credential,
                 allow_broad: r.allow_broad,
+                allow_debug: r.allow_debug,
             };
+            if spec.provider.profile == Profile::Ec2Iid && !r.accept_replayable {
+                errs.push(format!(
+                    "{key}.accept_replayable: an EC2 instance identity document can be replayed for the life of the instance; say `accept_replayable = true` to accept it (Nitro or X.509 proof of possession prove freshness)"
+                ));
+            }
+            if r.allow_debug && spec.provider.profile != Profile::Nitro {
+                errs.push(format!("{key}.allow_debug: only for nitro roles"));
+            }
             match engine.compile(spec) {
                 Ok((role, found)) => {
                     for f in found {
@@ -590,6 +654,9 @@ fn check_provider(
         errs.push(format!("{key}.name: must not be empty"));
     }
     let profile = Profile::parse(&p.profile).map_err(|e| errs.push(format!("{key}.profile: {e}"))).ok();
+    if let Some(profile) = profile.filter(|p| p.is_attestation()) {
+        return check_attestation_provider(key, p, profile, broker_issuer, resolve, errs);
+    }
     match fetch::validate_issuer(&p.issuer) {
         Ok(_) => {}
         Err(e) if e.contains("http on a host") && p.allow_insecure_issuer && p.jwks_file.is_some() => {}
@@ -671,7 +738,165 @@ fn check_provider(
     if errs.len() > before {
         return None;
     }
-    Some(Provider { name: p.name.clone(), profile: profile?, rules, source: source? })
+    Some(Provider {
+        name: p.name.clone(),
+        profile: profile?,
+        rules,
+        source: source?,
+        attestor: None,
+        require_nonce: false,
+    })
+}
+
+fn read_certs(key: &str, path: &Path, errs: &mut Vec<String>) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    match CertificateDer::pem_file_iter(path) {
+        Ok(it) => {
+            let certs: Result<Vec<_>, _> = it.collect();
+            match certs {
+                Ok(c) if !c.is_empty() => c,
+                Ok(_) => {
+                    errs.push(format!("{key}: {}: no PEM certificate", path.display()));
+                    vec![]
+                }
+                Err(e) => {
+                    errs.push(format!("{key}: {}: {e}", path.display()));
+                    vec![]
+                }
+            }
+        }
+        Err(e) => {
+            errs.push(format!("{key}: {}: {e}", path.display()));
+            vec![]
+        }
+    }
+}
+
+fn check_attestation_provider(
+    key: &str,
+    p: &RawProvider,
+    profile: Profile,
+    broker_issuer: &str,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    errs: &mut Vec<String>,
+) -> Option<Provider> {
+    use ephemera_attestation::{ec2, nitro, x509pop};
+    let before = errs.len();
+    if !p.issuer.is_empty() || !p.audiences.is_empty() || p.jwks_file.is_some() || p.jwks_uri.is_some() {
+        errs.push(format!("{key}: issuer, audiences and jwks_* are for OIDC providers, not `{}`", profile.name()));
+    }
+    let digest =
+        |b: &[u8]| ephemera_providers::verify::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref());
+    let (attestor, issuer) = match profile {
+        Profile::Nitro => {
+            let Some(file) = &p.root_cert_file else {
+                errs.push(format!("{key}.root_cert_file: required (the AWS Nitro Enclaves root G1, PEM)"));
+                return None;
+            };
+            let root = read_certs(&format!("{key}.root_cert_file"), &resolve(file), errs).into_iter().next()?;
+            let der = root.as_ref().to_vec();
+            let fingerprint = digest(&der);
+            let verifier = match &p.root_sha256 {
+                Some(pin) => nitro::NitroVerifier::with_pinned_sha256(der, pin),
+                None => nitro::NitroVerifier::new(der),
+            };
+            match verifier {
+                Ok(mut v) => {
+                    if let Some(age) =
+                        p.max_age.as_deref().and_then(|a| parse_duration(&format!("{key}.max_age"), a, errs))
+                    {
+                        v.max_age_secs = age.as_secs();
+                    }
+                    v.require_nonce = p.require_nonce.unwrap_or(true);
+                    (Attestor::Nitro(v), format!("urn:ephemera:nitro:{fingerprint}"))
+                }
+                Err(e) => {
+                    errs.push(format!("{key}.root_cert_file: {e}"));
+                    return None;
+                }
+            }
+        }
+        Profile::Ec2Iid => {
+            let mut certs = Vec::new();
+            for f in &p.certificate_files {
+                certs.extend(
+                    read_certs(&format!("{key}.certificate_files"), &resolve(f), errs)
+                        .into_iter()
+                        .map(|c| ("*".to_owned(), c)),
+                );
+            }
+            for c in &p.certificates {
+                certs.extend(
+                    read_certs(&format!("{key}.certificates"), &resolve(&c.file), errs)
+                        .into_iter()
+                        .map(|d| (c.region.clone(), d)),
+                );
+            }
+            if certs.is_empty() {
+                errs.push(format!("{key}: certificate_files or certificates: AWS's published certificates are required (none is built in)"));
+                return None;
+            }
+            match ec2::IidVerifier::new(certs) {
+                Ok(mut v) => {
+                    v.allow_legacy_crypto = p.allow_legacy_crypto;
+                    (Attestor::Ec2(v), "urn:ephemera:aws-ec2-iid".to_owned())
+                }
+                Err(e) => {
+                    errs.push(format!("{key}.certificates: {e}"));
+                    return None;
+                }
+            }
+        }
+        _ => {
+            let mut anchors = Vec::new();
+            for f in &p.trust_anchor_files {
+                anchors.extend(read_certs(&format!("{key}.trust_anchor_files"), &resolve(f), errs));
+            }
+            if anchors.is_empty() {
+                errs.push(format!("{key}.trust_anchor_files: at least one CA certificate is required"));
+                return None;
+            }
+            let fingerprint =
+                digest(anchors.iter().flat_map(|a| a.as_ref().iter().copied()).collect::<Vec<u8>>().as_slice());
+            let audience = p.pop_audience.clone().unwrap_or_else(|| broker_issuer.to_owned());
+            let mut crls = Vec::new();
+            for f in &p.crl_files {
+                match std::fs::read(resolve(f)) {
+                    Ok(b) => crls.push(b),
+                    Err(e) => errs.push(format!("{key}.crl_files: {}: {e}", f.display())),
+                }
+            }
+            let verifier = x509pop::PopVerifier::new(anchors, audience)
+                .and_then(|v| if crls.is_empty() { Ok(v) } else { v.with_crls(&crls) })
+                .map(|v| v.with_revoked_serials(p.revoked_serials.iter()));
+            match verifier {
+                Ok(v) => (Attestor::X509(v), format!("urn:ephemera:x509-pop:{}", &fingerprint[..32])),
+                Err(e) => {
+                    errs.push(format!("{key}: {e}"));
+                    return None;
+                }
+            }
+        }
+    };
+    let require_nonce = match profile {
+        Profile::Nitro => p.require_nonce.unwrap_or(true),
+        Profile::X509Pop => true,
+        _ => false,
+    };
+    let mut rules = TokenRules::new(issuer, vec![]);
+    rules.leeway = opt_secs(&format!("{key}.leeway"), &p.leeway, 5, errs);
+    if errs.len() > before {
+        return None;
+    }
+    Some(Provider {
+        name: p.name.clone(),
+        profile,
+        rules,
+        source: KeySource::Pinned(Arc::new(KeySet::default())),
+        attestor: Some(attestor),
+        require_nonce,
+    })
 }
 
 #[cfg(test)]

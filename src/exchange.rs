@@ -14,7 +14,7 @@ use crate::secret::{IssuedCredential, SubjectToken};
 use crate::state::{Mark, StateError, StateStore};
 use ephemera_providers::profile::Workload;
 use ephemera_providers::verify::{check_claims, precheck, verify_jws_signature};
-use ephemera_providers::{CHECKS, Check, KeyCache, VerifiedToken, VerifyError};
+use ephemera_providers::{CHECKS, KeyCache, VerifiedToken, VerifyError};
 use serde::Serialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -114,6 +114,12 @@ pub enum ExchangeError {
     RateLimited,
     #[error("{0}")]
     Tag(String),
+    #[error("{0}")]
+    Attestation(ephemera_attestation::AttestationError),
+    #[error("debug-mode enclave (PCR0..2 all zero) refused; the role does not say allow_debug")]
+    DebugEnclave,
+    #[error("{0}")]
+    NonceInvalid(&'static str),
     #[error("the exchange took longer than {0} s (an issuer slow to answer?)")]
     Timeout(u64),
     #[error("{message}")]
@@ -183,6 +189,9 @@ impl ExchangeError {
             ExchangeError::Mint(_) => (503, "temporarily_unavailable", "mint_failed"),
             ExchangeError::RateLimited => (429, "temporarily_unavailable", "rate_limited"),
             ExchangeError::Tag(_) => (400, "invalid_request", "tag_invalid"),
+            ExchangeError::Attestation(e) => (400, "invalid_request", e.slug()),
+            ExchangeError::DebugEnclave => (400, "invalid_request", "debug_enclave"),
+            ExchangeError::NonceInvalid(_) => (400, "invalid_request", "nonce_invalid"),
             ExchangeError::Timeout(_) => (503, "temporarily_unavailable", "request_timeout"),
             ExchangeError::Upstream { retryable: true, .. } => (503, "temporarily_unavailable", "upstream_unavailable"),
             ExchangeError::Upstream { retryable: false, .. } => (502, "server_error", "upstream_refused"),
@@ -236,7 +245,7 @@ pub fn parse_form(body: &[u8]) -> Result<ExchangeRequest, ExchangeError> {
 /// How one verification check fared.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckOutcome {
-    pub check: Check,
+    pub check: String,
     pub description: &'static str,
     /// `pass`, `fail` or `not_reached`.
     pub status: &'static str,
@@ -279,6 +288,9 @@ pub struct Trace {
     pub lifetime: Option<i64>,
     /// The config (and so policy) version the decision was taken under.
     pub config_version: String,
+    /// Attestation: the evidence attributes policy saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Trace {
@@ -296,7 +308,7 @@ impl Trace {
                 } else {
                     ("pass", None)
                 };
-                CheckOutcome { check: c, description: c.describe(), status, detail }
+                CheckOutcome { check: c.to_string(), description: c.describe(), status, detail }
             })
             .collect();
     }
@@ -307,10 +319,22 @@ impl Trace {
 #[derive(Debug)]
 pub struct Allowed {
     pub role: Arc<Role>,
-    pub token: VerifiedToken,
     pub workload: Workload,
     pub lifetime: i64,
     pub now: i64,
+    /// What single use is keyed by, and until when it is remembered.
+    pub replay_id: String,
+    pub replay_until: i64,
+    /// The assertion's issuer (for attestation, the provider's synthetic issuer).
+    pub issuer: String,
+    /// The claims (or evidence attributes) as verified.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// RFC 7800 confirmation for a broker JWT: (member, value).
+    pub cnf: Option<(&'static str, String)>,
+    /// A broker nonce (base64url) to consume with the grant.
+    pub nonce: Option<String>,
+    /// The evidence can be replayed (EC2 instance identity documents).
+    pub replayable: bool,
 }
 
 /// The RFC 8693 success response.
@@ -423,11 +447,9 @@ impl Broker {
         now: i64,
         trace: &mut Trace,
     ) -> Result<Allowed, ExchangeError> {
-        match req.subject_token_type.as_str() {
-            TOKEN_TYPE_ID_TOKEN | TOKEN_TYPE_JWT => {}
-            t => {
-                return Err(ExchangeError::UnsupportedTokenType(ephemera_providers::error::escape_untrusted(t, 80)));
-            }
+        let t = req.subject_token_type.as_str();
+        if !(t == TOKEN_TYPE_ID_TOKEN || t == TOKEN_TYPE_JWT || ATTESTATION_TOKEN_TYPES.contains(&t)) {
+            return Err(ExchangeError::UnsupportedTokenType(ephemera_providers::error::escape_untrusted(t, 80)));
         }
         let config = self.config();
         let role =
@@ -437,6 +459,17 @@ impl Broker {
         let provider = role.provider.clone();
         trace.provider = Some(provider.name.clone());
         trace.profile = Some(provider.profile.name());
+        if !provider.profile.token_types().contains(&t) {
+            return Err(ExchangeError::UnsupportedTokenType(format!(
+                "{} (role `{}` takes {})",
+                ephemera_providers::error::escape_untrusted(t, 80),
+                role.name,
+                provider.profile.token_types().join(" or ")
+            )));
+        }
+        if let Some(attestor) = &provider.attestor {
+            return self.evaluate_attestation(req, role.clone(), attestor, now, trace);
+        }
         let verified = self.verify(&provider, &req.subject_token, now).await;
         trace.record_checks(verified.as_ref().err());
         let token = verified.map_err(ExchangeError::Token)?;
@@ -454,7 +487,101 @@ impl Broker {
         trace.workload = Some(workload.clone());
         self.decide_and_bound(&role, &workload, &token.claims, (now, token.issued_at, token.expires_at), trace)?;
         let lifetime = trace.lifetime.unwrap_or(0);
-        Ok(Allowed { role, token, workload, lifetime, now })
+        let replay_until = token.expires_at + role.provider.rules.leeway as i64;
+        Ok(Allowed {
+            role,
+            workload,
+            lifetime,
+            now,
+            replay_id: token.replay_id,
+            replay_until,
+            issuer: token.issuer,
+            claims: token.claims,
+            cnf: None,
+            nonce: None,
+            replayable: false,
+        })
+    }
+
+    /// Steps 2–6 for an attestation document: verify it, read the workload from the evidence,
+    /// decide, bound. The nonce is only checked for presence here; it is consumed with the grant.
+    fn evaluate_attestation(
+        &self,
+        req: &ExchangeRequest,
+        role: Arc<Role>,
+        attestor: &crate::config::Attestor,
+        now: i64,
+        trace: &mut Trace,
+    ) -> Result<Allowed, ExchangeError> {
+        use crate::config::Attestor;
+        use ephemera_attestation::nitro;
+        let token = req.subject_token.expose();
+        let verified = match attestor {
+            Attestor::Nitro(v) => {
+                nitro::decode_document_text(token, v.max_document_bytes).and_then(|doc| v.verify(&doc, now))
+            }
+            Attestor::Ec2(v) => v.verify(token.as_bytes(), now),
+            Attestor::X509(v) => v.verify(token, now),
+        };
+        trace.checks = vec![CheckOutcome {
+            check: "attestation".into(),
+            description: "document structure, signature, certificate chain to the pinned root at its time and now, freshness",
+            status: if verified.is_ok() { "pass" } else { "fail" },
+            detail: verified.as_ref().err().map(ToString::to_string),
+        }];
+        let evidence = verified.map_err(ExchangeError::Attestation)?;
+        let provider = &role.provider;
+        // Evidence attributes as policy strings (lists joined with `,`), beside `iss` and `sub`.
+        let mut attributes = std::collections::BTreeMap::new();
+        let mut claims = serde_json::Map::new();
+        for (k, v) in evidence.attributes() {
+            let text = match v {
+                serde_json::Value::Array(a) => {
+                    Some(a.iter().filter_map(ephemera_providers::profile::scalar_text).collect::<Vec<_>>().join(","))
+                }
+                other => ephemera_providers::profile::scalar_text(other),
+            };
+            if let Some(t) = text {
+                attributes.insert(k.clone(), t.clone());
+                claims.insert(k.clone(), serde_json::Value::String(t));
+            }
+        }
+        claims.insert("iss".into(), serde_json::Value::String(provider.rules.issuer.clone()));
+        claims.insert("sub".into(), serde_json::Value::String(evidence.subject().to_owned()));
+        trace.evidence = Some(claims.clone());
+        let workload = Workload {
+            subject: evidence.subject().to_owned(),
+            task: format!("attestation:{}", &evidence.replay_id()[..evidence.replay_id().len().min(32)]),
+            attributes,
+        };
+        trace.workload = Some(workload.clone());
+        if evidence.debug() && !role.allow_debug {
+            return Err(ExchangeError::DebugEnclave);
+        }
+        let nonce = match (provider.require_nonce, evidence.nonce()) {
+            (_, Some(n)) => Some(base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, n)),
+            (true, None) => return Err(ExchangeError::NonceInvalid("the document carries no broker nonce")),
+            (false, None) => None,
+        };
+        self.decide_and_bound(&role, &workload, &claims, (now, evidence.issued_at(), evidence.not_after()), trace)?;
+        let lifetime = trace.lifetime.unwrap_or(0);
+        let cnf = evidence.key_binding().map(|k| {
+            let (member, value) = k.cnf_member();
+            (member, value.to_owned())
+        });
+        Ok(Allowed {
+            role: role.clone(),
+            workload,
+            lifetime,
+            now,
+            replay_id: evidence.replay_id().to_owned(),
+            replay_until: evidence.not_after() + provider.rules.leeway as i64,
+            issuer: provider.rules.issuer.clone(),
+            claims,
+            cnf,
+            nonce,
+            replayable: evidence.replayable(),
+        })
     }
 
     /// Steps 5–6: the policy decision and the credential's lifetime.
@@ -595,15 +722,26 @@ impl Broker {
     }
 
     async fn grant(&self, allowed: Allowed, rec: &mut AuditRecord) -> Result<TokenResponse, ExchangeError> {
-        let Allowed { role, token, workload, lifetime, now } = allowed;
+        let Allowed { role, workload, lifetime, now, replay_id, replay_until, issuer, claims, cnf, nonce, replayable } =
+            allowed;
         let exp = now + lifetime;
         // Cloud requests are built (and their tags validated) before the assertion is spent.
         let aws_request = match &role.credential {
-            Credential::Aws(aws) => Some(aws_request(aws, &role.name, &workload, &token.claims, now, lifetime)?),
+            Credential::Aws(aws) => Some(aws_request(aws, &role.name, &workload, &claims, now, lifetime)?),
             _ => None,
         };
-        let leeway = role.provider.rules.leeway as i64;
-        match self.state.mark_used(&token.replay_id, token.expires_at + leeway, now).await {
+        // A broker nonce is consumed atomically: unknown, expired, already used, or issued for
+        // another role, it is refused.
+        if let Some(n) = &nonce {
+            match self.state.take_nonce(n, now).await {
+                Ok(Some(binding)) if binding.is_empty() || binding == role.name => {}
+                Ok(Some(_)) => return Err(ExchangeError::NonceInvalid("the nonce was issued for another role")),
+                Ok(None) => return Err(ExchangeError::NonceInvalid("the nonce is unknown, expired or already used")),
+                Err(e) => return Err(ExchangeError::State(e)),
+            }
+        }
+        rec.replayable = replayable;
+        match self.state.mark_used(&replay_id, replay_until, now).await {
             Ok(Mark::Fresh) => {}
             Ok(Mark::AlreadyUsed) => return Err(ExchangeError::Replayed),
             Err(e) => return Err(ExchangeError::State(e)),
@@ -617,7 +755,7 @@ impl Broker {
         let minted = match &role.credential {
             Credential::Jwt { audience } => self
                 .signer
-                .sign(&json!({
+                .sign(&with_cnf(json!({
                     "iss": self.config().server.issuer,
                     "sub": workload.subject,
                     "aud": audience,
@@ -627,9 +765,9 @@ impl Broker {
                     "jti": jti,
                     "role": role.name,
                     "provider": role.provider.name,
-                    "src_iss": token.issuer,
+                    "src_iss": issuer,
                     "task": workload.task,
-                }))
+                }), cnf.as_ref()))
                 .map(|access_token| TokenResponse {
                     access_token,
                     issued_token_type: TOKEN_TYPE_JWT,
@@ -694,6 +832,14 @@ impl Broker {
             }
         }
     }
+}
+
+/// Adds an RFC 7800 `cnf` claim when the evidence bound a key.
+fn with_cnf(mut claims: serde_json::Value, cnf: Option<&(&'static str, String)>) -> serde_json::Value {
+    if let (Some((member, value)), Some(obj)) = (cnf, claims.as_object_mut()) {
+        obj.insert("cnf".into(), json!({ *member: value }));
+    }
+    claims
 }
 
 /// The AssumeRole request for a role, a workload and a bounded lifetime.

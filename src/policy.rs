@@ -187,6 +187,8 @@ pub struct Role {
     pub conditions: Vec<Condition>,
     pub credential: Credential,
     pub allow_broad: bool,
+    /// nitro: debug-mode enclaves admitted.
+    pub allow_debug: bool,
     /// This role's Cedar slice: its own policies and the guardrails.
     pub policies: PolicySet,
     /// The role as a Cedar entity id.
@@ -294,6 +296,7 @@ pub struct RoleSpec {
     pub policy: Option<String>,
     pub credential: Credential,
     pub allow_broad: bool,
+    pub allow_debug: bool,
 }
 
 impl PolicyEngine {
@@ -450,6 +453,7 @@ impl PolicyEngine {
                 conditions,
                 credential: spec.credential,
                 allow_broad: spec.allow_broad,
+                allow_debug: spec.allow_debug,
                 policies: set,
                 uid,
             },

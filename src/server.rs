@@ -143,6 +143,55 @@ async fn token(
     resp
 }
 
+/// How long a broker nonce lives.
+pub const NONCE_TTL: i64 = 60;
+
+/// `POST /v1/nonce`: a single-use, short-lived nonce (256 bits, base64url) for attestation and
+/// proof of possession, bound to the role named by an optional `audience` form field.
+async fn nonce(
+    State(app): State<Arc<App>>,
+    client: Option<axum::Extension<ClientAddr>>,
+    method: Method,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let refuse = |status, error, reason: &'static str, detail: &str| {
+        error_response(&ErrorResponse { status, error, reason, description: format!("{reason}: {detail}") })
+    };
+    if client.is_some_and(|c| !app.limiter.admit(c.0.0.ip())) {
+        return refuse(429, "temporarily_unavailable", "rate_limited", "too many requests from this client");
+    }
+    if method != Method::POST {
+        return refuse(405, "invalid_request", "method_not_allowed", "use POST");
+    }
+    let Ok(body) = body else { return refuse(413, "invalid_request", "request_too_large", "body over the size limit") };
+    let mut binding = String::new();
+    for (k, v) in form_urlencoded::parse(&body) {
+        if k == "audience" {
+            if !binding.is_empty() {
+                return refuse(
+                    400,
+                    "invalid_request",
+                    "request_invalid",
+                    "parameter `audience` appears more than once",
+                );
+            }
+            if !app.broker.config().roles.contains_key(v.as_ref()) {
+                return refuse(400, "invalid_target", "unknown_role", "no such role");
+            }
+            binding = v.into_owned();
+        }
+    }
+    let value = random_id(32);
+    let now = app.broker.clock.now();
+    match app.broker.state.put_nonce(&value, &binding, now + NONCE_TTL, now).await {
+        Ok(()) => no_store(axum::Json(json!({"nonce": value, "expires_in": NONCE_TTL})).into_response()),
+        Err(e) => {
+            tracing::warn!(error = %e, "nonce not stored");
+            refuse(503, "temporarily_unavailable", "replay_store_unavailable", "nonces cannot be issued now")
+        }
+    }
+}
+
 async fn jwks(State(app): State<Arc<App>>) -> Response {
     let mut r = axum::Json(app.broker.signer.jwks()).into_response();
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
@@ -194,6 +243,7 @@ pub fn router(broker: Arc<Broker>, extra: Option<Router>) -> Router {
     let app = Arc::new(App { broker, limiter });
     let mut r = Router::new()
         .route("/v1/token", any(token))
+        .route("/v1/nonce", any(nonce))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/healthz", get(healthz))

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 struct Inner {
     used: HashMap<String, i64>,
     by_expiry: BinaryHeap<Reverse<(i64, String)>>,
+    nonces: HashMap<String, (i64, String)>,
 }
 
 /// Used-assertion ids in a map, with a min-heap on expiry so purging is cheap.
@@ -59,7 +60,34 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    fn put_nonce_now(&self, nonce: &str, binding: &str, until: i64, now: i64) -> Result<(), StateError> {
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        if g.nonces.len() > self.max_entries / 10 {
+            g.nonces.retain(|_, (exp, _)| *exp >= now);
+            if g.nonces.len() > self.max_entries / 10 {
+                return Err(StateError::Full(g.nonces.len()));
+            }
+        }
+        g.nonces.insert(nonce.to_owned(), (until, binding.to_owned()));
+        Ok(())
+    }
+
+    fn take_nonce_now(&self, nonce: &str, now: i64) -> Result<Option<String>, StateError> {
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        Ok(g.nonces.remove(nonce).filter(|(exp, _)| *exp >= now).map(|(_, b)| b))
+    }
+}
+
 impl StateStore for MemoryStore {
+    fn put_nonce<'a>(&'a self, nonce: &'a str, binding: &'a str, until: i64, now: i64) -> StateFuture<'a, ()> {
+        let r = self.put_nonce_now(nonce, binding, until, now);
+        Box::pin(async move { r })
+    }
+    fn take_nonce<'a>(&'a self, nonce: &'a str, now: i64) -> StateFuture<'a, Option<String>> {
+        let r = self.take_nonce_now(nonce, now);
+        Box::pin(async move { r })
+    }
     fn mark_used<'a>(&'a self, id: &'a str, until: i64, now: i64) -> StateFuture<'a, Mark> {
         let r = self.mark(id, until, now);
         Box::pin(async move { r })
@@ -80,6 +108,17 @@ mod tests {
         assert_eq!(s.mark("a", 100, 50), Ok(Mark::AlreadyUsed));
         assert_eq!(s.mark("a", 100, 100), Ok(Mark::AlreadyUsed));
         assert_eq!(s.mark("a", 300, 101), Ok(Mark::Fresh));
+    }
+
+    #[test]
+    fn nonces_are_taken_once_and_expire() {
+        let s = MemoryStore::new(100);
+        s.put_nonce_now("n1", "role-a", 60, 0).unwrap();
+        s.put_nonce_now("n2", "role-a", 60, 0).unwrap();
+        assert_eq!(s.take_nonce_now("n1", 10), Ok(Some("role-a".into())));
+        assert_eq!(s.take_nonce_now("n1", 11), Ok(None), "single use");
+        assert_eq!(s.take_nonce_now("n2", 61), Ok(None), "expired");
+        assert_eq!(s.take_nonce_now("never", 1), Ok(None));
     }
 
     #[test]

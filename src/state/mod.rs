@@ -33,4 +33,9 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     fn mark_used<'a>(&'a self, id: &'a str, until: i64, now: i64) -> StateFuture<'a, Mark>;
     /// Is the store answering?
     fn ready(&self) -> StateFuture<'_, ()>;
+    /// Stores a broker nonce, bound to `binding` (the role it was asked for), until `until`.
+    fn put_nonce<'a>(&'a self, nonce: &'a str, binding: &'a str, until: i64, now: i64) -> StateFuture<'a, ()>;
+    /// Takes a nonce atomically: its binding if it was outstanding and unexpired, else `None`.
+    /// A nonce is never returned twice.
+    fn take_nonce<'a>(&'a self, nonce: &'a str, now: i64) -> StateFuture<'a, Option<String>>;
 }
