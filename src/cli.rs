@@ -160,8 +160,11 @@ pub async fn build_broker(
         config.allow_private_addresses,
     )?;
     let keys = KeyCache::new(config.cache.clone(), http);
-    let state: Arc<dyn crate::state::StateStore> = match config.state {
-        StateBackend::Memory { max_entries } => Arc::new(MemoryStore::new(max_entries)),
+    let state: Arc<dyn crate::state::StateStore> = match &config.state {
+        StateBackend::Memory { max_entries } => Arc::new(MemoryStore::new(*max_entries)),
+        StateBackend::Redis { url, timeout, prefix } => {
+            Arc::new(crate::state::redis::RedisStore::new(url, *timeout, prefix)?)
+        }
     };
     let kinds: Vec<&str> = config.roles.values().map(|r| r.credential.kind()).collect();
     let aws = if kinds.contains(&"aws") { Some(crate::minting::aws::AwsMinter::from_env().await) } else { None };

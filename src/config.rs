@@ -59,11 +59,17 @@ pub struct RawServer {
 pub struct RawState {
     pub backend: String,
     pub max_entries: Option<usize>,
+    /// redis: `redis://HOST:PORT` or `rediss://` (TLS).
+    pub url: Option<String>,
+    /// redis: bound on every command (default 500ms).
+    pub command_timeout: Option<String>,
+    /// redis: key prefix, inside the `{…}` hash tag (default `eph`).
+    pub key_prefix: Option<String>,
 }
 
 impl Default for RawState {
     fn default() -> Self {
-        RawState { backend: "memory".into(), max_entries: None }
+        RawState { backend: "memory".into(), max_entries: None, url: None, command_timeout: None, key_prefix: None }
     }
 }
 
@@ -324,9 +330,10 @@ pub struct Provider {
     pub require_nonce: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateBackend {
     Memory { max_entries: usize },
+    Redis { url: String, timeout: Duration, prefix: String },
 }
 
 #[derive(Debug)]
@@ -467,10 +474,22 @@ impl Config {
 
         let state = match raw.state.backend.as_str() {
             "memory" => StateBackend::Memory { max_entries: raw.state.max_entries.unwrap_or(1_000_000) },
-            "redis" => {
-                errs.push("state.backend: `redis` is not available in this release (use `memory`)".into());
-                StateBackend::Memory { max_entries: 0 }
-            }
+            "redis" => match &raw.state.url {
+                Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => StateBackend::Redis {
+                    url: url.clone(),
+                    timeout: raw
+                        .state
+                        .command_timeout
+                        .as_deref()
+                        .and_then(|t| parse_duration("state.command_timeout", t, &mut errs))
+                        .unwrap_or(Duration::from_millis(500)),
+                    prefix: raw.state.key_prefix.clone().unwrap_or_else(|| "eph".into()),
+                },
+                _ => {
+                    errs.push("state.url: required for the redis backend, as redis:// or rediss://".into());
+                    StateBackend::Memory { max_entries: 0 }
+                }
+            },
             other => {
                 errs.push(format!("state.backend: unknown backend `{other}` (expected memory)"));
                 StateBackend::Memory { max_entries: 0 }

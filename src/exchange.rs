@@ -104,6 +104,8 @@ pub enum ExchangeError {
     NoLifetimeLeft { exp: i64, now: i64 },
     #[error("assertion already used")]
     Replayed,
+    #[error("the broker's replay memory was reset at {since}; present an assertion issued after it")]
+    ReplayStateReset { since: i64 },
     #[error("{0}")]
     State(StateError),
     #[error("{0}")]
@@ -184,6 +186,7 @@ impl ExchangeError {
             ExchangeError::Denied { .. } => (400, "invalid_target", "policy_denied"),
             ExchangeError::NoLifetimeLeft { .. } => (400, "invalid_request", "token_expired"),
             ExchangeError::Replayed => (400, "invalid_request", "token_replayed"),
+            ExchangeError::ReplayStateReset { .. } => (400, "invalid_request", "replay_state_reset"),
             ExchangeError::State(_) => (503, "temporarily_unavailable", "replay_store_unavailable"),
             ExchangeError::Audit(_) => (503, "temporarily_unavailable", "audit_unavailable"),
             ExchangeError::Mint(_) => (503, "temporarily_unavailable", "mint_failed"),
@@ -325,6 +328,8 @@ pub struct Allowed {
     /// What single use is keyed by, and until when it is remembered.
     pub replay_id: String,
     pub replay_until: i64,
+    /// When the assertion was issued (the replay store refuses those older than its epoch).
+    pub issued_at: i64,
     /// The assertion's issuer (for attestation, the provider's synthetic issuer).
     pub issuer: String,
     /// The claims (or evidence attributes) as verified.
@@ -495,6 +500,7 @@ impl Broker {
             now,
             replay_id: token.replay_id,
             replay_until,
+            issued_at: token.issued_at,
             issuer: token.issuer,
             claims: token.claims,
             cnf: None,
@@ -576,6 +582,7 @@ impl Broker {
             now,
             replay_id: evidence.replay_id().to_owned(),
             replay_until: evidence.not_after() + provider.rules.leeway as i64,
+            issued_at: evidence.issued_at(),
             issuer: provider.rules.issuer.clone(),
             claims,
             cnf,
@@ -722,8 +729,20 @@ impl Broker {
     }
 
     async fn grant(&self, allowed: Allowed, rec: &mut AuditRecord) -> Result<TokenResponse, ExchangeError> {
-        let Allowed { role, workload, lifetime, now, replay_id, replay_until, issuer, claims, cnf, nonce, replayable } =
-            allowed;
+        let Allowed {
+            role,
+            workload,
+            lifetime,
+            now,
+            replay_id,
+            replay_until,
+            issued_at,
+            issuer,
+            claims,
+            cnf,
+            nonce,
+            replayable,
+        } = allowed;
         let exp = now + lifetime;
         // Cloud requests are built (and their tags validated) before the assertion is spent.
         let aws_request = match &role.credential {
@@ -741,9 +760,10 @@ impl Broker {
             }
         }
         rec.replayable = replayable;
-        match self.state.mark_used(&replay_id, replay_until, now).await {
+        match self.state.mark_used(&replay_id, replay_until, now, issued_at).await {
             Ok(Mark::Fresh) => {}
             Ok(Mark::AlreadyUsed) => return Err(ExchangeError::Replayed),
+            Ok(Mark::EpochReset { since }) => return Err(ExchangeError::ReplayStateReset { since }),
             Err(e) => return Err(ExchangeError::State(e)),
         }
         let jti = random_id(16);

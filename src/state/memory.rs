@@ -88,7 +88,7 @@ impl StateStore for MemoryStore {
         let r = self.take_nonce_now(nonce, now);
         Box::pin(async move { r })
     }
-    fn mark_used<'a>(&'a self, id: &'a str, until: i64, now: i64) -> StateFuture<'a, Mark> {
+    fn mark_used<'a>(&'a self, id: &'a str, until: i64, now: i64, _issued_at: i64) -> StateFuture<'a, Mark> {
         let r = self.mark(id, until, now);
         Box::pin(async move { r })
     }

@@ -3,6 +3,7 @@
 //! fail closed.
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,14 +24,18 @@ pub enum Mark {
     Fresh,
     /// It had been used before.
     AlreadyUsed,
+    /// The store lost its memory (a Redis restarted without persistence) and started a new epoch
+    /// at `since`; an assertion issued before then may have been used before and is refused.
+    EpochReset { since: i64 },
 }
 
 pub type StateFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StateError>> + Send + 'a>>;
 
 /// Shared broker state.
 pub trait StateStore: Send + Sync + std::fmt::Debug {
-    /// Atomically marks `id` used until `until` (UNIX seconds) unless it already is.
-    fn mark_used<'a>(&'a self, id: &'a str, until: i64, now: i64) -> StateFuture<'a, Mark>;
+    /// Atomically marks `id` used until `until` (UNIX seconds) unless it already is; an
+    /// assertion issued (`issued_at`) before the store's current epoch is refused.
+    fn mark_used<'a>(&'a self, id: &'a str, until: i64, now: i64, issued_at: i64) -> StateFuture<'a, Mark>;
     /// Is the store answering?
     fn ready(&self) -> StateFuture<'_, ()>;
     /// Stores a broker nonce, bound to `binding` (the role it was asked for), until `until`.

@@ -1,0 +1,164 @@
+//! The Redis state store against a real `redis-server` (started here on a free port): two
+//! stores stand for two broker replicas.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use ephemera::state::redis::RedisStore;
+use ephemera::state::{Mark, StateError, StateStore};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+fn redis_available() -> bool {
+    let found = Command::new("redis-server").arg("--version").output().is_ok();
+    assert!(
+        found || std::env::var("CI").as_deref() != Ok("true"),
+        "redis-server missing (CI=true): scripts/test installs it"
+    );
+    if !found {
+        eprintln!("redis-server not installed; skipped");
+    }
+    found
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = Redis { port, child: None };
+        r.spawn();
+        r
+    }
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--maxmemory-policy", "noeviction"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+    fn store(&self) -> RedisStore {
+        RedisStore::new(&self.url(), Duration::from_millis(300), "test").unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+#[tokio::test]
+async fn single_use_and_nonces_hold_across_replicas() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b) = (redis.store(), redis.store());
+    let t = now();
+    assert_eq!(a.mark_used("tok-1", t + 300, t, t).await, Ok(Mark::Fresh));
+    assert_eq!(b.mark_used("tok-1", t + 300, t, t).await, Ok(Mark::AlreadyUsed));
+    assert_eq!(b.mark_used("tok-2", t + 300, t, t).await, Ok(Mark::Fresh), "another assertion is fresh");
+    a.put_nonce("n-1", "role-a", t + 60, t).await.unwrap();
+    assert_eq!(b.take_nonce("n-1", t).await, Ok(Some("role-a".into())));
+    assert_eq!(a.take_nonce("n-1", t).await, Ok(None), "taken once, across replicas");
+    assert_eq!(a.take_nonce("never-issued", t).await, Ok(None));
+    assert!(a.ready().await.is_ok());
+}
+
+#[tokio::test]
+async fn concurrent_marks_have_exactly_one_winner() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let stores: Vec<_> = (0..4).map(|_| std::sync::Arc::new(redis.store())).collect();
+    let t = now();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let s = stores[i % stores.len()].clone();
+        tasks.push(tokio::spawn(async move { s.mark_used("contended", t + 300, t, t).await }));
+    }
+    let mut fresh = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(Mark::Fresh) => fresh += 1,
+            Ok(Mark::AlreadyUsed) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(fresh, 1);
+}
+
+#[tokio::test]
+async fn a_redis_that_lost_its_data_does_not_reopen_replays() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let store = redis.store();
+    let t = now();
+    // at the first start against an empty Redis, assertions issued before it are refused too
+    assert!(matches!(store.mark_used("older", t + 300, t, t - 5).await, Ok(Mark::EpochReset { .. })));
+    assert_eq!(store.mark_used("tok", t + 300, t, t).await, Ok(Mark::Fresh));
+    assert_eq!(store.mark_used("tok", t + 300, t, t).await, Ok(Mark::AlreadyUsed));
+    // restart without persistence: every used id is gone, and so is the epoch marker
+    redis.kill();
+    redis.spawn();
+    let later = t + 2;
+    let mut result = store.mark_used("tok", t + 300, later, t).await;
+    // the connection manager may need one call to reconnect
+    if matches!(result, Err(StateError::Unavailable(_))) {
+        result = store.mark_used("tok", t + 300, later, t).await;
+    }
+    assert!(matches!(result, Ok(Mark::EpochReset { .. })), "{result:?}");
+    // an assertion issued after the new epoch is fine
+    let fresh_iat = now() + 2;
+    assert_eq!(store.mark_used("tok-new", fresh_iat + 300, fresh_iat, fresh_iat).await, Ok(Mark::Fresh));
+}
+
+#[tokio::test]
+async fn a_dead_redis_fails_closed_within_the_timeout_and_recovers() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let store = redis.store();
+    let t = now();
+    assert!(store.ready().await.is_ok());
+    redis.kill();
+    let started = Instant::now();
+    assert!(matches!(store.mark_used("x", t + 300, t, t).await, Err(StateError::Unavailable(_))));
+    assert!(store.ready().await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded by the command timeout");
+    redis.spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.ready().await.is_err() {
+        assert!(Instant::now() < deadline, "no recovery without a restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
