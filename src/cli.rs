@@ -93,6 +93,23 @@ pub enum Command {
     },
     /// Exchange an assertion at a broker and print the credential (client side).
     Exchange(crate::client::ExchangeArgs),
+    /// List the credentials a broker handed out that have not expired (admin).
+    Grants {
+        /// The broker's base URL (its admin listener when `[admin] listen` is set).
+        #[arg(long)]
+        broker: String,
+        /// A file holding the admin bearer credential.
+        #[arg(long)]
+        admin_token_file: PathBuf,
+        /// Only this role's grants.
+        #[arg(long)]
+        role: Option<String>,
+        /// Only grants still active (the default; expired grants leave the inventory on their own).
+        #[arg(long, default_value_t = true)]
+        active: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -233,6 +250,9 @@ async fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Exchange(args) => crate::client::run(args).await,
+        Command::Grants { broker, admin_token_file, role, active: _, json } => {
+            grants(&broker, &admin_token_file, role.as_deref(), json).await
+        }
         Command::Audit { command: AuditCommand::Verify { file } } => match crate::audit::verify_chain(&file) {
             Ok(n) => {
                 outln!("ok: {n} records, hash chain intact");
@@ -244,6 +264,56 @@ async fn run(cli: Cli) -> ExitCode {
             }
         },
     }
+}
+
+async fn grants(broker: &str, token_file: &Path, role: Option<&str>, json: bool) -> ExitCode {
+    let token = match std::fs::read_to_string(token_file) {
+        Ok(t) => t.trim().to_owned(),
+        Err(e) => {
+            eprintln!("error: {}: {e}", token_file.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let Ok(mut url) = reqwest::Url::parse(&format!("{}/v1/grants", broker.trim_end_matches('/'))) else {
+        eprintln!("error: --broker is not a URL");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    if let Some(r) = role {
+        url.query_pairs_mut().append_pair("role", r);
+    }
+    let resp = match reqwest::Client::new().get(url).bearer_auth(token).timeout(Duration::from_secs(15)).send().await {
+        Ok(r) => r,
+        Err(_) => {
+            eprintln!("error: broker unreachable");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let status = resp.status();
+    let body: serde_json::Value =
+        resp.bytes().await.ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    if !status.is_success() {
+        eprintln!("error: HTTP {}: {}", status.as_u16(), body["error_description"].as_str().unwrap_or_default());
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    if json {
+        outln!("{body}");
+    } else {
+        outln!("{:<24} {:<16} {:<6} {:<26} {:<26} SUBJECT / TASK", "GRANT", "ROLE", "KIND", "ISSUED", "EXPIRES");
+        for g in body["grants"].as_array().into_iter().flatten() {
+            let t = |k: &str| rfc3339(g[k].as_i64().unwrap_or(0));
+            outln!(
+                "{:<24} {:<16} {:<6} {:<26} {:<26} {} / {}",
+                g["id"].as_str().unwrap_or_default(),
+                g["role"].as_str().unwrap_or_default(),
+                g["kind"].as_str().unwrap_or_default(),
+                t("issued_at"),
+                t("expires_at"),
+                g["subject"].as_str().unwrap_or_default(),
+                g["task"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    ExitCode::from(EXIT_OK)
 }
 
 /// On SIGHUP, reloads the config file: a config with any error (syntax, unscoped role, policy
@@ -306,6 +376,11 @@ async fn serve(
             }
         },
     };
+    // Open the state store now (for Redis: connect and start the epoch) rather than at the first
+    // exchange; a store that does not answer leaves the broker running but not ready.
+    if let Err(e) = broker.state.ready().await {
+        tracing::warn!(error = %e, "state store not ready at start; exchanges fail closed until it is");
+    }
     for f in &broker.config().findings {
         tracing::warn!(role = %f.role, code = f.code, message = %f.message, "policy finding");
     }
@@ -316,7 +391,21 @@ async fn serve(
         tokio::spawn(reload_on_sighup(broker.clone(), path));
     }
     let extra = extra.map(|(d, c)| crate::dev::routes(d, c));
-    match crate::server::serve(listener, crate::server::router(broker, extra), hrt, rt, drain).await {
+    let admin_listen = broker.config().admin_listen;
+    let (public, admin) = crate::server::routers(broker, extra);
+    if let (Some(addr), Some(admin)) = (admin_listen, admin) {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(listen = %addr, "admin routes listening apart");
+                tokio::spawn(crate::server::serve(l, admin, hrt, rt, drain));
+            }
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr} (admin.listen): {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    }
+    match crate::server::serve(listener, public, hrt, rt, drain).await {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {
             eprintln!("error: {e}");
@@ -498,7 +587,7 @@ async fn explain(
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            let (trace, result) = broker.evaluate_claims(&role, &claims, now);
+            let (trace, result) = broker.evaluate_claims(&role, &claims, now).await;
             (trace, result, claims)
         }
     };

@@ -31,6 +31,37 @@ pub struct RawConfig {
     pub policy: RawPolicy,
     #[serde(default)]
     pub gcp: RawGcp,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// A file holding the admin bearer credential (for /v1/grants, /v1/introspect, /v1/revoke).
+    pub token_file: Option<PathBuf>,
+    /// Serve the admin routes on this address only (default: beside the others).
+    pub listen: Option<String>,
+}
+
+/// The admin bearer credential. `Debug` prints a redaction.
+#[derive(Clone)]
+pub struct AdminToken(secrecy::SecretString);
+
+impl AdminToken {
+    /// Constant-time comparison (of SHA-256 digests, so neither content nor length leaks).
+    pub fn matches(&self, presented: &str) -> bool {
+        use secrecy::ExposeSecret;
+        use subtle::ConstantTimeEq;
+        let d = |s: &str| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes()).as_ref().to_vec();
+        d(self.0.expose_secret()).ct_eq(&d(presented)).into()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken([REDACTED])")
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -381,6 +412,10 @@ pub struct Config {
     pub version: String,
     /// IAM Credentials base URL (default Google's).
     pub gcp_iam_url: Option<String>,
+    /// The admin bearer credential, when configured.
+    pub admin_token: Option<AdminToken>,
+    /// Where the admin routes listen, when apart.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Every problem found in a config, each naming its key.
@@ -552,6 +587,26 @@ impl Config {
                 None
             }
         };
+        let admin_token = match raw.admin.token_file.as_deref().map(resolve) {
+            None => None,
+            Some(path) => match std::fs::read_to_string(&path) {
+                Ok(t) if t.trim().len() >= 32 => Some(AdminToken(secrecy::SecretString::from(t.trim().to_owned()))),
+                Ok(_) => {
+                    errs.push(format!(
+                        "admin.token_file: {}: the credential must be at least 32 characters",
+                        path.display()
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errs.push(format!("admin.token_file: {}: {e}", path.display()));
+                    None
+                }
+            },
+        };
+        let admin_listen = raw.admin.listen.as_deref().and_then(|l| {
+            l.parse::<SocketAddr>().map_err(|e| errs.push(format!("admin.listen: `{l}` is not an address ({e})"))).ok()
+        });
         let mut roles = HashMap::new();
         let mut findings = Vec::new();
         for (i, r) in raw.roles.iter().enumerate() {
@@ -611,6 +666,9 @@ impl Config {
             }
         }
 
+        if matches!(state, StateBackend::Redis { .. }) && server.signing_key_file.is_none() {
+            errs.push("server.signing_key_file: required with the redis backend: replicas must sign with one key, or partners (and introspection) meet tokens their JWKS does not verify".into());
+        }
         if let (true, Some(engine)) = (errs.is_empty(), engine) {
             Ok(Config {
                 server,
@@ -624,6 +682,8 @@ impl Config {
                 findings,
                 version: String::new(),
                 gcp_iam_url: raw.gcp.iam_credentials_url.clone(),
+                admin_token,
+                admin_listen,
             })
         } else {
             Err(ConfigErrors(errs))

@@ -473,7 +473,7 @@ impl Broker {
             )));
         }
         if let Some(attestor) = &provider.attestor {
-            return self.evaluate_attestation(req, role.clone(), attestor, now, trace);
+            return self.evaluate_attestation(req, role.clone(), attestor, now, trace).await;
         }
         let verified = self.verify(&provider, &req.subject_token, now).await;
         trace.record_checks(verified.as_ref().err());
@@ -490,7 +490,7 @@ impl Broker {
         });
         let workload = provider.profile.workload(&token).map_err(ExchangeError::Profile)?;
         trace.workload = Some(workload.clone());
-        self.decide_and_bound(&role, &workload, &token.claims, (now, token.issued_at, token.expires_at), trace)?;
+        self.decide_and_bound(&role, &workload, &token.claims, (now, token.issued_at, token.expires_at), trace).await?;
         let lifetime = trace.lifetime.unwrap_or(0);
         let replay_until = token.expires_at + role.provider.rules.leeway as i64;
         Ok(Allowed {
@@ -511,7 +511,7 @@ impl Broker {
 
     /// Steps 2–6 for an attestation document: verify it, read the workload from the evidence,
     /// decide, bound. The nonce is only checked for presence here; it is consumed with the grant.
-    fn evaluate_attestation(
+    async fn evaluate_attestation(
         &self,
         req: &ExchangeRequest,
         role: Arc<Role>,
@@ -569,7 +569,8 @@ impl Broker {
             (true, None) => return Err(ExchangeError::NonceInvalid("the document carries no broker nonce")),
             (false, None) => None,
         };
-        self.decide_and_bound(&role, &workload, &claims, (now, evidence.issued_at(), evidence.not_after()), trace)?;
+        self.decide_and_bound(&role, &workload, &claims, (now, evidence.issued_at(), evidence.not_after()), trace)
+            .await?;
         let lifetime = trace.lifetime.unwrap_or(0);
         let cnf = evidence.key_binding().map(|k| {
             let (member, value) = k.cnf_member();
@@ -591,8 +592,25 @@ impl Broker {
         })
     }
 
+    /// The revocation keys in force for this workload: its task, subject, role and issuer.
+    async fn revocations(
+        &self,
+        role: &Role,
+        workload: &Workload,
+        iss: &str,
+        now: i64,
+    ) -> Result<Vec<String>, ExchangeError> {
+        let keys = [
+            format!("task:{}", workload.task),
+            format!("subject:{}", workload.subject),
+            format!("role:{}", role.name),
+            format!("issuer:{iss}"),
+        ];
+        self.state.revoked(&keys, now).await.map_err(ExchangeError::State)
+    }
+
     /// Steps 5–6: the policy decision and the credential's lifetime.
-    fn decide_and_bound(
+    async fn decide_and_bound(
         &self,
         role: &Role,
         workload: &Workload,
@@ -601,7 +619,8 @@ impl Broker {
         trace: &mut Trace,
     ) -> Result<(), ExchangeError> {
         let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
-        let decision = self.config().engine.decide(role, workload, claims, iss, (now, iat, exp));
+        let revoked = self.revocations(role, workload, iss, now).await?;
+        let decision = self.config().engine.decide_with(role, workload, claims, iss, (now, iat, exp), &revoked);
         trace.decision = Some(decision.clone());
         if !decision.allow {
             return Err(ExchangeError::Denied {
@@ -620,7 +639,7 @@ impl Broker {
 
     /// `explain --claims`: the profile and policy steps on a synthetic claim set (no signature,
     /// no verification), for writing roles before any token exists.
-    pub fn evaluate_claims(
+    pub async fn evaluate_claims(
         &self,
         role_name: &str,
         claims: &serde_json::Map<String, serde_json::Value>,
@@ -634,7 +653,7 @@ impl Broker {
             ..Default::default()
         };
         let config = self.config();
-        let result = (|| {
+        let result: Result<(), ExchangeError> = async {
             let role = config.roles.get(role_name).cloned().ok_or_else(|| {
                 ExchangeError::UnknownRole(ephemera_providers::error::escape_untrusted(role_name, 64))
             })?;
@@ -646,7 +665,9 @@ impl Broker {
             trace.workload = Some(workload.clone());
             let num = |k: &str, d: i64| claims.get(k).and_then(serde_json::Value::as_i64).unwrap_or(d);
             self.decide_and_bound(&role, &workload, claims, (now, num("iat", now), num("exp", now + 300)), &mut trace)
-        })();
+                .await
+        }
+        .await;
         (trace, result)
     }
 
@@ -772,6 +793,17 @@ impl Broker {
         // INVARIANT: the allow record is durable before any credential exists outside the broker.
         let audit = self.audit.as_ref().ok_or_else(|| ExchangeError::Audit("no audit log".into()))?;
         audit.append(rec.clone(), true).await.map_err(|e| ExchangeError::Audit(e.to_string()))?;
+        // The grant inventory knows every credential before it exists outside the broker.
+        let grant = crate::state::Grant {
+            id: jti.clone(),
+            subject: workload.subject.clone(),
+            task: workload.task.clone(),
+            role: role.name.clone(),
+            kind: role.credential.kind().to_owned(),
+            issued_at: now,
+            expires_at: exp,
+        };
+        self.state.record_grant(&grant, now).await.map_err(ExchangeError::State)?;
         let minted = match &role.credential {
             Credential::Jwt { audience } => self
                 .signer

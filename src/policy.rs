@@ -245,13 +245,19 @@ pub struct Decision {
     /// Cedar evaluation errors (each makes the decision a deny).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Revocation keys in force for this workload (`task:…`, `subject:…`, `role:…`, `issuer:…`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<String>,
 }
 
 impl Decision {
     /// The reasons for a deny, short form, `; `-separated.
     pub fn reasons(&self) -> String {
         let mut r: Vec<String> = self.conditions.iter().filter(|c| !c.pass).map(ConditionResult::short).collect();
-        r.extend(self.guardrails.iter().map(|g| format!("guardrail {g}")));
+        r.extend(self.guardrails.iter().map(|g| match g.as_str() {
+            "guardrail:revocation" => format!("revoked ({})", self.revoked.join(", ")),
+            _ => format!("guardrail {g}"),
+        }));
         r.extend(self.errors.iter().map(|e| format!("policy error: {e}")));
         if r.is_empty() && !self.allow {
             r.push("no permit policy matched".into());
@@ -263,7 +269,10 @@ impl Decision {
     pub fn failed_names(&self) -> String {
         let mut r: Vec<String> =
             self.conditions.iter().filter(|c| !c.pass).map(|c| format!("condition {}", c.claim)).collect();
-        r.extend(self.guardrails.iter().map(|g| format!("guardrail {g}")));
+        r.extend(self.guardrails.iter().map(|g| match g.as_str() {
+            "guardrail:revocation" => format!("revoked ({})", self.revoked.join(", ")),
+            _ => format!("guardrail {g}"),
+        }));
         if r.is_empty() {
             r.push("no permit policy matched".into());
         }
@@ -330,12 +339,21 @@ impl PolicyEngine {
                     "now": {"type": "Long"},
                     "iat": {"type": "Long"},
                     "exp": {"type": "Long"},
+                    "revoked": {"type": "Boolean"},
                     "claims": {"type": "Record", "attributes": claim_attrs},
                 }},
             }}},
         }});
         let schema = Schema::from_json_value(schema_json).map_err(|e| format!("schema: {e}"))?;
         let mut guard = PolicySet::new();
+        // Revocations (ended tasks, incident response) are Cedar input like any other: the
+        // state store says which keys are revoked, this forbid acts on it.
+        let revocation = Policy::parse(
+            Some(PolicyId::new("guardrail:revocation")),
+            "forbid(principal, action, resource) when { context.revoked };",
+        )
+        .map_err(|e| format!("built-in revocation policy: {e}"))?;
+        guard.add(revocation).map_err(|e| format!("built-in revocation policy: {e}"))?;
         if let Some(text) = guardrails {
             let parsed = PolicySet::from_str(text).map_err(|e| format!("policy.guardrails: {e}"))?;
             for (i, p) in parsed.policies().enumerate() {
@@ -471,6 +489,19 @@ impl PolicyEngine {
         iss: &str,
         times: (i64, i64, i64),
     ) -> Decision {
+        self.decide_with(role, workload, claims, iss, times, &[])
+    }
+
+    /// [`PolicyEngine::decide`] with the revocation keys in force for this workload now.
+    pub fn decide_with(
+        &self,
+        role: &Role,
+        workload: &Workload,
+        claims: &Map<String, Value>,
+        iss: &str,
+        times: (i64, i64, i64),
+        revoked: &[String],
+    ) -> Decision {
         let (now, iat, exp) = times;
         let results = |fired: &HashSet<String>| -> Vec<ConditionResult> {
             role.conditions
@@ -509,6 +540,7 @@ impl PolicyEngine {
             policies: vec![],
             guardrails: vec![],
             errors: vec![e],
+            revoked: revoked.to_vec(),
         };
         let profile = role.provider.profile;
         let Some(ty) = self.types.get(&profile) else { return fail("no entity type for the profile".into()) };
@@ -551,6 +583,7 @@ impl PolicyEngine {
                 ("now".to_owned(), RestrictedExpression::new_long(now)),
                 ("iat".to_owned(), RestrictedExpression::new_long(iat)),
                 ("exp".to_owned(), RestrictedExpression::new_long(exp)),
+                ("revoked".to_owned(), RestrictedExpression::new_bool(!revoked.is_empty())),
                 ("claims".to_owned(), claims),
             ])
             .map_err(|e| e.to_string())
@@ -569,7 +602,14 @@ impl PolicyEngine {
         let allow = response.decision() == CedarDecision::Allow && errors.is_empty();
         let fired: HashSet<String> = if allow { HashSet::new() } else { determining.iter().cloned().collect() };
         let guardrails = determining.iter().filter(|id| id.starts_with("guardrail:")).cloned().collect();
-        Decision { allow, conditions: results(&fired), policies: determining, guardrails, errors }
+        Decision {
+            allow,
+            conditions: results(&fired),
+            policies: determining,
+            guardrails,
+            errors,
+            revoked: revoked.to_vec(),
+        }
     }
 }
 

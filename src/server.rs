@@ -236,26 +236,44 @@ async fn not_found() -> Response {
 
 /// The broker's routes; `extra` is merged in (dev mode's demo issuer).
 pub fn router(broker: Arc<Broker>, extra: Option<Router>) -> Router {
+    routers(broker, extra).0
+}
+
+/// The public router and, when `[admin] listen` is set, the admin router to serve there (the
+/// inventory then is not on the public listener at all).
+pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Router>) {
     let config = broker.config();
     let s = &config.server;
     let max_body = s.max_body_size;
     let limiter = RateLimiter::new(s.rate_limit_per_second, s.rate_limit_burst);
     let app = Arc::new(App { broker, limiter });
+    let admin = Router::new().route("/v1/grants", get(crate::admin::grants)).with_state(app.clone());
+    let limits = |r: Router| {
+        r.layer(DefaultBodyLimit::max(max_body)).layer(
+            tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+                header::COOKIE,
+            ]),
+        )
+    };
     let mut r = Router::new()
         .route("/v1/token", any(token))
         .route("/v1/nonce", any(nonce))
+        .route("/v1/revoke", axum::routing::post(crate::admin::revoke))
+        .route("/v1/introspect", axum::routing::post(crate::admin::introspect))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(app)
-        .fallback(not_found);
+        .with_state(app);
     if let Some(extra) = extra {
         r = r.merge(extra);
     }
-    r.layer(DefaultBodyLimit::max(max_body)).layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new(
-        [header::AUTHORIZATION, header::COOKIE],
-    ))
+    if config.admin_listen.is_some() {
+        (limits(r.fallback(not_found)), Some(limits(admin.fallback(not_found))))
+    } else {
+        (limits(r.merge(admin).fallback(not_found)), None)
+    }
 }
 
 /// Serves `router` on `listener` until SIGINT/SIGTERM, then stops accepting and lets in-flight

@@ -12,6 +12,8 @@ struct Inner {
     used: HashMap<String, i64>,
     by_expiry: BinaryHeap<Reverse<(i64, String)>>,
     nonces: HashMap<String, (i64, String)>,
+    grants: HashMap<String, super::Grant>,
+    revoked: HashMap<String, i64>,
 }
 
 /// Used-assertion ids in a map, with a min-heap on expiry so purging is cheap.
@@ -80,6 +82,40 @@ impl MemoryStore {
 }
 
 impl StateStore for MemoryStore {
+    fn record_grant<'a>(&'a self, grant: &'a super::Grant, now: i64) -> StateFuture<'a, ()> {
+        let r = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into())).and_then(|mut g| {
+            g.grants.retain(|_, x| x.expires_at >= now);
+            if g.grants.len() >= self.max_entries {
+                return Err(StateError::Full(g.grants.len()));
+            }
+            g.grants.insert(grant.id.clone(), grant.clone());
+            Ok(())
+        });
+        Box::pin(async move { r })
+    }
+    fn grants(&self, now: i64) -> StateFuture<'_, Vec<super::Grant>> {
+        let r = self
+            .inner
+            .lock()
+            .map(|g| g.grants.values().filter(|x| x.expires_at >= now).cloned().collect())
+            .map_err(|_| StateError::Unavailable("lock poisoned".into()));
+        Box::pin(async move { r })
+    }
+    fn revoke<'a>(&'a self, key: &'a str, until: i64, now: i64) -> StateFuture<'a, ()> {
+        let r = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into())).map(|mut g| {
+            g.revoked.retain(|_, exp| *exp >= now);
+            g.revoked.insert(key.to_owned(), until);
+        });
+        Box::pin(async move { r })
+    }
+    fn revoked<'a>(&'a self, keys: &'a [String], now: i64) -> StateFuture<'a, Vec<String>> {
+        let r = self
+            .inner
+            .lock()
+            .map(|g| keys.iter().filter(|k| g.revoked.get(*k).is_some_and(|exp| *exp >= now)).cloned().collect())
+            .map_err(|_| StateError::Unavailable("lock poisoned".into()));
+        Box::pin(async move { r })
+    }
     fn put_nonce<'a>(&'a self, nonce: &'a str, binding: &'a str, until: i64, now: i64) -> StateFuture<'a, ()> {
         let r = self.put_nonce_now(nonce, binding, until, now);
         Box::pin(async move { r })

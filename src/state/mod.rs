@@ -29,6 +29,19 @@ pub enum Mark {
     EpochReset { since: i64 },
 }
 
+/// One credential handed out, for the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Grant {
+    /// The credential's `jti` (grant id).
+    pub id: String,
+    pub subject: String,
+    pub task: String,
+    pub role: String,
+    pub kind: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
 pub type StateFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StateError>> + Send + 'a>>;
 
 /// Shared broker state.
@@ -43,4 +56,12 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Takes a nonce atomically: its binding if it was outstanding and unexpired, else `None`.
     /// A nonce is never returned twice.
     fn take_nonce<'a>(&'a self, nonce: &'a str, now: i64) -> StateFuture<'a, Option<String>>;
+    /// Records a grant until it expires.
+    fn record_grant<'a>(&'a self, grant: &'a Grant, now: i64) -> StateFuture<'a, ()>;
+    /// The grants not yet expired.
+    fn grants(&self, now: i64) -> StateFuture<'_, Vec<Grant>>;
+    /// Revokes `key` (`task:ID`, `jti:ID`, `subject:S`, `role:R`, `issuer:I`) until `until`.
+    fn revoke<'a>(&'a self, key: &'a str, until: i64, now: i64) -> StateFuture<'a, ()>;
+    /// Which of `keys` are revoked now.
+    fn revoked<'a>(&'a self, keys: &'a [String], now: i64) -> StateFuture<'a, Vec<String>>;
 }

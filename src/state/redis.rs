@@ -111,6 +111,79 @@ impl RedisStore {
 }
 
 impl StateStore for RedisStore {
+    fn record_grant<'a>(&'a self, grant: &'a super::Grant, now: i64) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            let body = serde_json::to_string(grant).map_err(unavailable)?;
+            let index = self.key("meta", "grants");
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("SET")
+                .arg(self.key("grant", &grant.id))
+                .arg(body)
+                .arg("PXAT")
+                .arg(grant.expires_at.max(now + 1) * 1000)
+                .ignore()
+                .cmd("ZADD")
+                .arg(&index)
+                .arg(grant.expires_at)
+                .arg(&grant.id)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(format!("({now}"))
+                .ignore();
+            self.bounded(pipe.query_async::<()>(&mut c)).await
+        })
+    }
+
+    fn grants(&self, now: i64) -> StateFuture<'_, Vec<super::Grant>> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            let ids: Vec<String> = self
+                .bounded(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(self.key("meta", "grants"))
+                        .arg(now)
+                        .arg("+inf")
+                        .query_async(&mut c),
+                )
+                .await?;
+            if ids.is_empty() {
+                return Ok(vec![]);
+            }
+            let keys: Vec<String> = ids.iter().map(|id| self.key("grant", id)).collect();
+            let bodies: Vec<Option<String>> = self.bounded(redis::cmd("MGET").arg(&keys).query_async(&mut c)).await?;
+            Ok(bodies.into_iter().flatten().filter_map(|b| serde_json::from_str(&b).ok()).collect())
+        })
+    }
+
+    fn revoke<'a>(&'a self, key: &'a str, until: i64, now: i64) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            let cmd = redis::cmd("SET")
+                .arg(self.key("revoked", key))
+                .arg(now)
+                .arg("PXAT")
+                .arg(until.max(now + 1) * 1000)
+                .clone();
+            self.bounded(cmd.query_async::<()>(&mut c)).await
+        })
+    }
+
+    fn revoked<'a>(&'a self, keys: &'a [String], _now: i64) -> StateFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(vec![]);
+            }
+            let mut c = self.conn().await?;
+            let full: Vec<String> = keys.iter().map(|k| self.key("revoked", k)).collect();
+            let found: Vec<Option<String>> = self.bounded(redis::cmd("MGET").arg(&full).query_async(&mut c)).await?;
+            Ok(keys.iter().zip(found).filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect())
+        })
+    }
+
     fn mark_used<'a>(&'a self, id: &'a str, until: i64, now: i64, issued_at: i64) -> StateFuture<'a, Mark> {
         Box::pin(async move {
             let mut c = self.conn().await?;

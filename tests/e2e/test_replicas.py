@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from harness import Broker, broker_config, free_port, provider, role, wait_next_second, wait_until
 
@@ -63,6 +65,16 @@ def redis_server(tmp_path):
     r.kill()
 
 
+def shared_signing_key(tmp_path: Path) -> str:
+    """One PKCS#8 P-256 key for every replica (they must sign alike)."""
+    path = tmp_path / "broker-key.pem"
+    if not path.exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(path)
+
+
 @pytest.fixture
 def replicas(ephemera_bin, tmp_path, mock_issuer, redis_server):
     made = []
@@ -71,7 +83,8 @@ def replicas(ephemera_bin, tmp_path, mock_issuer, redis_server):
         for i in range(n):
             workdir = tmp_path / f"replica{len(made)}"
             cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], [role("deploy", "mock")],
-                                server={"rate_limit_per_second": 0})
+                                server={"rate_limit_per_second": 0, "signing_key_file": shared_signing_key(tmp_path),
+                                        "issuer": "http://127.0.0.1/ephemera"})
             cfg["state"] = {"backend": "redis", "url": redis_server.url, "command_timeout": "2s", **state}
             made.append(Broker(ephemera_bin, workdir, cfg))
         return made[-n:]
@@ -137,7 +150,7 @@ def test_a_redis_that_lost_its_data_does_not_reopen_replays(replicas, mock_issue
     redis_server.start()  # no persistence: used ids and the epoch marker are gone
     wait_next_second()
     r = None
-    for _ in range(20):  # the connection manager reconnects on its own
+    for _ in range(50):  # the connection manager reconnects on its own (backoff: allow ~10 s)
         r = a.exchange(token)
         if r.reason != "replay_store_unavailable":
             break
@@ -180,3 +193,94 @@ def test_graceful_shutdown_under_load_leaves_no_allow_without_its_audit_record(e
     allows = sum(1 for rec in b.audit() if rec["decision"] == "allow")
     assert oks >= 1 and oks == allows, (oks, allows, results)
     assert all(s in (200, 503, None) for s in results), results
+
+
+# ---- ending a task, introspection and the grant inventory (issue 7 item 4, 5; ATTACKS.md 46) -----
+
+ADMIN_TOKEN = "admin-" + "x" * 40
+
+
+def github_claims(run_id: str, **extra) -> dict:
+    c = {"repository": "acme/app", "repository_id": "123456", "repository_owner": "acme",
+         "repository_owner_id": "42", "run_id": run_id, "run_attempt": "1", "event_name": "push",
+         "ref": "refs/heads/main"}
+    c.update(extra)
+    return c
+
+
+@pytest.fixture
+def github_replicas(ephemera_bin, tmp_path, mock_issuer, redis_server):
+    (tmp_path / "admin.token").write_text(ADMIN_TOKEN)
+    made = []
+    for i in range(2):
+        workdir = tmp_path / f"gh{i}"
+        prov = {"name": "gh", "profile": "github-actions", "issuer": mock_issuer.issuer, "audiences": ["ephemera-test"]}
+        r = {"name": "deploy", "provider": "gh", "max_ttl": "15m",
+             "conditions": {"repository_id": "123456", "ref": "refs/heads/main"},
+             "credential": {"kind": "jwt", "audience": "https://partner.example"}}
+        cfg = broker_config(workdir, [prov], [r],
+                            server={"rate_limit_per_second": 0, "signing_key_file": shared_signing_key(tmp_path),
+                                        "issuer": "http://127.0.0.1/ephemera"})
+        cfg["state"] = {"backend": "redis", "url": redis_server.url, "command_timeout": "2s"}
+        cfg["admin"] = {"token_file": str(tmp_path / "admin.token")}
+        made.append(Broker(ephemera_bin, workdir, cfg))
+    yield made
+    for b in made:
+        b.stop()
+
+
+def admin(h=ADMIN_TOKEN):
+    return {"Authorization": f"Bearer {h}"}
+
+
+def introspect(broker, token, auth=ADMIN_TOKEN):
+    return broker.http.post(broker.url + "/v1/introspect", data={"token": token}, headers=admin(auth), timeout=10)
+
+
+def test_a_task_ended_on_one_replica_is_refused_on_the_other(github_replicas, mock_issuer):
+    a, b = github_replicas
+    first = a.exchange(mock_issuer.token(**github_claims("7")))
+    assert first.status == 200, first
+    jwt_1 = first.json["access_token"]
+    assert introspect(b, jwt_1).json()["active"] is True
+    assert introspect(b, jwt_1, auth="wrong").status_code == 401
+
+    # a fresh assertion of ANOTHER task cannot end this one
+    r = a.http.post(a.url + "/v1/revoke", timeout=10, data={
+        "task": "123456/7/1", "subject_token": mock_issuer.token(**github_claims("8")),
+        "subject_token_type": "urn:ietf:params:oauth:token-type:id_token", "audience": "deploy"})
+    assert r.status_code == 403 and r.json()["error_description"].startswith("task_mismatch"), r.text
+    # nor can an unauthenticated caller
+    assert a.http.post(a.url + "/v1/revoke", data={"task": "123456/7/1"}, timeout=10).status_code == 401
+
+    # the workload ends its own task with a fresh assertion of it (the last step of a job)
+    r = a.http.post(a.url + "/v1/revoke", timeout=10, data={
+        "task": "123456/7/1", "subject_token": mock_issuer.token(**github_claims("7")),
+        "subject_token_type": "urn:ietf:params:oauth:token-type:id_token", "audience": "deploy"})
+    assert r.status_code == 200 and r.json()["revoked"] == "task:123456/7/1", r.text
+
+    # on the other replica, at once: a new assertion of that task is refused, the old JWT is inactive
+    again = b.exchange(mock_issuer.token(**github_claims("7")))
+    assert again.status == 400 and again.reason == "policy_denied", again
+    assert "revoked (task:123456/7/1)" in again.description
+    assert introspect(b, jwt_1).json() == {"active": False}
+    # twin: another run of the same repository is unaffected
+    assert b.exchange(mock_issuer.token(**github_claims("8"))).status == 200
+
+
+def test_incident_revocation_by_subject_and_the_grant_inventory(github_replicas, mock_issuer):
+    a, b = github_replicas
+    ok = a.exchange(mock_issuer.token(**github_claims("21")))
+    assert ok.status == 200
+    listed = b.http.get(b.url + "/v1/grants", headers=admin(), timeout=10)
+    assert listed.status_code == 200
+    grants = listed.json()["grants"]
+    assert [g["task"] for g in grants] == ["123456/21/1"] and grants[0]["role"] == "deploy"
+    assert b.http.get(b.url + "/v1/grants", timeout=10).status_code == 401
+    # incident response: revoke the whole repository's workload identity
+    subject = grants[0]["subject"]
+    r = b.http.post(b.url + "/v1/revoke", data={"subject": subject}, headers=admin(), timeout=10)
+    assert r.status_code == 200, r.text
+    refused = a.exchange(mock_issuer.token(**github_claims("22")))
+    assert refused.status == 400 and "revoked (subject:" in refused.description, refused
+    assert introspect(a, ok.json["access_token"]).json() == {"active": False}
