@@ -107,10 +107,21 @@ impl AuditLog {
     /// Opens (or creates) the log for appending and picks up its hash chain.
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
         let (mut prev, mut count) = (GENESIS.to_owned(), 0u64);
-        if let Ok(f) = File::open(path) {
-            for line in BufReader::new(f).lines() {
-                prev = sha256_hex(line?.as_bytes());
-                count += 1;
+        // The head file says where the chain stands without reading the whole log; without one, a
+        // regular log file is scanned (never a device or pipe: that read might not end).
+        let head = std::fs::read_to_string(head_path(path)).ok().and_then(|h| {
+            let (n, hash) = h.trim().split_once(' ')?;
+            (hash.len() == 64).then(|| (hash.to_owned(), n.parse::<u64>().ok()))
+        });
+        match head {
+            Some((hash, Some(n))) => (prev, count) = (hash, n),
+            _ => {
+                if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+                    for line in BufReader::new(File::open(path)?).lines() {
+                        prev = sha256_hex(line?.as_bytes());
+                        count += 1;
+                    }
+                }
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;

@@ -171,6 +171,11 @@ pub async fn build_broker(
             BrokerSigner::generate().map_err(|e| e.to_string())?
         }
     };
+    let mut signer = signer;
+    for path in &config.server.publish_key_files {
+        let other = BrokerSigner::from_pem_file(path).map_err(|e| format!("server.publish_key_files: {e}"))?;
+        signer.publish(&other);
+    }
     let http = ephemera_providers::fetch::http_client(
         &config.cache.limits,
         Arc::new(ephemera_providers::resolve::SystemLookup),

@@ -77,6 +77,9 @@ pub struct RawServer {
     pub listen: String,
     pub issuer: String,
     pub signing_key_file: Option<PathBuf>,
+    /// Keys to publish in the JWKS without signing (rotation: the next, then the previous key).
+    #[serde(default)]
+    pub publish_key_files: Vec<PathBuf>,
     pub max_body_size: Option<usize>,
     pub header_read_timeout: Option<String>,
     pub request_timeout: Option<String>,
@@ -372,6 +375,7 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     pub issuer: String,
     pub signing_key_file: Option<PathBuf>,
+    pub publish_key_files: Vec<PathBuf>,
     pub max_body_size: usize,
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
@@ -481,6 +485,7 @@ impl Config {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             issuer: raw.server.issuer.clone(),
             signing_key_file: raw.server.signing_key_file.as_deref().map(resolve),
+            publish_key_files: raw.server.publish_key_files.iter().map(|p| resolve(p)).collect(),
             max_body_size: raw.server.max_body_size.unwrap_or(64 * 1024),
             header_read_timeout: Duration::from_secs(opt_secs(
                 "server.header_read_timeout",

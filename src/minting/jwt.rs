@@ -18,6 +18,9 @@ pub struct BrokerSigner {
     kid: String,
     encoding: EncodingKey,
     public_jwk: Value,
+    /// Keys published beside the signing key but never used to sign: the next key before a
+    /// rotation, the previous one after it.
+    published: Vec<Value>,
 }
 
 impl std::fmt::Debug for BrokerSigner {
@@ -68,7 +71,14 @@ impl BrokerSigner {
         let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
         let kid = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()));
         let public_jwk = json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig"});
-        Ok(BrokerSigner { kid, encoding: EncodingKey::from_ec_der(&der), public_jwk })
+        Ok(BrokerSigner { kid, encoding: EncodingKey::from_ec_der(&der), public_jwk, published: Vec::new() })
+    }
+
+    /// Also publishes `other`'s public key in the JWKS (it does not sign).
+    pub fn publish(&mut self, other: &BrokerSigner) {
+        if other.kid != self.kid && !self.published.iter().any(|k| k["kid"] == other.public_jwk["kid"]) {
+            self.published.push(other.public_jwk.clone());
+        }
     }
 
     pub fn kid(&self) -> &str {
@@ -77,7 +87,9 @@ impl BrokerSigner {
 
     /// The public JWKS document.
     pub fn jwks(&self) -> Value {
-        json!({ "keys": [self.public_jwk] })
+        let mut keys = vec![self.public_jwk.clone()];
+        keys.extend(self.published.iter().cloned());
+        json!({ "keys": keys })
     }
 
     /// Signs `claims` as a compact JWS with `typ: JWT`.
