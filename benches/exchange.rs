@@ -15,6 +15,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64STD;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use criterion::{BatchSize, Criterion};
 use ephemera::clock::{Clock, SystemClock};
@@ -94,12 +95,41 @@ fn broker(
     audit_dir: &Path,
     roles: usize,
 ) -> ephemera::exchange::Broker {
+    broker_with_state(rt, dir, jwks, audit_dir, roles, "")
+}
+
+/// A redis-server on a free port for the replica benches, if the machine has one.
+fn redis_server() -> Option<(std::process::Child, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some((child, port));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
+
+fn broker_with_state(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    jwks: &str,
+    audit_dir: &Path,
+    roles: usize,
+    state: &str,
+) -> ephemera::exchange::Broker {
     std::fs::write(dir.join("jwks.json"), jwks).unwrap();
     let text = format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 issuer = "https://broker.example.com"
+{state}
 [audit]
 path = "{audit}"
 [[providers]]
@@ -112,6 +142,17 @@ jwks_file = "jwks.json"
         audit = audit_dir.join("audit.jsonl").display(),
         roles = roles_toml(roles),
     );
+    let key = dir.join("bench-key.pem");
+    if !key.exists() {
+        let pkcs8 =
+            aws_lc_rs::signature::EcdsaKeyPair::generate(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING)
+                .unwrap()
+                .to_pkcs8v1()
+                .unwrap();
+        let b64 = B64STD.encode(pkcs8.as_ref());
+        std::fs::write(&key, format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")).unwrap();
+    }
+    let text = text.replace("[server]\n", &format!("[server]\nsigning_key_file = \"{}\"\n", key.display()));
     let config = Config::from_raw(toml::from_str(&text).unwrap(), dir).unwrap();
     let audit = ephemera::audit::AuditLog::open(&config.audit_path).unwrap();
     rt.block_on(ephemera::cli::build_broker(config, Arc::new(SystemClock), Some(audit), None)).unwrap()
@@ -143,7 +184,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let shm = Path::new("/dev/shm");
-    let variants: Vec<(&str, tempfile::TempDir)> =
+    let mut variants: Vec<(&str, tempfile::TempDir)> =
         [("exchange/audit_on_disk", Some(dir.path())), ("exchange/audit_on_tmpfs", shm.is_dir().then_some(shm))]
             .into_iter()
             .filter_map(|(name, base)| Some((name, tempfile::tempdir_in(base?).unwrap())))
@@ -167,6 +208,39 @@ fn main() {
                 BatchSize::SmallInput,
             )
         });
+    }
+    // Shared state on a real Redis: one replica, and two replicas (two brokers, one Redis) taking
+    // turns; audit on tmpfs so the Redis round trips stand out against the in-memory backend.
+    if let (Some((mut redis, port)), true) = (redis_server(), shm.is_dir()) {
+        let state =
+            format!("[state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\ncommand_timeout = \"2s\"");
+        let a_dir = tempfile::tempdir_in(shm).unwrap();
+        let b_dir = tempfile::tempdir_in(shm).unwrap();
+        let a = broker_with_state(&rt, dir.path(), &issuer.jwks(), a_dir.path(), 1, &state);
+        let b = broker_with_state(&rt, dir.path(), &issuer.jwks(), b_dir.path(), 1, &state);
+        for (name, replicas) in [("redis_1_replica", vec![&a]), ("redis_2_replicas", vec![&a, &b])] {
+            let turn = std::cell::Cell::new(0usize);
+            group.bench_function(name, |bench| {
+                bench.iter_batched(
+                    || ExchangeRequest {
+                        subject_token: SubjectToken::new(issuer.token(now)),
+                        subject_token_type: TOKEN_TYPE_ID_TOKEN.into(),
+                        role: "deploy".into(),
+                        requested_token_type: None,
+                    },
+                    |req| {
+                        let i = turn.get();
+                        turn.set(i + 1);
+                        let r = rt.block_on(replicas[i % replicas.len()].exchange(Ok(req), "bench"));
+                        assert!(r.is_ok(), "{:?}", r.err());
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+        let _ = redis.kill();
+    } else {
+        println!("redis-server not found: the Redis benches are skipped");
     }
     group.finish();
 
@@ -197,6 +271,8 @@ fn main() {
     };
     println!("\n== ratios (mean times, same run) ==");
     println!("crypto floor: rs256_verify {:.1} us + es256_sign {:.1} us = {:.1} us", v / 1e3, s / 1e3, (v + s) / 1e3);
+    variants.push(("exchange/redis_1_replica", tempfile::tempdir().unwrap()));
+    variants.push(("exchange/redis_2_replicas", tempfile::tempdir().unwrap()));
     for (name, _) in &variants {
         if let Some(e) = mean_ns(name) {
             println!("{name}: {:.1} us = {:.2} x crypto floor", e / 1e3, e / (v + s));

@@ -893,6 +893,9 @@ fn check_attestation_provider(
                         v.max_age_secs = age.as_secs();
                     }
                     v.require_nonce = p.require_nonce.unwrap_or(true);
+                    if let Some(l) = &p.leeway {
+                        v.leeway_secs = opt_secs(&format!("{key}.leeway"), &Some(l.clone()), v.leeway_secs, errs);
+                    }
                     (Attestor::Nitro(v), format!("urn:ephemera:nitro:{fingerprint}"))
                 }
                 Err(e) => {
@@ -947,13 +950,26 @@ fn check_attestation_provider(
             let mut crls = Vec::new();
             for f in &p.crl_files {
                 match std::fs::read(resolve(f)) {
+                    Ok(b) if b.starts_with(b"-----BEGIN") => {
+                        use rustls_pki_types::pem::PemObject;
+                        match rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&b) {
+                            Ok(der) => crls.push(der.as_ref().to_vec()),
+                            Err(e) => errs.push(format!("{key}.crl_files: {}: {e}", f.display())),
+                        }
+                    }
                     Ok(b) => crls.push(b),
                     Err(e) => errs.push(format!("{key}.crl_files: {}: {e}", f.display())),
                 }
             }
             let verifier = x509pop::PopVerifier::new(anchors, audience)
                 .and_then(|v| if crls.is_empty() { Ok(v) } else { v.with_crls(&crls) })
-                .map(|v| v.with_revoked_serials(p.revoked_serials.iter()));
+                .map(|v| v.with_revoked_serials(p.revoked_serials.iter()))
+                .map(|mut v| {
+                    if let Some(l) = &p.leeway {
+                        v.leeway_secs = opt_secs(&format!("{key}.leeway"), &Some(l.clone()), v.leeway_secs, errs);
+                    }
+                    v
+                });
             match verifier {
                 Ok(v) => (Attestor::X509(v), format!("urn:ephemera:x509-pop:{}", &fingerprint[..32])),
                 Err(e) => {

@@ -30,6 +30,9 @@ pub const ATTESTATION_TOKEN_TYPES: &[&str] = &[
     "urn:ephemera:token-type:x509-pop",
 ];
 
+/// How long the replay store remembers replayable evidence (EC2 instance identity documents).
+pub const REPLAYABLE_MEMORY: i64 = 366 * 24 * 3600;
+
 /// Most form fields accepted in one request.
 pub const MAX_FORM_FIELDS: usize = 32;
 /// Most bytes of request headers accepted on the token endpoint.
@@ -582,7 +585,13 @@ impl Broker {
             lifetime,
             now,
             replay_id: evidence.replay_id().to_owned(),
-            replay_until: evidence.not_after() + provider.rules.leeway as i64,
+            // Replayable evidence (an EC2 IID is the same for the instance's life) is remembered far
+            // beyond the credential's cap: a year, after which such a document would be a year old.
+            replay_until: if evidence.replayable() {
+                now + REPLAYABLE_MEMORY
+            } else {
+                evidence.not_after() + provider.rules.leeway as i64
+            },
             issued_at: evidence.issued_at(),
             issuer: provider.rules.issuer.clone(),
             claims,
@@ -707,6 +716,12 @@ impl Broker {
                     rec.assertion_expires_at = Some(t.expires_at);
                 }
                 rec.task = trace.workload.as_ref().map(|w| w.task.clone());
+                if rec.subject.is_none() {
+                    // attestation: the workload as the evidence names it, and the provider's issuer
+                    rec.subject = trace.workload.as_ref().map(|w| w.subject.clone());
+                    rec.issuer =
+                        trace.evidence.as_ref().and_then(|e| e.get("iss")).and_then(|v| v.as_str()).map(str::to_owned);
+                }
                 tracing::trace!(
                     request_id,
                     provider = ?trace.provider,
@@ -770,6 +785,14 @@ impl Broker {
             Credential::Aws(aws) => Some(aws_request(aws, &role.name, &workload, &claims, now, lifetime)?),
             _ => None,
         };
+        rec.replayable = replayable;
+        match self.state.mark_used(&replay_id, replay_until, now, issued_at).await {
+            Ok(Mark::Fresh) => {}
+            Ok(Mark::AlreadyUsed) => return Err(ExchangeError::Replayed),
+            Ok(Mark::EpochReset { since }) => return Err(ExchangeError::ReplayStateReset { since }),
+            Err(e) => return Err(ExchangeError::State(e)),
+        }
+        // After the replay mark, so a replayed document is called what it is (`token_replayed`).
         // A broker nonce is consumed atomically: unknown, expired, already used, or issued for
         // another role, it is refused.
         if let Some(n) = &nonce {
@@ -779,13 +802,6 @@ impl Broker {
                 Ok(None) => return Err(ExchangeError::NonceInvalid("the nonce is unknown, expired or already used")),
                 Err(e) => return Err(ExchangeError::State(e)),
             }
-        }
-        rec.replayable = replayable;
-        match self.state.mark_used(&replay_id, replay_until, now, issued_at).await {
-            Ok(Mark::Fresh) => {}
-            Ok(Mark::AlreadyUsed) => return Err(ExchangeError::Replayed),
-            Ok(Mark::EpochReset { since }) => return Err(ExchangeError::ReplayStateReset { since }),
-            Err(e) => return Err(ExchangeError::State(e)),
         }
         let jti = random_id(16);
         rec.decision = "allow";

@@ -224,7 +224,9 @@ impl PopVerifier {
         }
         for cert in &parsed {
             let serial = certs::serial_hex(cert);
-            if self.revoked_serials.contains(&serial) {
+            // Both sides without leading zero digits: `0a1b` and `a1b` name the same serial.
+            let normal = serial.trim_start_matches('0');
+            if self.revoked_serials.contains(if normal.is_empty() { "00" } else { normal }) {
                 return Err(AttestationError::CertRevoked { serial });
             }
         }

@@ -65,6 +65,7 @@ impl std::fmt::Debug for AwsSession {
             .field("secret_access_key", &"[REDACTED]")
             .field("session_token", &"[REDACTED]")
             .field("sts_expiration", &self.sts_expiration)
+            .field("assumed_role_arn", &self.assumed_role_arn)
             .finish()
     }
 }
@@ -147,22 +148,93 @@ pub fn duration_for(lifetime: i64) -> i32 {
     lifetime.clamp(900, 43_200) as i32
 }
 
+/// STS's global endpoint lives in us-east-1: the region used when neither the SDK environment nor
+/// the role names one (the SDK would otherwise fail every call without reaching STS).
+pub const FALLBACK_REGION: &str = "us-east-1";
+
+/// Connect, per-attempt and whole-call limits for AssumeRole when the SDK configuration sets
+/// none: the SDK has no operation timeout of its own, and an STS that accepts the connection but
+/// never answers must end in a retryable error, not a request that hangs.
+pub fn default_timeouts() -> aws_sdk_sts::config::timeout::TimeoutConfig {
+    aws_sdk_sts::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .operation_attempt_timeout(std::time::Duration::from_secs(10))
+        .operation_timeout(std::time::Duration::from_secs(20))
+        .build()
+}
+
+/// STS error codes that mean "try again later" whatever the HTTP status.
+const RETRYABLE_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "InternalError",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "IDPCommunicationError",
+];
+
+/// Sorts an AssumeRole failure: STS's own refusals (any other 4xx: `AccessDenied`,
+/// `MalformedPolicyDocument`, `RegionDisabledException`, `ValidationError`, an unknown code …)
+/// are `Refused`, retrying would not help; 5xx, throttling, timeouts and no answer at all are
+/// `Unavailable`. Only the error code travels on, never STS's message.
+pub fn classify(code: Option<&str>, status: Option<u16>, fallback: &str) -> AwsError {
+    let code_text = code.unwrap_or(fallback).to_owned();
+    let retryable = code.is_some_and(|c| RETRYABLE_CODES.contains(&c))
+        || match status {
+            None => true,
+            Some(s) => s >= 500 || s == 429 || s < 400,
+        };
+    if retryable { AwsError::Unavailable { code: code_text } } else { AwsError::Refused { code: code_text } }
+}
+
+/// The first `<Code>` of an STS error body, when it is a plain error code.
+pub fn error_code_in(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text[start..].find("</Code>")?;
+    let code = &text[start..start + len];
+    (!code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'))
+        .then(|| code.to_owned())
+}
+
 /// The broker's STS clients.
 #[derive(Debug, Clone)]
 pub struct AwsMinter {
-    shared: aws_config::SdkConfig,
+    /// Loaded on the first AssumeRole, not at start: `explain` and `check` build a broker too,
+    /// and must not go looking for credentials or a region (the instance metadata service).
+    shared: tokio::sync::OnceCell<aws_config::SdkConfig>,
 }
 
 impl AwsMinter {
-    /// Loads the SDK's standard configuration (credential chain, region, endpoint overrides).
+    /// The SDK's standard configuration (credential chain, region, endpoint overrides), loaded
+    /// when the first session is minted.
     pub async fn from_env() -> Self {
-        AwsMinter { shared: aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await }
+        AwsMinter { shared: tokio::sync::OnceCell::new() }
     }
 
-    fn client(&self, role: &AwsRole) -> aws_sdk_sts::Client {
-        let mut b = aws_sdk_sts::config::Builder::from(&self.shared);
-        if let Some(r) = &role.region {
-            b = b.region(aws_sdk_sts::config::Region::new(r.clone()));
+    /// A minter over an SDK configuration built elsewhere (tests, embedding). Timeouts it does
+    /// not set get [`default_timeouts`].
+    pub fn from_config(shared: aws_config::SdkConfig) -> Self {
+        AwsMinter { shared: tokio::sync::OnceCell::new_with(Some(shared)) }
+    }
+
+    async fn client(&self, role: &AwsRole) -> aws_sdk_sts::Client {
+        let shared = self
+            .shared
+            .get_or_init(|| async { aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await })
+            .await;
+        let mut b = aws_sdk_sts::config::Builder::from(shared);
+        if shared.timeout_config().is_none_or(|t| t.operation_timeout().is_none()) {
+            b = b.timeout_config(default_timeouts());
+        }
+        match (&role.region, shared.region()) {
+            (Some(r), _) => b = b.region(aws_sdk_sts::config::Region::new(r.clone())),
+            (None, None) => b = b.region(aws_sdk_sts::config::Region::from_static(FALLBACK_REGION)),
+            (None, Some(_)) => {}
         }
         if let Some(e) = &role.endpoint_url {
             b = b.endpoint_url(e.clone());
@@ -174,6 +246,7 @@ impl AwsMinter {
     pub async fn assume(&self, role: &AwsRole, req: &AssumeRequest) -> Result<AwsSession, AwsError> {
         let mut call = self
             .client(role)
+            .await
             .assume_role()
             .role_arn(&req.role_arn)
             .role_session_name(&req.session_name)
@@ -190,29 +263,49 @@ impl AwsMinter {
                     .map_err(|_| AwsError::Tag { key: k.clone(), problem: "rejected by the SDK".into() })?,
             );
         }
-        for k in &req.transitive_tag_keys {
+        // A transitive key whose claim the token lacked (so whose tag was left out) names nothing:
+        // it is left out too rather than sent for STS to refuse.
+        for k in req.transitive_tag_keys.iter().filter(|k| req.tags.iter().any(|(t, _)| t == *k)) {
             call = call.transitive_tag_keys(k);
         }
         for arn in &req.policy_arns {
             call = call.policy_arns(aws_sdk_sts::types::PolicyDescriptorType::builder().arn(arn).build());
         }
         let out = call.send().await.map_err(|e| {
-            let code = e.code().unwrap_or("no_response").to_owned();
-            let refused = matches!(
-                code.as_str(),
-                "AccessDenied"
-                    | "MalformedPolicyDocument"
-                    | "PackedPolicyTooLarge"
-                    | "RegionDisabledException"
-                    | "ExpiredTokenException"
-                    | "ValidationError"
-                    | "InvalidClientTokenId"
-                    | "SignatureDoesNotMatch"
+            use aws_sdk_sts::error::SdkError;
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            let fallback = match &e {
+                SdkError::TimeoutError(_) => "timeout",
+                SdkError::DispatchFailure(_) => "unreachable",
+                SdkError::ConstructionFailure(_) => "request_not_built",
+                SdkError::ResponseError(_) => "unreadable_response",
+                _ => "no_code",
+            };
+            // Some STS look-alikes wrap errors in `<Errors>`, which the SDK does not read: the
+            // code is then taken from the body.
+            let body_code = e.raw_response().and_then(|r| r.body().bytes()).and_then(error_code_in);
+            let code = e.code().map(str::to_owned).or(body_code);
+            let err = classify(code.as_deref(), status, fallback);
+            // What is logged: the code and STS's message (principals and resources, no secrets),
+            // or the transport error. Never a response body or its headers.
+            let detail = match &e {
+                SdkError::ServiceError(_) => e.message().unwrap_or_default().to_owned(),
+                SdkError::ResponseError(_) => String::new(),
+                _ => aws_sdk_sts::error::DisplayErrorContext(&e).to_string(),
+            };
+            tracing::warn!(
+                code = code.as_deref().unwrap_or(fallback),
+                status,
+                role_arn = %req.role_arn,
+                error = %detail,
+                "sts:AssumeRole failed"
             );
-            tracing::warn!(code = %code, role_arn = %req.role_arn, "sts:AssumeRole failed");
-            if refused { AwsError::Refused { code } } else { AwsError::Unavailable { code } }
+            err
         })?;
         let creds = out.credentials.ok_or(AwsError::NoCredentials)?;
+        if creds.access_key_id.is_empty() || creds.secret_access_key.is_empty() || creds.session_token.is_empty() {
+            return Err(AwsError::NoCredentials);
+        }
         Ok(AwsSession {
             access_key_id: creds.access_key_id,
             secret_access_key: IssuedCredential::new(creds.secret_access_key),
@@ -245,6 +338,25 @@ mod tests {
         assert!(check_tag("Repository", &"a".repeat(257)).is_err());
         assert!(check_tag("Repository", "a;b").is_err());
         assert!(check_tag("aws:x", "v").is_err());
+    }
+
+    #[test]
+    fn failures_are_sorted_by_code_then_status() {
+        assert_eq!(classify(Some("AccessDenied"), Some(403), "x"), AwsError::Refused { code: "AccessDenied".into() });
+        assert_eq!(classify(Some("Whatever"), Some(400), "x"), AwsError::Refused { code: "Whatever".into() });
+        assert_eq!(classify(Some("Throttling"), Some(400), "x"), AwsError::Unavailable { code: "Throttling".into() });
+        assert_eq!(classify(None, Some(503), "no_code"), AwsError::Unavailable { code: "no_code".into() });
+        assert_eq!(classify(None, None, "unreachable"), AwsError::Unavailable { code: "unreachable".into() });
+        assert_eq!(classify(None, Some(403), "no_code"), AwsError::Refused { code: "no_code".into() });
+    }
+
+    #[test]
+    fn error_codes_are_read_from_wrapped_bodies_only_when_plain() {
+        let moto = b"<ErrorResponse><Errors><Error><Code>InvalidClientTokenId</Code><Message>m</Message></Error></Errors></ErrorResponse>";
+        assert_eq!(error_code_in(moto).as_deref(), Some("InvalidClientTokenId"));
+        assert_eq!(error_code_in(b"<Code>a b</Code>"), None);
+        assert_eq!(error_code_in(b"<Code></Code>"), None);
+        assert_eq!(error_code_in(b"<html>down</html>"), None);
     }
 
     #[test]

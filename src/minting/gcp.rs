@@ -100,27 +100,52 @@ impl GcpMinter {
     }
 
     async fn broker_token(&self) -> Result<String, GcpError> {
-        let provider = self.provider.get_or_try_init(|| async { gcp_auth::provider().await }).await.map_err(|e| {
-            tracing::warn!(error = %e, "no Google application default credentials for the broker");
-            GcpError::BrokerCredentials
-        })?;
-        let token = provider.token(&[CLOUD_PLATFORM]).await.map_err(|e| {
-            tracing::warn!(error = %e, "the broker's Google token could not be obtained");
-            GcpError::BrokerCredentials
-        })?;
-        Ok(token.as_str().to_owned())
+        // gcp_auth sets no timeout of its own: a token endpoint that never answers must not hold
+        // the exchange.
+        let fetch = async {
+            let provider =
+                self.provider.get_or_try_init(|| async { gcp_auth::provider().await }).await.map_err(|e| {
+                    tracing::warn!(error = %e, "no Google application default credentials for the broker");
+                    GcpError::BrokerCredentials
+                })?;
+            provider.token(&[CLOUD_PLATFORM]).await.map_err(|e| {
+                tracing::warn!(error = %e, "the broker's Google token could not be obtained");
+                match e {
+                    // No answer at all (gcp_auth already retried): try again later.
+                    gcp_auth::Error::Other(..) | gcp_auth::Error::Http(..) => {
+                        GcpError::Unavailable("the broker's token endpoint is unreachable".into())
+                    }
+                    _ => GcpError::BrokerCredentials,
+                }
+            })
+        };
+        match tokio::time::timeout(BROKER_TOKEN_TIMEOUT, fetch).await {
+            Ok(token) => Ok(token?.as_str().to_owned()),
+            Err(_) => Err(GcpError::Unavailable("the broker's token endpoint timed out".into())),
+        }
+    }
+
+    /// The `generateAccessToken` URL of `service_account`, its name percent-encoded as one path
+    /// segment (a `?`, `#` or `/` in it cannot change the request's target).
+    pub fn generate_url(&self, service_account: &str) -> Result<reqwest::Url, GcpError> {
+        let mut url = reqwest::Url::parse(&self.iam_base)
+            .map_err(|_| GcpError::Unavailable("the IAM Credentials base URL is not a URL".into()))?;
+        url.path_segments_mut()
+            .map_err(|_| GcpError::Unavailable("the IAM Credentials base URL cannot take a path".into()))?
+            .pop_if_empty()
+            .extend(["v1", "projects", "-", "serviceAccounts", &format!("{service_account}:generateAccessToken")]);
+        Ok(url)
     }
 
     /// Calls `generateAccessToken` for `role` with `lifetime` seconds.
     pub async fn mint(&self, role: &GcpRole, lifetime: i64) -> Result<GcpToken, GcpError> {
         let bearer = self.broker_token().await?;
-        let url =
-            format!("{}/v1/projects/-/serviceAccounts/{}:generateAccessToken", self.iam_base, role.service_account);
+        let url = self.generate_url(&role.service_account)?;
         let delegates: Vec<String> = role.delegates.iter().map(|d| format!("projects/-/serviceAccounts/{d}")).collect();
         let body = json!({"scope": role.scopes, "lifetime": format!("{lifetime}s"), "delegates": delegates});
-        let resp = self
+        let mut resp = self
             .http
-            .post(&url)
+            .post(url)
             .bearer_auth(bearer)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_string())
@@ -131,12 +156,20 @@ impl GcpMinter {
             })?;
         let status = resp.status();
         if status.is_server_error() || status.as_u16() == 429 {
+            tracing::warn!(status = status.as_u16(), service_account = %role.service_account, "generateAccessToken unavailable");
             return Err(GcpError::Unavailable(format!("HTTP {}", status.as_u16())));
         }
         if !status.is_success() {
+            tracing::warn!(status = status.as_u16(), service_account = %role.service_account, "generateAccessToken refused");
             return Err(GcpError::Refused { status: status.as_u16() });
         }
-        let bytes = resp.bytes().await.map_err(|_| GcpError::Unavailable("body read failed".into()))?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|_| GcpError::Unavailable("body read failed".into()))? {
+            if bytes.len() + chunk.len() > MAX_RESPONSE {
+                return Err(GcpError::NoToken);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         let parsed: GenerateResponse = serde_json::from_slice(&bytes).map_err(|_| GcpError::NoToken)?;
         match (parsed.access_token, parsed.expire_time) {
             (Some(t), Some(e)) if !t.is_empty() => {
@@ -144,5 +177,38 @@ impl GcpMinter {
             }
             _ => Err(GcpError::NoToken),
         }
+    }
+}
+
+/// How long the broker waits for its own Google token (gcp_auth retries inside this).
+const BROKER_TOKEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// The largest `generateAccessToken` answer read.
+const MAX_RESPONSE: usize = 64 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_account_is_one_path_segment() {
+        let m = GcpMinter::new(Some("http://127.0.0.1:9/base/".into())).unwrap();
+        assert_eq!(
+            m.generate_url("sa@p.iam.gserviceaccount.com").unwrap().as_str(),
+            "http://127.0.0.1:9/base/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com:generateAccessToken"
+        );
+        let odd = m.generate_url("a@b.c/../x?y#z").unwrap();
+        assert_eq!(odd.query(), None);
+        assert_eq!(odd.fragment(), None);
+        assert!(odd.path().ends_with("/serviceAccounts/a@b.c%2F..%2Fx%3Fy%23z:generateAccessToken"), "{odd}");
+        let default = GcpMinter::new(None).unwrap();
+        assert!(
+            default.generate_url("s@p.x").unwrap().as_str().starts_with("https://iamcredentials.googleapis.com/v1/")
+        );
+    }
+
+    #[test]
+    fn debug_redacts_the_token() {
+        let t = GcpToken { access_token: IssuedCredential::new("ya29.secret".into()), expire_time: "x".into() };
+        assert!(!format!("{t:?}").contains("ya29"));
     }
 }

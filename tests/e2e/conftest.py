@@ -8,6 +8,11 @@
   and the audit log live there too. At teardown of a passing test the audit invariants are checked
   (one allow record per 200; one deny record with the same reason per rejection).
 
+- `moto_bin`, `moto_factory` / `moto`: moto_server (a local STS) from the test virtualenv, one
+  process per test on its own loopback port, with moto's request recorder on; a missing
+  moto_server skips, or fails with CI=true. `broker_factory(extra_config=...)` adds top-level
+  tables to the broker's config (e.g. `[gcp]`).
+
 Environment: EPHEMERA_TEST_RUST_LOG sets the broker's RUST_LOG (default `info`).
 """
 
@@ -23,9 +28,12 @@ from harness import (
     Broker,
     Canary,
     MockIssuer,
+    MotoServer,
     broker_config,
     find_binary,
+    find_moto_server,
     provider,
+    require_peer,
     role,
 )
 
@@ -119,7 +127,8 @@ def broker_factory(ephemera_bin, tmp_path, request):
     made: list[tuple[Broker, bool]] = []
 
     def make(providers=None, roles=None, *, jwks=None, server=None, env=None, rust_log=None,
-             issuer: MockIssuer | None = None, check_invariants: bool = True) -> Broker:
+             issuer: MockIssuer | None = None, check_invariants: bool = True,
+             extra_config: dict | None = None) -> Broker:
         if providers is None:
             assert issuer is not None, "give providers or an issuer"
             providers = [provider("mock", issuer.issuer)]
@@ -132,6 +141,7 @@ def broker_factory(ephemera_bin, tmp_path, request):
         workdir = tmp_path / f"broker{len(made)}"
         workdir.mkdir()
         cfg = broker_config(workdir, providers, roles, jwks=jwks, server=server)
+        cfg.update(extra_config or {})  # more top-level tables, e.g. [gcp]
         b = Broker(ephemera_bin, workdir, cfg, env=env, rust_log=rust_log)
         made.append((b, check_invariants))
         return b
@@ -151,3 +161,31 @@ def broker_factory(ephemera_bin, tmp_path, request):
 @pytest.fixture
 def broker(broker_factory, mock_issuer):
     return broker_factory(issuer=mock_issuer)
+
+
+@pytest.fixture(scope="session")
+def moto_bin():
+    """moto_server from the test virtualenv (a missing one skips, or fails with CI=true)."""
+    found = find_moto_server()
+    require_peer("moto_server", found is not None, "pip install -r tests/requirements.txt installs moto[server]")
+    return found
+
+
+@pytest.fixture
+def moto_factory(moto_bin, tmp_path):
+    """Fresh moto_server processes for this test, each on its own loopback port."""
+    made: list[MotoServer] = []
+
+    def make() -> MotoServer:
+        m = MotoServer(moto_bin, tmp_path / f"moto{len(made)}")
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.close()
+
+
+@pytest.fixture
+def moto(moto_factory):
+    return moto_factory()

@@ -681,3 +681,229 @@ def verify_broker_jwt(broker: Broker, token: str, audience: str = PARTNER) -> di
         issuer=broker.issuer,
         options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]},
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# cloud peers (added for the AWS, GCP and client tests; nothing above depends on this)
+
+AWS_ACCOUNT = "123456789012"
+AWS_ROLE_ARN = f"arn:aws:iam::{AWS_ACCOUNT}:role/deploy"
+AWS_CREDENTIALS_TYPE = "urn:ephemera:token-type:aws-credentials"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+# The GitHub workload the cloud tests use (ids as GitHub's tokens carry them: strings).
+GH_REPOSITORY_ID = "123456789"
+GH_OWNER_ID = "987654"
+GH_CONDITIONS = {"repository_id": GH_REPOSITORY_ID, "repository_owner_id": GH_OWNER_ID,
+                 "ref": "refs/heads/main"}
+
+
+def require_peer(what: str, found: bool, how: str) -> None:
+    """A missing test peer (moto_server, boto3, google-auth) skips the test, except with CI=true,
+    where it fails: CI never passes by not running the cloud tests."""
+    if found:
+        return
+    import pytest
+
+    msg = f"{what} is not installed ({how})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def require_module(name: str):
+    """Imports a test peer library, or skips (fails with CI=true) when it is not installed."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        require_peer(name, False, "pip install -r tests/requirements.txt")
+
+
+def github_claims(issuer: str, **overrides) -> dict:
+    """GitHub-Actions-shaped claims that the cloud tests' roles allow; `None` removes a claim."""
+    t = now()
+    c = {
+        "iss": issuer,
+        "aud": AUDIENCE,
+        "sub": "repo:acme/app:ref:refs/heads/main",
+        "repository": "acme/app",
+        "repository_id": GH_REPOSITORY_ID,
+        "repository_owner": "acme",
+        "repository_owner_id": GH_OWNER_ID,
+        "ref": "refs/heads/main",
+        "ref_type": "branch",
+        "event_name": "push",
+        "environment": "prod",
+        "workflow": "Deploy",
+        "run_id": str(4_000_000_000 + int(uuid.uuid4().int % 1_000_000_000)),
+        "run_attempt": "1",
+        "runner_environment": "github-hosted",
+        "iat": t,
+        "nbf": t,
+        "exp": t + 300,
+        "jti": uuid.uuid4().hex,
+    }
+    for k, v in overrides.items():
+        if v is None:
+            c.pop(k, None)
+        else:
+            c[k] = v
+    return c
+
+
+def github_provider(name: str, issuer: str, **extra) -> dict:
+    p = {"name": name, "profile": "github-actions", "issuer": issuer, "audiences": [AUDIENCE]}
+    p.update(extra)
+    return p
+
+
+def cloud_role(name: str, provider_name: str, credential: dict, *, max_ttl: str = "15m",
+               conditions: dict | None = None) -> dict:
+    return {
+        "name": name,
+        "provider": provider_name,
+        "max_ttl": max_ttl,
+        "conditions": dict(GH_CONDITIONS) if conditions is None else conditions,
+        "credential": credential,
+    }
+
+
+def session_name(role_name: str, claims: dict) -> str:
+    """The RoleSessionName the broker derives for a GitHub workload (role/repo id/run/attempt,
+    STS's charset), for names that fit in 64 characters."""
+    raw = f"{role_name}/{claims['repository_id']}/{claims['run_id']}/{claims['run_attempt']}"
+    out = re.sub(r"[^A-Za-z0-9_+=,.@-]", "-", raw)
+    assert len(out) <= 64
+    return out
+
+
+def aws_broker_env(sts_url: str) -> dict:
+    """The broker's own AWS identity and STS endpoint, through the SDK's standard environment
+    only; nothing from the developer's own AWS setup leaks in."""
+    return {
+        "AWS_ACCESS_KEY_ID": "AKIDEPHEMERABROKER01",
+        "AWS_SECRET_ACCESS_KEY": "ephemera-broker-test-secret-key-0000000001",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_STS": sts_url,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_PROFILE": "",
+        "AWS_SESSION_TOKEN": "",
+    }
+
+
+def find_moto_server() -> Path | None:
+    """moto_server from the virtualenv running the tests, else from PATH."""
+    import shutil
+
+    here = Path(sys.executable).parent / "moto_server"
+    if here.is_file() and os.access(here, os.X_OK):
+        return here
+    found = shutil.which("moto_server")
+    return Path(found) if found else None
+
+
+class MotoServer:
+    """moto_server (moto's mock AWS as a standalone HTTP server) on 127.0.0.1, with moto's request
+    recorder on, so tests read the AssumeRole requests the broker really sent."""
+
+    def __init__(self, binary: Path, workdir: Path, port: int = 0):
+        self.binary = binary
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.recording = self.workdir / "moto_recording.jsonl"
+        self.recording.write_text("")
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        for attempt in range(3):
+            env = dict(os.environ)
+            env.update({"MOTO_ENABLE_RECORDING": "True", "MOTO_RECORDER_FILEPATH": str(self.recording),
+                        "AWS_ACCESS_KEY_ID": "moto", "AWS_SECRET_ACCESS_KEY": "moto"})
+            self._log = open(self.workdir / "moto_server.log", "ab")
+            self.proc = subprocess.Popen([str(self.binary), "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL,
+                                         env=env)
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    requests.get(self.url + "/moto-api/reset-auth", timeout=2)
+                    return
+                except requests.RequestException:
+                    time.sleep(0.05)
+            self.kill()
+            if attempt < 2:
+                self.port = free_port()
+        log = (self.workdir / "moto_server.log").read_text(errors="replace")
+        raise RuntimeError(f"moto_server did not start:\n{log[-3000:]}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self):
+        """Takes STS down hard: connections to its port are then refused."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def revive(self):
+        """Starts moto again on the same port (its state is gone; the recording stays)."""
+        assert not self.alive
+        port = self.port
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self.start()
+                if self.port == port:
+                    return
+                raise RuntimeError(f"moto came back on {self.port}, not {port}")
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                self.port = port
+                time.sleep(0.2)
+
+    def close(self):
+        self.kill()
+
+    def enforce_auth(self):
+        """From now on moto checks every request's credentials against its own IAM, which knows
+        none: STS then refuses the broker (InvalidClientTokenId, HTTP 403)."""
+        r = requests.post(self.url + "/moto-api/reset-auth", data="0", timeout=HTTP_TIMEOUT)
+        assert r.status_code == 200, r.text
+
+    def reset_recording(self):
+        self.recording.write_text("")
+
+    def recorded(self, action: str | None = None) -> list[dict]:
+        """The requests moto received, oldest first, each as {method, url, headers, form}; with
+        `action`, only the form posts of that Action (AssumeRole, GetCallerIdentity, ...)."""
+        from urllib.parse import parse_qsl
+
+        out = []
+        for line in self.recording.read_text().splitlines():
+            if not line.strip():
+                continue
+            e = json.loads(line)
+            body = e.get("body") or ""
+            if e.get("body_encoded"):
+                body = base64.b64decode(body).decode("utf-8", errors="replace")
+            form = parse_qsl(body, keep_blank_values=True) if isinstance(body, str) else []
+            rec = {"method": e["method"], "url": e["url"], "headers": e.get("headers", {}), "form": form,
+                   "body": body}
+            if action is None or dict(form).get("Action") == action:
+                out.append(rec)
+        return out
