@@ -700,20 +700,10 @@ fn parse_algorithms(key: &str, names: &Option<Vec<String>>, errs: &mut Vec<Strin
     let Some(names) = names else {
         return vec![Algorithm::RS256, Algorithm::ES256];
     };
-    let all = [
-        Algorithm::RS256,
-        Algorithm::RS384,
-        Algorithm::RS512,
-        Algorithm::PS256,
-        Algorithm::PS384,
-        Algorithm::PS512,
-        Algorithm::ES256,
-        Algorithm::ES384,
-        Algorithm::EdDSA,
-    ];
+    let all = ephemera_providers::jose::ASYMMETRIC_ALGORITHMS;
     let mut out = Vec::new();
     for n in names {
-        match ephemera_providers::jose::parse_alg(n, &all) {
+        match ephemera_providers::jose::parse_alg(n, all) {
             Ok(a) => out.push(a),
             Err(_) => errs.push(format!(
                 "{key}.algorithms: `{n}` is not allowed (asymmetric JWS algorithms only; never none or HS*)"

@@ -22,8 +22,8 @@ use crate::AttestationKind;
 use crate::certs;
 use crate::error::{AttestationError, Malformed};
 use crate::evidence::Evidence;
-use crate::json::{self, StrictJsonError};
 use base64::Engine;
+use ephemera_providers::json::{self, StrictJsonError};
 use rustls_pki_types::CertificateDer;
 use serde_json::{Map, Value};
 
@@ -275,7 +275,7 @@ fn decode_base64_text(text: &str) -> Result<Vec<u8>, AttestationError> {
 
 fn decode_json_form(bytes: &[u8]) -> Result<SignedIid, AttestationError> {
     let obj = json::parse_object(bytes).map_err(|e| match e {
-        StrictJsonError::Duplicate => Malformed::DuplicateKey("signature form".into()),
+        StrictJsonError::Duplicate(_) => Malformed::DuplicateKey("signature form".into()),
         _ => Malformed::Json,
     })?;
     if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "document" | "signature")) {
@@ -399,7 +399,7 @@ struct Document {
 impl Document {
     fn parse(bytes: &[u8]) -> Result<Document, AttestationError> {
         let obj = json::parse_object(bytes).map_err(|e| match e {
-            StrictJsonError::Duplicate => Malformed::DuplicateKey("document".into()),
+            StrictJsonError::Duplicate(_) => Malformed::DuplicateKey("document".into()),
             _ => Malformed::Json,
         })?;
         let ident = |v: &str| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic());

@@ -47,7 +47,6 @@ mod certs;
 pub mod ec2;
 pub mod error;
 mod evidence;
-mod json;
 pub mod nitro;
 pub mod x509pop;
 

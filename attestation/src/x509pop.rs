@@ -22,9 +22,9 @@ use crate::AttestationKind;
 use crate::certs;
 use crate::error::{AttestationError, ChainProblem, PopProblem};
 use crate::evidence::{Evidence, KeyBinding};
-use crate::json::{self, StrictJsonError};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use ephemera_providers::json::{self, StrictJsonError};
 use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
@@ -344,8 +344,8 @@ fn b64url_strict(seg: &str) -> Option<Vec<u8>> {
 
 fn strict_object(bytes: &[u8]) -> Result<Map<String, Value>, AttestationError> {
     json::parse_object(bytes).map_err(|e| match e {
-        StrictJsonError::Duplicate => AttestationError::Pop(PopProblem::DuplicateMember),
-        StrictJsonError::Syntax | StrictJsonError::NotAnObject => AttestationError::Pop(PopProblem::Structure),
+        StrictJsonError::Duplicate(_) => AttestationError::Pop(PopProblem::DuplicateMember),
+        StrictJsonError::Syntax(_) | StrictJsonError::NotAnObject => AttestationError::Pop(PopProblem::Structure),
     })
 }
 

@@ -8,6 +8,20 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
+/// Every algorithm a provider may enable: asymmetric JWS algorithms jsonwebtoken implements
+/// (never `none`, never HS*; no ES512, which jsonwebtoken lacks).
+pub const ASYMMETRIC_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
 /// Longest `kid` accepted; anything longer is refused before a key lookup.
 pub const MAX_KID_LEN: usize = 256;
 

@@ -87,21 +87,7 @@ pub struct KeySet {
 const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
 fn jwk_alg(s: &str) -> Option<Algorithm> {
-    crate::jose::parse_alg(
-        s,
-        &[
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-            Algorithm::ES256,
-            Algorithm::ES384,
-            Algorithm::EdDSA,
-        ],
-    )
-    .ok()
+    crate::jose::parse_alg(s, crate::jose::ASYMMETRIC_ALGORITHMS).ok()
 }
 
 fn b64_member(obj: &serde_json::Map<String, Value>, name: &str) -> Option<Vec<u8>> {
