@@ -284,3 +284,27 @@ def test_incident_revocation_by_subject_and_the_grant_inventory(github_replicas,
     refused = a.exchange(mock_issuer.token(**github_claims("22")))
     assert refused.status == 400 and "revoked (subject:" in refused.description, refused
     assert introspect(a, ok.json["access_token"]).json() == {"active": False}
+
+
+def test_admin_routes_can_listen_apart(ephemera_bin, tmp_path, mock_issuer):
+    from harness import free_port
+    import requests
+    (tmp_path / "admin.token").write_text(ADMIN_TOKEN)
+    admin_port = free_port()
+    workdir = tmp_path / "apart"
+    cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], [role("deploy", "mock")])
+    cfg["admin"] = {"token_file": str(tmp_path / "admin.token"), "listen": f"127.0.0.1:{admin_port}"}
+    b = Broker(ephemera_bin, workdir, cfg)
+    try:
+        assert b.exchange(mock_issuer.token()).status == 200
+        # the inventory is not on the public listener at all
+        assert b.http.get(b.url + "/v1/grants", headers=admin(), timeout=10).status_code == 404
+        apart = f"http://127.0.0.1:{admin_port}/v1/grants"
+        wait_until(lambda: requests.get(apart, timeout=2).status_code in (200, 401), 10, what="admin listener")
+        assert requests.get(apart, timeout=10).status_code == 401
+        listed = requests.get(apart, headers=admin(), timeout=10)
+        assert listed.status_code == 200 and len(listed.json()["grants"]) == 1
+        # the public routes are not on the admin listener
+        assert requests.post(f"http://127.0.0.1:{admin_port}/v1/token", timeout=10).status_code == 404
+    finally:
+        b.stop()
