@@ -101,6 +101,23 @@ impl fmt::Display for Malformed {
     }
 }
 
+/// A token's own times, stated with every time-based refusal so clock skew shows at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTimes {
+    pub iat: i64,
+    pub nbf: Option<i64>,
+    pub exp: i64,
+}
+
+impl fmt::Display for TokenTimes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.nbf {
+            Some(nbf) => write!(f, "iat {} nbf {} exp {}", self.iat, nbf, self.exp),
+            None => write!(f, "iat {} exp {}", self.iat, self.exp),
+        }
+    }
+}
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
@@ -136,14 +153,14 @@ pub enum VerifyError {
     ClaimInvalid { claim: &'static str },
     #[error("audience mismatch: token aud {got} does not include any of {expected}")]
     AudienceMismatch { expected: String, got: String },
-    #[error("token expired: exp {exp}, broker clock {now}, leeway {leeway}s")]
-    Expired { exp: i64, now: i64, leeway: u64 },
-    #[error("token not yet valid: nbf {nbf}, broker clock {now}, leeway {leeway}s")]
-    NotYetValid { nbf: i64, now: i64, leeway: u64 },
-    #[error("token issued in the future: iat {iat}, broker clock {now}, leeway {leeway}s")]
-    IssuedInFuture { iat: i64, now: i64, leeway: u64 },
-    #[error("token too old: iat {iat}, broker clock {now}, maximum age {max}s")]
-    TooOld { iat: i64, now: i64, max: u64 },
+    #[error("token expired: broker clock {now}, token {times}, leeway {leeway}s")]
+    Expired { now: i64, leeway: u64, times: TokenTimes },
+    #[error("token not yet valid: broker clock {now}, token {times}, leeway {leeway}s")]
+    NotYetValid { now: i64, leeway: u64, times: TokenTimes },
+    #[error("token issued in the future: broker clock {now}, token {times}, leeway {leeway}s")]
+    IssuedInFuture { now: i64, leeway: u64, times: TokenTimes },
+    #[error("token too old: broker clock {now}, token {times}, maximum age {max}s")]
+    TooOld { now: i64, max: u64, times: TokenTimes },
     #[error("token lifetime {lifetime}s (exp - iat) exceeds the maximum {max}s")]
     LifetimeTooLong { lifetime: i64, max: u64 },
     #[error("issuer keys unavailable: {0}")]
@@ -230,4 +247,18 @@ pub fn escape_untrusted(s: &str, max: usize) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_refusals_state_the_clock_and_every_token_time() {
+        let times = TokenTimes { iat: 100, nbf: Some(95), exp: 400 };
+        let e = VerifyError::Expired { now: 500, leeway: 60, times };
+        assert_eq!(e.to_string(), "token expired: broker clock 500, token iat 100 nbf 95 exp 400, leeway 60s");
+        let e = VerifyError::IssuedInFuture { now: 0, leeway: 60, times: TokenTimes { nbf: None, ..times } };
+        assert_eq!(e.to_string(), "token issued in the future: broker clock 0, token iat 100 exp 400, leeway 60s");
+    }
 }

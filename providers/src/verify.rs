@@ -209,19 +209,20 @@ pub fn check_claims(
         });
     }
     let leeway = rules.leeway as i64;
+    let times = crate::error::TokenTimes { iat, nbf, exp };
     if now > exp + leeway {
-        return Err(VerifyError::Expired { exp, now, leeway: rules.leeway });
+        return Err(VerifyError::Expired { now, leeway: rules.leeway, times });
     }
     if let Some(nbf) = nbf
         && nbf > now + leeway
     {
-        return Err(VerifyError::NotYetValid { nbf, now, leeway: rules.leeway });
+        return Err(VerifyError::NotYetValid { now, leeway: rules.leeway, times });
     }
     if iat > now + leeway {
-        return Err(VerifyError::IssuedInFuture { iat, now, leeway: rules.leeway });
+        return Err(VerifyError::IssuedInFuture { now, leeway: rules.leeway, times });
     }
     if now - iat > rules.max_age as i64 + leeway {
-        return Err(VerifyError::TooOld { iat, now, max: rules.max_age });
+        return Err(VerifyError::TooOld { now, max: rules.max_age, times });
     }
     if exp - iat > rules.max_lifetime as i64 {
         return Err(VerifyError::LifetimeTooLong { lifetime: exp - iat, max: rules.max_lifetime });
