@@ -129,7 +129,7 @@ pub async fn revoke(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
         if trace.workload.as_ref().map(|w| w.task.as_str()) != Some(task.as_str()) {
             return refuse(403, "access_denied", "task_mismatch", "the assertion belongs to another task");
         }
-        match app.broker.state.mark_used(&allowed.replay_id, allowed.replay_until, now, allowed.issued_at).await {
+        match app.broker.state.mark_used(&allowed.replay_id, allowed.replay_until, now, allowed.issued_at, None).await {
             Ok(crate::state::Mark::Fresh) => {}
             Ok(_) => return refuse(400, "invalid_request", "token_replayed", "assertion already used"),
             Err(_) => return refuse(503, "temporarily_unavailable", "replay_store_unavailable", "try again"),

@@ -786,7 +786,21 @@ impl Broker {
             _ => None,
         };
         rec.replayable = replayable;
-        match self.state.mark_used(&replay_id, replay_until, now, issued_at).await {
+        let jti = random_id(16);
+        let grant = crate::state::Grant {
+            id: jti.clone(),
+            subject: workload.subject.clone(),
+            task: workload.task.clone(),
+            role: role.name.clone(),
+            kind: role.credential.kind().to_owned(),
+            issued_at: now,
+            expires_at: exp,
+        };
+        // Without a nonce to take, the grant goes into the inventory with the replay mark (one
+        // round trip); with one, only once the nonce has been taken, so no refused exchange
+        // leaves a grant behind.
+        let grant_with_mark = nonce.is_none();
+        match self.state.mark_used(&replay_id, replay_until, now, issued_at, grant_with_mark.then_some(&grant)).await {
             Ok(Mark::Fresh) => {}
             Ok(Mark::AlreadyUsed) => return Err(ExchangeError::Replayed),
             Ok(Mark::EpochReset { since }) => return Err(ExchangeError::ReplayStateReset { since }),
@@ -803,23 +817,15 @@ impl Broker {
                 Err(e) => return Err(ExchangeError::State(e)),
             }
         }
-        let jti = random_id(16);
         rec.decision = "allow";
         rec.credential = Some(CredentialRecord { kind: role.credential.kind(), jti: jti.clone(), expires_at: exp });
         // INVARIANT: the allow record is durable before any credential exists outside the broker.
         let audit = self.audit.as_ref().ok_or_else(|| ExchangeError::Audit("no audit log".into()))?;
         audit.append(rec.clone(), true).await.map_err(|e| ExchangeError::Audit(e.to_string()))?;
         // The grant inventory knows every credential before it exists outside the broker.
-        let grant = crate::state::Grant {
-            id: jti.clone(),
-            subject: workload.subject.clone(),
-            task: workload.task.clone(),
-            role: role.name.clone(),
-            kind: role.credential.kind().to_owned(),
-            issued_at: now,
-            expires_at: exp,
-        };
-        self.state.record_grant(&grant, now).await.map_err(ExchangeError::State)?;
+        if !grant_with_mark {
+            self.state.record_grant(&grant, now).await.map_err(ExchangeError::State)?;
+        }
         let minted = match &role.credential {
             Credential::Jwt { audience } => self
                 .signer

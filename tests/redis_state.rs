@@ -80,9 +80,9 @@ async fn single_use_and_nonces_hold_across_replicas() {
     let redis = Redis::start();
     let (a, b) = (redis.store(), redis.store());
     let t = now();
-    assert_eq!(a.mark_used("tok-1", t + 300, t, t).await, Ok(Mark::Fresh));
-    assert_eq!(b.mark_used("tok-1", t + 300, t, t).await, Ok(Mark::AlreadyUsed));
-    assert_eq!(b.mark_used("tok-2", t + 300, t, t).await, Ok(Mark::Fresh), "another assertion is fresh");
+    assert_eq!(a.mark_used("tok-1", t + 300, t, t, None).await, Ok(Mark::Fresh));
+    assert_eq!(b.mark_used("tok-1", t + 300, t, t, None).await, Ok(Mark::AlreadyUsed));
+    assert_eq!(b.mark_used("tok-2", t + 300, t, t, None).await, Ok(Mark::Fresh), "another assertion is fresh");
     a.put_nonce("n-1", "role-a", t + 60, t).await.unwrap();
     assert_eq!(b.take_nonce("n-1", t).await, Ok(Some("role-a".into())));
     assert_eq!(a.take_nonce("n-1", t).await, Ok(None), "taken once, across replicas");
@@ -101,7 +101,7 @@ async fn concurrent_marks_have_exactly_one_winner() {
     let mut tasks = Vec::new();
     for i in 0..50 {
         let s = stores[i % stores.len()].clone();
-        tasks.push(tokio::spawn(async move { s.mark_used("contended", t + 300, t, t).await }));
+        tasks.push(tokio::spawn(async move { s.mark_used("contended", t + 300, t, t, None).await }));
     }
     let mut fresh = 0;
     for task in tasks {
@@ -123,22 +123,22 @@ async fn a_redis_that_lost_its_data_does_not_reopen_replays() {
     let store = redis.store();
     let t = now();
     // at the first start against an empty Redis, assertions issued before it are refused too
-    assert!(matches!(store.mark_used("older", t + 300, t, t - 5).await, Ok(Mark::EpochReset { .. })));
-    assert_eq!(store.mark_used("tok", t + 300, t, t).await, Ok(Mark::Fresh));
-    assert_eq!(store.mark_used("tok", t + 300, t, t).await, Ok(Mark::AlreadyUsed));
+    assert!(matches!(store.mark_used("older", t + 300, t, t - 5, None).await, Ok(Mark::EpochReset { .. })));
+    assert_eq!(store.mark_used("tok", t + 300, t, t, None).await, Ok(Mark::Fresh));
+    assert_eq!(store.mark_used("tok", t + 300, t, t, None).await, Ok(Mark::AlreadyUsed));
     // restart without persistence: every used id is gone, and so is the epoch marker
     redis.kill();
     redis.spawn();
     let later = t + 2;
-    let mut result = store.mark_used("tok", t + 300, later, t).await;
+    let mut result = store.mark_used("tok", t + 300, later, t, None).await;
     // the connection manager may need one call to reconnect
     if matches!(result, Err(StateError::Unavailable(_))) {
-        result = store.mark_used("tok", t + 300, later, t).await;
+        result = store.mark_used("tok", t + 300, later, t, None).await;
     }
     assert!(matches!(result, Ok(Mark::EpochReset { .. })), "{result:?}");
     // an assertion issued after the new epoch is fine
     let fresh_iat = now() + 2;
-    assert_eq!(store.mark_used("tok-new", fresh_iat + 300, fresh_iat, fresh_iat).await, Ok(Mark::Fresh));
+    assert_eq!(store.mark_used("tok-new", fresh_iat + 300, fresh_iat, fresh_iat, None).await, Ok(Mark::Fresh));
 }
 
 #[tokio::test]
@@ -152,7 +152,7 @@ async fn a_dead_redis_fails_closed_within_the_timeout_and_recovers() {
     assert!(store.ready().await.is_ok());
     redis.kill();
     let started = Instant::now();
-    assert!(matches!(store.mark_used("x", t + 300, t, t).await, Err(StateError::Unavailable(_))));
+    assert!(matches!(store.mark_used("x", t + 300, t, t, None).await, Err(StateError::Unavailable(_))));
     assert!(store.ready().await.is_err());
     assert!(started.elapsed() < Duration::from_secs(5), "bounded by the command timeout");
     redis.spawn();
@@ -161,4 +161,31 @@ async fn a_dead_redis_fails_closed_within_the_timeout_and_recovers() {
         assert!(Instant::now() < deadline, "no recovery without a restart");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn a_fresh_mark_records_its_grant_in_the_same_step() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b) = (redis.store(), redis.store());
+    let t = now();
+    let grant = ephemera::state::Grant {
+        id: "jti-1".into(),
+        subject: "repo:acme@1/app@2".into(),
+        task: "2/7/1".into(),
+        role: "deploy".into(),
+        kind: "jwt".into(),
+        issued_at: t,
+        expires_at: t + 300,
+    };
+    assert_eq!(a.mark_used("tok-g", t + 300, t, t, Some(&grant)).await, Ok(Mark::Fresh));
+    assert_eq!(b.grants(t).await.unwrap(), vec![grant.clone()]);
+    // a refused mark records nothing
+    let other = ephemera::state::Grant { id: "jti-2".into(), ..grant.clone() };
+    assert_eq!(b.mark_used("tok-g", t + 300, t, t, Some(&other)).await, Ok(Mark::AlreadyUsed));
+    assert_eq!(a.grants(t).await.unwrap(), vec![grant]);
+    // expired grants leave the inventory
+    assert!(a.grants(t + 301).await.unwrap().is_empty());
 }

@@ -63,6 +63,16 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
+    fn record_grant_now(&self, grant: &super::Grant, now: i64) -> Result<(), StateError> {
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        g.grants.retain(|_, x| x.expires_at >= now);
+        if g.grants.len() >= self.max_entries {
+            return Err(StateError::Full(g.grants.len()));
+        }
+        g.grants.insert(grant.id.clone(), grant.clone());
+        Ok(())
+    }
+
     fn put_nonce_now(&self, nonce: &str, binding: &str, until: i64, now: i64) -> Result<(), StateError> {
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
         if g.nonces.len() > self.max_entries / 10 {
@@ -83,14 +93,7 @@ impl MemoryStore {
 
 impl StateStore for MemoryStore {
     fn record_grant<'a>(&'a self, grant: &'a super::Grant, now: i64) -> StateFuture<'a, ()> {
-        let r = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into())).and_then(|mut g| {
-            g.grants.retain(|_, x| x.expires_at >= now);
-            if g.grants.len() >= self.max_entries {
-                return Err(StateError::Full(g.grants.len()));
-            }
-            g.grants.insert(grant.id.clone(), grant.clone());
-            Ok(())
-        });
+        let r = self.record_grant_now(grant, now);
         Box::pin(async move { r })
     }
     fn grants(&self, now: i64) -> StateFuture<'_, Vec<super::Grant>> {
@@ -124,8 +127,19 @@ impl StateStore for MemoryStore {
         let r = self.take_nonce_now(nonce, now);
         Box::pin(async move { r })
     }
-    fn mark_used<'a>(&'a self, id: &'a str, until: i64, now: i64, _issued_at: i64) -> StateFuture<'a, Mark> {
+    fn mark_used<'a>(
+        &'a self,
+        id: &'a str,
+        until: i64,
+        now: i64,
+        _issued_at: i64,
+        grant: Option<&'a super::Grant>,
+    ) -> StateFuture<'a, Mark> {
         let r = self.mark(id, until, now);
+        let r = match (r, grant) {
+            (Ok(Mark::Fresh), Some(g)) => self.record_grant_now(g, now).map(|()| Mark::Fresh),
+            (r, _) => r,
+        };
         Box::pin(async move { r })
     }
     fn ready(&self) -> StateFuture<'_, ()> {

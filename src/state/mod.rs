@@ -48,7 +48,15 @@ pub type StateFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StateError>>
 pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Atomically marks `id` used until `until` (UNIX seconds) unless it already is; an
     /// assertion issued (`issued_at`) before the store's current epoch is refused.
-    fn mark_used<'a>(&'a self, id: &'a str, until: i64, now: i64, issued_at: i64) -> StateFuture<'a, Mark>;
+    /// With `grant`, a fresh mark also records the grant, in the same atomic step (one round trip).
+    fn mark_used<'a>(
+        &'a self,
+        id: &'a str,
+        until: i64,
+        now: i64,
+        issued_at: i64,
+        grant: Option<&'a Grant>,
+    ) -> StateFuture<'a, Mark>;
     /// Is the store answering?
     fn ready(&self) -> StateFuture<'_, ()>;
     /// Stores a broker nonce, bound to `binding` (the role it was asked for), until `until`.

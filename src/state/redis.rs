@@ -1,7 +1,8 @@
 //! Shared state in Redis (or Valkey, or Redis Cluster) for several replicas.
 //!
 //! - Used assertions: `SET key 1 NX PXAT exp` — one atomic command decides first use across all
-//!   replicas, in one round trip (a Lua script that also checks the epoch marker).
+//!   replicas, in one round trip (a Lua script that also checks the epoch marker and, for a fresh
+//!   mark, records the grant in the inventory).
 //! - A Redis that lost its data (restart without persistence, failover to an empty replica) must
 //!   not reopen replays: an epoch marker (never expiring, whole seconds) is set when the store
 //!   first opens; when a mark finds it gone, a new epoch starts *now*, and assertions issued
@@ -29,6 +30,11 @@ if tonumber(ARGV[3]) < tonumber(epoch) then
   return {2, epoch}
 end
 if redis.call('SET', KEYS[2], '1', 'NX', 'PXAT', ARGV[2]) then
+  if ARGV[4] ~= '' then
+    redis.call('SET', KEYS[3], ARGV[4], 'PXAT', ARGV[5])
+    redis.call('ZADD', KEYS[4], ARGV[6], ARGV[7])
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1])
+  end
   return {1, epoch}
 end
 return {0, epoch}
@@ -184,14 +190,28 @@ impl StateStore for RedisStore {
         })
     }
 
-    fn mark_used<'a>(&'a self, id: &'a str, until: i64, now: i64, issued_at: i64) -> StateFuture<'a, Mark> {
+    fn mark_used<'a>(
+        &'a self,
+        id: &'a str,
+        until: i64,
+        now: i64,
+        issued_at: i64,
+        grant: Option<&'a super::Grant>,
+    ) -> StateFuture<'a, Mark> {
         Box::pin(async move {
             let mut c = self.conn().await?;
+            let body = match grant {
+                Some(g) => serde_json::to_string(g).map_err(unavailable)?,
+                None => String::new(),
+            };
             let mut inv = self.mark.prepare_invoke();
             inv.key(self.key("meta", "epoch")).key(self.key("used", id));
+            inv.key(self.key("grant", grant.map_or("-", |g| g.id.as_str()))).key(self.key("meta", "grants"));
             // Epoch and issue times in whole seconds (NumericDate): an assertion issued in the
             // second the epoch began is accepted.
             inv.arg(now).arg(until.max(now + 1) * 1000).arg(issued_at);
+            let grant_exp = grant.map_or(now + 1, |g| g.expires_at.max(now + 1));
+            inv.arg(body).arg(grant_exp * 1000).arg(grant_exp).arg(grant.map_or("", |g| g.id.as_str()));
             let (code, epoch): (i64, i64) = self.bounded(inv.invoke_async(&mut c)).await?;
             Ok(match code {
                 1 => Mark::Fresh,
