@@ -438,19 +438,31 @@ impl Broker {
 
     /// Steps 1–6 of the exchange, without side effects: classify, verify, profile, decide, bound.
     pub async fn evaluate(&self, req: &ExchangeRequest, now: i64) -> (Trace, Result<Allowed, ExchangeError>) {
+        self.evaluate_under(&self.config(), req, now).await
+    }
+
+    /// [`Broker::evaluate`] under one config snapshot: a reload never mixes two configs (a role
+    /// of one with the policy engine of another) within one exchange.
+    async fn evaluate_under(
+        &self,
+        config: &Config,
+        req: &ExchangeRequest,
+        now: i64,
+    ) -> (Trace, Result<Allowed, ExchangeError>) {
         let mut trace = Trace {
             now,
             now_rfc3339: rfc3339(now),
             role: req.role.clone(),
-            config_version: self.config().version.clone(),
+            config_version: config.version.clone(),
             ..Default::default()
         };
-        let result = self.evaluate_into(req, now, &mut trace).await;
+        let result = self.evaluate_into(config, req, now, &mut trace).await;
         (trace, result)
     }
 
     async fn evaluate_into(
         &self,
+        config: &Config,
         req: &ExchangeRequest,
         now: i64,
         trace: &mut Trace,
@@ -459,7 +471,6 @@ impl Broker {
         if !(t == TOKEN_TYPE_ID_TOKEN || t == TOKEN_TYPE_JWT || ATTESTATION_TOKEN_TYPES.contains(&t)) {
             return Err(ExchangeError::UnsupportedTokenType(ephemera_providers::error::escape_untrusted(t, 80)));
         }
-        let config = self.config();
         let role =
             config.roles.get(&req.role).cloned().ok_or_else(|| {
                 ExchangeError::UnknownRole(ephemera_providers::error::escape_untrusted(&req.role, 64))
@@ -476,7 +487,7 @@ impl Broker {
             )));
         }
         if let Some(attestor) = &provider.attestor {
-            return self.evaluate_attestation(req, role.clone(), attestor, now, trace).await;
+            return self.evaluate_attestation(config, req, role.clone(), attestor, now, trace).await;
         }
         let verified = self.verify(&provider, &req.subject_token, now).await;
         trace.record_checks(verified.as_ref().err());
@@ -493,7 +504,8 @@ impl Broker {
         });
         let workload = provider.profile.workload(&token).map_err(ExchangeError::Profile)?;
         trace.workload = Some(workload.clone());
-        self.decide_and_bound(&role, &workload, &token.claims, (now, token.issued_at, token.expires_at), trace).await?;
+        self.decide_and_bound(config, &role, &workload, &token.claims, (now, token.issued_at, token.expires_at), trace)
+            .await?;
         let lifetime = trace.lifetime.unwrap_or(0);
         let replay_until = token.expires_at + role.provider.rules.leeway as i64;
         Ok(Allowed {
@@ -516,6 +528,7 @@ impl Broker {
     /// decide, bound. The nonce is only checked for presence here; it is consumed with the grant.
     async fn evaluate_attestation(
         &self,
+        config: &Config,
         req: &ExchangeRequest,
         role: Arc<Role>,
         attestor: &crate::config::Attestor,
@@ -572,8 +585,15 @@ impl Broker {
             (true, None) => return Err(ExchangeError::NonceInvalid("the document carries no broker nonce")),
             (false, None) => None,
         };
-        self.decide_and_bound(&role, &workload, &claims, (now, evidence.issued_at(), evidence.not_after()), trace)
-            .await?;
+        self.decide_and_bound(
+            config,
+            &role,
+            &workload,
+            &claims,
+            (now, evidence.issued_at(), evidence.not_after()),
+            trace,
+        )
+        .await?;
         let lifetime = trace.lifetime.unwrap_or(0);
         let cnf = evidence.key_binding().map(|k| {
             let (member, value) = k.cnf_member();
@@ -621,6 +641,7 @@ impl Broker {
     /// Steps 5–6: the policy decision and the credential's lifetime.
     async fn decide_and_bound(
         &self,
+        config: &Config,
         role: &Role,
         workload: &Workload,
         claims: &serde_json::Map<String, serde_json::Value>,
@@ -629,7 +650,7 @@ impl Broker {
     ) -> Result<(), ExchangeError> {
         let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
         let revoked = self.revocations(role, workload, iss, now).await?;
-        let decision = self.config().engine.decide_with(role, workload, claims, iss, (now, iat, exp), &revoked);
+        let decision = config.engine.decide_with(role, workload, claims, iss, (now, iat, exp), &revoked);
         trace.decision = Some(decision.clone());
         if !decision.allow {
             return Err(ExchangeError::Denied {
@@ -654,14 +675,14 @@ impl Broker {
         claims: &serde_json::Map<String, serde_json::Value>,
         now: i64,
     ) -> (Trace, Result<(), ExchangeError>) {
+        let config = self.config();
         let mut trace = Trace {
             now,
             now_rfc3339: rfc3339(now),
             role: role_name.to_owned(),
-            config_version: self.config().version.clone(),
+            config_version: config.version.clone(),
             ..Default::default()
         };
-        let config = self.config();
         let result: Result<(), ExchangeError> = async {
             let role = config.roles.get(role_name).cloned().ok_or_else(|| {
                 ExchangeError::UnknownRole(ephemera_providers::error::escape_untrusted(role_name, 64))
@@ -673,8 +694,15 @@ impl Broker {
                 role.provider.profile.workload_from_claims(claims, jti, "synthetic").map_err(ExchangeError::Profile)?;
             trace.workload = Some(workload.clone());
             let num = |k: &str, d: i64| claims.get(k).and_then(serde_json::Value::as_i64).unwrap_or(d);
-            self.decide_and_bound(&role, &workload, claims, (now, num("iat", now), num("exp", now + 300)), &mut trace)
-                .await
+            self.decide_and_bound(
+                &config,
+                &role,
+                &workload,
+                claims,
+                (now, num("iat", now), num("exp", now + 300)),
+                &mut trace,
+            )
+            .await
         }
         .await;
         (trace, result)
@@ -705,7 +733,7 @@ impl Broker {
                 // Verification (and any issuer fetch it needs) runs under the request timeout, so a
                 // slow issuer ends in an answered, audited 503; granting is bounded by its own calls.
                 let limit = config.server.request_timeout;
-                let (trace, result) = match tokio::time::timeout(limit, self.evaluate(&req, now)).await {
+                let (trace, result) = match tokio::time::timeout(limit, self.evaluate_under(&config, &req, now)).await {
                     Ok(r) => r,
                     Err(_) => (Trace::default(), Err(ExchangeError::Timeout(limit.as_secs()))),
                 };
@@ -730,7 +758,7 @@ impl Broker {
                     "exchange evaluated"
                 );
                 match result {
-                    Ok(allowed) => self.grant(allowed, &mut rec).await,
+                    Ok(allowed) => self.grant(&config, allowed, &mut rec).await,
                     Err(e) => Err(e),
                 }
             }
@@ -764,7 +792,12 @@ impl Broker {
         }
     }
 
-    async fn grant(&self, allowed: Allowed, rec: &mut AuditRecord) -> Result<TokenResponse, ExchangeError> {
+    async fn grant(
+        &self,
+        config: &Config,
+        allowed: Allowed,
+        rec: &mut AuditRecord,
+    ) -> Result<TokenResponse, ExchangeError> {
         let Allowed {
             role,
             workload,
@@ -830,7 +863,7 @@ impl Broker {
             Credential::Jwt { audience } => self
                 .signer
                 .sign(&with_cnf(json!({
-                    "iss": self.config().server.issuer,
+                    "iss": config.server.issuer,
                     "sub": workload.subject,
                     "aud": audience,
                     "iat": now,
