@@ -51,18 +51,9 @@ fn load_json(corpus: &Path, rel: &str) -> Value {
 // helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Every algorithm the broker can enable. HS*, `none` and ES512 cannot be enabled.
-const ALL_ENABLED: &[Algorithm] = &[
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
+/// Every algorithm the broker can enable (the providers' own list). HS*, `none` and ES512 cannot
+/// be enabled; `ENABLED_NAMES` spells the same list independently.
+const ALL_ENABLED: &[Algorithm] = ephemera_providers::jose::ASYMMETRIC_ALGORITHMS;
 const ENABLED_NAMES: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 
 /// Size limit for the vector runs: large enough that size is never the reason for a verdict.
@@ -872,4 +863,15 @@ fn es256_test_key() -> (EncodingKey, Value) {
         "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..]),
     }]});
     (EncodingKey::from_ec_der(pkcs8.as_ref()), jwks)
+}
+
+/// The vector expectations use `ENABLED_NAMES`; they hold only while it names exactly the
+/// algorithms the broker lets a provider enable.
+#[test]
+fn enabled_names_are_the_enabled_algorithms() {
+    let parsed: Vec<Algorithm> = ENABLED_NAMES
+        .iter()
+        .map(|n| ephemera_providers::jose::parse_alg(n, ALL_ENABLED).expect("every name parses"))
+        .collect();
+    assert_eq!(parsed, ALL_ENABLED);
 }
