@@ -235,17 +235,17 @@ impl SignedIid {
 }
 
 fn decode_token(token: &[u8]) -> Result<SignedIid, AttestationError> {
+    // Raw DER is taken byte for byte: its last byte is the signature's, which may well be 0x0a or
+    // 0x20, so it must never be trimmed as if it were text.
+    if token.first() == Some(&0x30) {
+        return decode_pkcs7(token);
+    }
     let trimmed = token.trim_ascii();
     if trimmed.first() == Some(&b'{') {
         return decode_json_form(trimmed);
     }
-    let der = if trimmed.first() == Some(&0x30) {
-        trimmed.to_vec()
-    } else {
-        let text = std::str::from_utf8(trimmed).map_err(|_| Malformed::Base64)?;
-        decode_base64_text(text)?
-    };
-    decode_pkcs7(&der)
+    let text = std::str::from_utf8(trimmed).map_err(|_| Malformed::Base64)?;
+    decode_pkcs7(&decode_base64_text(text)?)
 }
 
 /// Base64 with optional PEM armor (`-----BEGIN PKCS7-----`) and any line breaks.

@@ -306,6 +306,30 @@ fn real_aws_dsa_sha1_pkcs7_is_legacy_and_opt_in() {
     assert_slug(v.verify(&token, 2_200_000_000), "cert_expired");
 }
 
+/// Regression: raw DER whose last byte (the signature's) is ASCII white space was trimmed and
+/// refused as malformed, about one signature in fifty.
+#[test]
+fn raw_der_ending_in_a_whitespace_byte_is_accepted() {
+    let east = region_cert(T0 + 3650 * 86_400);
+    let v = verifier(&[("us-east-1", &east)]);
+    let mut found = 0;
+    for n in 0..2000 {
+        let doc = document("us-east-1").replace(
+            "\"accountId\" : \"123456789012\"",
+            &format!("\"accountId\" : \"{:012}\"", 100_000_000_000u64 + n),
+        );
+        let der = pkcs7(&P7::default(), doc.as_bytes(), doc.as_bytes(), &east.key);
+        if der.last().is_some_and(|b| b.is_ascii_whitespace() || *b == 0x0b) {
+            v.verify(&der, T0).unwrap_or_else(|e| panic!("last byte {:#04x}: {e}", der.last().unwrap_or(&0)));
+            found += 1;
+            if found == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(found, 3, "no DER ending in a white-space byte was produced");
+}
+
 #[test]
 fn malformed_tokens_are_refused_cleanly() {
     let east = region_cert(T0 + 3650 * 86_400);
