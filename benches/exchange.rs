@@ -7,7 +7,10 @@
 //! - `exchange/*`: the whole in-process exchange (verify + decide + replay mark + durable audit +
 //!   mint + response) with the audit log on disk (`fdatasync` per allow) and on tmpfs.
 //!
-//! After the runs it prints each exchange's ratio to `rs256_verify + es256_sign`.
+//! - `floor/*`: the crypto floor, the two primitives alone (aws-lc-rs, keys parsed once).
+//!
+//! After the runs it prints each exchange's ratio to `floor/rs256_verify + floor/es256_sign`, and
+//! writes them to `$CARGO_TARGET_DIR/criterion/ephemera-floor.json` for `scripts/bench-peers`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -181,6 +184,25 @@ fn main() {
         "src_iss": ISSUER, "task": "123456789/9876543210/1"});
     c.bench_function("es256_sign", |b| b.iter(|| signer.sign(std::hint::black_box(&claims)).unwrap()));
 
+    // The crypto floor itself: the two primitives alone, with keys parsed once, no JOSE, no JSON.
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let sig = B64.decode(sig).unwrap();
+    let public = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        issuer.key.public_key().as_ref().to_vec(),
+    );
+    c.bench_function("floor/rs256_verify", |b| {
+        b.iter(|| public.verify(std::hint::black_box(input.as_bytes()), &sig).unwrap())
+    });
+    let pair =
+        aws_lc_rs::signature::EcdsaKeyPair::generate(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    let rng = SystemRandom::new();
+    let message = signer.sign(&claims).unwrap();
+    let message = message.expose().rsplit_once('.').unwrap().0.to_owned();
+    c.bench_function("floor/es256_sign", |b| {
+        b.iter(|| pair.sign(&rng, std::hint::black_box(message.as_bytes())).unwrap())
+    });
+
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let shm = Path::new("/dev/shm");
@@ -303,12 +325,21 @@ fn main() {
     group.finish();
     c.final_summary();
 
-    let (Some(v), Some(s)) = (mean_ns("rs256_verify"), mean_ns("es256_sign")) else {
+    let (Some(v), Some(s)) = (mean_ns("floor/rs256_verify"), mean_ns("floor/es256_sign")) else {
         println!("ratios: estimates not found (run without --test)");
         return;
     };
     println!("\n== ratios (mean times, same run) ==");
     println!("crypto floor: rs256_verify {:.1} us + es256_sign {:.1} us = {:.1} us", v / 1e3, s / 1e3, (v + s) / 1e3);
+    if let (Some(tv), Some(ts)) = (mean_ns("rs256_verify"), mean_ns("es256_sign")) {
+        println!(
+            "with JOSE and claims: token verify {:.1} us ({:.2} x), broker JWT sign {:.1} us ({:.2} x)",
+            tv / 1e3,
+            tv / v,
+            ts / 1e3,
+            ts / s
+        );
+    }
     variants.push(("exchange/redis_1_replica", tempfile::tempdir().unwrap()));
     variants.push(("exchange/redis_2_replicas", tempfile::tempdir().unwrap()));
     for (name, _) in &variants {
@@ -322,6 +353,17 @@ fn main() {
             e / 32e3,
             e / 32.0 / (v + s)
         );
+    }
+    // For scripts/bench-peers: the floor and the in-process exchange, in nanoseconds.
+    if let Some(e) = mean_ns("exchange/audit_on_disk") {
+        let floor = json!({"rs256_verify_ns": v, "es256_sign_ns": s, "exchange_ns": e,
+            "exchange_tmpfs_ns": mean_ns("exchange/audit_on_tmpfs"),
+            "exchange_32_concurrent_ns": mean_ns("exchange/audit_on_disk_32_concurrent").map(|x| x / 32.0)});
+        let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+        let path = Path::new(&target).join("criterion").join("ephemera-floor.json");
+        if std::fs::write(&path, floor.to_string()).is_ok() {
+            println!("wrote {}", path.display());
+        }
     }
     for n in [1, 100, 10_000] {
         if let Some(d) = mean_ns(&format!("decide/roles_{n}")) {

@@ -24,6 +24,10 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// What the broker's own keys sign with (the JWK's `alg` pins each key to one of them).
+const BROKER_ALGORITHMS: [ephemera_providers::Algorithm; 2] =
+    [ephemera_providers::Algorithm::ES256, ephemera_providers::Algorithm::RS256];
+
 /// How long a revocation is remembered: the longest any credential can live.
 pub const REVOCATION_TTL: i64 = 12 * 3600;
 
@@ -169,7 +173,7 @@ pub async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap, body: B
     let Ok(keys) = ephemera_providers::KeySet::from_json(app.broker.signer.jwks().to_string().as_bytes()) else {
         return inactive();
     };
-    let claims = match ephemera_providers::verify_jws(token, 16 * 1024, &[ephemera_providers::Algorithm::ES256], &keys)
+    let claims = match ephemera_providers::verify_jws(token, 16 * 1024, &BROKER_ALGORITHMS, &keys)
         .ok()
         .and_then(|v| ephemera_providers::jose::parse_claims(&v.payload).ok())
     {

@@ -391,6 +391,13 @@ async fn serve(
     }
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let config = broker.config();
+    if !config.safety.replay || !config.safety.audit {
+        tracing::warn!(
+            replay = config.safety.replay,
+            audit = config.safety.audit,
+            "BENCHMARK BUILD: a safety feature is switched off by [bench]; never run this in production"
+        );
+    }
     tracing::info!(listen = %local, issuer = %config.server.issuer, kid = %broker.signer.kid(), roles = config.roles.len(), version = %config.version, "ephemera serving");
     if let Some(path) = config_path {
         tokio::spawn(reload_on_sighup(broker.clone(), path));

@@ -33,6 +33,32 @@ pub struct RawConfig {
     pub gcp: RawGcp,
     #[serde(default)]
     pub admin: RawAdmin,
+    /// Benchmark-only switches; refused unless built with the `bench-knobs` feature.
+    pub bench: Option<RawBench>,
+}
+
+/// `[bench]`: turns a safety feature off so `scripts/bench-peers` can show what it costs. Only a
+/// binary built with `--features bench-knobs` accepts the table; a released broker refuses it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBench {
+    #[serde(default = "yes")]
+    pub replay: bool,
+    #[serde(default = "yes")]
+    pub audit: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The safety features a benchmark build may switch off (both on everywhere else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Safety {
+    /// Assertions are marked used (single use).
+    pub replay: bool,
+    /// Every decision is written to the audit log; allows durably before the credential leaves.
+    pub audit: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -420,6 +446,8 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// Where the admin routes listen, when apart.
     pub admin_listen: Option<SocketAddr>,
+    /// Both on, except in a `bench-knobs` build whose config says otherwise.
+    pub safety: Safety,
 }
 
 /// Every problem found in a config, each naming its key.
@@ -674,6 +702,14 @@ impl Config {
         if matches!(state, StateBackend::Redis { .. }) && server.signing_key_file.is_none() {
             errs.push("server.signing_key_file: required with the redis backend: replicas must sign with one key, or partners (and introspection) meet tokens their JWKS does not verify".into());
         }
+        let safety = match &raw.bench {
+            None => Safety { replay: true, audit: true },
+            Some(b) if cfg!(feature = "bench-knobs") => Safety { replay: b.replay, audit: b.audit },
+            Some(_) => {
+                errs.push("bench: accepted only by a binary built with `--features bench-knobs` (scripts/bench-peers); it switches replay protection or the audit log off".into());
+                Safety { replay: true, audit: true }
+            }
+        };
         if let (true, Some(engine)) = (errs.is_empty(), engine) {
             Ok(Config {
                 server,
@@ -689,6 +725,7 @@ impl Config {
                 gcp_iam_url: raw.gcp.iam_credentials_url.clone(),
                 admin_token,
                 admin_listen,
+                safety,
             })
         } else {
             Err(ConfigErrors(errs))
@@ -1035,6 +1072,18 @@ credential = { kind = "jwt", audience = "https://partner.example" }
         assert!(all.contains("max_ttl: invalid duration `fifteen`"), "{all}");
         assert!(all.contains("providers[0] (`ci`).issuer"), "{all}");
         assert!(all.contains("provider: no provider named `nope`"), "{all}");
+    }
+
+    #[test]
+    fn bench_switches_need_the_bench_build() {
+        let c = load(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.safety, Safety { replay: true, audit: true });
+        let off = format!("{GOOD}\n[bench]\nreplay = false\naudit = false\n");
+        match load(&off) {
+            Ok(c) if cfg!(feature = "bench-knobs") => assert_eq!(c.safety, Safety { replay: false, audit: false }),
+            Err(e) if !cfg!(feature = "bench-knobs") => assert!(e.0.join("").contains("bench-knobs"), "{e}"),
+            other => panic!("{:?}", other.map(|c| c.safety)),
+        }
     }
 
     #[test]

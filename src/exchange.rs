@@ -774,7 +774,7 @@ impl Broker {
                     rec.detail = Some(r.description.clone());
                     rec.credential = None;
                     // A deny is recorded but not fsynced: nothing leaves the broker on a deny.
-                    if let Some(audit) = &self.audit
+                    if let Some(audit) = self.audit.as_ref().filter(|_| config.safety.audit)
                         && let Err(ae) = audit.append(rec, false).await
                     {
                         tracing::error!(error = %ae, "audit write failed for a deny");
@@ -832,8 +832,13 @@ impl Broker {
         // Without a nonce to take, the grant goes into the inventory with the replay mark (one
         // round trip); with one, only once the nonce has been taken, so no refused exchange
         // leaves a grant behind.
-        let grant_with_mark = nonce.is_none();
-        match self.state.mark_used(&replay_id, replay_until, now, issued_at, grant_with_mark.then_some(&grant)).await {
+        let grant_with_mark = nonce.is_none() && config.safety.replay;
+        let mark = if config.safety.replay {
+            self.state.mark_used(&replay_id, replay_until, now, issued_at, grant_with_mark.then_some(&grant)).await
+        } else {
+            Ok(Mark::Fresh) // a bench-knobs build told to skip single use
+        };
+        match mark {
             Ok(Mark::Fresh) => {}
             Ok(Mark::AlreadyUsed) => return Err(ExchangeError::Replayed),
             Ok(Mark::EpochReset { since }) => return Err(ExchangeError::ReplayStateReset { since }),
@@ -854,7 +859,9 @@ impl Broker {
         rec.credential = Some(CredentialRecord { kind: role.credential.kind(), jti: jti.clone(), expires_at: exp });
         // INVARIANT: the allow record is durable before any credential exists outside the broker.
         let audit = self.audit.as_ref().ok_or_else(|| ExchangeError::Audit("no audit log".into()))?;
-        audit.append(rec.clone(), true).await.map_err(|e| ExchangeError::Audit(e.to_string()))?;
+        if config.safety.audit {
+            audit.append(rec.clone(), true).await.map_err(|e| ExchangeError::Audit(e.to_string()))?;
+        }
         // The grant inventory knows every credential before it exists outside the broker.
         if !grant_with_mark {
             self.state.record_grant(&grant, now).await.map_err(ExchangeError::State)?;

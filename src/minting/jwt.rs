@@ -1,22 +1,39 @@
-//! Broker-signed JWTs (ES256) and the JWKS partners verify them with.
+//! Broker-signed JWTs (ES256, or RS256 with an RSA key) and the JWKS partners verify them with.
 //!
-//! The signing key comes from a PKCS#8 PEM file, or is generated at start (dev mode, or serve
-//! without `signing_key_file`, which logs a warning: tokens then stop verifying at restart).
-//! The `kid` is the key's RFC 7638 thumbprint, so it changes exactly when the key does.
+//! The signing key comes from a PKCS#8 PEM file (P-256 → ES256; RSA of 2048 bits or more → RS256),
+//! or is generated at start (P-256; dev mode, or serve without `signing_key_file`, which logs a
+//! warning: tokens then stop verifying at restart). The `kid` is the key's RFC 7638 thumbprint, so
+//! it changes exactly when the key does.
+//!
+//! The key is parsed once, at load, into an aws-lc-rs key pair. (jsonwebtoken's `encode` takes the
+//! key as PKCS#8 bytes and parses it again on every signature, a third of the cost of an ES256
+//! signature.) The compact serialisation is the RFC 7515 §7.1 concatenation of the base64url
+//! header, payload and signature; the header is always the same bytes and is encoded once.
 
 use crate::secret::IssuedCredential;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use std::path::Path;
 use zeroize::Zeroizing;
 
+/// RSA keys shorter than this are refused (RFC 7518 §3.3 requires 2048 bits).
+const MIN_RSA_BITS: usize = 2048;
+
+enum SigningKey {
+    Es256(EcdsaKeyPair),
+    Rs256(RsaKeyPair),
+}
+
 /// The broker's signing key. `Debug` shows the `kid` only.
 pub struct BrokerSigner {
     kid: String,
-    encoding: EncodingKey,
+    key: SigningKey,
+    /// `base64url(header) + "."`, the same for every token this key signs.
+    header_prefix: String,
+    rng: SystemRandom,
     public_jwk: Value,
     /// Keys published beside the signing key but never used to sign: the next key before a
     /// rotation, the previous one after it.
@@ -25,7 +42,11 @@ pub struct BrokerSigner {
 
 impl std::fmt::Debug for BrokerSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerSigner").field("kid", &self.kid).field("key", &"[REDACTED]").finish()
+        f.debug_struct("BrokerSigner")
+            .field("kid", &self.kid)
+            .field("alg", &self.algorithm())
+            .field("key", &"[REDACTED]")
+            .finish()
     }
 }
 
@@ -39,6 +60,11 @@ pub enum SignerError {
     Sign(String),
 }
 
+/// RFC 7638 thumbprint of the canonical JWK text (members in lexicographic order, no white space).
+fn thumbprint(canonical: &str) -> String {
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()))
+}
+
 impl BrokerSigner {
     /// A fresh P-256 key.
     pub fn generate() -> Result<Self, SignerError> {
@@ -48,7 +74,7 @@ impl BrokerSigner {
         Self::from_pkcs8(Zeroizing::new(pkcs8.as_ref().to_vec())).map_err(|_| SignerError::Generate)
     }
 
-    /// A P-256 key from a PKCS#8 PEM file.
+    /// A P-256 or RSA key from a PKCS#8 PEM file.
     pub fn from_pem_file(path: &Path) -> Result<Self, SignerError> {
         use rustls_pki_types::PrivatePkcs8KeyDer;
         use rustls_pki_types::pem::PemObject;
@@ -59,19 +85,39 @@ impl BrokerSigner {
     }
 
     fn from_pkcs8(der: Zeroizing<Vec<u8>>) -> Result<Self, String> {
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
-            .map_err(|_| "not an ECDSA P-256 PKCS#8 key".to_owned())?;
-        let point = pair.public_key().as_ref();
-        if point.len() != 65 || point[0] != 4 {
-            return Err("unexpected public key encoding".into());
+        if let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der) {
+            let point = pair.public_key().as_ref();
+            if point.len() != 65 || point[0] != 4 {
+                return Err("unexpected public key encoding".into());
+            }
+            let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
+            let y = URL_SAFE_NO_PAD.encode(&point[33..]);
+            let kid = thumbprint(&format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#));
+            let jwk = json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig"});
+            return Ok(Self::new(kid, SigningKey::Es256(pair), jwk));
         }
-        let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
-        let y = URL_SAFE_NO_PAD.encode(&point[33..]);
-        // RFC 7638: members in lexicographic order, no white space.
-        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-        let kid = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()));
-        let public_jwk = json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig"});
-        Ok(BrokerSigner { kid, encoding: EncodingKey::from_ec_der(&der), public_jwk, published: Vec::new() })
+        let pair = RsaKeyPair::from_pkcs8(&der)
+            .map_err(|_| "not an ECDSA P-256 or RSA PKCS#8 key (other key types are not supported)".to_owned())?;
+        let bits = pair.public_modulus_len() * 8;
+        if bits < MIN_RSA_BITS {
+            return Err(format!("an RSA key of {bits} bits; at least {MIN_RSA_BITS} are required"));
+        }
+        let public = pair.public_key();
+        let n = URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero());
+        let e = URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero());
+        let kid = thumbprint(&format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#));
+        let jwk = json!({"kty": "RSA", "n": n, "e": e, "kid": kid, "alg": "RS256", "use": "sig"});
+        Ok(Self::new(kid, SigningKey::Rs256(pair), jwk))
+    }
+
+    fn new(kid: String, key: SigningKey, public_jwk: Value) -> Self {
+        let alg = match key {
+            SigningKey::Es256(_) => "ES256",
+            SigningKey::Rs256(_) => "RS256",
+        };
+        let header = json!({"alg": alg, "typ": "JWT", "kid": kid}).to_string();
+        let header_prefix = format!("{}.", URL_SAFE_NO_PAD.encode(header));
+        BrokerSigner { kid, key, header_prefix, rng: SystemRandom::new(), public_jwk, published: Vec::new() }
     }
 
     /// Also publishes `other`'s public key in the JWKS (it does not sign).
@@ -85,6 +131,14 @@ impl BrokerSigner {
         &self.kid
     }
 
+    /// The JWS `alg` this key signs with.
+    pub fn algorithm(&self) -> jsonwebtoken::Algorithm {
+        match self.key {
+            SigningKey::Es256(_) => jsonwebtoken::Algorithm::ES256,
+            SigningKey::Rs256(_) => jsonwebtoken::Algorithm::RS256,
+        }
+    }
+
     /// The public JWKS document.
     pub fn jwks(&self) -> Value {
         let mut keys = vec![self.public_jwk.clone()];
@@ -94,12 +148,22 @@ impl BrokerSigner {
 
     /// Signs `claims` as a compact JWS with `typ: JWT`.
     pub fn sign(&self, claims: &Value) -> Result<IssuedCredential, SignerError> {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.kid.clone());
-        header.typ = Some("JWT".into());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map(IssuedCredential::new)
-            .map_err(|e| SignerError::Sign(e.to_string()))
+        let payload = serde_json::to_vec(claims).map_err(|e| SignerError::Sign(e.to_string()))?;
+        let mut token = String::with_capacity(self.header_prefix.len() + payload.len() * 4 / 3 + 8 + 344);
+        token.push_str(&self.header_prefix);
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let failed = |_| SignerError::Sign("the signature could not be computed".into());
+        let signature = match &self.key {
+            SigningKey::Es256(pair) => pair.sign(&self.rng, token.as_bytes()).map_err(failed)?.as_ref().to_vec(),
+            SigningKey::Rs256(pair) => {
+                let mut sig = vec![0u8; pair.public_modulus_len()];
+                pair.sign(&RSA_PKCS1_SHA256, &self.rng, token.as_bytes(), &mut sig).map_err(failed)?;
+                sig
+            }
+        };
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
+        Ok(IssuedCredential::new(token))
     }
 }
 
@@ -116,6 +180,7 @@ pub fn random_id(bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::Algorithm;
 
     #[test]
     fn signs_tokens_its_own_jwks_verifies() {
@@ -126,5 +191,23 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v.kid.as_deref(), Some(s.kid()));
         assert!(!format!("{s:?}").contains(&URL_SAFE_NO_PAD.encode("d")));
+    }
+
+    #[test]
+    fn rsa_keys_sign_rs256() {
+        let pkcs8 = |bits| {
+            let key = RsaKeyPair::generate(bits).unwrap_or_else(|e| panic!("{e}"));
+            use aws_lc_rs::encoding::AsDer;
+            Zeroizing::new(key.as_der().unwrap_or_else(|e| panic!("{e}")).as_ref().to_vec())
+        };
+        let s = BrokerSigner::from_pkcs8(pkcs8(aws_lc_rs::rsa::KeySize::Rsa2048)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.algorithm(), Algorithm::RS256);
+        let tok = s.sign(&json!({"sub": "x"})).unwrap_or_else(|e| panic!("{e}"));
+        let keys = ephemera_providers::KeySet::from_json(s.jwks().to_string().as_bytes()).unwrap_or_default();
+        let v = ephemera_providers::verify_jws(tok.expose(), 16384, &[Algorithm::RS256], &keys)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.kid.as_deref(), Some(s.kid()));
+        // an ES256 verifier refuses it: the header names what really signed
+        assert!(ephemera_providers::verify_jws(tok.expose(), 16384, &[Algorithm::ES256], &keys).is_err());
     }
 }

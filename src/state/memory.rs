@@ -13,7 +13,28 @@ struct Inner {
     by_expiry: BinaryHeap<Reverse<(i64, String)>>,
     nonces: HashMap<String, (i64, String)>,
     grants: HashMap<String, super::Grant>,
+    grants_by_expiry: BinaryHeap<Reverse<(i64, String)>>,
     revoked: HashMap<String, i64>,
+}
+
+/// Drops the entries of `map` whose expiry (as `expiry` reads it) is before `now`, guided by the
+/// min-heap `heap`: the cost is the number of expired entries, never the size of the map.
+fn purge<V>(
+    map: &mut HashMap<String, V>,
+    heap: &mut BinaryHeap<Reverse<(i64, String)>>,
+    now: i64,
+    expiry: impl Fn(&V) -> i64,
+) {
+    while let Some(Reverse((exp, _))) = heap.peek() {
+        if *exp >= now {
+            break;
+        }
+        if let Some(Reverse((_, old))) = heap.pop()
+            && map.get(&old).is_some_and(|v| expiry(v) < now)
+        {
+            map.remove(&old);
+        }
+    }
 }
 
 /// Used-assertion ids in a map, with a min-heap on expiry so purging is cheap.
@@ -31,16 +52,7 @@ impl MemoryStore {
     fn mark(&self, id: &str, until: i64, now: i64) -> Result<Mark, StateError> {
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
         let inner = &mut *g;
-        while let Some(Reverse((exp, _))) = inner.by_expiry.peek() {
-            if *exp >= now {
-                break;
-            }
-            if let Some(Reverse((_, old))) = inner.by_expiry.pop()
-                && inner.used.get(&old).is_some_and(|e| *e < now)
-            {
-                inner.used.remove(&old);
-            }
-        }
+        purge(&mut inner.used, &mut inner.by_expiry, now, |e| *e);
         if inner.used.get(id).is_some_and(|e| *e >= now) {
             return Ok(Mark::AlreadyUsed);
         }
@@ -65,11 +77,13 @@ impl MemoryStore {
 impl MemoryStore {
     fn record_grant_now(&self, grant: &super::Grant, now: i64) -> Result<(), StateError> {
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
-        g.grants.retain(|_, x| x.expires_at >= now);
-        if g.grants.len() >= self.max_entries {
-            return Err(StateError::Full(g.grants.len()));
+        let inner = &mut *g;
+        purge(&mut inner.grants, &mut inner.grants_by_expiry, now, |x| x.expires_at);
+        if inner.grants.len() >= self.max_entries {
+            return Err(StateError::Full(inner.grants.len()));
         }
-        g.grants.insert(grant.id.clone(), grant.clone());
+        inner.grants.insert(grant.id.clone(), grant.clone());
+        inner.grants_by_expiry.push(Reverse((grant.expires_at, grant.id.clone())));
         Ok(())
     }
 
@@ -158,6 +172,26 @@ mod tests {
         assert_eq!(s.mark("a", 100, 50), Ok(Mark::AlreadyUsed));
         assert_eq!(s.mark("a", 100, 100), Ok(Mark::AlreadyUsed));
         assert_eq!(s.mark("a", 300, 101), Ok(Mark::Fresh));
+    }
+
+    #[test]
+    fn grants_leave_when_they_expire() {
+        let s = MemoryStore::new(2);
+        let grant = |id: &str, expires_at: i64| crate::state::Grant {
+            id: id.into(),
+            subject: "s".into(),
+            task: "t".into(),
+            role: "r".into(),
+            kind: "jwt".into(),
+            issued_at: 0,
+            expires_at,
+        };
+        s.record_grant_now(&grant("a", 100), 0).unwrap();
+        s.record_grant_now(&grant("b", 200), 0).unwrap();
+        assert_eq!(s.record_grant_now(&grant("c", 300), 50), Err(StateError::Full(2)));
+        s.record_grant_now(&grant("c", 300), 101).unwrap();
+        let ids: Vec<String> = s.inner.lock().unwrap().grants.keys().cloned().collect();
+        assert!(ids.contains(&"b".to_owned()) && ids.contains(&"c".to_owned()) && ids.len() == 2, "{ids:?}");
     }
 
     #[test]
