@@ -786,7 +786,7 @@ impl Broker {
                     Detail::None => r.reason.to_owned(),
                 };
                 r.description = format!("{public} (decision {decision_id})");
-                tracing::info!(request_id, decision_id, reason = r.reason, "exchange denied");
+                tracing::debug!(request_id, decision_id, reason = r.reason, "exchange denied");
                 Err(r)
             }
         }
@@ -895,7 +895,7 @@ impl Broker {
                     .assume(aws, &req)
                     .await
                     .map(|s| {
-                        tracing::info!(assumed_role = %s.assumed_role_arn, access_key_id = %s.access_key_id, sts_expiration = s.sts_expiration, "aws session minted");
+                        tracing::debug!(assumed_role = %s.assumed_role_arn, access_key_id = %s.access_key_id, sts_expiration = s.sts_expiration, "aws session minted");
                         TokenResponse {
                             access_token: s.session_token.clone(),
                             issued_token_type: TOKEN_TYPE_AWS_CREDENTIALS,
@@ -930,7 +930,7 @@ impl Broker {
         };
         match minted {
             Ok(resp) => {
-                tracing::info!(request_id = %rec.request_id, decision_id = %rec.decision_id, role = %role.name, jti = %jti, expires_in = lifetime, "credential issued");
+                tracing::debug!(request_id = %rec.request_id, decision_id = %rec.decision_id, role = %role.name, jti = %jti, expires_in = lifetime, "credential issued");
                 Ok(resp)
             }
             Err(err) => {
