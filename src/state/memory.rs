@@ -9,19 +9,49 @@ use std::sync::Mutex;
 
 #[derive(Debug, Default)]
 struct Inner {
-    used: HashMap<String, i64>,
-    by_expiry: BinaryHeap<Reverse<(i64, String)>>,
+    used: HashMap<UsedKey, i64>,
+    by_expiry: BinaryHeap<Reverse<(i64, UsedKey)>>,
     nonces: HashMap<String, (i64, String)>,
     grants: HashMap<String, super::Grant>,
     grants_by_expiry: BinaryHeap<Reverse<(i64, String)>>,
     revoked: HashMap<String, i64>,
 }
 
+/// A used-assertion id as the map holds it: 32 bytes, not a 64-character string (the pipeline's
+/// ids are hex SHA-256 digests; any other id is hashed to the same form).
+type UsedKey = [u8; 32];
+
+fn used_key(id: &str) -> UsedKey {
+    let mut key = [0u8; 32];
+    let hex = id.as_bytes();
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let decoded = hex.len() == 64
+        && key.iter_mut().zip(hex.chunks_exact(2)).all(|(k, pair)| match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(h), Some(l)) => {
+                *k = h << 4 | l;
+                true
+            }
+            _ => false,
+        });
+    if !decoded {
+        // a different domain than hex ids: the prefix keeps a hashed id from equalling a decoded one
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(b"ephemera-replay-id\0");
+        ctx.update(hex);
+        key.copy_from_slice(ctx.finish().as_ref());
+    }
+    key
+}
+
 /// Drops the entries of `map` whose expiry (as `expiry` reads it) is before `now`, guided by the
 /// min-heap `heap`: the cost is the number of expired entries, never the size of the map.
-fn purge<V>(
-    map: &mut HashMap<String, V>,
-    heap: &mut BinaryHeap<Reverse<(i64, String)>>,
+fn purge<K: std::hash::Hash + Eq + Ord, V>(
+    map: &mut HashMap<K, V>,
+    heap: &mut BinaryHeap<Reverse<(i64, K)>>,
     now: i64,
     expiry: impl Fn(&V) -> i64,
 ) {
@@ -53,14 +83,15 @@ impl MemoryStore {
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
         let inner = &mut *g;
         purge(&mut inner.used, &mut inner.by_expiry, now, |e| *e);
-        if inner.used.get(id).is_some_and(|e| *e >= now) {
+        let key = used_key(id);
+        if inner.used.get(&key).is_some_and(|e| *e >= now) {
             return Ok(Mark::AlreadyUsed);
         }
         if inner.used.len() >= self.max_entries {
             return Err(StateError::Full(inner.used.len()));
         }
-        inner.used.insert(id.to_owned(), until);
-        inner.by_expiry.push(Reverse((until, id.to_owned())));
+        inner.used.insert(key, until);
+        inner.by_expiry.push(Reverse((until, key)));
         Ok(Mark::Fresh)
     }
 
@@ -172,6 +203,19 @@ mod tests {
         assert_eq!(s.mark("a", 100, 50), Ok(Mark::AlreadyUsed));
         assert_eq!(s.mark("a", 100, 100), Ok(Mark::AlreadyUsed));
         assert_eq!(s.mark("a", 300, 101), Ok(Mark::Fresh));
+    }
+
+    #[test]
+    fn ids_are_kept_as_32_bytes_and_stay_distinct() {
+        let hex = "00ff".repeat(16);
+        assert_eq!(used_key(&hex)[..2], [0x00, 0xff]);
+        assert_ne!(used_key(&hex), used_key(&hex.to_uppercase()), "not hex to this store: hashed");
+        assert_ne!(used_key("a"), used_key("b"));
+        let s = MemoryStore::new(10);
+        assert_eq!(s.mark(&hex, 100, 0), Ok(Mark::Fresh));
+        assert_eq!(s.mark(&hex, 100, 1), Ok(Mark::AlreadyUsed));
+        assert_eq!(s.mark("attestation-doc-id", 100, 1), Ok(Mark::Fresh));
+        assert_eq!(s.mark("attestation-doc-id", 100, 2), Ok(Mark::AlreadyUsed));
     }
 
     #[test]
