@@ -189,7 +189,7 @@ fn main() {
     let sig = B64.decode(sig).unwrap();
     let parsed = aws_lc_rs::signature::ParsedPublicKey::new(
         &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-        issuer.key.public_key().as_ref().to_vec(),
+        issuer.key.public_key().as_ref(),
     )
     .unwrap();
     c.bench_function("floor/rs256_verify", |b| {
