@@ -169,6 +169,8 @@ fn mean_ns(id: &str) -> Option<f64> {
 }
 
 fn main() {
+    // First, while the heap is fresh: RSS growth is then the store's own.
+    let store_bytes = store_bytes_per_exchange();
     let mut c = Criterion::default().configure_from_args();
     let issuer = Issuer::new();
     let now = SystemClock.now();
@@ -326,6 +328,9 @@ fn main() {
     group.finish();
     c.final_summary();
 
+    if let Some(line) = store_bytes {
+        println!("{line}");
+    }
     let (Some(v), Some(s)) = (mean_ns("floor/rs256_verify"), mean_ns("floor/es256_sign")) else {
         println!("ratios: estimates not found (run without --test)");
         return;
@@ -371,4 +376,41 @@ fn main() {
             println!("decide with {n} roles: {:.1} us ({:.2} x crypto floor)", d / 1e3, d / (v + s));
         }
     }
+}
+
+/// Resident memory the in-memory store holds per exchange (one replay entry and one grant of a
+/// GitHub-sized workload), from the process's RSS before and after 200,000 fresh marks.
+fn store_bytes_per_exchange() -> Option<String> {
+    use ephemera::state::StateStore;
+    fn rss_kib() -> Option<f64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+    const N: usize = 200_000;
+    let store = ephemera::state::memory::MemoryStore::new(N + 1);
+    let ids: Vec<String> = (0..N)
+        .map(|i| {
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("token-{i}").as_bytes());
+            d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread().build().ok()?;
+    let before = rss_kib()?;
+    for (i, id) in ids.iter().enumerate() {
+        let grant = ephemera::state::Grant {
+            id: format!("{:022}", i),
+            subject: format!("repo:acme/app-{i}:ref:refs/heads/main"),
+            task: format!("123456789/{}/1", 9_000_000_000u64 + i as u64),
+            role: "deploy".into(),
+            kind: "jwt".into(),
+            issued_at: 0,
+            expires_at: 900,
+        };
+        rt.block_on(store.mark_used(id, 3600, 0, 0, Some(&grant))).unwrap();
+    }
+    let per = (rss_kib()? - before) * 1024.0 / N as f64;
+    Some(format!("memory store: {per:.0} bytes per exchange (replay entry + grant), from RSS over {N} exchanges"))
 }
