@@ -271,8 +271,8 @@ def flamegraph(run: Run, ephemera: Target, svg: Path) -> None:
     try:
         script = subprocess.run(["perf", "script", "-i", str(data)], capture_output=True, check=True)
         folded = subprocess.run(["inferno-collapse-perf"], input=script.stdout, capture_output=True, check=True)
-        drawn = subprocess.run(["inferno-flamegraph", "--title", title, "--width", "1600", "--minwidth", "0.05"], input=folded.stdout,
-                               capture_output=True, check=True)
+        drawn = subprocess.run(["inferno-flamegraph", "--title", title, "--width", "1600", "--minwidth", "0.05"],
+                               input=folded.stdout, capture_output=True, check=True)
     except subprocess.CalledProcessError as e:
         run.failures.append("flame graph failed")
         run.say(f"FAILED: {shlex.join(e.cmd)}: {e.stderr.decode(errors='replace').strip()[-500:]}")
