@@ -174,6 +174,9 @@ def _floor(path: Path | None, rows: list[dict[str, Any]]) -> dict[str, Any] | No
         if "exchange_ns" in floor:
             out["in_process_x_floor"] = floor["exchange_ns"] / crypto
             out["in_process_ceiling_per_s"] = 1e9 / floor["exchange_ns"]
+        if floor.get("exchange_cpu_ns"):  # 32 at once on one thread, audit on tmpfs: CPU per exchange
+            out["in_process_cpu_x_floor"] = floor["exchange_cpu_ns"] / crypto
+            out["in_process_cpu_ceiling_per_cpu_s"] = 1e9 / floor["exchange_cpu_ns"]
     return out
 
 
@@ -265,6 +268,10 @@ def _print_floor(f: dict[str, Any] | None) -> None:
     if "in_process_x_floor" in f:
         print(f"in-process exchange (criterion): {f['in_process_x_floor']:.2f} x floor "
               f"= at most {f['in_process_ceiling_per_s']:.0f} exchanges/s one at a time")
+    if "in_process_cpu_x_floor" in f:
+        print(f"in-process exchange CPU (criterion, 32 at once on one thread, audit on tmpfs): "
+              f"{f['in_process_cpu_x_floor']:.2f} x floor = at most {f['in_process_cpu_ceiling_per_cpu_s']:.0f} "
+              f"exchanges per CPU-second without HTTP")
     if "measured_cpu_us_per_exchange" in f:
         print(f"served over HTTP at concurrency {f['measured_conc']}: {f['measured_cpu_us_per_exchange']:.1f} "
               f"server CPU-us per exchange = {f['measured_x_floor']:.2f} x floor")
