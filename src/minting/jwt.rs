@@ -96,8 +96,9 @@ impl BrokerSigner {
             let jwk = json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig"});
             return Ok(Self::new(kid, SigningKey::Es256(pair), jwk));
         }
-        let pair = RsaKeyPair::from_pkcs8(&der)
-            .map_err(|_| "not an ECDSA P-256 or RSA PKCS#8 key (other key types are not supported)".to_owned())?;
+        let pair = RsaKeyPair::from_pkcs8(&der).map_err(|e| {
+            format!("not a usable P-256 or RSA PKCS#8 key (aws-lc: {e}); RSA keys need {MIN_RSA_BITS} bits or more, other key types are not supported")
+        })?;
         let bits = pair.public_modulus_len() * 8;
         if bits < MIN_RSA_BITS {
             return Err(format!("an RSA key of {bits} bits; at least {MIN_RSA_BITS} are required"));

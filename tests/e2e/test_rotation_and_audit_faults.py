@@ -78,3 +78,47 @@ def test_an_audit_sink_that_cannot_write_means_no_credential(ephemera_bin, tmp_p
     b = Broker(ephemera_bin, ok_dir, cfg)
     assert b.exchange(mock_issuer.token()).status == 200
     b.stop()
+
+
+def write_rsa_key(path: Path, bits: int) -> str:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return str(path)
+
+
+def test_an_rsa_signing_key_signs_rs256_that_pyjwt_verifies(ephemera_bin, tmp_path, mock_issuer):
+    from harness import free_port
+    key = write_rsa_key(tmp_path / "rsa.pem", 2048)
+    b = start(ephemera_bin, tmp_path / "rsa", mock_issuer, free_port(), signing_key_file=key)
+    token = b.exchange(mock_issuer.token()).json["access_token"]
+    assert jwt.get_unverified_header(token)["alg"] == "RS256"
+    jwks = b.get("/.well-known/jwks.json").json()["keys"]
+    assert [(k["kty"], k["alg"]) for k in jwks] == [("RSA", "RS256")]
+    assert b.get("/.well-known/openid-configuration").json()["id_token_signing_alg_values_supported"] == ["RS256"]
+    consumer = jwt.PyJWKClient(b.url + "/.well-known/jwks.json")
+    claims = jwt.decode(token, consumer.get_signing_key_from_jwt(token).key, algorithms=["RS256"],
+                        audience=PARTNER, issuer=b.issuer)
+    assert claims["role"] == "deploy"
+    # a verifier that expects ES256 (the default) refuses it: the header names what really signed
+    with pytest.raises(jwt.InvalidAlgorithmError):
+        jwt.decode(token, consumer.get_signing_key_from_jwt(token).key, algorithms=["ES256"], audience=PARTNER)
+    b.stop()
+
+
+def test_a_short_rsa_signing_key_is_refused_at_start(ephemera_bin, tmp_path, mock_issuer):
+    import subprocess
+
+    from harness import free_port, to_toml
+    workdir = tmp_path / "short"
+    workdir.mkdir()
+    key = write_rsa_key(tmp_path / "rsa1024.pem", 1024)
+    cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], [role("deploy", "mock")], port=free_port(),
+                        server={"signing_key_file": key})
+    path = workdir / "ephemera.toml"
+    path.write_text(to_toml(cfg))
+    r = subprocess.run([str(ephemera_bin), "serve", "--config", str(path)], capture_output=True, text=True,
+                       timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stderr  # a config error
+    assert "rsa1024.pem" in r.stderr and "2048 bits or more" in r.stderr, r.stderr
