@@ -158,23 +158,26 @@ impl Inner {
 /// Below this many waiting records the writer yields once before writing (see [`writer`]).
 const GATHER: usize = 8;
 
+/// Moves the records already waiting into `jobs`, up to [`BATCH`].
+fn take_waiting(rx: &mut tokio::sync::mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
+    while jobs.len() < BATCH {
+        match rx.try_recv() {
+            Ok(j) => jobs.push(j),
+            Err(_) => break,
+        }
+    }
+}
+
 fn writer(mut inner: Inner, mut rx: tokio::sync::mpsc::Receiver<Job>, healthy: Arc<std::sync::atomic::AtomicBool>) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
-        // Take what is waiting; when that is little, give the exchanges in flight one turn of the
-        // CPU first (they are about to queue their records), so a group is several records rather
-        // than one wake-up of this thread per record. On an idle core the yield returns at once.
-        for turn in 0..2 {
-            while jobs.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
-            }
-            if turn == 1 || jobs.len() >= GATHER {
-                break;
-            }
+        take_waiting(&mut rx, &mut jobs);
+        // Few waiting: give the exchanges in flight one turn of the CPU first (they are about to
+        // queue their records), so a group is several records rather than one wake-up of this
+        // thread per record. On an idle core the yield returns at once.
+        if jobs.len() < GATHER {
             std::thread::yield_now();
+            take_waiting(&mut rx, &mut jobs);
         }
         let result = inner.write_batch(&jobs);
         healthy.store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);

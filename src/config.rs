@@ -34,31 +34,25 @@ pub struct RawConfig {
     #[serde(default)]
     pub admin: RawAdmin,
     /// Benchmark-only switches; refused unless built with the `bench-knobs` feature.
-    pub bench: Option<RawBench>,
+    pub bench: Option<Safety>,
 }
 
-/// `[bench]`: turns a safety feature off so `scripts/bench-peers` can show what it costs. Only a
-/// binary built with `--features bench-knobs` accepts the table; a released broker refuses it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBench {
-    #[serde(default = "yes")]
-    pub replay: bool,
-    #[serde(default = "yes")]
-    pub audit: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// The safety features a benchmark build may switch off (both on everywhere else).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The safety features a benchmark build may switch off (both on everywhere else). As `[bench]`
+/// it turns one off so `scripts/bench-peers` can show what it costs; only a binary built with
+/// `--features bench-knobs` accepts the table, a released broker refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Safety {
     /// Assertions are marked used (single use).
     pub replay: bool,
     /// Every decision is written to the audit log; allows durably before the credential leaves.
     pub audit: bool,
+}
+
+impl Default for Safety {
+    fn default() -> Self {
+        Safety { replay: true, audit: true }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -702,13 +696,13 @@ impl Config {
         if matches!(state, StateBackend::Redis { .. }) && server.signing_key_file.is_none() {
             errs.push("server.signing_key_file: required with the redis backend: replicas must sign with one key, or partners (and introspection) meet tokens their JWKS does not verify".into());
         }
-        let safety = match &raw.bench {
-            None => Safety { replay: true, audit: true },
-            Some(b) if cfg!(feature = "bench-knobs") => Safety { replay: b.replay, audit: b.audit },
+        let safety = match raw.bench {
+            Some(b) if cfg!(feature = "bench-knobs") => b,
             Some(_) => {
                 errs.push("bench: accepted only by a binary built with `--features bench-knobs` (scripts/bench-peers); it switches replay protection or the audit log off".into());
-                Safety { replay: true, audit: true }
+                Safety::default()
             }
+            None => Safety::default(),
         };
         if let (true, Some(engine)) = (errs.is_empty(), engine) {
             Ok(Config {
@@ -1077,6 +1071,7 @@ credential = { kind = "jwt", audience = "https://partner.example" }
     #[test]
     fn bench_switches_need_the_bench_build() {
         let c = load(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.safety, Safety::default());
         assert_eq!(c.safety, Safety { replay: true, audit: true });
         let off = format!("{GOOD}\n[bench]\nreplay = false\naudit = false\n");
         match load(&off) {

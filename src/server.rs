@@ -207,7 +207,7 @@ async fn discovery(State(app): State<Arc<App>>) -> Response {
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "token_endpoint": format!("{base}/v1/token"),
         "grant_types_supported": [crate::exchange::GRANT_TOKEN_EXCHANGE],
-        "id_token_signing_alg_values_supported": [format!("{:?}", app.broker.signer.algorithm())],
+        "id_token_signing_alg_values_supported": [app.broker.signer.algorithm()],
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
     }))

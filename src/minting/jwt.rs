@@ -19,12 +19,21 @@ use serde_json::{Value, json};
 use std::path::Path;
 use zeroize::Zeroizing;
 
-/// RSA keys shorter than this are refused (RFC 7518 §3.3 requires 2048 bits).
+/// The shortest RSA key aws-lc signs with, as RFC 7518 §3.3 requires.
 const MIN_RSA_BITS: usize = 2048;
 
 enum SigningKey {
     Es256(EcdsaKeyPair),
     Rs256(RsaKeyPair),
+}
+
+impl SigningKey {
+    fn algorithm(&self) -> jsonwebtoken::Algorithm {
+        match self {
+            SigningKey::Es256(_) => jsonwebtoken::Algorithm::ES256,
+            SigningKey::Rs256(_) => jsonwebtoken::Algorithm::RS256,
+        }
+    }
 }
 
 /// The broker's signing key. `Debug` shows the `kid` only.
@@ -99,10 +108,7 @@ impl BrokerSigner {
         let pair = RsaKeyPair::from_pkcs8(&der).map_err(|e| {
             format!("not a usable P-256 or RSA PKCS#8 key (aws-lc: {e}); RSA keys need {MIN_RSA_BITS} bits or more, other key types are not supported")
         })?;
-        let bits = pair.public_modulus_len() * 8;
-        if bits < MIN_RSA_BITS {
-            return Err(format!("an RSA key of {bits} bits; at least {MIN_RSA_BITS} are required"));
-        }
+        // (aws-lc refuses RSA signing keys under 2048 bits itself: the error above names it)
         let public = pair.public_key();
         let n = URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero());
         let e = URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero());
@@ -112,11 +118,7 @@ impl BrokerSigner {
     }
 
     fn new(kid: String, key: SigningKey, public_jwk: Value) -> Self {
-        let alg = match key {
-            SigningKey::Es256(_) => "ES256",
-            SigningKey::Rs256(_) => "RS256",
-        };
-        let header = json!({"alg": alg, "typ": "JWT", "kid": kid}).to_string();
+        let header = json!({"alg": key.algorithm(), "typ": "JWT", "kid": kid}).to_string();
         let header_prefix = format!("{}.", URL_SAFE_NO_PAD.encode(header));
         BrokerSigner { kid, key, header_prefix, rng: SystemRandom::new(), public_jwk, published: Vec::new() }
     }
@@ -134,10 +136,7 @@ impl BrokerSigner {
 
     /// The JWS `alg` this key signs with.
     pub fn algorithm(&self) -> jsonwebtoken::Algorithm {
-        match self.key {
-            SigningKey::Es256(_) => jsonwebtoken::Algorithm::ES256,
-            SigningKey::Rs256(_) => jsonwebtoken::Algorithm::RS256,
-        }
+        self.key.algorithm()
     }
 
     /// The public JWKS document.

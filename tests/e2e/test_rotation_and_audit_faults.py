@@ -9,13 +9,14 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from harness import PARTNER, Broker, broker_config, provider, role
 
 
-def write_key(path: Path) -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
+def write_key(path: Path, key=None) -> str:
+    """Writes `key` (default: a fresh P-256 key) as a PKCS#8 PEM file."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
     return str(path)
@@ -81,11 +82,7 @@ def test_an_audit_sink_that_cannot_write_means_no_credential(ephemera_bin, tmp_p
 
 
 def write_rsa_key(path: Path, bits: int) -> str:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    return str(path)
+    return write_key(path, rsa.generate_private_key(public_exponent=65537, key_size=bits))
 
 
 def test_an_rsa_signing_key_signs_rs256_that_pyjwt_verifies(ephemera_bin, tmp_path, mock_issuer):
