@@ -71,7 +71,10 @@ def test_explain_agrees_with_the_server(broker, mock_issuer, tmp_path, defect):
     expected = DEFECTS[defect][1]
     r = broker.exchange(token)
     assert r.status == 400 and r.reason == expected, r
-    res, doc = explain(broker, token, tmp_path)
+    # explain at the server's own clock (its audit record's), so descriptions that state the
+    # clock agree even when the second ticked between the two
+    at = broker.audit_record(r.decision_id)["ts"]
+    res, doc = explain(broker, token, tmp_path, at=at)
     assert res.returncode == 3, res
     assert doc["decision"] == "deny"
     assert doc["reason"] == expected == r.reason
