@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from harness import PARTNER, Broker, broker_config, provider, role
+from harness import PARTNER, Broker, broker_config, provider, require_peer, role
 
 
 def write_key(path: Path, key=None) -> str:
@@ -35,31 +35,51 @@ def test_key_rotation_with_a_caching_consumer_has_no_verification_failure(epheme
     # 1. sign with K1, publish K2 ahead of its use
     b = start(ephemera_bin, tmp_path / "step1", mock_issuer, port, signing_key_file=k1, publish_key_files=[k2])
     t1 = b.exchange(mock_issuer.token()).json["access_token"]
-    consumer = jwt.PyJWKClient(b.url + "/.well-known/jwks.json", cache_jwk_set=True, lifespan=3600)
+    # A consumer that never refetches (README: "tested with a PyJWT consumer that never
+    # refetches"): its cache outlives the test and its unknown-kid refetch is held off for an
+    # hour, so a kid missing from the set it fetched at step 1 fails the decode instead of
+    # sending it back to the broker. Its fetches are counted as well.
+    consumer = jwt.PyJWKClient(b.url + "/.well-known/jwks.json", cache_jwk_set=True, lifespan=3600,
+                               cooldown_duration=3600)
+    fetches = []
+    fetch_data = consumer.fetch_data
+
+    def counted_fetch():
+        fetches.append(1)
+        return fetch_data()
+
+    consumer.fetch_data = counted_fetch
     decode = lambda tok: jwt.decode(tok, consumer.get_signing_key_from_jwt(tok).key, algorithms=["ES256"],
                                     audience=PARTNER, issuer=b.issuer)
     assert decode(t1)["sub"]
     kid_1 = jwt.get_unverified_header(t1)["kid"]
+    assert len(fetches) == 1
+    step1_kids = {k.key_id for k in consumer.get_jwk_set().keys}
+    assert len(step1_kids) == 2 and kid_1 in step1_kids, step1_kids  # K1 signing, K2 published ahead
     b.stop()
     # 2. sign with K2, still publish K1 (tokens already out keep verifying)
     b = start(ephemera_bin, tmp_path / "step2", mock_issuer, port, signing_key_file=k2, publish_key_files=[k1])
     t2 = b.exchange(mock_issuer.token()).json["access_token"]
     kid_2 = jwt.get_unverified_header(t2)["kid"]
     assert kid_2 != kid_1
-    # the consumer never refetched: K2 was in the JWKS it cached at step 1
+    assert step1_kids == {kid_1, kid_2}  # K2 was in the JWKS the consumer cached at step 1
+    # the consumer never refetched: K2 came from its step-1 cache
     assert decode(t2)["sub"] and decode(t1)["sub"]
+    assert len(fetches) == 1, f"the consumer refetched the JWKS {len(fetches) - 1} times"
     b.stop()
     # 3. retire K1: it leaves the JWKS
     b = start(ephemera_bin, tmp_path / "step3", mock_issuer, port, signing_key_file=k2)
     kids = [k["kid"] for k in b.get("/.well-known/jwks.json").json()["keys"]]
     assert kids == [kid_2]
     assert decode(b.exchange(mock_issuer.token()).json["access_token"])["sub"]
+    assert len(fetches) == 1
     b.stop()
 
 
 def test_an_audit_sink_that_cannot_write_means_no_credential(ephemera_bin, tmp_path, mock_issuer):
-    if not Path("/dev/full").exists():
-        pytest.skip("/dev/full is needed to simulate a full disk")
+    # a missing /dev/full skips locally and fails under CI=true: this is the only test of a sink
+    # that fails while the broker runs
+    require_peer("/dev/full", Path("/dev/full").exists(), "a Linux character device that fails every write")
     workdir = tmp_path / "full"
     workdir.mkdir()
     os.symlink("/dev/full", workdir / "audit.jsonl")  # every write fails with ENOSPC
@@ -69,9 +89,15 @@ def test_an_audit_sink_that_cannot_write_means_no_credential(ephemera_bin, tmp_p
     r = b.exchange(token)
     assert r.status == 503 and r.error == "temporarily_unavailable" and r.reason == "audit_unavailable", r
     assert "access_token" not in r.text and r.headers.get("Retry-After")
-    # the assertion was spent before the audit failed: a retry with it is refused, never minted
+    # the assertion was spent before the audit failed: a retry with it is refused as a replay (a
+    # broker that had not spent it would answer 503 audit_unavailable again). The deny answer goes
+    # out although its own record cannot be written either (a deny record is only logged on failure).
     again = b.exchange(token)
-    assert again.status in (400, 503) and "access_token" not in again.text, again
+    assert again.status == 400 and again.reason == "token_replayed", again
+    assert "access_token" not in again.text
+    # and a fresh assertion still meets the broken sink, not a refusal of its own
+    fresh = b.exchange(mock_issuer.token())
+    assert fresh.status == 503 and fresh.reason == "audit_unavailable", fresh
     b.stop()
     # the twin: the same broker config with a writable audit log issues credentials
     ok_dir = tmp_path / "ok"
