@@ -8,7 +8,6 @@ import base64
 import concurrent.futures as cf
 import datetime
 import os
-import time
 import uuid
 
 import pytest
@@ -30,19 +29,21 @@ from harness import (
 DISCO = "/.well-known/openid-configuration"
 JWKS = "/jwks"
 
-# Short cache timings so expiry and cooldown can be observed in seconds.
+# Short cache timings: a 1 s TTL and cooldown, so a provider that was refused recovers as soon as
+# the broker's whole-second clock has moved on. No test here sleeps for them: where a test needs a
+# refetch it polls (`recovers`), and where it asserts that no refetch happens it uses a cooldown of
+# an hour, so the verdict cannot depend on how fast the machine is. The exact clock arithmetic
+# (cooldown, TTL, stale window, max-age bounds) is `providers/tests/cache.rs`, with an injected clock.
 FAST = {"default_ttl": "1s", "min_ttl": "1s", "refresh_cooldown": "1s", "stale_window": "3s",
         "fetch_timeout": "2s"}
-# Where a test asserts that an immediate second request does NOT fetch, a cooldown of 2 s keeps
-# that deterministic with the broker's whole-second clock.
-COOLDOWN_2S = 2.1
 
 
-def wait_cooldown():
-    """Waits until the broker's whole-second clock has moved past the last fetch attempt, so a
-    1 s refresh_cooldown has ended."""
-    t = time.time()
-    time.sleep(int(t) + 1.05 - t)
+def recovers(broker, token: str, role: str = "deploy", timeout: float = 20):
+    """Polls one exchange of `token` until it is answered 200 (a refused presentation does not
+    spend the token) and returns that answer: the provider's next fetch, once its cooldown has
+    ended, succeeded."""
+    return wait_until(lambda: (lambda r: r if r.status == 200 else None)(broker.exchange(token, role)),
+                      timeout=timeout, interval=0.2, what="the provider to recover")
 
 
 def assert_reject(resp, reason, error="invalid_request", status=400):
@@ -69,6 +70,7 @@ def rss_kib(pid: int) -> int:
 
 
 def pinned_setup(tmp_path, key: LocalKey, name="pinned", issuer="http://127.0.0.1:9/pinned"):
+    """A provider with its keys pinned from a file (never fetched) and a role for it."""
     path = key.write_jwks(tmp_path / f"{name}-jwks.json")
     return (provider(name, issuer, jwks_file=str(path)),
             role(f"{name}-role", name, conditions={"sub": "pinned-workload"}),
@@ -114,45 +116,62 @@ def test_same_kid_at_two_issuers_is_not_confused(broker_factory, mock_factory):
 # ---- C 29: rotation ----------------------------------------------------------------------------
 
 
+def test_unknown_kid_inside_the_cooldown_causes_no_fetch(broker_factory, mock_issuer):
+    """The cooldown is wired through: with `refresh_cooldown = "1h"` a kid the issuer has just
+    published is not fetched for, however often it is presented (a broker that refetched on every
+    unknown kid would fetch, find K2 and answer 200)."""
+    b = broker_factory(issuer=mock_issuer, jwks={"refresh_cooldown": "1h"})
+    assert b.exchange(mock_issuer.token()).status == 200
+    assert mock_issuer.fetches() == (1, 1)
+    mock_issuer.add_key("k2", "RSA")  # published at once
+    for _ in range(3):
+        assert_reject(b.exchange(mock_issuer.token(key="k2")), "unknown_key")
+    assert mock_issuer.fetches() == (1, 1)
+    assert b.exchange(mock_issuer.token(key="k1")).status == 200
+
+
 def test_unknown_kid_triggers_exactly_one_refresh(broker_factory, mock_issuer):
-    b = broker_factory(issuer=mock_issuer, jwks={"refresh_cooldown": "2s"})
+    """With a 1 s cooldown, presentations of an unknown kid are answered unknown_key without a
+    fetch until the cooldown ends; the first one after it refreshes once. Counted exactly: each
+    poll below stops at the first presentation that refreshed."""
+    b = broker_factory(issuer=mock_issuer, jwks={"refresh_cooldown": "1s"})
     assert b.exchange(mock_issuer.token()).status == 200
     assert mock_issuer.fetches() == (1, 1)
 
-    # K2 exists at the issuer but is not published yet: one refresh, then unknown_key
+    # K2 exists at the issuer but is not published yet: a refresh, then still unknown_key
     mock_issuer.add_key("k2", "RSA", publish=False)
-    time.sleep(COOLDOWN_2S)
-    assert_reject(b.exchange(mock_issuer.token(key="k2")), "unknown_key")
-    assert mock_issuer.fetches() == (2, 2)
-    # again at once: inside the cooldown, no fetch
-    assert_reject(b.exchange(mock_issuer.token(key="k2")), "unknown_key")
+
+    def refreshed_without_k2():
+        assert_reject(b.exchange(mock_issuer.token(key="k2")), "unknown_key")
+        return mock_issuer.fetches()[1] >= 2
+
+    wait_until(refreshed_without_k2, timeout=20, interval=0.2, what="a refresh for the unknown kid")
     assert mock_issuer.fetches() == (2, 2)
 
     # the issuer publishes K2: the first K2 token after the cooldown refreshes once and succeeds
     mock_issuer.publish("k2")
-    time.sleep(COOLDOWN_2S)
-    assert b.exchange(mock_issuer.token(key="k2")).status == 200
+    recovers(b, mock_issuer.token(key="k2"))
     assert mock_issuer.fetches() == (3, 3)
+    # both keys are cached now (TTL 300 s by default): no more fetches
     for key in ("k2", "k1", "k2"):
         assert b.exchange(mock_issuer.token(key=key)).status == 200
     assert mock_issuer.fetches() == (3, 3)
 
 
 def test_rotation_k1_tokens_refused_after_ttl(broker_factory, mock_issuer):
-    """ATTACKS 29: K2 added and used (one refresh); K1 removed: K1 tokens are refused at the
-    latest after the cache TTL plus one cooldown."""
+    """ATTACKS 29: K2 added and used (one refresh); K1 removed: K1 tokens are refused once the
+    cache TTL (1 s) has passed and a cooldown allows the refetch (how soon, in seconds, is
+    `providers/tests/cache.rs`; here `wait_until` bounds it)."""
     b = broker_factory(issuer=mock_issuer, jwks=FAST)
     assert b.exchange(mock_issuer.token()).status == 200
     # a stock of K1-signed tokens made while the issuer still holds K1
     stock = [mock_issuer.token(key="k1", exp=now() + 600) for _ in range(100)]
     mock_issuer.rotate(add="k2")
-    wait_cooldown()
     before = mock_issuer.fetches()
-    assert b.exchange(mock_issuer.token(key="k2")).status == 200
+    recovers(b, mock_issuer.token(key="k2"))
     assert mock_issuer.fetches()[1] == before[1] + 1
 
     mock_issuer.rotate(remove="k1")
-    removed_at = time.monotonic()
 
     def k1_refused():
         r = b.exchange(stock.pop())
@@ -160,8 +179,6 @@ def test_rotation_k1_tokens_refused_after_ttl(broker_factory, mock_issuer):
 
     r = wait_until(k1_refused, timeout=20, interval=0.25, what="K1 tokens refused after rotation")
     assert_reject(r, "unknown_key")
-    # TTL 1 s + cooldown 2 s, plus slack for a loaded machine
-    assert time.monotonic() - removed_at < 15
     # stays refused, and K2 keeps working
     assert_reject(b.exchange(stock.pop()), "unknown_key")
     assert b.exchange(mock_issuer.token(key="k2")).status == 200
@@ -172,14 +189,14 @@ def test_rotation_k1_tokens_refused_after_ttl(broker_factory, mock_issuer):
 
 def test_unknown_kid_flood_is_rate_limited(broker_factory, mock_issuer):
     # the per-client rate limit (default burst 200) is raised so that it does not answer first
-    b = broker_factory(issuer=mock_issuer, jwks={"refresh_cooldown": "30s"},
+    # an hour of cooldown: however long the flood takes on a loaded machine, it is inside it
+    b = broker_factory(issuer=mock_issuer, jwks={"refresh_cooldown": "1h"},
                        server={"rate_limit_burst": 10_000, "rate_limit_per_second": 10_000})
     attacker = LocalKey("attacker")
     claims = good_claims(mock_issuer.issuer)
     flood = [attacker.sign(dict(claims, jti=uuid.uuid4().hex), kid=f"kid-{uuid.uuid4().hex}")
              for _ in range(200)]
     legit = [mock_issuer.token() for _ in range(5)]
-    start = time.monotonic()
 
     def send(tok):
         with requests.Session() as s:
@@ -191,14 +208,11 @@ def test_unknown_kid_flood_is_rate_limited(broker_factory, mock_issuer):
         flood_f += [pool.submit(send, t) for t in flood[100:]]
         flood_r = [f.result() for f in flood_f]
         legit_r = [f.result() for f in legit_f]
-    elapsed = time.monotonic() - start
-    assert elapsed < 30, "the flood outlasted the cooldown window; the fetch bound is not tested"
     assert all(r.status == 400 and r.reason == "unknown_key" for r in flood_r), \
         {(r.status, r.reason) for r in flood_r}
     assert all(r.status == 200 for r in legit_r), legit_r
-    disco, jwks = mock_issuer.fetches()
-    # a cold cache: the first request fetches; every other one is inside the 30 s cooldown
-    assert jwks <= 1 and disco <= 1, mock_issuer.counts()
+    # a cold cache: the first request fetches; every other one is inside the cooldown
+    assert mock_issuer.fetches() == (1, 1), mock_issuer.counts()
     assert b.alive()
 
 
@@ -206,62 +220,60 @@ def test_unknown_kid_flood_is_rate_limited(broker_factory, mock_issuer):
 
 
 def test_outage_stale_keys_then_503_then_recovery(broker_factory, mock_issuer):
-    b = broker_factory(issuer=mock_issuer, jwks=FAST)
+    """Two brokers on one issuer, the same 1 s TTL, differing only in the stale window: an hour
+    (keys keep serving through the outage, whatever the load) and none (fail closed as soon as
+    the TTL has passed and the refresh failed). The window arithmetic itself is
+    `providers/tests/cache.rs` (`outage_serves_stale_keys_then_fails_closed_then_recovers`)."""
+    ttl = {"default_ttl": "1s", "min_ttl": "1s", "refresh_cooldown": "1s", "fetch_timeout": "2s"}
+    stale = broker_factory(issuer=mock_issuer, jwks=dict(ttl, stale_window="1h"))
+    closed = broker_factory(issuer=mock_issuer, jwks=dict(ttl, stale_window="0s"))
     stock = [mock_issuer.token(exp=now() + 600) for _ in range(150)]
     attacker = LocalKey("not-published")
-    assert b.exchange(stock.pop()).status == 200
-    fetched = time.monotonic()
+    assert stale.exchange(stock.pop()).status == 200
+    assert closed.exchange(stock.pop()).status == 200
     mock_issuer.kill()
-    # past the 1 s TTL (so a refresh is attempted and fails) but inside TTL + stale window (4 s)
-    time.sleep(max(0.0, fetched + 1.2 - time.monotonic()))
-    r = b.exchange(stock.pop())
-    assert r.status == 200, f"stale keys should still serve during the outage: {r}"
-    wait_until(lambda: "issuer key refresh failed" in b.stderr(), timeout=10,
-               what="a logged refresh failure")
-    # an unknown kid during the outage is refused (not 503 while keys are still usable)
-    r = b.exchange(attacker.sign(good_claims(mock_issuer.issuer)))
-    assert r.status in (400, 503), r
 
     def unavailable():
-        r = b.exchange(stock.pop())
+        r = closed.exchange(stock.pop())
         return r if r.status == 503 else None
 
-    r = wait_until(unavailable, timeout=20, interval=0.25, what="503 once the stale window ends")
-    assert_unavailable(r)
-    assert time.monotonic() - fetched < 20
+    # past the TTL the refresh fails: without a stale window the provider fails closed
+    r = wait_until(unavailable, timeout=20, interval=0.25, what="503 once the TTL has passed")
+    assert_unavailable(r, "keys older than the stale window")
+    assert "connection failed" in r.description, r
+    # the twin, later still (so its TTL has passed too): the old keys keep serving
+    r = stale.exchange(stock.pop())
+    assert r.status == 200, f"stale keys should still serve during the outage: {r}"
+    wait_until(lambda: "issuer key refresh failed" in stale.stderr(), timeout=10,
+               what="a logged refresh failure")
+    # an unknown kid during the outage is refused as such, not 503: the keys are still usable
+    assert_reject(stale.exchange(attacker.sign(good_claims(mock_issuer.issuer))), "unknown_key")
 
     mock_issuer.revive()
-
-    def recovered():
-        r = b.exchange(stock.pop())
-        return r if r.status == 200 else None
-
-    wait_until(recovered, timeout=20, interval=0.25, what="recovery without restart")
-    assert b.proc.poll() is None
+    recovers(closed, stock.pop())
+    assert stale.exchange(stock.pop()).status == 200
+    assert closed.proc.poll() is None and stale.proc.poll() is None
 
 
 def test_cold_start_with_issuer_down_503_other_provider_works(broker_factory, mock_issuer,
-                                                             tmp_path):
+                                                             tmp_path, canary):
     stock = [mock_issuer.token(exp=now() + 600) for _ in range(100)]
     mock_issuer.kill()
     key = LocalKey("pinned-1", "EC")
-    p2, r2, iss2 = pinned_setup(tmp_path, key)
+    # the pinned provider's issuer names the canary: a fetch for it would be seen there
+    p2, r2, iss2 = pinned_setup(tmp_path, key, issuer=canary.url + "/pinned")
     b = broker_factory([provider("mock", mock_issuer.issuer), p2], [role("deploy", "mock"), r2],
                        jwks=FAST)
     r = b.exchange(stock.pop())
-    assert_unavailable(r)
-    # the pinned provider goes on, at normal latency
+    assert_unavailable(r, "connection failed")
+    # the pinned provider goes on, without fetching anything
     r = b.exchange(pinned_token(key, iss2), role="pinned-role")
     assert r.status == 200, r
-    assert r.elapsed < 5
+    assert canary.connections == 0
 
     mock_issuer.revive()
-
-    def recovered():
-        r = b.exchange(stock.pop())
-        return r if r.status == 200 else None
-
-    wait_until(recovered, timeout=20, interval=0.25, what="recovery after the issuer came back")
+    recovers(b, stock.pop())
+    assert canary.connections == 0
 
 
 # ---- C 24: discovery lies ----------------------------------------------------------------------
@@ -285,8 +297,7 @@ def test_discovery_issuer_mismatch(broker_factory, mock_factory, lie):
     assert br.exchange(b_iss.token(), role="deploy-b").status == 200
     # twin: the issuer stops lying; after the cooldown the provider recovers
     a.reset_modes()
-    wait_cooldown()
-    assert br.exchange(a.token()).status == 200
+    recovers(br, a.token())
 
 
 @pytest.mark.parametrize("where", ["localhost_other_port", "same_ip_other_port", "metadata_ip",
@@ -306,8 +317,7 @@ def test_jwks_uri_off_the_issuer_host(broker_factory, mock_issuer, canary, where
     assert canary.connections == 0
     assert mock_issuer.count(JWKS) == 0
     mock_issuer.reset_modes()
-    wait_cooldown()
-    assert b.exchange(mock_issuer.token()).status == 200
+    recovers(b, mock_issuer.token())
 
 
 def test_jwks_hosts_allows_a_listed_host(broker_factory, mock_issuer):
@@ -326,7 +336,7 @@ def test_jwks_hosts_allows_a_listed_host(broker_factory, mock_issuer):
 
 def test_max_document_size(broker_factory, mock_issuer):
     b = broker_factory(issuer=mock_issuer, jwks=dict(FAST, max_document_size=256))
-    assert_unavailable(b.exchange(mock_issuer.token()))
+    assert_unavailable(b.exchange(mock_issuer.token()), "body exceeds 256 bytes")
     b2 = broker_factory(issuer=mock_issuer, jwks=dict(FAST, max_document_size=8192))
     assert b2.exchange(mock_issuer.token()).status == 200
 
@@ -345,6 +355,11 @@ def test_jwks_uri_over_http_for_an_https_issuer_is_refused(broker_factory, mock_
     res = run_cli(b.binary, ["check", "--config", str(path)])
     assert res.returncode == 2, res
     assert "jwks_uri" in res.stderr
+    # twin: the same config with an https jwks_uri passes
+    cfg["providers"] = [provider("x", "https://issuer.example", jwks_uri="https://issuer.example/jwks")]
+    path.write_text(to_toml(cfg))
+    res = run_cli(b.binary, ["check", "--config", str(path)])
+    assert res.returncode == 0, res
     assert canary.connections == 0
 
 
@@ -379,8 +394,20 @@ def test_redirect_is_never_followed(broker_factory, mock_issuer, canary, path):
     assert "redirect" in r.description
     assert canary.connections == 0
     mock_issuer.reset_modes()
-    wait_cooldown()
+    recovers(b, mock_issuer.token())
+    assert canary.connections == 0
+
+
+def test_proxy_environment_is_ignored(broker_factory, mock_issuer, canary):
+    """README (Fetching): no proxy. The broker runs with every proxy variable naming the canary
+    (and an empty NO_PROXY, so nothing is exempted): its fetches still go straight to the issuer.
+    A client that honoured the environment would send them to the canary."""
+    assert "REQUEST_METHOD" not in os.environ  # a CGI environment makes clients ignore proxies
+    proxy = {name: canary.url for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY",
+                                           "https_proxy", "http_proxy", "all_proxy")}
+    b = broker_factory(issuer=mock_issuer, env=dict(proxy, NO_PROXY="", no_proxy=""))
     assert b.exchange(mock_issuer.token()).status == 200
+    assert mock_issuer.fetches() == (1, 1)
     assert canary.connections == 0
 
 
@@ -394,37 +421,47 @@ def test_ten_mib_document(broker_factory, mock_issuer, path, content_length):
     b = broker_factory(issuer=mock_issuer, jwks=FAST)
     rss_before = rss_kib(b.proc.pid)
     r = b.exchange(mock_issuer.token())
-    assert_unavailable(r)
+    assert_unavailable(r, f"body exceeds {100 * 1024} bytes")
     assert b.alive()
     # the body was not buffered: RSS grew far less than 10 MiB
     assert rss_kib(b.proc.pid) - rss_before < 8 * 1024
     mock_issuer.reset_modes()
-    wait_cooldown()
-    assert b.exchange(mock_issuer.token()).status == 200
+    recovers(b, mock_issuer.token())
 
 
 @pytest.mark.parametrize("path", [DISCO, JWKS])
-def test_trickling_issuer_times_out_and_others_go_on(broker_factory, mock_issuer, tmp_path, path):
+def test_trickling_issuer_times_out(broker_factory, mock_issuer, path):
+    mock_issuer.set_mode(trickle={path: 1.0})
+    b = broker_factory(issuer=mock_issuer, jwks=FAST)
+    # fetch_timeout (2 s) ends the fetch long before the trickle would (one byte a second)
+    assert_unavailable(b.exchange(mock_issuer.token()), "timed out")
+    assert b.alive()
+    mock_issuer.reset_modes()
+    recovers(b, mock_issuer.token())
+
+
+@pytest.mark.parametrize("path", [DISCO, JWKS])
+def test_trickling_issuer_does_not_hold_up_other_providers(broker_factory, mock_issuer, tmp_path,
+                                                          path):
+    """While one provider's fetch is stuck on a trickling issuer, another provider's exchange is
+    answered. The stuck fetch has a 20 s fetch_timeout, so it is still pending when the other
+    answer arrives however loaded the machine is; killing the issuer then ends it."""
     mock_issuer.set_mode(trickle={path: 1.0})
     key = LocalKey("pinned-1", "EC")
     p2, r2, iss2 = pinned_setup(tmp_path, key)
     b = broker_factory([provider("mock", mock_issuer.issuer), p2], [role("deploy", "mock"), r2],
-                       jwks=FAST)
-    with cf.ThreadPoolExecutor(max_workers=2) as pool:
+                       jwks=dict(FAST, fetch_timeout="20s"))
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
         slow = pool.submit(b.exchange, mock_issuer.token(), session=requests.Session())
-        time.sleep(0.3)
-        # another issuer's exchange is not held up by the stuck fetch
+        wait_until(lambda: mock_issuer.count(path) >= 1 or slow.done(), timeout=20,
+                   what="the broker's fetch to reach the trickling issuer")
         other = b.exchange(pinned_token(key, iss2), role="pinned-role")
         assert other.status == 200, other
-        assert other.elapsed < 1.5, f"other issuer slowed down: {other.elapsed:.2f}s"
+        assert not slow.done(), f"the stuck exchange ended first: {slow.result()}"
+        mock_issuer.kill()
         r = slow.result()
     assert_unavailable(r)
-    # fetch_timeout is 2 s: the whole exchange ends well before the trickle would
-    assert r.elapsed < 6, f"exchange took {r.elapsed:.1f}s with fetch_timeout 2s"
     assert b.alive()
-    mock_issuer.reset_modes()
-    wait_cooldown()
-    assert b.exchange(mock_issuer.token()).status == 200
 
 
 @pytest.mark.parametrize("status", [500, 404, 503])
@@ -434,18 +471,17 @@ def test_issuer_error_status_is_503_for_that_provider(broker_factory, mock_issue
     r = b.exchange(mock_issuer.token())
     assert_unavailable(r, str(status))
     mock_issuer.reset_modes()
-    wait_cooldown()
-    assert b.exchange(mock_issuer.token()).status == 200
+    recovers(b, mock_issuer.token())
 
 
 def test_jwks_with_too_many_keys_is_refused(broker_factory, mock_issuer):
     junk = [{"kty": "oct", "kid": f"j{i}", "k": b64url(os.urandom(16))} for i in range(101)]
     mock_issuer.set_mode(extra_keys=junk)
     b = broker_factory(issuer=mock_issuer, jwks=FAST)
-    assert_unavailable(b.exchange(mock_issuer.token()))
+    # k1 and the 101 junk keys
+    assert_unavailable(b.exchange(mock_issuer.token()), "jwks holds 102 keys, over the limit of 100")
     mock_issuer.set_mode(extra_keys=junk[:50])
-    wait_cooldown()
-    assert b.exchange(mock_issuer.token()).status == 200
+    recovers(b, mock_issuer.token())
 
 
 # ---- A 4: keys smuggled in through the header --------------------------------------------------
@@ -481,8 +517,9 @@ def test_jku_x5u_jwk_x5c_headers_are_ignored(broker, mock_issuer, canary):
     assert_reject(r, "unknown_key")
     r = broker.exchange(mock_issuer.sign(claims(), key="evil", header={"jwk": evil_jwk, "kid": "k1"}))
     assert_reject(r, "signature_invalid")
+    # without a kid, the issuer's only key (k1) is the one tried
     r = broker.exchange(mock_issuer.sign(claims(), key="evil", header={"jwk": evil_jwk, "kid": None}))
-    assert r.status == 400 and r.reason in ("unknown_key", "signature_invalid"), r
+    assert_reject(r, "signature_invalid")
     # an attacker-made x5c chain
     r = broker.exchange(mock_issuer.sign(claims(), key="evil",
                                          header={"x5c": _self_signed_x5c()}))
@@ -504,34 +541,51 @@ def test_jku_x5u_jwk_x5c_headers_are_ignored(broker, mock_issuer, canary):
 
 
 def test_kid_abuse(broker, mock_issuer, canary):
+    """README: a kid is 1-256 printable ASCII characters. Within that, a kid is only ever a name to
+    look up in the issuer's JWKS (unknown_key); outside it, it is refused before any lookup."""
     assert broker.exchange(mock_issuer.token()).status == 200
     long_printable = "L" * 200
     cases = {
-        "../../../../dev/null": {"unknown_key"},
-        "' OR 1=1--": {"kid_invalid", "unknown_key"},
-        "http://169.254.169.254/": {"unknown_key"},
-        canary.url + "/": {"unknown_key"},
-        "k" * 4096: {"kid_invalid"},
-        "a\x00b": {"kid_invalid"},
-        "a\r\nb": {"kid_invalid"},
-        "k1\u0430": {"kid_invalid"},  # a Cyrillic а after k1
-        long_printable: {"unknown_key", "kid_invalid"},
+        "../../../../dev/null": "unknown_key",
+        "'OR'1'='1'--": "unknown_key",
+        "http://169.254.169.254/": "unknown_key",
+        canary.url + "/": "unknown_key",
+        long_printable: "unknown_key",
+        "K" * 256: "unknown_key",
+        "K" * 257: "kid_invalid",
+        "k" * 4096: "kid_invalid",
+        "a\x00b": "kid_invalid",
+        "a\r\nb": "kid_invalid",
+        "k1\u0430": "kid_invalid",  # a Cyrillic а after k1
+        # the broker takes "printable" as visible (0x21-0x7E, `is_ascii_graphic`): no space
+        "' OR 1=1--": "kid_invalid",
     }
-    for kid, reasons in cases.items():
+    for kid, reason in cases.items():
         r = broker.exchange(mock_issuer.sign(good_claims(mock_issuer.issuer), header={"kid": kid}))
-        assert r.status == 400 and r.reason in reasons, (kid[:40], r)
-        if r.reason == "unknown_key" and kid == long_printable:
+        assert_reject(r, reason)
+        if kid == long_printable:
             rec = broker.audit_record(r.decision_id)
             assert long_printable not in rec["detail"], "audit keeps the kid truncated"
         for rec in broker.audit():
             assert "\n" not in rec.get("detail", "") and "\x00" not in rec.get("detail", "")
-    # a header kid that is not valid UTF-8 once decoded (lone surrogate escape)
+    # a header kid that is not valid UTF-8 once decoded (lone surrogate escape): the header is
+    # not JSON the strict parser takes
     r = broker.exchange(mock_issuer.sign(
         good_claims(mock_issuer.issuer),
         header_raw='{"alg":"RS256","typ":"JWT","kid":"\\ud800"}'))
-    assert r.status == 400 and r.reason in ("kid_invalid", "malformed_token"), r
+    assert_reject(r, "malformed_token")
     assert canary.connections == 0
     assert broker.exchange(mock_issuer.token()).status == 200
+
+
+def test_typ_jwt_in_any_case_is_accepted(broker, mock_issuer):
+    """README: `typ`, when present, is `JWT` or `application/jwt`, in any case (exactly: another
+    type that merely contains it is refused)."""
+    for typ in ["JWT", "jwt", "Jwt", "application/jwt", "application/JWT", "APPLICATION/JWT"]:
+        assert broker.exchange(mock_issuer.token(header={"typ": typ})).status == 200, typ
+        assert_reject(broker.exchange(mock_issuer.token(header={"typ": "at+" + typ})), "typ_not_allowed")
+    # and without a typ at all
+    assert broker.exchange(mock_issuer.token(header={"typ": None})).status == 200
 
 
 # ---- C 27: JWKS hygiene ------------------------------------------------------------------------
@@ -569,8 +623,7 @@ def test_ignored_jwks_entries(broker_factory, mock_issuer, variant):
     assert b.exchange(mock_issuer.token(key="k1")).status == 200
     # twin: the same key published cleanly is accepted
     mock_issuer.reset_modes()
-    wait_cooldown()
-    assert b.exchange(mock_issuer.token(key="k2")).status == 200
+    recovers(b, mock_issuer.token(key="k2"))
 
 
 def test_symmetric_jwks_entry_is_never_an_hmac_key(broker_factory, mock_issuer):
