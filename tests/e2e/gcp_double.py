@@ -23,6 +23,52 @@ can grep logs for them.
 
 Used in-process (``GcpDouble()`` starts a thread) by tests/e2e/test_gcp.py; ``python
 gcp_double.py --port N`` runs it alone (it then trusts nothing until configured in code).
+
+Why a double: there is no installable emulator of Google's STS or IAM Credentials. Each rule it
+enforces is taken from Google's documentation, so its fidelity can be checked against these:
+
+- Token endpoint, JWT-bearer grant: "Using OAuth 2.0 for Server to Server Applications"
+  (https://developers.google.com/identity/protocols/oauth2/service-account, "Preparing to make
+  an authorized API call" / "Forming the JWT claim set"): ``grant_type`` is
+  ``urn:ietf:params:oauth:grant-type:jwt-bearer``; the assertion is RS256 (the only algorithm
+  Google supports there), signed with the service account's key; ``iss`` is the service
+  account's email, ``aud`` is the token endpoint (the key file's ``token_uri``), ``scope`` is a
+  space-delimited list, ``exp`` at most 1 hour after ``iat``; ``sub`` (a user to impersonate) is
+  domain-wide delegation (refused here as ``unauthorized_client``, not set up); the answer is
+  ``{access_token, expires_in, token_type}``.
+- STS: "Method: token" of the Security Token Service API
+  (https://cloud.google.com/iam/docs/reference/sts/rest/v1/TopLevel/token, and its
+  ``GoogleIdentityStsV1ExchangeTokenRequest``): ``grantType`` must be
+  ``urn:ietf:params:oauth:grant-type:token-exchange``, ``requestedTokenType`` must be
+  ``urn:ietf:params:oauth:token-type:access_token``, ``audience`` is the pool provider's full
+  resource name, ``scope`` is required when exchanging an external credential, and
+  ``subjectTokenType`` is ``…:jwt`` or ``…:id_token`` for an OIDC provider.
+- The subject token's checks: "Configure Workload Identity Federation with other identity
+  providers" (https://cloud.google.com/iam/docs/workload-identity-federation-with-other-providers)
+  and the ``WorkloadIdentityPoolProvider.Oidc`` reference
+  (https://cloud.google.com/iam/docs/reference/rest/v1/projects.locations.workloadIdentityPools.providers):
+  signature by the issuer's JWKS (RS256 or ES256), ``iss`` equal to the provider's issuer,
+  ``aud`` one of ``allowedAudiences`` (the tests configure Google's default explicitly: the
+  provider's resource name with ``https:``; the empty-list default itself is not modelled),
+  ``exp`` not passed; the federated principal is
+  ``principal://iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/POOL/subject/SUB``
+  ("Identify principals" in the same guide).
+- IAM Credentials: "Method: projects.serviceAccounts.generateAccessToken"
+  (https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/generateAccessToken):
+  the path is ``/v1/projects/-/serviceAccounts/{EMAIL}:generateAccessToken`` (the ``-`` wildcard
+  is required); ``scope`` is required, at least one value; ``lifetime`` is a protobuf Duration in
+  its JSON form (``"3600s"``, "Duration" in the protobuf JSON mapping,
+  https://protobuf.dev/programming-guides/json/) of at most 3600 s unless an organization policy
+  allows up to 12 h (not modelled); ``delegates`` are ``projects/-/serviceAccounts/{EMAIL}``, each
+  holding ``roles/iam.serviceAccountTokenCreator`` on the next, the last one on the target
+  (refused with 403 ``PERMISSION_DENIED`` otherwise); the caller authenticates with a Google
+  access token as ``Authorization: Bearer`` (401 ``UNAUTHENTICATED`` otherwise); the answer is
+  ``{accessToken, expireTime}`` (RFC 3339). Error bodies are Google's JSON error shape
+  (https://cloud.google.com/apis/design/errors, ``{"error": {code, message, status}}``).
+
+What it does not model: quotas, organization policies, Google's token formats beyond the
+``ya29.`` prefix, and ``/v1/whoami`` (a stand-in for any protected API) knows only the tokens the
+double issued itself.
 """
 
 from __future__ import annotations
