@@ -12,7 +12,7 @@ import jwt
 import pytest
 import requests
 
-from harness import GRANT, ID_TOKEN, PARTNER, HTTP_TIMEOUT, STARTUP_TIMEOUT, free_port
+from harness import GRANT, ID_TOKEN, PARTNER, HTTP_TIMEOUT, STARTUP_TIMEOUT, free_port, require_peer
 
 
 class DevBroker:
@@ -117,14 +117,21 @@ def test_dev_demo_token_for_another_branch_is_denied(dev):
     assert dev.exchange(dev.demo_token({"ref": "refs/heads/main"})).status_code == 200
 
 
-def test_dev_demo_issuer_rejects_non_object_overrides(dev):
-    r = requests.post(dev.url + "/demo/token", data="[1,2]", timeout=HTTP_TIMEOUT)
+@pytest.mark.parametrize("body", ["[1,2]", '"ref"', "null", "42", "{not json"])
+def test_dev_demo_issuer_rejects_non_object_overrides(dev, body):
+    r = requests.post(dev.url + "/demo/token", data=body, timeout=HTTP_TIMEOUT)
     assert r.status_code == 400
+    assert r.text == "body must be a JSON object of claims to set\n"
+    # the twin: an empty object of overrides signs the default demo token, which the role allows
+    ok = requests.post(dev.url + "/demo/token", data="{}", timeout=HTTP_TIMEOUT)
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["Content-Type"].startswith("text/plain")
+    assert dev.exchange(ok.text.strip()).status_code == 200
 
 
-@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None,
-                    reason="curl and bash are needed to run the printed command")
 def test_dev_printed_curl_works(dev):
+    for tool in ("curl", "bash"):
+        require_peer(tool, shutil.which(tool) is not None, "apt-get install curl bash; scripts/test installs curl")
     lines = [ln.strip() for ln in dev.stderr().splitlines() if ln.strip().startswith("curl ")]
     assert len(lines) >= 2, dev.stderr()
     out = subprocess.run(["bash", "-c", lines[0]], capture_output=True, text=True, timeout=60)

@@ -196,7 +196,94 @@ def test_bad_config_exits_2(broker, mock_issuer, tmp_path, bad):
     assert broker.exchange(token).status == 200
 
 
-def test_explain_missing_token_file_is_usage_error(broker, tmp_path):
-    res = run_cli(broker.binary, ["explain", "--config", str(broker.config_path), "--role", "deploy",
-                                  "--token-file", str(tmp_path / "missing.jwt")])
+def test_explain_missing_token_file_is_usage_error(broker, mock_issuer, tmp_path):
+    path = tmp_path / "missing.jwt"
+    args = ["explain", "--config", str(broker.config_path), "--role", "deploy", "--token-file", str(path)]
+    res = run_cli(broker.binary, args)
     assert res.returncode == 2, res
+    # the message names the file (a config error would name a config key instead)
+    assert res.stderr.startswith(f"error: {path}: "), res.stderr
+    assert "config error" not in res.stderr
+    assert res.stdout == ""
+    # the twin: the same command once the file exists
+    path.write_text(mock_issuer.token() + "\n")
+    res = run_cli(broker.binary, args)
+    assert res.returncode == 0, res
+    assert "decision: ALLOW" in res.stdout
+
+
+def write_claims(tmp_path, claims: dict, name="claims.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(claims))
+    return path
+
+
+def test_explain_claims_evaluates_a_synthetic_claim_set(broker, mock_issuer, tmp_path):
+    """README: `explain --claims CLAIMS.json` runs the profile and the role's conditions on claims
+    alone (no signature), to write roles before any token exists."""
+    T = 1_800_000_000
+    claims = good_claims(mock_issuer.issuer, iat=T - 10, nbf=T - 10, exp=T + 100)
+    fetches = mock_issuer.fetches()
+
+    def run(c, role_name="deploy", json_out=True):
+        args = ["explain", "--config", str(broker.config_path), "--role", role_name,
+                "--claims", str(write_claims(tmp_path, c)), "--at", str(T)]
+        res = run_cli(broker.binary, args + (["--json"] if json_out else []))
+        return res, (json.loads(res.stdout) if json_out else None)
+
+    res, doc = run(claims)
+    assert res.returncode == 0, res
+    assert doc["decision"] == "allow" and doc["reason"] is None
+    assert doc["trace"]["now"] == T and doc["trace"]["lifetime"] == 100
+    assert doc["trace"]["checks"] == [], "no verification: there is no token"
+    conds = {c["claim"]: c for c in doc["trace"]["decision"]["conditions"]}
+    assert set(conds) == {"sub", "repository", "ref"} and all(c["pass"] for c in conds.values())
+    # the twin: one claim off, denied with that condition named
+    res, doc = run(dict(claims, ref="refs/heads/dev"))
+    assert res.returncode == 3, res
+    assert doc["reason"] == "policy_denied"
+    conds = {c["claim"]: c for c in doc["trace"]["decision"]["conditions"]}
+    assert conds["ref"]["pass"] is False and conds["ref"]["got"] == "refs/heads/dev"
+    # plain output
+    res, _ = run(dict(claims, ref="refs/heads/dev"), json_out=False)
+    assert res.returncode == 3 and "DENY (policy_denied)" in res.stdout
+    # it never needed the issuer: no fetch of its discovery document or keys
+    assert mock_issuer.fetches() == fetches
+    # a claims file that is not a JSON object is a usage error naming the file
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    res = run_cli(broker.binary, ["explain", "--config", str(broker.config_path), "--role", "deploy",
+                                  "--claims", str(bad)])
+    assert res.returncode == 2 and res.stderr.startswith(f"error: {bad}: "), res
+    # --claims and --token-file are one or the other
+    res = run_cli(broker.binary, ["explain", "--config", str(broker.config_path), "--role", "deploy",
+                                  "--claims", str(bad), "--token-file", str(bad)])
+    assert res.returncode == 2 and "cannot be used with" in res.stderr, res
+
+
+def test_explain_deny_names_the_closest_roles(broker, mock_issuer, tmp_path):
+    """README: on a deny, explain names the closest roles: the same provider's other roles, fewest
+    failed conditions first, each with the conditions it would fail."""
+    # a token for the release branch, presented for `deploy`: `release` would allow it
+    token = mock_issuer.token(ref="refs/heads/release")
+    res, doc = explain(broker, token, tmp_path)
+    assert res.returncode == 3 and doc["reason"] == "policy_denied", res
+    assert doc["closest_roles"] == [{"role": "release", "allow": True, "failed": []}]
+    res, _ = explain(broker, token, tmp_path, json_out=False)
+    assert "closest role release: []" in res.stdout.splitlines()
+    # a token neither role allows: `release` is named with the condition it fails
+    res, doc = explain(broker, mock_issuer.token(ref="refs/heads/dev"), tmp_path)
+    assert res.returncode == 3
+    assert doc["closest_roles"] == [{"role": "release", "allow": False, "failed": [
+        "condition ref: expected `refs/heads/release`, got `refs/heads/dev`"]}]
+    # the same from a claim set
+    claims = write_claims(tmp_path, good_claims(mock_issuer.issuer, ref="refs/heads/release"))
+    res = run_cli(broker.binary, ["explain", "--config", str(broker.config_path), "--role", "deploy",
+                                  "--claims", str(claims), "--json"])
+    assert res.returncode == 3
+    assert json.loads(res.stdout)["closest_roles"] == [{"role": "release", "allow": True, "failed": []}]
+    # the twins: an allow names none, and neither does a deny before any policy ran
+    res, doc = explain(broker, mock_issuer.token(), tmp_path)
+    assert res.returncode == 0 and doc["closest_roles"] == []
+    res, doc = explain(broker, make_defective(mock_issuer, "expired"), tmp_path)
+    assert res.returncode == 3 and doc["reason"] == "token_expired" and doc["closest_roles"] == []
