@@ -4,11 +4,12 @@ env format in bash, GitHub Actions' ID token endpoint (a local fake), GitLab's i
 variables, `$GITHUB_ENV`, and every error path with its exit code.
 
 The brokers here are called by the client, not through the harness, so each test checks the audit
-log itself.
+log itself: the decision and reason of every record, in order (see `start_broker`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -49,6 +50,11 @@ def start_broker(broker_factory, mock, moto=None, extra_providers=(), extra_role
     if moto is not None:
         roles.append(cloud_role(AWS_ROLE, "github", {"kind": "aws", "role_arn": AWS_ROLE_ARN}))
         env = aws_broker_env(moto.url)
+    # The harness's teardown invariant matches the answers it saw against the audit log, but here
+    # the answers go to the client (often run by boto3 or bash, and a kept answer never reaches
+    # the broker at all), so the harness sees none. Feeding it the client's output would miss
+    # exactly those runs; instead every test asserts the whole audit log with `decisions(b)`,
+    # which also pins the order and the reason of each record.
     return broker_factory(providers=[github_provider("github", mock.issuer), *extra_providers],
                           roles=roles + list(extra_roles), env=env, check_invariants=False)
 
@@ -147,10 +153,12 @@ def test_credential_process_output_is_awss_shape(broker_factory, mock_issuer, mo
     assert kept.stat().st_mode & 0o777 == 0o600
     assert Path(cache_env["EPHEMERA_CACHE_DIR"]).stat().st_mode & 0o777 == 0o700
     assert token_file.read_text() not in kept.read_text(), "the assertion itself is not kept"
-    # the twin: a JWT role has no AWS credentials to give
+    # the twin: a JWT role has no AWS credentials to give (the broker allowed and minted a JWT;
+    # the client cannot render it as AWS credentials)
     token_file.write_text(mock_issuer.sign(github_claims(mock_issuer.issuer)))
     out = exchange(ephemera_bin, b, JWT_ROLE, "--token-file", str(token_file), fmt="credential-process", env=cache_env)
     assert out.returncode == 1 and "does not hand out AWS credentials" in out.stderr
+    assert decisions(b) == [("allow", None), ("allow", None)]
 
 
 # ---- env, json, github-env ----------------------------------------------------------------------
@@ -180,6 +188,10 @@ def test_env_format_evaluated_by_bash_gives_boto3_the_session(broker_factory, mo
     arn, expiration = r.stdout.split()
     assert arn == f"arn:aws:sts::{AWS_ACCOUNT}:assumed-role/deploy/{session_name(AWS_ROLE, claims)}"
     assert expiration.endswith("Z")
+    [rec] = b.audit()
+    assert rec["decision"] == "allow"
+    assert int(dt.datetime.fromisoformat(expiration.replace("Z", "+00:00")).timestamp()) == \
+        rec["credential"]["expires_at"]
 
 
 def test_env_and_json_formats_for_a_broker_jwt(broker_factory, mock_issuer, ephemera_bin, tmp_path):
@@ -194,11 +206,16 @@ def test_env_and_json_formats_for_a_broker_jwt(broker_factory, mock_issuer, ephe
 
     token_file.write_text(mock_issuer.sign(github_claims(mock_issuer.issuer)))
     out = exchange(ephemera_bin, b, JWT_ROLE, "--token-file", str(token_file), fmt="env")
+    after = now()
     assert out.returncode == 0, out.stderr
     lines = dict(shlex.split(line)[1].split("=", 1) for line in out.stdout.splitlines())
     assert set(lines) == {"EPHEMERA_TOKEN", "EPHEMERA_TOKEN_EXPIRES_AT"}
     claims = verify_broker_jwt(b, lines["EPHEMERA_TOKEN"])
-    assert abs(int(lines["EPHEMERA_TOKEN_EXPIRES_AT"]) - claims["exp"]) <= 2
+    rec = b.audit()[-1]
+    assert rec["credential"]["jti"] == claims["jti"] and rec["credential"]["expires_at"] == claims["exp"]
+    # the client counts expires_in from its own clock once the answer is in: between the broker's
+    # decision (the record's ts) and the moment the client process had ended
+    assert claims["exp"] <= int(lines["EPHEMERA_TOKEN_EXPIRES_AT"]) <= claims["exp"] + (after - rec["ts"])
     assert all(line.startswith("export ") and "='" in line for line in out.stdout.splitlines())
     assert decisions(b) == [("allow", None), ("allow", None)]
 
@@ -225,6 +242,8 @@ def test_github_env_format_appends_to_github_env_and_masks_secrets(broker_factor
     env = {"GITHUB_ENV": ""}
     out = exchange(ephemera_bin, b, AWS_ROLE, "--token-file", str(token_file), fmt="github-env", env=env)
     assert out.returncode == 1 and "GITHUB_ENV is not set" in out.stderr
+    # the client finds out after the exchange: the broker allowed both
+    assert decisions(b) == [("allow", None), ("allow", None)]
 
 
 # ---- sources: GitHub Actions, GitLab, env ------------------------------------------------------
@@ -343,6 +362,7 @@ def test_the_composite_action_exports_the_credential_to_later_steps(broker_facto
         verify_broker_jwt(b, exported["EPHEMERA_TOKEN"])
         assert r.stdout.strip() == f"::add-mask::{exported['EPHEMERA_TOKEN']}"
         assert fake.requests[0]["query"]["audience"] == [AUDIENCE]
+        assert decisions(b) == [("allow", None)]
     finally:
         fake.close()
 
@@ -438,12 +458,51 @@ def test_no_assertion_exits_2_and_nothing_reaches_the_broker(broker_factory, moc
     assert decisions(b) == []
 
 
-def test_usage_errors_exit_2(ephemera_bin):
-    # --audience belongs to --github-actions; two sources at once; an unknown format
-    for args in (["--token-env", "X", "--audience", "a"], ["--token-env", "X", "--token-file", "f"],
-                 ["--token-env", "X", "--format", "yaml"]):
-        r = run_cli(ephemera_bin, ["exchange", "--broker", "http://127.0.0.1:9", "--role", "r", *args])
-        assert r.returncode == 2, (args, r.stderr)
+USAGE_ERRORS = {
+    # two sources at once
+    "two_sources": (["--token-env", "X", "--token-file", "f"], ["--token-file", "f"],
+                    "cannot be used with"),
+    # an unknown format
+    "unknown_format": (["--token-env", "X", "--format", "yaml"], ["--token-env", "X", "--format", "json"],
+                       "invalid value 'yaml' for '--format <FORMAT>'"),
+    # --audience belongs to --github-actions (README: the audience the GitHub token is asked for)
+    "audience_without_github_actions": (["--token-env", "X", "--audience", "a"], ["--token-env", "X"],
+                                        "--github-actions"),
+}
+
+
+@pytest.mark.parametrize("case", [
+    "two_sources",
+    "unknown_format",
+    # clap's `requires = "github_actions"` (src/client.rs, `audience`) is satisfied by the bool
+    # flag's implicit default `false`, so `--audience` without `--github-actions` is accepted and
+    # silently ignored: this test found it once `X` was set. Strict: it fails once the client
+    # refuses the combination (then drop the mark).
+    pytest.param("audience_without_github_actions", marks=pytest.mark.xfail(
+        strict=True, reason="broker defect: --audience without --github-actions is not refused")),
+])
+def test_usage_errors_exit_2(ephemera_bin, tmp_path, case):
+    """Each bad argument list has everything else it needs (`X` holds an assertion, `f` exists), so
+    only argument checking can refuse it; the twin, the same list without the defect, gets past
+    parsing and reading the assertion and fails only at the (unreachable) broker."""
+    from harness import free_port
+
+    bad, good, message = USAGE_ERRORS[case]
+    (tmp_path / "f").write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln")
+    env = dict(os.environ, X="eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln")
+    base = [str(ephemera_bin), "exchange", "--broker", f"http://127.0.0.1:{free_port()}", "--role", "r"]
+
+    def run(args):
+        return subprocess.run(base + args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+                              stdin=subprocess.DEVNULL)
+
+    r = run(bad)
+    assert r.returncode == 2, (bad, r.stderr)
+    assert message in r.stderr, r.stderr
+    assert "unreachable" not in r.stderr, "refused before any connection"
+    twin = run(good)
+    assert twin.returncode == 1, (good, twin.stderr)
+    assert "unreachable" in twin.stderr and "error: " not in twin.stderr, twin.stderr
 
 
 def test_the_assertion_goes_only_to_tls_or_loopback_brokers(ephemera_bin, canary, tmp_path):
@@ -469,3 +528,102 @@ def test_an_unreachable_broker_exits_1(ephemera_bin, tmp_path):
     r = run_cli(ephemera_bin, ["exchange", "--broker", f"http://127.0.0.1:{free_port()}", "--role", "r",
                                "--token-file", str(token_file)])
     assert r.returncode == 1 and "unreachable" in r.stderr
+
+
+class Redirector:
+    """A "broker" that answers every POST with a 307 to another URL (which keeps the method and
+    the body for a client that follows it), counting the requests it got."""
+
+    def __init__(self, location: str):
+        self.hits = 0
+        red = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                red.hits += 1
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(307)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_redirects_are_not_followed(ephemera_bin, canary, tmp_path):
+    """README: the broker URL must be https or loopback http, and redirects are not followed: a
+    307 keeps the POST body, so following one would hand the assertion to whoever it names."""
+    token_file = tmp_path / "token"
+    token_file.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln")
+    red = Redirector(canary.url + "/v1/token")
+    try:
+        r = run_cli(ephemera_bin, ["exchange", "--broker", red.url, "--role", "r", "--token-file", str(token_file)])
+        assert red.hits == 1
+        assert canary.connections == 0, "the client followed the redirect"
+        assert r.returncode == 1, r.stderr
+        assert r.stderr == "ephemera exchange: broker answered HTTP 307 without JSON\n", r.stderr
+        assert r.stdout == ""
+    finally:
+        red.close()
+    # the twin: the canary counts a client that does reach it
+    run_cli(ephemera_bin, ["exchange", "--broker", canary.url, "--role", "r", "--token-file", str(token_file)])
+    assert canary.connections >= 1
+
+
+def test_the_answer_cache_directory_precedence(broker_factory, mock_issuer, ephemera_bin, tmp_path):
+    """README: answers are kept under `--cache-dir`, else `$EPHEMERA_CACHE_DIR`, else
+    `$XDG_RUNTIME_DIR/ephemera`, else `~/.cache/ephemera/exchange`; each step is run with every
+    lower one available, so a wrong order puts the answer somewhere else."""
+    b = start_broker(broker_factory, mock_issuer)
+    flag, envdir, xdg, home = (tmp_path / n for n in ("flag", "envdir", "xdg", "home"))
+    xdg.mkdir()
+    home.mkdir()
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("EPHEMERA_CACHE_DIR", "XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "HOME")}
+    token_file = tmp_path / "token"
+
+    def run(env: dict, *extra) -> dict:
+        token_file.write_text(mock_issuer.sign(github_claims(mock_issuer.issuer)))
+        r = subprocess.run([str(ephemera_bin), "exchange", "--broker", b.url, "--role", JWT_ROLE, "--token-file",
+                            str(token_file), "--format", "gcp-executable", *extra],
+                           capture_output=True, text=True, env=dict(base, **env), timeout=60, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def kept(d: Path) -> list[str]:
+        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+    default = home / ".cache" / "ephemera" / "exchange"
+    everything = {"EPHEMERA_CACHE_DIR": str(envdir), "XDG_RUNTIME_DIR": str(xdg), "HOME": str(home)}
+    run(everything, "--cache-dir", str(flag))
+    assert len(kept(flag)) == 1 and kept(envdir) == kept(xdg / "ephemera") == kept(default) == []
+    run(everything)
+    assert len(kept(envdir)) == 1 and kept(xdg / "ephemera") == kept(default) == []
+    run({"XDG_RUNTIME_DIR": str(xdg), "HOME": str(home)})
+    assert len(kept(xdg / "ephemera")) == 1 and kept(default) == []
+    assert (xdg / "ephemera").stat().st_mode & 0o777 == 0o700
+    run({"HOME": str(home)})
+    assert len(kept(default)) == 1
+    # a runtime directory that does not exist is passed over
+    run({"XDG_RUNTIME_DIR": str(tmp_path / "gone"), "HOME": str(home)})
+    assert len(kept(default)) == 2 and not (tmp_path / "gone").exists()
+    assert decisions(b) == [("allow", None)] * 5
+
+    # the kept answer is found again where it was put: the same assertion, no second exchange
+    first = run({"XDG_RUNTIME_DIR": str(xdg), "HOME": str(home)})
+    again = subprocess.run([str(ephemera_bin), "exchange", "--broker", b.url, "--role", JWT_ROLE, "--token-file",
+                            str(token_file), "--format", "gcp-executable"], capture_output=True, text=True,
+                           env=dict(base, XDG_RUNTIME_DIR=str(xdg), HOME=str(home)), timeout=60,
+                           stdin=subprocess.DEVNULL)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["id_token"] == first["id_token"]
+    assert decisions(b) == [("allow", None)] * 6
