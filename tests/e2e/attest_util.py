@@ -285,11 +285,14 @@ class PopPki:
     def make(cls, *, spiffe_id: str = SPIFFE_ID, leaf_not_after: float | None = None,
              leaf_not_before: float | None = None, ca: Cert | None = None, serial: int | None = None,
              key_usage: str = "default", ca_name: str = "Example Workload Root CA",
-             intermediate_name: str = "Example Workload Issuing CA") -> "PopPki":
+             intermediate_name: str = "Example Workload Issuing CA",
+             intermediate: Cert | None = None) -> "PopPki":
+        """A new leaf; under `intermediate` (which `ca` issued) when given, else under a new one."""
         ca = ca or make_cert(_name(ca_name, [(NameOID.ORGANIZATION_NAME, "Example")]),
                              ec.generate_private_key(ec.SECP256R1()), ca=True, path_length=1)
-        inter = make_cert(_name(intermediate_name, [(NameOID.ORGANIZATION_NAME, "Example")]),
-                          ec.generate_private_key(ec.SECP256R1()), issuer=ca, ca=True, path_length=0)
+        inter = intermediate or make_cert(_name(intermediate_name, [(NameOID.ORGANIZATION_NAME, "Example")]),
+                                          ec.generate_private_key(ec.SECP256R1()), issuer=ca, ca=True,
+                                          path_length=0)
         t = time.time()
         leaf = make_cert(
             _name("payments", [(NameOID.COUNTRY_NAME, "US"), (NameOID.ORGANIZATION_NAME, "Example"),
