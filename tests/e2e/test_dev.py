@@ -96,7 +96,7 @@ def test_dev_demo_exchange_verifies_with_pyjwt(dev):
     assert claims["sub"] and "acme" in claims["sub"] and claims["role"] == "demo"
     assert claims["src_iss"] == demo["iss"]
     assert claims["exp"] <= demo["exp"]
-    assert abs(body["expires_in"] - (claims["exp"] - claims["iat"])) <= 1
+    assert body["expires_in"] == claims["exp"] - claims["iat"]
     # the broker's discovery document points at that JWKS
     disco = requests.get(dev.url + "/.well-known/openid-configuration", timeout=HTTP_TIMEOUT).json()
     assert disco["issuer"] == dev.url
