@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -142,15 +143,62 @@ def test_redis_down_fails_closed_and_recovers_without_restart(replicas, mock_iss
     assert b.exchange(mock_issuer.token()).status == 200
 
 
+def test_a_broker_started_while_redis_is_down_runs_unready_and_becomes_ready(replicas, mock_issuer, redis_server):
+    # README: "A broker started while Redis is down runs, unready"; "when Redis comes back,
+    # service resumes without a restart".
+    redis_server.kill()
+    (a,) = replicas(1)  # the harness returns once /healthz answers 200: it runs
+    assert "state store not ready at start" in a.stderr()
+    r = a.get("/readyz")
+    assert r.status_code == 503 and r.json() == {"state": False, "audit": True}, r.text
+    refused = a.exchange(mock_issuer.token())
+    assert refused.status == 503 and refused.reason == "replay_store_unavailable", refused
+    redis_server.start()
+    wait_until(lambda: a.get("/readyz").status_code == 200, 15, what="readiness once Redis is up")
+    assert a.get("/readyz").json() == {"state": True, "audit": True}
+    # The first connection started the epoch (at the latest when /readyz answered 200); a token
+    # signed after that answer has an iat in or after the epoch's second, so it is not refused as
+    # issued before it.
+    ok = a.exchange(mock_issuer.token())
+    assert ok.status == 200, ok
+    assert a.alive()
+
+
+def test_a_full_memory_store_fails_closed(broker_factory, mock_issuer):
+    # README error table: 503 `replay_store_unavailable` when the state store "is full; nothing is
+    # allowed on a guess". The single-replica store never evicts a live entry to make room.
+    b = broker_factory(issuer=mock_issuer, extra_config={"state": {"backend": "memory", "max_entries": 2}})
+    first, second = mock_issuer.token(), mock_issuer.token()
+    # the twin: the same broker below its cap issues credentials
+    assert b.exchange(first).status == 200
+    assert b.exchange(second).status == 200
+    full = b.exchange(mock_issuer.token())
+    assert full.status == 503 and full.error == "temporarily_unavailable", full
+    assert full.reason == "replay_store_unavailable" and full.headers.get("Retry-After"), full
+    assert "access_token" not in full.text
+    rec = b.audit_record(full.decision_id)
+    assert rec["decision"] == "deny" and "full" in rec["detail"], rec
+    assert sum(r["decision"] == "allow" for r in b.audit()) == 2
+    # a full store still knows what it holds: a replay is a replay, not "unavailable"
+    again = b.exchange(first)
+    assert again.status == 400 and again.reason == "token_replayed", again
+
+
 def test_a_redis_that_lost_its_data_does_not_reopen_replays(replicas, mock_issuer, redis_server):
     (a,) = replicas(1)
     token = mock_issuer.token()
     assert a.exchange(token).status == 200
     redis_server.kill()
     redis_server.start()  # no persistence: used ids and the epoch marker are gone
+    # The epoch is whole seconds and an assertion issued in the second the new epoch starts is
+    # still accepted (`iat < epoch` is refused): stepping into the next second makes the replayed
+    # token's iat certainly older than the new epoch, whatever second the reconnect lands in.
     wait_next_second()
     r = None
-    for _ in range(50):  # the connection manager reconnects on its own (backoff: allow ~10 s)
+    # The connection manager reconnects on its own, with a backoff: a bounded retry (50 x 0.2 s)
+    # on the one answer that means "not reconnected yet". Any other answer ends the loop and is
+    # then asserted exactly, so the loop cannot hide a wrong verdict; it only waits out the reconnect.
+    for _ in range(50):
         r = a.exchange(token)
         if r.reason != "replay_store_unavailable":
             break
@@ -165,29 +213,50 @@ def test_graceful_shutdown_under_load_leaves_no_allow_without_its_audit_record(e
     cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], [role("deploy", "mock")],
                         server={"rate_limit_per_second": 0})
     b = Broker(ephemera_bin, workdir, cfg)
-    tokens = [mock_issuer.token() for _ in range(60)]
+    tokens = [mock_issuer.token() for _ in range(120)]
     results = []
     lock = threading.Lock()
 
-    def fire(tok):
-        try:
-            r = b.exchange(tok)
+    def worker():
+        # Exchanges back to back until the broker is gone, so requests are in flight when SIGTERM
+        # comes; only a refused or dropped connection ends a worker. Anything else (an answer
+        # that fails Broker.post_token's hygiene checks, a read timeout, a non-JSON body) fails
+        # the test through the thread's exception, recorded below.
+        while True:
+            with lock:
+                if not tokens:
+                    return
+                tok = tokens.pop()
+            try:
+                r = b.exchange(tok)
+            except requests.ConnectionError:  # the listener is closed, or the connection was dropped
+                with lock:
+                    results.append(None)
+                return
             with lock:
                 results.append(r.status)
-        except Exception:  # connection refused once the listener is closed
-            with lock:
-                results.append(None)
 
-    threads = [threading.Thread(target=fire, args=(t,)) for t in tokens]
-    for t in threads[:30]:
-        t.start()
-    time.sleep(0.05)
-    b.proc.send_signal(signal.SIGTERM)
-    for t in threads[30:]:
-        t.start()
+    errors = []
+
+    def run():
+        try:
+            worker()
+        except BaseException as e:  # noqa: BLE001 (re-raised in the test thread below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
     for t in threads:
-        t.join()
-    b.proc.wait(timeout=40)
+        t.start()
+    try:
+        # SIGTERM once a credential has left (the first 200): the workers keep exchanges in flight
+        wait_until(lambda: 200 in results or errors, 60, what="the first 200 under load")
+    finally:
+        b.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join()
+        b.proc.wait(timeout=40)
+        b.stop()
+    assert not errors, errors
     assert b.proc.returncode == 0
     oks = results.count(200)
     allows = sum(1 for rec in b.audit() if rec["decision"] == "allow")
@@ -233,6 +302,16 @@ def admin(h=ADMIN_TOKEN):
     return {"Authorization": f"Bearer {h}"}
 
 
+def assert_unauthorized(r: requests.Response):
+    """README error table: an admin route without the admin bearer credential answers 401
+    `invalid_client` / `unauthorized`, with `WWW-Authenticate: Bearer` (RFC 6750)."""
+    assert r.status_code == 401, r.text
+    body = r.json()
+    assert body["error"] == "invalid_client" and body["error_description"].startswith("unauthorized:"), body
+    assert r.headers.get("WWW-Authenticate") == "Bearer", dict(r.headers)
+    assert r.headers.get("Cache-Control") == "no-store", dict(r.headers)
+
+
 def introspect(broker, token, auth=ADMIN_TOKEN):
     return broker.http.post(broker.url + "/v1/introspect", data={"token": token}, headers=admin(auth), timeout=10)
 
@@ -243,7 +322,7 @@ def test_a_task_ended_on_one_replica_is_refused_on_the_other(github_replicas, mo
     assert first.status == 200, first
     jwt_1 = first.json["access_token"]
     assert introspect(b, jwt_1).json()["active"] is True
-    assert introspect(b, jwt_1, auth="wrong").status_code == 401
+    assert_unauthorized(introspect(b, jwt_1, auth="wrong"))
 
     # a fresh assertion of ANOTHER task cannot end this one
     r = a.http.post(a.url + "/v1/revoke", timeout=10, data={
@@ -251,7 +330,7 @@ def test_a_task_ended_on_one_replica_is_refused_on_the_other(github_replicas, mo
         "subject_token_type": "urn:ietf:params:oauth:token-type:id_token", "audience": "deploy"})
     assert r.status_code == 403 and r.json()["error_description"].startswith("task_mismatch"), r.text
     # nor can an unauthenticated caller
-    assert a.http.post(a.url + "/v1/revoke", data={"task": "123456/7/1"}, timeout=10).status_code == 401
+    assert_unauthorized(a.http.post(a.url + "/v1/revoke", data={"task": "123456/7/1"}, timeout=10))
 
     # the workload ends its own task with a fresh assertion of it (the last step of a job)
     r = a.http.post(a.url + "/v1/revoke", timeout=10, data={
@@ -276,7 +355,7 @@ def test_incident_revocation_by_subject_and_the_grant_inventory(github_replicas,
     assert listed.status_code == 200
     grants = listed.json()["grants"]
     assert [g["task"] for g in grants] == ["123456/21/1"] and grants[0]["role"] == "deploy"
-    assert b.http.get(b.url + "/v1/grants", timeout=10).status_code == 401
+    assert_unauthorized(b.http.get(b.url + "/v1/grants", timeout=10))
     # incident response: revoke the whole repository's workload identity
     subject = grants[0]["subject"]
     r = b.http.post(b.url + "/v1/revoke", data={"subject": subject}, headers=admin(), timeout=10)
@@ -288,7 +367,6 @@ def test_incident_revocation_by_subject_and_the_grant_inventory(github_replicas,
 
 def test_admin_routes_can_listen_apart(ephemera_bin, tmp_path, mock_issuer):
     from harness import free_port
-    import requests
     (tmp_path / "admin.token").write_text(ADMIN_TOKEN)
     admin_port = free_port()
     workdir = tmp_path / "apart"
@@ -301,7 +379,7 @@ def test_admin_routes_can_listen_apart(ephemera_bin, tmp_path, mock_issuer):
         assert b.http.get(b.url + "/v1/grants", headers=admin(), timeout=10).status_code == 404
         apart = f"http://127.0.0.1:{admin_port}/v1/grants"
         wait_until(lambda: requests.get(apart, timeout=2).status_code in (200, 401), 10, what="admin listener")
-        assert requests.get(apart, timeout=10).status_code == 401
+        assert_unauthorized(requests.get(apart, timeout=10))
         listed = requests.get(apart, headers=admin(), timeout=10)
         assert listed.status_code == 200 and len(listed.json()["grants"]) == 1
         # the public routes are not on the admin listener
