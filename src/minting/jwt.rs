@@ -190,7 +190,48 @@ mod tests {
         let v = ephemera_providers::verify_jws(tok.expose(), 16384, &[Algorithm::ES256], &keys)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v.kid.as_deref(), Some(s.kid()));
-        assert!(!format!("{s:?}").contains(&URL_SAFE_NO_PAD.encode("d")));
+    }
+
+    /// `Debug` is exactly the kid, the algorithm and a placeholder: the private scalar `d` is in no
+    /// encoding of it. (The old check looked for the literal `ZA`, base64url of "d", which the
+    /// random kid contains in ~1.4% of runs, and never for the key.)
+    #[test]
+    fn debug_shows_the_kid_and_never_the_private_key() {
+        use aws_lc_rs::encoding::AsBigEndian;
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap_or_else(|e| panic!("{e}"));
+        let d = pair.private_key().as_be_bytes().unwrap_or_else(|e| panic!("{e}"));
+        let d: &[u8] = d.as_ref();
+        assert_eq!(d.len(), 32);
+        let pkcs8 = pair.to_pkcs8v1().unwrap_or_else(|e| panic!("{e}"));
+        let s = BrokerSigner::from_pkcs8(Zeroizing::new(pkcs8.as_ref().to_vec())).unwrap_or_else(|e| panic!("{e}"));
+        let debug = format!("{s:?}");
+        assert_eq!(debug, format!(r#"BrokerSigner {{ kid: "{}", alg: ES256, key: "[REDACTED]" }}"#, s.kid()));
+        let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        let encodings =
+            [URL_SAFE_NO_PAD.encode(d), base64::engine::general_purpose::STANDARD.encode(d), hex, format!("{d:?}")];
+        for shown in [debug, format!("{s:#?}")] {
+            for secret in &encodings {
+                assert!(!shown.contains(secret.as_str()), "Debug shows the private key");
+            }
+        }
+    }
+
+    /// The kid is the RFC 7638 thumbprint: the RFC's own example (§3.1), and for a generated key
+    /// the thumbprint of the canonical members of the JWK the broker publishes, built here apart
+    /// from the signer's own formatting.
+    #[test]
+    fn kid_is_the_rfc7638_thumbprint() {
+        let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+        let rfc = thumbprint(&format!(r#"{{"e":"AQAB","kty":"RSA","n":"{n}"}}"#));
+        assert_eq!(rfc, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        let s = BrokerSigner::generate().unwrap_or_else(|e| panic!("{e}"));
+        let jwk = &s.jwks()["keys"][0];
+        let required: std::collections::BTreeMap<&str, &Value> =
+            ["crv", "kty", "x", "y"].into_iter().map(|m| (m, &jwk[m])).collect();
+        let canonical = serde_json::to_string(&required).unwrap_or_else(|e| panic!("{e}"));
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+        assert_eq!(s.kid(), URL_SAFE_NO_PAD.encode(digest));
+        assert_eq!(jwk["kid"], s.kid());
     }
 
     #[test]
