@@ -279,6 +279,8 @@ impl KeySet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     const RSA_N: &str = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
 
@@ -319,11 +321,73 @@ mod tests {
         assert_eq!(KeySet::from_json(many.as_bytes()).err(), Some(JwksError::TooManyKeys(101)));
     }
 
+    /// A JWK with modulus `n` and exponent `e` (big-endian bytes) beside a good key: the weak key
+    /// alone is ignored (with the reason), never the whole document, and the good key survives.
+    fn ignored_reason(n: &[u8], e: &[u8]) -> Option<&'static str> {
+        let doc = format!(
+            r#"{{"keys":[{},{{"kty":"RSA","kid":"weak","n":"{}","e":"{}"}}]}}"#,
+            rsa("good", ""),
+            URL_SAFE_NO_PAD.encode(n),
+            URL_SAFE_NO_PAD.encode(e)
+        );
+        let set = KeySet::from_json(doc.as_bytes()).unwrap_or_else(|e| panic!("whole JWKS refused: {e:?}"));
+        assert!(set.has_kid("good"));
+        match set.ignored() {
+            [] => {
+                assert!(set.has_kid("weak"));
+                None
+            }
+            [one] => {
+                assert!(!set.has_kid("weak"));
+                Some(one.reason)
+            }
+            more => panic!("{} keys ignored", more.len()),
+        }
+    }
+
+    /// A modulus of `bytes` bytes: the top bit set, the low bytes `tail`.
+    fn modulus(bytes: usize, tail: &[u8]) -> Vec<u8> {
+        let mut n = vec![0u8; bytes];
+        n[0] = 0x80;
+        n[bytes - tail.len()..].copy_from_slice(tail);
+        n
+    }
+
+    const E65537: &[u8] = &[1, 0, 1];
+
     #[test]
     fn weak_rsa_keys_are_ignored() {
-        let short = r#"{"keys":[{"kty":"RSA","kid":"s","n":"AQAB","e":"AQAB"}]}"#;
-        assert!(KeySet::from_json(short.as_bytes()).unwrap_or_default().keys().is_empty());
-        let e1 = format!(r#"{{"keys":[{{"kty":"RSA","kid":"e","n":"{RSA_N}","e":"AQ"}}]}}"#);
-        assert!(KeySet::from_json(e1.as_bytes()).unwrap_or_default().keys().is_empty());
+        let size = Some("RSA modulus outside 2048..=8192 bits");
+        let exponent = Some("RSA public exponent invalid");
+        // size: 2047 bits and 8200 bits are ignored, 2048 and 8192 are not
+        assert_eq!(ignored_reason(&[0x7f; 256], E65537), size);
+        assert_eq!(ignored_reason(&modulus(256, &[1]), E65537), None);
+        assert_eq!(ignored_reason(&modulus(1024, &[1]), E65537), None);
+        assert_eq!(ignored_reason(&modulus(1025, &[1]), E65537), size);
+        assert_eq!(ignored_reason(&[1, 0, 1], E65537), size);
+        // exponent: 1, even (4, 65536) and over 32 bits are ignored; 3 and 65537 are not
+        let n = modulus(256, &[1]);
+        for e in [&[1u8][..], &[4], &[1, 0, 0], &[1, 0, 0, 0, 1]] {
+            assert_eq!(ignored_reason(&n, e), exponent, "e = {e:?}");
+        }
+        assert_eq!(ignored_reason(&n, &[3]), None);
+        assert_eq!(ignored_reason(&n, E65537), None);
+    }
+
+    /// ROCA (CVE-2017-15361): a modulus that is 1 modulo every fingerprint prime (1 is in every
+    /// subgroup <65537> mod p) is ignored; the same modulus + 2 (3 mod 11, outside <65537> mod 11 =
+    /// {1, 10}) is not. Its low part t = (1 - 2^2047) mod prod(ROCA_PRIMES), made odd, was computed
+    /// with Python's integers; the residues are checked here.
+    #[test]
+    fn roca_fingerprinted_moduli_are_ignored() {
+        let t = [0x10, 0x4d, 0xd6, 0x85, 0xc5, 0x43, 0xe3, 0xcc, 0x7d, 0x37, 0x15, 0xa6, 0xcf];
+        let roca = modulus(256, &t);
+        let residue = |n: &[u8], p: u64| n.iter().fold(0u64, |acc, &b| (acc * 256 + u64::from(b)) % p);
+        assert!(ROCA_PRIMES.iter().all(|&p| residue(&roca, p) == 1));
+        assert_eq!(ignored_reason(&roca, E65537), Some("RSA modulus has the ROCA fingerprint"));
+        let mut twin = roca.clone();
+        twin[255] += 2;
+        assert_eq!(residue(&twin, 11), 3);
+        assert_eq!(ignored_reason(&twin, E65537), None);
     }
 }
