@@ -1,0 +1,46 @@
+"""The README's promises are pinned: every reason slug of the README's error table is asserted by an
+end-to-end test (a documented answer no test produces is either unreachable — README listed
+`binding_mismatch`, which no route could answer — or untested), and every test the claims map
+(tests/CLAIMS.md) names exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def error_table_slugs(readme: str) -> set[str]:
+    section = readme[readme.index("\n## Errors"):]
+    section = section[:section.index("\n## ", 5)]
+    slugs = set()
+    for line in section.splitlines():
+        cells = line.split("|")
+        if line.startswith("| ") and len(cells) > 4:
+            slugs.update(re.findall(r"`([a-z_]+)`", cells[3]))
+    return slugs
+
+
+def asserted_slugs() -> str:
+    return "\n".join(p.read_text() for p in sorted(HERE.glob("test_*.py")) if p.name != "test_docs.py")
+
+
+def test_every_documented_reason_is_asserted_by_a_test():
+    slugs = error_table_slugs((REPO / "README.md").read_text())
+    assert len(slugs) > 40, sorted(slugs)  # the table was found and read
+    tests = asserted_slugs()
+    missing = sorted(s for s in slugs if not re.search(rf"[\"']{s}[\"']", tests))
+    assert missing == [], f"README error table lists reasons no e2e test asserts: {missing}"
+
+
+def test_the_slug_check_sees_a_missing_slug():
+    """The twin: a table with a slug no test names is caught."""
+    readme = ("\n## Errors\n\n| HTTP | `error` | reason slugs | when |\n|---|---|---|---|\n"
+              "| 400 | `invalid_request` | `token_replayed`, `no_such_reason_anywhere` | x |\n\n## Next\n")
+    slugs = error_table_slugs(readme)
+    assert slugs == {"token_replayed", "no_such_reason_anywhere"}
+    tests = asserted_slugs()
+    assert re.search(r"[\"']token_replayed[\"']", tests)
+    assert not re.search(r"[\"']no_such_reason_anywhere[\"']", tests)
