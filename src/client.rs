@@ -125,6 +125,13 @@ pub fn check_broker_url(broker: &str) -> Result<reqwest::Url, String> {
 }
 
 pub async fn run(a: ExchangeArgs) -> ExitCode {
+    // (clap's `requires = "github_actions"` is met by the flag's default `false`: checked here)
+    if a.audience.is_some() && !a.github_actions {
+        return fail(
+            2,
+            "--audience needs --github-actions: it names the audience of the GitHub Actions token to request",
+        );
+    }
     let url = match check_broker_url(&a.broker) {
         Ok(u) => format!("{}/v1/token", u.as_str().trim_end_matches('/')),
         Err(e) => return fail(2, e),

@@ -474,12 +474,9 @@ USAGE_ERRORS = {
 @pytest.mark.parametrize("case", [
     "two_sources",
     "unknown_format",
-    # clap's `requires = "github_actions"` (src/client.rs, `audience`) is satisfied by the bool
-    # flag's implicit default `false`, so `--audience` without `--github-actions` is accepted and
-    # silently ignored: this test found it once `X` was set. Strict: it fails once the client
-    # refuses the combination (then drop the mark).
-    pytest.param("audience_without_github_actions", marks=pytest.mark.xfail(
-        strict=True, reason="broker defect: --audience without --github-actions is not refused")),
+    # (clap's `requires = "github_actions"` was met by the flag's default `false`, so `--audience`
+    # alone was accepted and ignored: this case found it; src/client.rs `run` now refuses it)
+    "audience_without_github_actions",
 ])
 def test_usage_errors_exit_2(ephemera_bin, tmp_path, case):
     """Each bad argument list has everything else it needs (`X` holds an assertion, `f` exists), so
