@@ -780,10 +780,15 @@ impl Broker {
                         tracing::error!(error = %ae, "audit write failed for a deny");
                     }
                 }
-                let public = match config.server.detail {
-                    Detail::Full => r.description.clone(),
-                    Detail::Reason => e.reason_only(),
-                    Detail::None => r.reason.to_owned(),
+                let public = match (&e, config.server.detail) {
+                    // The store's own error (a Redis address, a MOVED slot) is for the audit
+                    // record and the log, never for the caller.
+                    (ExchangeError::State(_), Detail::Full | Detail::Reason) => {
+                        format!("{}: the replay store cannot answer now; try again", r.reason)
+                    }
+                    (_, Detail::Full) => r.description.clone(),
+                    (_, Detail::Reason) => e.reason_only(),
+                    (_, Detail::None) => r.reason.to_owned(),
                 };
                 r.description = format!("{public} (decision {decision_id})");
                 tracing::debug!(request_id, decision_id, reason = r.reason, "exchange denied");

@@ -427,6 +427,11 @@ def test_a_rediss_server_whose_ca_is_not_trusted_fails_closed(redis_tls, replica
     assert r.status == 503 and r.error == "temporarily_unavailable" and r.reason == "replay_store_unavailable", r
     assert untrusted.get("/readyz").status_code == 503
     assert "invalid peer certificate" in untrusted.stderr(), untrusted.stderr()[-2000:]
+    # the store's own words (a certificate problem here, an internal address in a MOVED answer)
+    # go to the audit record and the log, never to the caller
+    assert r.description.startswith("replay_store_unavailable: the replay store cannot answer now"), r
+    assert "certificate" not in r.description.lower() and node.addr not in r.description, r
+    assert "certificate" in untrusted.audit_record(r.decision_id)["detail"]
     assert not [a for a in untrusted.audit() if a["decision"] == "allow"]
     # twin: the same server, the CA that signed its certificate trusted
     assert trusted.exchange(mock_issuer.token()).status == 200
