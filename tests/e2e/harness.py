@@ -610,8 +610,9 @@ class Broker:
         failed_mints = {d for d, rs in by_id.items() if [x["decision"] for x in rs] == ["allow", "mint_failed"]}
         for d, rs in by_id.items():
             kinds = [x["decision"] for x in rs]
-            assert kinds in (["allow"], ["deny"], ["allow", "mint_failed"]), \
-                f"decision {d}: records {kinds} (expected allow, deny, or allow then mint_failed)"
+            # (a `revoke` record is an admin or workload revocation: its own decision, no exchange)
+            assert kinds in (["allow"], ["deny"], ["allow", "mint_failed"], ["revoke"]), \
+                f"decision {d}: records {kinds} (expected allow, deny, allow then mint_failed, or revoke)"
         allows = [r for r in recs if r["decision"] == "allow" and r["decision_id"] not in failed_mints]
         oks = [r for r, _ in self.responses if r.status == 200]
         assert len(oks) == len(allows), f"{len(oks)} 200 responses but {len(allows)} allow records"
