@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from harness import ci_strict  # any CI but empty, 0 or false
+
 # (EPHEMERA_SKIPS_ALLOW points elsewhere: the guard's own test uses it)
 ALLOW_LIST = Path(os.environ.get("EPHEMERA_SKIPS_ALLOW") or Path(__file__).resolve().parents[1] / "SKIPS.allow")
-
-
-def ci_strict() -> bool:
-    """CI mode: any non-empty `CI` other than `0`/`false` (a runner may say `1` or `True`)."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
 
 
 def allowed_ids(path: Path = ALLOW_LIST) -> set[str]:

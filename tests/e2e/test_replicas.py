@@ -3,7 +3,6 @@ guard, and graceful shutdown under load (issue 7; ATTACKS.md 43, 47, 55, 58)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -17,7 +16,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from harness import Broker, broker_config, free_port, provider, role, wait_next_second, wait_until
+from harness import Broker, broker_config, ci_strict, free_port, provider, role, wait_next_second, wait_until
 
 
 class RedisServer:
@@ -58,7 +57,7 @@ class RedisServer:
 @pytest.fixture
 def redis_server(tmp_path):
     if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
+        if ci_strict():
             pytest.fail("redis-server missing in CI (scripts/test installs it)")
         pytest.skip("redis-server not installed")
     r = RedisServer(tmp_path)
