@@ -403,18 +403,31 @@ impl Broker {
     }
 
     /// Replaces the config for every exchange that starts from now on. Listener, state, audit
-    /// and key-cache settings are fixed at start; a change to them is reported, not applied.
-    pub fn reload(&self, new: Config) -> Vec<String> {
+    /// and key-cache settings are fixed at start; a change to them is reported, not applied: the
+    /// config in force keeps the running ones, so a later reload compares with what runs.
+    pub fn reload(&self, mut new: Config) -> Vec<String> {
         let old = self.config();
         let mut ignored = Vec::new();
         if new.server.listen != old.server.listen {
             ignored.push("server.listen".to_owned());
+            new.server.listen = old.server.listen;
+        }
+        if new.admin_listen != old.admin_listen {
+            ignored.push("admin.listen".to_owned());
+            new.admin_listen = old.admin_listen;
         }
         if new.audit_path != old.audit_path {
             ignored.push("audit.path".to_owned());
+            new.audit_path = old.audit_path.clone();
         }
         if new.state != old.state {
             ignored.push("state".to_owned());
+            new.state = old.state.clone();
+        }
+        if new.cache != old.cache || new.allow_private_addresses != old.allow_private_addresses {
+            ignored.push("jwks".to_owned());
+            new.cache = old.cache.clone();
+            new.allow_private_addresses = old.allow_private_addresses;
         }
         self.config.store(Arc::new(new));
         ignored

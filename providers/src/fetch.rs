@@ -6,7 +6,7 @@ use std::time::Duration;
 use url::Url;
 
 /// Limits on every fetch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchLimits {
     pub connect_timeout: Duration,
     pub total_timeout: Duration,

@@ -118,3 +118,12 @@ def test_a_changed_listener_needs_a_restart_and_the_reload_says_so(broker, mock_
     # and nothing listens on the new address
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{new_port}/healthz", timeout=5)
+
+    # the config in force kept the running listener: going back to it reports nothing
+    assert hup_with(broker, to_toml(broker.config), RELOADED) == []
+    # key-cache settings ([jwks]) are fixed at start too, and the reload says so
+    cache = copy.deepcopy(broker.config)
+    cache["jwks"] = {"refresh_cooldown": "1h"}
+    restart = hup_with(broker, to_toml(cache), RELOADED)
+    assert [e["fields"]["key"] for e in restart] == ["jwks"], restart
+    assert broker.exchange(mock_issuer.token()).status == 200
