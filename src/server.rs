@@ -352,4 +352,19 @@ mod tests {
         assert_eq!((0..10).filter(|_| l.admit(a)).count(), 5);
         assert!(l.admit(b), "another client is unaffected");
     }
+
+    /// The table of tracked addresses is bounded (README: 100,000): a new client past the bound
+    /// is refused while every tracked one is busy, and the tracked ones keep their buckets.
+    #[test]
+    fn rate_limiter_tracks_a_bounded_number_of_clients() {
+        assert_eq!(RateLimiter::new(1, 5).max_clients, 100_000);
+        let l = RateLimiter { max_clients: 3, ..RateLimiter::new(1, 2) };
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        for n in 1..=3 {
+            assert!(l.admit(ip(n)), "client {n} within the bound");
+        }
+        assert!(!l.admit(ip(4)), "a fourth client while three are busy");
+        assert!(l.admit(ip(1)), "a tracked client keeps its bucket (second of its burst of 2)");
+        assert_eq!(l.buckets.lock().map(|m| m.len()).unwrap_or(0), 3);
+    }
 }
