@@ -1061,4 +1061,19 @@ mod tests {
         let r = ExchangeError::Token(VerifyError::KeysUnavailable("down".into())).response();
         assert_eq!((r.status, r.error), (503, "temporarily_unavailable"));
     }
+
+    /// README's error table for the failures no e2e test can provoke: a broker JWT that cannot be
+    /// signed (aws-lc fails only without system randomness) is 503 `mint_failed`, telling the
+    /// caller to present a fresh assertion; a full state store is `replay_store_unavailable`.
+    #[test]
+    fn unprovokable_failures_answer_as_documented() {
+        let r = ExchangeError::Mint("the signature could not be computed".into()).response();
+        assert_eq!((r.status, r.error, r.reason), (503, "temporarily_unavailable", "mint_failed"));
+        assert_eq!(
+            r.description,
+            "mint_failed: credential could not be minted; the assertion is spent, present a fresh one"
+        );
+        let r = ExchangeError::State(StateError::Full(3)).response();
+        assert_eq!((r.status, r.error, r.reason), (503, "temporarily_unavailable", "replay_store_unavailable"));
+    }
 }
