@@ -203,7 +203,8 @@ pub async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap, body: B
             out[k] = v.clone();
         }
     }
-    axum::Json(out).into_response()
+    // (who holds what, now: never to be cached by a proxy between the partner and the broker)
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(out)).into_response()
 }
 
 /// `GET /v1/grants[?role=R]` (admin).

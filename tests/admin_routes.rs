@@ -171,6 +171,21 @@ async fn a_fresh_broker_jwt_is_active_with_its_members() {
 }
 
 #[tokio::test]
+async fn an_active_answer_is_never_cached() {
+    let h = harness().await;
+    let body =
+        form_urlencoded::Serializer::new(String::new()).append_pair("token", &sign(&h, &claims(&h, 300))).finish();
+    let req = Request::post("/v1/introspect")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .body(Body::from(body))
+        .unwrap();
+    let resp = h.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers().get(header::CACHE_CONTROL).map(|v| v.to_str().unwrap()), Some("no-store"));
+}
+
+#[tokio::test]
 async fn a_forged_signature_is_inactive() {
     let h = harness().await;
     let token = sign(&h, &claims(&h, 300));
