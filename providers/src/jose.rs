@@ -216,4 +216,46 @@ mod tests {
         let t = tok(r#"{"alg":"RS256","alg":"none"}"#, "{}");
         assert_eq!(UntrustedJws::parse(&t, 16384, ALLOWED).err(), Some(VerifyError::DuplicateMember("alg".into())));
     }
+
+    /// The edges the checks above leave open (each found surviving `cargo mutants`, tests/MUTANTS.md).
+    #[test]
+    fn boundaries_and_exact_refusals() {
+        fn parse(t: &str, max: usize) -> Result<UntrustedJws<'_>, VerifyError> {
+            UntrustedJws::parse(t, max, ALLOWED)
+        }
+        // size: exactly max_bytes passes, one more is too large
+        let good = tok(r#"{"alg":"RS256"}"#, "{}");
+        assert!(parse(&good, good.len()).is_ok());
+        assert_eq!(
+            parse(&good, good.len() - 1).err(),
+            Some(VerifyError::TokenTooLarge { size: good.len(), max: good.len() - 1 })
+        );
+        // five segments are a JWE; two, four or six are a bad segment count
+        let malformed = |t: &str| match parse(t, 16384) {
+            Err(VerifyError::Malformed(m)) => m,
+            other => panic!("{t}: {other:?}"),
+        };
+        assert_eq!(malformed(&format!("{good}.a.b")), Malformed::Jwe);
+        for t in [
+            good.rsplit_once('.').map(|(a, _)| a.to_owned()).unwrap_or_default(),
+            format!("{good}.a"),
+            format!("{good}.a.b.c"),
+        ] {
+            assert_eq!(malformed(&t), Malformed::SegmentCount, "{t}");
+        }
+        // a JWE header member alone (`enc` or `zip`) makes it a JWE
+        for h in [r#"{"alg":"RS256","enc":"A128GCM"}"#, r#"{"alg":"RS256","zip":"DEF"}"#] {
+            assert_eq!(malformed(&tok(h, "{}")), Malformed::Jwe, "{h}");
+        }
+        // kid: 256 visible characters pass, 257 do not; a space is not visible
+        for (kid, ok) in
+            [("k".repeat(256), true), ("k".repeat(257), false), ("a b".to_owned(), false), ("!~".to_owned(), true)]
+        {
+            let t = tok(&format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#), "{}");
+            match parse(&t, 1 << 20) {
+                Ok(j) => assert!(ok && j.kid.as_deref() == Some(kid.as_str()), "{kid}"),
+                Err(e) => assert!(!ok && e == VerifyError::KidInvalid, "{kid}: {e:?}"),
+            }
+        }
+    }
 }

@@ -389,5 +389,31 @@ mod tests {
         twin[255] += 2;
         assert_eq!(residue(&twin, 11), 3);
         assert_eq!(ignored_reason(&twin, E65537), None);
+        // a residue further along the subgroup: n = the modulus above + 65536, so n = 65537 mod
+        // every prime (found only by walking <65537>, not at its first element)
+        let mut walk = roca.clone();
+        walk[253] += 1;
+        assert!(ROCA_PRIMES.iter().all(|&p| residue(&walk, p) == 65537 % p));
+        assert_eq!(ignored_reason(&walk, E65537), Some("RSA modulus has the ROCA fingerprint"));
+    }
+
+    /// Each class of ignored key is ignored for its own reason; `Debug` of a usable key shows what
+    /// it is and no key material.
+    #[test]
+    fn ignored_keys_name_their_reason_and_debug_shows_no_key() {
+        let reason = |jwk: &str| {
+            let set = KeySet::from_json(format!(r#"{{"keys":[{}, {jwk}]}}"#, rsa("good", "")).as_bytes())
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            set.ignored().iter().map(|i| i.reason).collect::<Vec<_>>()
+        };
+        // (with its secret `k` an oct key is refused earlier, for private members)
+        assert_eq!(reason(r#"{"kty":"oct","kid":"sym","k":"c2VjcmV0"}"#), ["has private key members"]);
+        assert_eq!(reason(r#"{"kty":"oct","kid":"sym"}"#), ["symmetric key"]);
+        assert_eq!(reason(r#"{"kty":"XYZ","kid":"x"}"#), ["kty unsupported"]);
+        let set = KeySet::from_json(format!(r#"{{"keys":[{}]}}"#, rsa("good", r#","alg":"RS256""#)).as_bytes())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let debug = format!("{:?}", set.keys()[0]);
+        assert_eq!(debug, r#"VerificationKey { kid: Some("good"), kind: Rsa { bits: 2048 }, alg: Some(RS256) }"#);
+        assert!(!debug.contains(&RSA_N[..16]));
     }
 }
