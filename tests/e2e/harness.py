@@ -92,11 +92,12 @@ def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05, 
 
 
 def wait_next_second(min_fraction_left: float = 0.8) -> int:
-    """Sleeps until early in a fresh second so that a request made now lands in the same second
-    at the broker; returns that second."""
+    """Waits, polling the clock, until early in a fresh second so that a request made now lands in
+    the same second at the broker; returns that second. (A condition, not a fixed sleep: the
+    broker's clock is whole seconds, and some guarantees — the Redis epoch — are stated in them.)"""
     t = time.time()
     if 1 - (t % 1) < min_fraction_left:
-        time.sleep(1 - (t % 1) + 0.01)
+        wait_until(lambda: int(time.time()) > int(t), timeout=5, interval=0.02, what="the next second")
     return int(time.time())
 
 

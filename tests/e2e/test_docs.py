@@ -44,3 +44,31 @@ def test_the_slug_check_sees_a_missing_slug():
     tests = asserted_slugs()
     assert re.search(r"[\"']token_replayed[\"']", tests)
     assert not re.search(r"[\"']no_such_reason_anywhere[\"']", tests)
+
+
+def claims_map_tests(text: str) -> set[tuple[str, str]]:
+    """(file, name) of every test the claims map names (`path/to/file.rs::name`, `...py::name`)."""
+    return set(re.findall(r"`((?:tests|src|providers|attestation)/[\w/.-]+\.(?:py|rs))::(\w+)(?:\[[^`]*\])?`", text))
+
+
+def defined(file: Path, name: str) -> bool:
+    text = file.read_text() if file.exists() else ""
+    pattern = rf"^\s*def {name}\(" if file.suffix == ".py" else rf"\bfn {name}\b"
+    return re.search(pattern, text, re.M) is not None
+
+
+def test_every_test_the_claims_map_names_exists():
+    named = claims_map_tests((REPO / "tests" / "CLAIMS.md").read_text())
+    assert len(named) > 200, len(named)  # the map was found and read
+    missing = sorted(f"{f}::{n}" for f, n in named if not defined(REPO / f, n))
+    assert missing == [], f"tests/CLAIMS.md names tests that do not exist: {missing}"
+
+
+def test_the_claims_check_sees_a_missing_test():
+    """The twin: a name that exists passes, one that does not is caught, in both languages."""
+    text = ("`tests/e2e/test_docs.py::test_every_test_the_claims_map_names_exists`, "
+            "`tests/admin_routes.rs::garbage_is_inactive`, `tests/e2e/test_docs.py::test_nothing_by_this_name`, "
+            "`tests/admin_routes.rs::no_fn_by_this_name`")
+    named = claims_map_tests(text)
+    assert len(named) == 4
+    assert sorted(n for f, n in named if not defined(REPO / f, n)) == ["no_fn_by_this_name", "test_nothing_by_this_name"]
