@@ -397,6 +397,32 @@ mod tests {
         assert_eq!(ignored_reason(&walk, E65537), Some("RSA modulus has the ROCA fingerprint"));
     }
 
+    /// More edges found by `cargo mutants`: exactly 100 keys are allowed; an EC key with one bad
+    /// coordinate is ignored (either one); a token without `kid` is matched only by a key whose
+    /// own `alg` (when it states one) is the token's.
+    #[test]
+    fn key_count_coordinates_and_kidless_alg() {
+        let hundred =
+            format!(r#"{{"keys":[{}]}}"#, (0..100).map(|i| rsa(&format!("k{i}"), "")).collect::<Vec<_>>().join(","));
+        assert_eq!(KeySet::from_json(hundred.as_bytes()).map(|s| s.keys().len()), Ok(100));
+        let c32 = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let c31 = URL_SAFE_NO_PAD.encode([7u8; 31]);
+        for (x, y, ok) in [(&c32, &c32, true), (&c31, &c32, false), (&c32, &c31, false)] {
+            let doc = format!(r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"e","x":"{x}","y":"{y}"}}]}}"#);
+            let set = KeySet::from_json(doc.as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
+            let reasons: Vec<_> = set.ignored().iter().map(|i| i.reason).collect();
+            if ok {
+                assert!(reasons.is_empty() && set.has_kid("e"), "{reasons:?}");
+            } else {
+                assert_eq!(reasons, ["EC coordinates of the wrong length"]);
+            }
+        }
+        let ps = KeySet::from_json(format!(r#"{{"keys":[{}]}}"#, rsa("only", r#","alg":"PS256""#)).as_bytes())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(matches!(ps.select(None, Algorithm::RS256), Err(VerifyError::UnknownKey { .. })));
+        assert!(ps.select(None, Algorithm::PS256).is_ok());
+    }
+
     /// Each class of ignored key is ignored for its own reason; `Debug` of a usable key shows what
     /// it is and no key material.
     #[test]
