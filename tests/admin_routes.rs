@@ -319,6 +319,30 @@ async fn each_revocation_key_ends_what_it_names_for_twelve_hours() {
     assert_eq!(REVOCATION_TTL, 12 * 3600);
 }
 
+/// A revocation is evidence: one durable audit record at the clock's time, naming the key and
+/// the task, under the config version in force.
+#[tokio::test]
+async fn a_revocation_is_audited() {
+    let h = harness().await;
+    h.clock.0.store(T0 + 7, Ordering::SeqCst);
+    revoke(&h, "task", "run-42").await;
+    revoke(&h, "role", "deploy").await;
+    let log = std::fs::read_to_string(h._dir.path().join("audit.jsonl")).unwrap();
+    let recs: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(recs.len(), 2, "{log}");
+    let version = h.broker.config().version.clone();
+    for (rec, key, task) in [(&recs[0], "task:run-42", Some("run-42")), (&recs[1], "role:deploy", None)] {
+        assert_eq!(rec["decision"], "revoke");
+        assert_eq!(rec["ts"], T0 + 7);
+        assert_eq!(rec["time"], ephemera::clock::rfc3339(T0 + 7));
+        assert_eq!(rec["detail"], format!("revoked `{key}`"));
+        assert_eq!(rec["task"].as_str(), task);
+        assert_eq!(rec["policy_version"], version.as_str());
+        assert_eq!(rec["decision_id"].as_str().map(str::len), Some(16));
+    }
+    assert_ne!(recs[0]["decision_id"], recs[1]["decision_id"]);
+}
+
 #[tokio::test]
 async fn revoke_takes_exactly_one_key_from_an_admin() {
     let h = harness().await;
