@@ -13,7 +13,7 @@ How the replicas reach the cluster: the broker's redis client is not cluster-awa
 `redis::Client` URL, no `cluster-async` feature), so a replica must be given the node that owns
 the hash slot of its `{prefix}` tag; every key carries that tag, so one node serves all of them.
 A replica given another node of the cluster gets MOVED answers and fails closed
-(`test_a_replica_given_any_cluster_node_is_served`, a strict xfail, says so).
+(`test_a_replica_given_a_non_owner_cluster_node_fails_closed`, with the owner node as its twin).
 
 redis-server and redis-cli come from Debian's redis-server/redis-tools (scripts/test installs
 them); under CI=true their absence, or a redis-server built without TLS, fails these tests.
@@ -397,21 +397,37 @@ def test_every_key_of_the_broker_is_in_its_tags_hash_slot(redis_cluster, replica
     assert len(others) == 2 and set(others.values()) == {0}, others
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the broker's redis client is not cluster-aware (src/state/redis.rs: redis::Client + "
-    "ConnectionManager, Cargo.toml has no `cluster-async` feature): a node that does not own the "
-    "tag's slot answers MOVED, and the replica fails closed. Needs a Rust change; remove this "
-    "marker when it lands (strict: an unexpected pass fails)"))
-def test_a_replica_given_any_cluster_node_is_served(redis_cluster, replicas, mock_issuer):
+@pytest.mark.parametrize("node", ["non_owner", "owner"])
+def test_a_replica_given_a_non_owner_cluster_node_fails_closed(redis_cluster, replicas, mock_issuer, node):
+    """README: the client is not cluster-aware, so `url` must name the node that owns the tag's
+    slot; "Given another node, Redis answers `MOVED` and every exchange fails closed (503
+    `replay_store_unavailable`)" — and the replica is not ready. (src/state/redis.rs: a single
+    redis::Client + ConnectionManager; Cargo.toml has no `cluster-async` feature.) The twin: the
+    owner node's URL is served."""
     s = cluster_store(redis_cluster)
-    other = next((n for n in s.nodes if n is not s.home), None)
-    moved = other.cli("GET", "{eph}:meta:epoch") if other else ""
-    if "MOVED" not in moved:
-        pytest.fail(f"precondition: {other and other.addr} should redirect the tag's slot, got {moved!r}")
-    (a,) = replicas(s, 1, url=other.url)
+    s.flushall()
+    other = next(n for n in s.nodes if n is not s.home)
+    moved = other.cli("GET", "{eph}:meta:epoch")
+    assert moved.startswith("MOVED ") and s.home.addr in moved, f"{other.addr} should redirect the slot: {moved!r}"
+    given = other if node == "non_owner" else s.home
+    (a,) = replicas(s, 1, url=given.url)
     r = a.exchange(mock_issuer.token())
-    assert r.status == 200, r
-    assert a.get("/readyz").status_code == 200
+    if node == "owner":
+        assert r.status == 200, r
+        assert a.get("/readyz").status_code == 200
+        return
+    assert r.status == 503 and r.error == "temporarily_unavailable" and r.reason == "replay_store_unavailable", r
+    assert a.get("/readyz").status_code == 503
+    # the store's words (MOVED and the owner's internal address) go to the audit record, never
+    # to the caller
+    assert r.description.startswith("replay_store_unavailable: the replay store cannot answer now"), r
+    assert "moved" not in r.description.lower(), r
+    assert given.addr not in r.description and s.home.addr not in r.description, r
+    # (the redis crate spells Redis's MOVED answer `Moved: SLOT ADDR`)
+    detail = a.audit_record(r.decision_id)["detail"]
+    assert f"Moved: {redis_cluster.slot('eph')} {s.home.addr}" in detail, detail
+    assert not [rec for rec in a.audit() if rec["decision"] == "allow"]
+    assert sum(s.dbsizes().values()) == 0  # nothing was written anywhere in the cluster
 
 
 # ---- TLS: the server's certificate is verified ---------------------------------------------
