@@ -331,7 +331,7 @@ async fn reload_on_sighup(broker: Arc<Broker>, path: PathBuf) {
             Ok(new) => {
                 let version = new.version.clone();
                 for f in &new.findings {
-                    tracing::warn!(role = %f.role, code = f.code, message = %f.message, "policy finding");
+                    tracing::warn!(role = %f.role, code = f.code, detail = %f.message, "policy finding");
                 }
                 for key in broker.reload(new) {
                     tracing::warn!(key, "config reloaded, but this setting needs a restart to change");
@@ -387,7 +387,7 @@ async fn serve(
         tracing::warn!(error = %e, "state store not ready at start; exchanges fail closed until it is");
     }
     for f in &broker.config().findings {
-        tracing::warn!(role = %f.role, code = f.code, message = %f.message, "policy finding");
+        tracing::warn!(role = %f.role, code = f.code, detail = %f.message, "policy finding");
     }
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let config = broker.config();

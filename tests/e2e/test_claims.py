@@ -312,10 +312,10 @@ def test_a_lint_warning_is_printed_by_check_and_logged_at_every_start(broker_fac
     pinning `repository` by name only warns `name_only_identity`; the twin pinning
     `repository_id` does not."""
     def findings(b):
-        # (matched on the raw line: the finding's own `message` field follows the event's
-        # `message` in the same JSON object, and a JSON parser keeps the last of the two)
-        return [json.loads(line)["fields"] for line in b.stderr().splitlines()
-                if line.startswith("{") and '"fields":{"message":"policy finding",' in line]
+        # (the finding's text is its `detail` field: it was a second `message` member that hid
+        # the event's name from a JSON reader, which keeps the last of two)
+        events = [json.loads(line) for line in b.stderr().splitlines() if line.startswith("{")]
+        return [e["fields"] for e in events if e.get("fields", {}).get("message") == "policy finding"]
 
     def run(conditions):
         b = broker_factory(providers=[github_provider("github", mock_issuer.issuer)], roles=[gh_role(conditions)])
@@ -330,6 +330,7 @@ def test_a_lint_warning_is_printed_by_check_and_logged_at_every_start(broker_fac
     assert "warning: role `gh-deploy`: name_only_identity: pins `repository` by name only" in out, out
     for logged in (first, second):
         assert [(f["role"], f["code"]) for f in logged] == [("gh-deploy", "name_only_identity")], logged
+        assert all("pins `repository` by name only" in f["detail"] for f in logged), logged
     # the twin: pinned by id, nothing to warn about
     out, first, second = run({"repository_id": "123456789", "ref": "refs/heads/main"})
     assert "warning" not in out and out.startswith("ok: 1 provider(s), 1 role(s)"), out
