@@ -276,3 +276,83 @@ impl From<Malformed> for VerifyError {
         VerifyError::Malformed(m)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The claim checks' edges that the vector and corpus suites leave open (found surviving
+    //! `cargo mutants`, tests/MUTANTS.md).
+    use super::*;
+    use serde_json::json;
+
+    fn jws(signing_input: &[u8; 32]) -> VerifiedJws {
+        VerifiedJws {
+            alg: Algorithm::RS256,
+            kid: None,
+            header: Map::new(),
+            payload: Vec::new(),
+            signing_input_sha256: *signing_input,
+        }
+    }
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn rules() -> TokenRules {
+        TokenRules::new("https://ci.example.com", vec!["ephemera".into()])
+    }
+
+    fn base(extra: Value) -> Map<String, Value> {
+        let mut c = claims(
+            json!({"iss": "https://ci.example.com", "sub": "s", "aud": "ephemera", "iat": NOW, "exp": NOW + 300}),
+        );
+        c.extend(claims(extra));
+        c
+    }
+
+    #[test]
+    fn identifiers_are_1_to_255_visible_characters() {
+        let id = |s: &str| identifier_claim(&claims(json!({ "sub": s })), "sub").map(|o| o.map(str::to_owned));
+        assert_eq!(id(&"é".repeat(255)), Ok(Some("é".repeat(255))));
+        assert_eq!(id(&"é".repeat(256)), Err(VerifyError::ClaimInvalid { claim: "sub" }));
+        assert_eq!(id(""), Err(VerifyError::ClaimInvalid { claim: "sub" }));
+        for hidden in ["a\u{0}b", "a\nb", "a\u{200b}b", "a\u{202e}b", "a\u{2060}b", "\u{feff}ab", "a\u{00ad}b"] {
+            assert_eq!(id(hidden), Err(VerifyError::ClaimInvalid { claim: "sub" }), "{hidden:?}");
+            assert!(hidden.chars().any(is_hidden_char), "{hidden:?}");
+        }
+        assert!(!"café/ü-漢字".chars().any(is_hidden_char));
+        assert_eq!(
+            identifier_claim(&claims(json!({"sub": 5})), "sub"),
+            Err(VerifyError::ClaimTypeInvalid { claim: "sub" })
+        );
+        assert_eq!(identifier_claim(&Map::new(), "sub"), Ok(None));
+    }
+
+    #[test]
+    fn a_too_long_lifetime_states_it() {
+        let c = base(json!({"exp": NOW + 86_400 + 7}));
+        let r = check_claims(jws(&[0; 32]), c, &rules(), NOW);
+        assert_eq!(r.err(), Some(VerifyError::LifetimeTooLong { lifetime: 86_407, max: 86_400 }));
+    }
+
+    /// The replay id: lower-case hex SHA-256 over the issuer and the `jti`, or, without one, the
+    /// signing input (never the signature); one per token, the same for every encoding of it.
+    #[test]
+    fn replay_ids_name_the_token_not_its_signature() {
+        assert_eq!(hex(&[0x00, 0xab, 0xff]), "00abff");
+        let id = |extra: Value, input: [u8; 32]| {
+            check_claims(jws(&input), base(extra), &rules(), NOW).map(|t| t.replay_id).unwrap_or_default()
+        };
+        let a = id(json!({"jti": "one"}), [1; 32]);
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{a}");
+        assert_eq!(a, id(json!({"jti": "one"}), [2; 32]), "the jti names it, whatever was signed");
+        assert_ne!(a, id(json!({"jti": "two"}), [1; 32]));
+        let b = id(json!({}), [1; 32]);
+        assert_eq!(b, id(json!({}), [1; 32]));
+        assert_ne!(b, id(json!({}), [2; 32]), "without jti, the signing input names it");
+        assert_ne!(b, a);
+    }
+}
