@@ -254,6 +254,22 @@ async fn an_expired_token_is_inactive_from_its_exp_on() {
     assert!(!active(&h, &sign(&h, &c)).await);
 }
 
+/// Introspection reads tokens up to 16 KiB: a large but genuine broker JWT is active, one over
+/// the limit is not.
+#[tokio::test]
+async fn introspection_takes_tokens_up_to_16_kib() {
+    let h = harness().await;
+    let mut c = claims(&h, 300);
+    c["task"] = json!("t".repeat(8 * 1024));
+    let big = sign(&h, &c);
+    assert!(big.len() > 8 * 1024 && big.len() < 16 * 1024, "{}", big.len());
+    assert!(active(&h, &big).await);
+    c["task"] = json!("t".repeat(13 * 1024));
+    let too_big = sign(&h, &c);
+    assert!(too_big.len() > 16 * 1024);
+    assert!(!active(&h, &too_big).await);
+}
+
 #[tokio::test]
 async fn garbage_is_inactive() {
     let h = harness().await;
@@ -339,6 +355,8 @@ async fn a_revocation_is_audited() {
         assert_eq!(rec["task"].as_str(), task);
         assert_eq!(rec["policy_version"], version.as_str());
         assert_eq!(rec["decision_id"].as_str().map(str::len), Some(16));
+        assert_eq!(rec["request_id"].as_str().map(str::len), Some(16));
+        assert!(rec.get("reason").is_none(), "a revocation has no refusal reason");
     }
     assert_ne!(recs[0]["decision_id"], recs[1]["decision_id"]);
 }
