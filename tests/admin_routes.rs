@@ -395,3 +395,38 @@ async fn grants_are_admin_only() {
     let body: Value = serde_json::from_slice(&axum::body::to_bytes(ok.into_body(), 1 << 20).await.unwrap()).unwrap();
     assert_eq!(body, json!({"grants": []}));
 }
+
+/// `GET /v1/grants?role=R` lists that role's live grants only, oldest first.
+#[tokio::test]
+async fn grants_filter_by_role() {
+    let h = harness().await;
+    let grant = |id: &str, role: &str, at: i64| ephemera::state::Grant {
+        id: id.into(),
+        subject: "s".into(),
+        task: "t".into(),
+        role: role.into(),
+        kind: "jwt".into(),
+        issued_at: at,
+        expires_at: T0 + 600,
+    };
+    for g in [grant("g3", "deploy", T0 - 1), grant("g1", "release", T0 - 3), grant("g2", "deploy", T0 - 2)] {
+        h.broker.state.record_grant(&g, T0).await.unwrap();
+    }
+    let list = |query: &'static str| {
+        let req = Request::get(format!("/v1/grants{query}"))
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .body(Body::empty())
+            .unwrap();
+        let router = h.router.clone();
+        async move {
+            let resp = router.oneshot(req).await.unwrap();
+            let body: Value =
+                serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
+            body["grants"].as_array().unwrap().iter().map(|g| g["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list("").await, ["g1", "g2", "g3"]);
+    assert_eq!(list("?role=deploy").await, ["g2", "g3"]);
+    assert_eq!(list("?role=release").await, ["g1"]);
+    assert!(list("?role=nobody").await.is_empty());
+}
