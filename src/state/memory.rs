@@ -260,4 +260,21 @@ mod tests {
         assert_eq!(s.mark("c", 300, 101), Ok(Mark::Fresh));
         assert_eq!(s.len(), 1);
     }
+
+    /// Outstanding nonces are bounded too (a tenth of `max_entries`, here 2: the table may hold 3
+    /// before a put looks): a full table refuses rather than dropping a live nonce, keeps one
+    /// that expires this very second, and makes room once they are past.
+    #[test]
+    fn the_nonce_table_is_bounded_and_refuses_when_full() {
+        let s = MemoryStore::new(20);
+        for n in ["n1", "n2", "n3"] {
+            assert_eq!(s.put_nonce_now(n, "", 60, 0), Ok(()), "{n}");
+        }
+        assert_eq!(s.put_nonce_now("n4", "", 60, 0), Err(StateError::Full(3)));
+        assert_eq!(s.put_nonce_now("n4", "", 120, 60), Err(StateError::Full(3)), "live until the end of second 60");
+        assert_eq!(s.take_nonce_now("n2", 60), Ok(Some(String::new())), "no live nonce was dropped");
+        assert_eq!(s.put_nonce_now("n2", "", 120, 60), Ok(()));
+        assert_eq!(s.put_nonce_now("n5", "", 180, 61), Ok(()), "the expired ones make room");
+        assert_eq!(s.take_nonce_now("n5", 61), Ok(Some(String::new())));
+    }
 }
