@@ -275,6 +275,9 @@ mod tests {
         assert_eq!(s.take_nonce_now("n2", 60), Ok(Some(String::new())), "no live nonce was dropped");
         assert_eq!(s.put_nonce_now("n2", "", 120, 60), Ok(()));
         assert_eq!(s.put_nonce_now("n5", "", 180, 61), Ok(()), "the expired ones make room");
-        assert_eq!(s.take_nonce_now("n5", 61), Ok(Some(String::new())));
+        assert_eq!(s.put_nonce_now("n6", "", 62, 61), Ok(()));
+        // at 63, n6 is past: purged, the table is back at its bound, which is still room
+        assert_eq!(s.put_nonce_now("n7", "", 180, 63), Ok(()));
+        assert_eq!(s.take_nonce_now("n5", 63), Ok(Some(String::new())));
     }
 }
