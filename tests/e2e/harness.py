@@ -101,6 +101,45 @@ def wait_next_second(min_fraction_left: float = 0.8) -> int:
     return int(time.time())
 
 
+def with_overrides(claims: dict, overrides: dict) -> dict:
+    """`claims` with each override applied: a value replaces the claim, `None` removes it."""
+    for k, v in overrides.items():
+        if v is None:
+            claims.pop(k, None)
+        else:
+            claims[k] = v
+    return claims
+
+
+def readline_within(proc: subprocess.Popen, timeout: float):
+    """The next line of `proc`'s stdout; `readline` blocks, so a hung process is killed after
+    `timeout`, which ends the read (with an empty line)."""
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        return proc.stdout.readline()
+    finally:
+        timer.cancel()
+
+
+def race(brokers: list, token: str, presentations: int = 40) -> list:
+    """Presents one token `presentations` times at once, spread over `brokers`; the answers."""
+    results = []
+    lock = threading.Lock()
+
+    def fire(broker):
+        r = broker.exchange(token)
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=fire, args=(brokers[i % len(brokers)],)) for i in range(presentations)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def find_binary() -> Path:
     candidates = []
     if os.environ.get("EPHEMERA_BIN"):
@@ -133,12 +172,7 @@ def good_claims(issuer: str, **overrides) -> dict:
         "exp": t + 300,
         "jti": uuid.uuid4().hex,
     }
-    for k, v in overrides.items():
-        if v is None:
-            c.pop(k, None)
-        else:
-            c[k] = v
-    return c
+    return with_overrides(c, overrides)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -288,13 +322,7 @@ class MockIssuer:
         )
         line = b""
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        # READY is the first line; readline blocks, so guard with a timer.
-        timer = threading.Timer(STARTUP_TIMEOUT, self.proc.kill)
-        timer.start()
-        try:
-            line = self.proc.stdout.readline()
-        finally:
-            timer.cancel()
+        line = readline_within(self.proc, STARTUP_TIMEOUT)  # READY is the first line
         if not line.startswith(b"READY ") or time.monotonic() > deadline:
             err = (self.state_dir / "mock_issuer.stderr").read_text(errors="replace")
             raise RuntimeError(f"mock issuer did not start: {line!r}\n{err}")
@@ -774,12 +802,7 @@ def github_claims(issuer: str, **overrides) -> dict:
         "exp": t + 300,
         "jti": uuid.uuid4().hex,
     }
-    for k, v in overrides.items():
-        if v is None:
-            c.pop(k, None)
-        else:
-            c[k] = v
-    return c
+    return with_overrides(c, overrides)
 
 
 def github_provider(name: str, issuer: str, **extra) -> dict:

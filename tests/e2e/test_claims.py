@@ -52,6 +52,7 @@ from harness import (
     to_toml,
     verify_broker_jwt,
     wait_until,
+    with_overrides,
 )
 
 # P-256's group order n (FIPS 186-4 D.1.2.3): (r, s) and (r, n - s) are both valid ECDSA signatures.
@@ -656,12 +657,7 @@ def gitlab_claims(issuer: str, **overrides) -> dict:
          "project_path": "acme/app", "project_id": "4242", "namespace_path": "acme", "namespace_id": "77",
          "ref": "main", "ref_type": "branch", "ref_protected": "true", "pipeline_id": "9001", "job_id": "123456",
          "iat": t, "nbf": t, "exp": t + 300, "jti": os.urandom(8).hex()}
-    for k, v in overrides.items():
-        if v is None:
-            c.pop(k, None)
-        else:
-            c[k] = v
-    return c
+    return with_overrides(c, overrides)
 
 
 def test_a_gitlab_v1_token_is_refused_token_type_refused(broker_factory, mock_issuer):

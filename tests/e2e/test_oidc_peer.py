@@ -30,6 +30,7 @@ from harness import (
     PARTNER,
     STARTUP_TIMEOUT,
     provider,
+    readline_within,
     require_peer,
     role,
     verify_broker_jwt,
@@ -62,13 +63,7 @@ class OidcPeer:
         assert self.issuer == f"http://127.0.0.1:{ready['port']}"
 
     def _read(self) -> dict:
-        # readline blocks: a hung peer is killed after the startup timeout, which ends the read
-        timer = threading.Timer(STARTUP_TIMEOUT, self.proc.kill)
-        timer.start()
-        try:
-            line = self.proc.stdout.readline()
-        finally:
-            timer.cancel()
+        line = readline_within(self.proc, STARTUP_TIMEOUT)  # a hung peer is killed, ending the read
         if not line:
             raise RuntimeError("oidc peer gave no answer:\n" + self.stderr_path.read_text(errors="replace"))
         return json.loads(line)

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from harness import Broker, broker_config, free_port, provider, require_peer, role, wait_until
+from harness import Broker, broker_config, free_port, provider, race, require_peer, role, wait_until
 
 CLI_TIMEOUT = 30
 
@@ -319,19 +319,7 @@ def test_a_token_used_on_one_replica_is_refused_on_the_other(store, replicas, mo
 def test_concurrent_presentations_across_replicas_have_exactly_one_success(store, replicas, mock_issuer):
     a, b = replicas(store)
     token = mock_issuer.token()
-    results = []
-    lock = threading.Lock()
-
-    def fire(broker):
-        r = broker.exchange(token)
-        with lock:
-            results.append(r)
-
-    threads = [threading.Thread(target=fire, args=(a if i % 2 else b,)) for i in range(40)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = race([a, b], token)
     assert [r.status for r in results].count(200) == 1, [r.status for r in results]
     assert all(r.status == 400 and r.reason == "token_replayed" for r in results if r.status != 200), results
     # twin: two different tokens presented at once both win
