@@ -396,7 +396,8 @@ async fn grants_are_admin_only() {
     assert_eq!(body, json!({"grants": []}));
 }
 
-/// `GET /v1/grants?role=R` lists that role's live grants only, oldest first.
+/// `GET /v1/grants?role=R` lists that role's live grants only (a grant expiring this second is
+/// live), oldest first.
 #[tokio::test]
 async fn grants_filter_by_role() {
     let h = harness().await;
@@ -409,8 +410,16 @@ async fn grants_filter_by_role() {
         issued_at: at,
         expires_at: T0 + 600,
     };
-    for g in [grant("g3", "deploy", T0 - 1), grant("g1", "release", T0 - 3), grant("g2", "deploy", T0 - 2)] {
-        h.broker.state.record_grant(&g, T0).await.unwrap();
+    let gone = ephemera::state::Grant { expires_at: T0 - 1, ..grant("g0", "deploy", T0 - 9) };
+    let last_second = ephemera::state::Grant { expires_at: T0, ..grant("g4", "deploy", T0) };
+    for g in [
+        grant("g3", "deploy", T0 - 1),
+        grant("g1", "release", T0 - 3),
+        grant("g2", "deploy", T0 - 2),
+        gone,
+        last_second,
+    ] {
+        h.broker.state.record_grant(&g, T0 - 10).await.unwrap();
     }
     let list = |query: &'static str| {
         let req = Request::get(format!("/v1/grants{query}"))
@@ -425,8 +434,9 @@ async fn grants_filter_by_role() {
             body["grants"].as_array().unwrap().iter().map(|g| g["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
         }
     };
-    assert_eq!(list("").await, ["g1", "g2", "g3"]);
-    assert_eq!(list("?role=deploy").await, ["g2", "g3"]);
+    // (g0 expired a second ago: gone; g4 expires this very second: still listed)
+    assert_eq!(list("").await, ["g1", "g2", "g3", "g4"]);
+    assert_eq!(list("?role=deploy").await, ["g2", "g3", "g4"]);
     assert_eq!(list("?role=release").await, ["g1"]);
     assert!(list("?role=nobody").await.is_empty());
 }
