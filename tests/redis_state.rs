@@ -192,3 +192,57 @@ async fn a_fresh_mark_records_its_grant_in_the_same_step() {
     // expired grants leave the inventory
     assert!(a.grants(t + 301).await.unwrap().is_empty());
 }
+
+/// Every key the store writes expires exactly when it should: the used mark at the assertion's
+/// `until`, the grant record and its inventory score at the credential's expiry, a revocation at
+/// its end; an expiry already past is clamped to the next second (a key must never be written
+/// without one, nor with one in the past, which Redis would drop at once).
+#[tokio::test]
+async fn every_key_expires_exactly_when_it_should() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let store = redis.store();
+    let t = now();
+    let grant = |id: &str, expires_at: i64| ephemera::state::Grant {
+        id: id.into(),
+        subject: "s".into(),
+        task: "run-1".into(),
+        role: "deploy".into(),
+        kind: "jwt".into(),
+        issued_at: t,
+        expires_at,
+    };
+    assert_eq!(store.mark_used("tok", t + 300, t, t, Some(&grant("g1", t + 900))).await, Ok(Mark::Fresh));
+    assert_eq!(store.mark_used("late", t - 10, t, t, Some(&grant("g2", t - 10))).await, Ok(Mark::Fresh));
+    store.revoke("task:run-1", t + 43_200, t).await.unwrap();
+    store.revoke("task:old", t - 5, t).await.unwrap();
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut expiry = async |key: &str| -> i64 {
+        redis::cmd("PEXPIRETIME").arg(format!("{{test}}:{key}")).query_async(&mut c).await.unwrap()
+    };
+    assert_eq!(expiry("used:tok").await, (t + 300) * 1000);
+    assert_eq!(expiry("grant:g1").await, (t + 900) * 1000);
+    assert_eq!(expiry("revoked:task:run-1").await, (t + 43_200) * 1000);
+    // past expiries: the next second
+    assert_eq!(expiry("used:late").await, (t + 1) * 1000);
+    assert_eq!(expiry("grant:g2").await, (t + 1) * 1000);
+    assert_eq!(expiry("revoked:task:old").await, (t + 1) * 1000);
+    let scores: Vec<(String, i64)> = redis::cmd("ZRANGE")
+        .arg("{test}:meta:grants")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(scores, [("g2".to_owned(), t + 1), ("g1".to_owned(), t + 900)]);
+    // the revocation is in force until its end, and keys name what they revoke
+    assert_eq!(
+        store.revoked(&["task:run-1".into(), "task:other".into()], t + 43_200).await,
+        Ok(vec!["task:run-1".into()])
+    );
+}

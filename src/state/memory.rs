@@ -261,6 +261,30 @@ mod tests {
         assert_eq!(s.len(), 1);
     }
 
+    /// A new revocation never drops a live one (the table is purged of expired ones only), and
+    /// each lasts until its end, inclusive.
+    #[test]
+    fn revocations_accumulate_and_expire_each_at_its_end() {
+        let s = MemoryStore::new(100);
+        let keys: Vec<String> = ["task:a", "task:b", "role:c"].map(String::from).to_vec();
+        let revoked = |now| ready(s.revoked(&keys, now));
+        ready(s.revoke("task:a", 100, 0)).unwrap();
+        ready(s.revoke("task:b", 200, 50)).unwrap();
+        assert_eq!(revoked(60), Ok(vec!["task:a".to_owned(), "task:b".to_owned()]));
+        assert_eq!(revoked(100), Ok(vec!["task:a".to_owned(), "task:b".to_owned()]));
+        ready(s.revoke("role:c", 300, 101)).unwrap();
+        assert_eq!(revoked(101), Ok(vec!["task:b".to_owned(), "role:c".to_owned()]));
+        assert_eq!(revoked(301), Ok(vec![]));
+    }
+
+    /// Runs a store future to completion (the memory store's futures are ready at once).
+    fn ready<T>(f: super::super::StateFuture<'_, T>) -> Result<T, StateError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| StateError::Unavailable(e.to_string()))?
+            .block_on(f)
+    }
+
     /// Outstanding nonces are bounded too (a tenth of `max_entries`, here 2: the table may hold 3
     /// before a put looks): a full table refuses rather than dropping a live nonce, keeps one
     /// that expires this very second, and makes room once they are past.
