@@ -1,0 +1,195 @@
+"""Golden answers: today's behaviour pinned byte for byte, so a refactor that must keep behaviour
+identical (issue 13) can show it did.
+
+One broker, one matrix of requests (an allow, a replay, each deny reason the pipeline gives for
+an ID token, the HTTP problems, the nonce and admin routes, unknown routes); for each: the status,
+the headers a client reads, and the body. Then every audit line the matrix wrote, and `explain`'s
+text and JSON for an allow and a deny at a fixed clock. Values that differ from run to run are
+masked by `mask()` — and only those: ports, temporary paths, times, ids, keys, tokens, the
+config version. Everything else must be equal to `tests/e2e/golden/*.json`.
+
+To accept a deliberate change: `EPHEMERA_UPDATE_GOLDEN=1 pytest tests/e2e/test_golden.py`, then
+review the diff of `tests/e2e/golden/` like code (the commit says why it changed).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from harness import (
+    GRANT,
+    ID_TOKEN,
+    ci_strict,
+    now,
+    role,
+    run_cli,
+    signature_segment,
+)
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE = os.environ.get("EPHEMERA_UPDATE_GOLDEN") == "1"
+HEADERS = ("content-type", "cache-control", "retry-after", "allow", "www-authenticate")
+
+
+def mask(text: str, secrets: dict[str, str]) -> str:
+    """Run-to-run values replaced by their names; `secrets` maps exact strings (the broker's kid,
+    the mock issuer's URL, the work directory) to a placeholder first."""
+    for value, name in sorted(secrets.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(value, name)
+    text = re.sub(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*", "<jwt>", text)
+    text = re.sub(r"\(decision [A-Za-z0-9_-]+\)", "(decision <id>)", text)
+    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "<time>", text)
+    text = re.sub(r"(?<![\d.])1\d{9}(?!\d)", "<t>", text)
+    text = re.sub(r"\b[0-9a-f]{32}\b", "<hex32>", text)  # the mock's random jti (= the task)
+    text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", text)
+    text = re.sub(r"/tmp/[^\s\"'`]+", "<tmp>", text)
+    return text
+
+
+def mask_value(v, secrets: dict[str, str]):
+    """`mask` over a decoded JSON value: strings masked, UNIX times (1e9..2e9) named."""
+    if isinstance(v, str):
+        return mask(v, secrets)
+    if isinstance(v, bool) or not isinstance(v, (int, dict, list)):
+        return v
+    if isinstance(v, int):
+        return "<t>" if 1_000_000_000 <= v < 2_000_000_000 else v
+    if isinstance(v, list):
+        return [mask_value(x, secrets) for x in v]
+    return {k: mask_value(x, secrets) for k, x in v.items()}
+
+
+def mask_record(rec: dict, secrets: dict[str, str]) -> dict:
+    """An audit record with its per-run fields masked by name, then by value."""
+    rec = dict(rec)
+    for k in ("decision_id", "request_id", "policy_version", "prev", "hash"):
+        if k in rec:
+            rec[k] = f"<{k}>"
+    if isinstance(rec.get("credential"), dict):
+        rec["credential"] = {**rec["credential"], "jti": "<jti>"}
+    return mask_value(rec, secrets)
+
+
+def compare(name: str, got) -> None:
+    path = GOLDEN / f"{name}.json"
+    text = json.dumps(got, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    assert not (UPDATE and ci_strict()), "EPHEMERA_UPDATE_GOLDEN under CI: golden files are updated by a person"
+    if UPDATE:
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(text)
+        return
+    assert path.exists(), f"{path} missing: run with EPHEMERA_UPDATE_GOLDEN=1 once and review it"
+    want = json.loads(path.read_text())
+    assert got == want, f"{name}: the answers changed (see {path}); diff with EPHEMERA_UPDATE_GOLDEN=1 + git diff"
+
+
+def answer(resp, secrets) -> dict:
+    headers = {h: resp.headers.get(h) for h in HEADERS if resp.headers.get(h) is not None}
+    return {"status": resp.status, "headers": headers, "body": mask(resp.text, secrets)}
+
+
+def jwt_parts(token: str) -> dict:
+    """A broker JWT's header and claims, decoded, with run-to-run values masked."""
+    def part(s: str) -> dict:
+        return json.loads(base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)))
+    head, claims, _ = token.split(".")
+    return {"header": part(head), "claims": part(claims)}
+
+
+def test_golden_token_route_audit_and_explain(broker_factory, mock_issuer, ephemera_bin, tmp_path):
+    mock_issuer.add_key("ec1", kty="EC")
+    b = broker_factory(
+        issuer=mock_issuer,
+        roles=[role("deploy", "mock"),
+               role("release", "mock", conditions={"sub": "repo:acme/app:ref:refs/heads/main",
+                                                    "repository": "acme/app", "ref": "refs/heads/release"})],
+        server={"max_body_size": 4096},
+    )
+    jwks = b.get("/.well-known/jwks.json").json()
+    version = hashlib.sha256(b.config_path.read_bytes()).hexdigest()[:16]  # ports and paths differ per run
+    secrets = {jwks["keys"][0]["kid"]: "<broker-kid>", mock_issuer.issuer: "<issuer>", str(b.workdir): "<workdir>",
+               version: "<config-version>"}
+    t = now()
+    # far-off times, so no verdict or lifetime depends on when in the second a request lands
+    good = dict(iat=t - 30, nbf=t - 30, exp=t + 3600)
+    tok = lambda **o: mock_issuer.token(**{**good, **o})  # noqa: E731
+    form = lambda token, role="deploy", **extra: {  # noqa: E731
+        "grant_type": GRANT, "subject_token": token, "subject_token_type": ID_TOKEN, "audience": role, **extra}
+
+    spent = tok()
+    header_alg_none = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    valid = tok()
+    forged = valid[: -len(signature_segment(valid))] + ("A" if signature_segment(valid)[0] != "A" else "B") + \
+        signature_segment(valid)[1:]
+    cases = {
+        "allow": lambda: b.post_token(form(spent)),
+        "replay": lambda: b.post_token(form(spent)),
+        "policy_denied": lambda: b.post_token(form(tok(ref="refs/heads/dev"))),
+        "policy_denied_release": lambda: b.post_token(form(tok(), "release")),
+        "unknown_role": lambda: b.post_token(form(tok(), "nope")),
+        "audience_mismatch": lambda: b.post_token(form(tok(aud="someone-else"))),
+        "token_expired": lambda: b.post_token(form(tok(iat=t - 10_000, nbf=t - 10_000, exp=t - 7_200))),
+        "token_not_yet_valid": lambda: b.post_token(form(tok(nbf=t + 7_200))),
+        "iat_in_future": lambda: b.post_token(form(tok(iat=t + 7_200, nbf=None))),
+        "issuer_not_trusted": lambda: b.post_token(form(mock_issuer.sign({**good, "iss": "https://other.example",
+                                                                            "aud": "ephemera-test", "sub": "x"}))),
+        "claim_missing_sub": lambda: b.post_token(form(tok(sub=None))),
+        "exp_missing": lambda: b.post_token(form(tok(exp=None))),
+        "unknown_key": lambda: b.post_token(form(mock_issuer.token(header={"kid": "nobody"}, **good))),
+        "alg_not_allowed": lambda: b.post_token(form(header_alg_none + "." + valid.split(".")[1] + ".")),
+        "signature_invalid": lambda: b.post_token(form(forged)),
+        "es256_allowed_key": lambda: b.post_token(form(mock_issuer.token(key="ec1", **good))),
+        "malformed_token": lambda: b.post_token(form("abc")),
+        "unsupported_grant_type": lambda: b.post_token({**form(tok()), "grant_type": "refresh_token"}),
+        "missing_subject_token": lambda: b.post_token({k: v for k, v in form(tok()).items() if k != "subject_token"}),
+        "unsupported_token_type": lambda: b.post_token(form(tok()) | {"subject_token_type": "urn:x"}),
+        "actor_token": lambda: b.post_token(form(tok(), actor_token="x")),
+        "query_string": lambda: b.post_token(form(tok()), params={"subject_token": "x"}),
+        "json_body": lambda: b.post_token(json.dumps(form(tok())), headers={"Content-Type": "application/json"}),
+        "body_too_large": lambda: b.post_token(form(tok(), padding="x" * 5000)),
+    }
+    got = {name: answer(run(), secrets) for name, run in cases.items()}
+    # the allowed credential itself: its header and claims, masked
+    allowed = json.loads(b.responses[0][0].text)
+    parts = jwt_parts(allowed["access_token"])
+    parts["claims"]["jti"] = "<jti>"
+    got["allow"]["jwt"] = mask_value(parts, secrets)
+    http = b.http
+    got["get_token"] = answer(_plain(http.get(b.url + "/v1/token", timeout=30)), secrets)
+    got["not_found"] = answer(_plain(http.get(b.url + "/nowhere", timeout=30)), secrets)
+    got["nonce_unknown_role"] = answer(_plain(http.post(b.url + "/v1/nonce", data={"audience": "nope"}, timeout=30)),
+                                       secrets)
+    got["introspect_no_admin"] = answer(_plain(http.post(b.url + "/v1/introspect", data={"token": "x"}, timeout=30)),
+                                        secrets)
+    got["discovery"] = answer(_plain(http.get(b.url + "/.well-known/openid-configuration", timeout=30)), secrets)
+    got["healthz"] = answer(_plain(http.get(b.url + "/healthz", timeout=30)), secrets)
+    compare("token_route", got)
+
+    compare("audit", [mask_record(r, secrets) for r in b.audit()])
+
+    # explain: text and JSON, allow and deny, at a fixed clock with synthetic claims
+    at = "1893456000"  # 2030-01-01T00:00:00Z
+    claims = {"iss": mock_issuer.issuer, "aud": "ephemera-test", "sub": "repo:acme/app:ref:refs/heads/main",
+              "repository": "acme/app", "ref": "refs/heads/main", "iat": 1893455940, "exp": 1893459600}
+    out = {}
+    for name, c in (("allow", claims), ("deny", {**claims, "ref": "refs/heads/dev"})):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(c))
+        for fmt in ("text", "json"):
+            args = ["explain", "--config", str(b.config_path), "--role", "deploy", "--claims", str(path), "--at", at]
+            r = run_cli(ephemera_bin, args + (["--json"] if fmt == "json" else []))
+            out[f"{name}_{fmt}"] = {"exit": r.returncode, "stdout": mask(r.stdout, secrets),
+                                    "stderr": mask(r.stderr, secrets)}
+    compare("explain", out)
+
+
+class _plain:
+    """A requests.Response seen as the harness's Resp (status, headers, text)."""
+
+    def __init__(self, r):
+        self.status, self.headers, self.text = r.status_code, r.headers, r.text
