@@ -193,3 +193,36 @@ class _plain:
 
     def __init__(self, r):
         self.status, self.headers, self.text = r.status_code, r.headers, r.text
+
+
+def test_golden_admin_routes(broker_factory, mock_issuer, tmp_path):
+    """The admin routes' answers: grants (all, by role), introspection (active, inactive, no
+    token, no credential), revocation (by admin, by the workload, bad forms)."""
+    admin = tmp_path / "admin.token"
+    admin.write_text("golden-admin-credential-of-32-characters-or-more")
+    b = broker_factory(issuer=mock_issuer, extra_config={"admin": {"token_file": str(admin)}})
+    secrets = {b.get("/.well-known/jwks.json").json()["keys"][0]["kid"]: "<broker-kid>",
+               mock_issuer.issuer: "<issuer>", str(b.workdir): "<workdir>",
+               hashlib.sha256(b.config_path.read_bytes()).hexdigest()[:16]: "<config-version>"}
+    t = now()
+    good = dict(iat=t - 30, nbf=t - 30, exp=t + 3600)
+    minted = json.loads(b.exchange(mock_issuer.token(**good)).text)["access_token"]
+    secrets[jwt_parts(minted)["claims"]["jti"]] = "<jti>"  # the grant id
+    auth = {"Authorization": "Bearer " + admin.read_text()}
+    post = lambda path, data, headers=auth: _plain(b.http.post(b.url + path, data=data, headers=headers, timeout=30))  # noqa: E731
+    get = lambda path, headers=auth: _plain(b.http.get(b.url + path, headers=headers, timeout=30))  # noqa: E731
+    got = {
+        "grants": get("/v1/grants"),
+        "grants_release": get("/v1/grants?role=release"),
+        "grants_no_admin": get("/v1/grants", headers={}),
+        "introspect_active": post("/v1/introspect", {"token": minted}),
+        "introspect_garbage": post("/v1/introspect", {"token": "x.y.z"}),
+        "introspect_no_token": post("/v1/introspect", {}),
+        "revoke_two_keys": post("/v1/revoke", {"task": "a", "role": "b"}),
+        "revoke_no_admin": post("/v1/revoke", {"task": "a"}, headers={}),
+        "revoke_role": post("/v1/revoke", {"role": "deploy"}),
+        "introspect_revoked": post("/v1/introspect", {"token": minted}),
+        "revoke_workload_no_task": post("/v1/revoke", {"subject_token": mock_issuer.token(**good),
+                                                       "subject_token_type": ID_TOKEN, "audience": "deploy"}, {}),
+    }
+    compare("admin_routes", {name: answer(r, secrets) for name, r in got.items()})
