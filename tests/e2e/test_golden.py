@@ -226,3 +226,34 @@ def test_golden_admin_routes(broker_factory, mock_issuer, tmp_path):
                                                        "subject_token_type": ID_TOKEN, "audience": "deploy"}, {}),
     }
     compare("admin_routes", {name: answer(r, secrets) for name, r in got.items()})
+
+
+def test_golden_aws_role(broker_factory, mock_issuer, moto):
+    """An AWS role: the minted answer's shape, the AssumeRole request exactly as STS received it,
+    the tag refusal before anything is spent, STS refusing and STS down, and their audit lines."""
+    from harness import github_claims
+    from test_aws import ROLE, aws_credential, assume_role_requests, start_broker
+
+    b = start_broker(broker_factory, mock_issuer, moto,
+                     credential=aws_credential(policy_arns=["arn:aws:iam::aws:policy/ReadOnlyAccess"]))
+    t = now()
+    # (github_claims draws a random run_id: fixed here, it names the session)
+    claims = lambda **o: github_claims(mock_issuer.issuer, **{"iat": t - 30, "nbf": t - 30, "exp": t + 1800, "run_id": "4242424242", **o})  # noqa: E731
+    secrets = {mock_issuer.issuer: "<issuer>", str(b.workdir): "<workdir>", moto.url: "<sts>",
+               hashlib.sha256(b.config_path.read_bytes()).hexdigest()[:16]: "<config-version>"}
+    got = {}
+    ok = b.exchange(mock_issuer.sign(claims()), role=ROLE)
+    body = json.loads(ok.text)
+    assert ok.status == 200, ok
+    for k in ("AccessKeyId", "SecretAccessKey", "SessionToken"):
+        secrets[body["credentials"][k]] = f"<{k}>"
+    got["allow"] = answer(ok, secrets)
+    [sent] = assume_role_requests(moto)
+    got["assume_role_request"] = mask_value({k: v for k, v in sent.items() if k != "_pairs"}, secrets)
+    got["tag_invalid"] = answer(b.exchange(mock_issuer.sign(claims(workflow="Deploy; rm -rf")), role=ROLE), secrets)
+    moto.enforce_auth()
+    got["sts_refused"] = answer(b.exchange(mock_issuer.sign(claims()), role=ROLE), secrets)
+    moto.kill()
+    got["sts_down"] = answer(b.exchange(mock_issuer.sign(claims()), role=ROLE, timeout=120), secrets)
+    got["audit"] = [mask_record(r, secrets) for r in b.audit()]
+    compare("aws_role", got)
