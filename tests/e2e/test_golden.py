@@ -257,3 +257,34 @@ def test_golden_aws_role(broker_factory, mock_issuer, moto):
     got["sts_down"] = answer(b.exchange(mock_issuer.sign(claims()), role=ROLE, timeout=120), secrets)
     got["audit"] = [mask_record(r, secrets) for r in b.audit()]
     compare("aws_role", got)
+
+
+def test_golden_gcp_role(broker_factory, mock_issuer, tmp_path):
+    """A GCP role against the Google double: the minted answer, the generateAccessToken request as
+    received, Google refusing the impersonation, and the audit lines."""
+    from harness import github_claims
+    from gcp_double import GcpDouble
+    from test_gcp import BROKER_SA, ROLE, TARGET_SA, start_broker, write_key_file
+
+    double = GcpDouble()
+    try:
+        key_path, _ = write_key_file(tmp_path, double)
+        double.allow_impersonation(f"serviceAccount:{BROKER_SA}", TARGET_SA)
+        b = start_broker(broker_factory, mock_issuer, double, key_path)
+        t = now()
+        claims = lambda: github_claims(mock_issuer.issuer, iat=t - 30, nbf=t - 30, exp=t + 1800,  # noqa: E731
+                                       run_id="4242424242")
+        secrets = {mock_issuer.issuer: "<issuer>", str(b.workdir): "<workdir>", double.url: "<google>",
+                   hashlib.sha256(b.config_path.read_bytes()).hexdigest()[:16]: "<config-version>"}
+        ok = b.exchange(mock_issuer.sign(claims()), role=ROLE)
+        assert ok.status == 200, ok
+        secrets[json.loads(ok.text)["access_token"]] = "<access-token>"
+        got = {"allow": answer(ok, secrets)}
+        [gen] = double.calls_to("generate")
+        got["generate_request"] = {"path": gen.path, "body": mask_value(gen.body, secrets)}
+        double.fail("generate", 403, {"error": {"code": 403, "status": "PERMISSION_DENIED", "message": "no"}})
+        got["refused"] = answer(b.exchange(mock_issuer.sign(claims()), role=ROLE), secrets)
+        got["audit"] = [mask_record(r, secrets) for r in b.audit()]
+        compare("gcp_role", got)
+    finally:
+        double.close()
