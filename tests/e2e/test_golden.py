@@ -288,3 +288,39 @@ def test_golden_gcp_role(broker_factory, mock_issuer, tmp_path):
         compare("gcp_role", got)
     finally:
         double.close()
+
+
+def test_golden_nitro_attestation(broker_factory, tmp_path_factory):
+    """Nitro attestation: the nonce flow's allow (with `cnf`), a replayed document, a nonce never
+    issued, a debug enclave, a wrong PCR, a document under another root, and the audit lines."""
+    import test_attestation as ta
+    from attest_util import b64url_decode, enclave_public_key, nitro_document
+
+    material = ta.material.__wrapped__(tmp_path_factory)
+    b = ta.nitro_broker.__wrapped__(broker_factory, material)
+    secrets = {str(b.workdir): "<workdir>", str(material.dir): "<material>",
+               hashlib.sha256(b.config_path.read_bytes()).hexdigest()[:16]: "<config-version>",
+               b.get("/.well-known/jwks.json").json()["keys"][0]["kid"]: "<broker-kid>",
+               # the test chains are made afresh per run
+               material.chain.root.sha256_hex: "<root-sha256>", material.foreign_chain.root.sha256_hex: "<foreign-root>"}
+    nonce = lambda: b64url_decode(ta.get_nonce(b, audience="partner-api"))  # noqa: E731
+    _, spki = enclave_public_key()
+    doc = nitro_document(material.chain, nonce=nonce(), public_key=spki, user_data=b"req-1")
+    got = {}
+    ok = ta.exchange_nitro(b, doc)
+    assert ok.status == 200, ok
+    parts = jwt_parts(json.loads(ok.text)["access_token"])
+    parts["claims"]["jti"] = "<jti>"
+    parts["claims"]["cnf"] = {"jkt": "<thumbprint of the enclave key>"}  # a fresh key per run
+    got["allow"] = answer(ok, secrets) | {"jwt": mask_value(parts, secrets)}
+    got["replayed_document"] = answer(ta.exchange_nitro(b, doc), secrets)
+    got["nonce_never_issued"] = answer(ta.exchange_nitro(b, nitro_document(material.chain, nonce=b"\x07" * 32)), secrets)
+    got["debug_enclave"] = answer(ta.exchange_nitro(b, nitro_document(material.chain, nonce=nonce(), pcrs=ta.DEBUG_PCRS)),
+                                  secrets)
+    wrong = {**ta.GOOD_PCRS, 0: bytes([0x12]) * ta.PCR_LEN}
+    got["wrong_pcr0"] = answer(ta.exchange_nitro(b, nitro_document(material.chain, nonce=nonce(), pcrs=wrong)), secrets)
+    got["untrusted_root"] = answer(ta.exchange_nitro(b, nitro_document(material.foreign_chain, nonce=nonce())), secrets)
+    got["audit"] = [mask_record(r, secrets) for r in b.audit()]
+    # the task is a digest of the document, which holds a fresh signature
+    got = json.loads(re.sub(r"attestation:nitro:[0-9a-f]+", "attestation:nitro:<digest>", json.dumps(got)))
+    compare("nitro_attestation", got)
