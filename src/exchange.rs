@@ -162,8 +162,15 @@ impl ExchangeError {
         match self {
             ExchangeError::Denied { role, names, .. } => format!("{r}: role `{role}`: {names}"),
             ExchangeError::Token(e) | ExchangeError::Profile(e) => format!("{r}: check {} failed", e.check()),
-            _ => oauth_charset(&format!("{r}: {self}")),
+            _ => self.response().description,
         }
+    }
+
+    /// The reason slug and the whole cause, for the audit record and the log. The caller's
+    /// description is the same text, except for a state store failure: the store's own words (a
+    /// Redis address, a MOVED slot, a TLS error) never leave the broker.
+    pub fn detail(&self) -> String {
+        oauth_charset(&format!("{}: {self}", self.response().reason))
     }
 
     pub fn response(&self) -> ErrorResponse {
@@ -202,7 +209,11 @@ impl ExchangeError {
             ExchangeError::Upstream { retryable: true, .. } => (503, "temporarily_unavailable", "upstream_unavailable"),
             ExchangeError::Upstream { retryable: false, .. } => (502, "server_error", "upstream_refused"),
         };
-        ErrorResponse { status, error, reason, description: oauth_charset(&format!("{reason}: {self}")) }
+        let description = match self {
+            ExchangeError::State(_) => format!("{reason}: the replay store cannot answer now; try again"),
+            _ => oauth_charset(&format!("{reason}: {self}")),
+        };
+        ErrorResponse { status, error, reason, description }
     }
 }
 
@@ -784,7 +795,7 @@ impl Broker {
                 if !matches!(e, ExchangeError::Mint(_) | ExchangeError::Upstream { .. }) {
                     rec.decision = "deny";
                     rec.reason = Some(r.reason);
-                    rec.detail = Some(r.description.clone());
+                    rec.detail = Some(e.detail());
                     rec.credential = None;
                     // A deny is recorded but not fsynced: nothing leaves the broker on a deny.
                     if let Some(audit) = self.audit.as_ref().filter(|_| config.safety.audit)
@@ -793,15 +804,10 @@ impl Broker {
                         tracing::error!(error = %ae, "audit write failed for a deny");
                     }
                 }
-                let public = match (&e, config.server.detail) {
-                    // The store's own error (a Redis address, a MOVED slot) is for the audit
-                    // record and the log, never for the caller.
-                    (ExchangeError::State(_), Detail::Full | Detail::Reason) => {
-                        format!("{}: the replay store cannot answer now; try again", r.reason)
-                    }
-                    (_, Detail::Full) => r.description.clone(),
-                    (_, Detail::Reason) => e.reason_only(),
-                    (_, Detail::None) => r.reason.to_owned(),
+                let public = match config.server.detail {
+                    Detail::Full => r.description.clone(),
+                    Detail::Reason => e.reason_only(),
+                    Detail::None => r.reason.to_owned(),
                 };
                 r.description = format!("{public} (decision {decision_id})");
                 tracing::debug!(request_id, decision_id, reason = r.reason, "exchange denied");
@@ -956,7 +962,7 @@ impl Broker {
                 let mut failed = rec.clone();
                 failed.decision = "mint_failed";
                 failed.reason = Some(r.reason);
-                failed.detail = Some(r.description);
+                failed.detail = Some(err.detail());
                 if let Err(ae) = audit.append(failed, true).await {
                     tracing::error!(error = %ae, "audit write failed for mint_failed");
                 }
@@ -1075,5 +1081,20 @@ mod tests {
         );
         let r = ExchangeError::State(StateError::Full(3)).response();
         assert_eq!((r.status, r.error, r.reason), (503, "temporarily_unavailable", "replay_store_unavailable"));
+    }
+
+    /// A state store's own error text stays in the broker on every route that answers with
+    /// `response()` (the token route, a workload's revocation, explain) and in every disclosure
+    /// mode; the audit detail keeps it.
+    #[test]
+    fn a_store_failure_is_not_described_to_the_caller() {
+        let e = ExchangeError::State(StateError::Unavailable("Moved: 5484 127.0.0.1:55627".into()));
+        let public = "replay_store_unavailable: the replay store cannot answer now; try again";
+        assert_eq!(e.response().description, public);
+        assert_eq!(e.reason_only(), public);
+        assert_eq!(e.detail(), "replay_store_unavailable: replay store unavailable: Moved: 5484 127.0.0.1:55627");
+        // every other error is described to the caller as the audit has it
+        let other = ExchangeError::UnknownRole("x".into());
+        assert_eq!(other.response().description, other.detail());
     }
 }
