@@ -24,6 +24,7 @@ from pathlib import Path
 from harness import (
     GRANT,
     ID_TOKEN,
+    _resp,
     ci_strict,
     now,
     role,
@@ -188,11 +189,9 @@ def test_golden_token_route_audit_and_explain(broker_factory, mock_issuer, ephem
     compare("explain", out)
 
 
-class _plain:
-    """A requests.Response seen as the harness's Resp (status, headers, text)."""
-
-    def __init__(self, r):
-        self.status, self.headers, self.text = r.status_code, r.headers, r.text
+def _plain(r):
+    """A requests.Response as the harness's Resp (status, headers, text), unrecorded."""
+    return _resp(r, 0.0)
 
 
 def test_golden_admin_routes(broker_factory, mock_issuer, tmp_path):
