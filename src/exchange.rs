@@ -169,7 +169,7 @@ impl ExchangeError {
     /// The reason slug and the whole cause, for the audit record and the log. The caller's
     /// description is the same text, except for a state store failure: the store's own words (a
     /// Redis address, a MOVED slot, a TLS error) never leave the broker.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         oauth_charset(&format!("{}: {self}", self.response().reason))
     }
 
