@@ -225,7 +225,10 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     (status, axum::Json(json!({"state": state, "audit": audit}))).into_response()
 }
 
-async fn not_found() -> Response {
+/// The 404 of every unknown route. It reads the request body first (bounded by the body limit;
+/// a failed read changes nothing): answering before a client's body has arrived made hyper
+/// close a keep-alive connection under the client's next request.
+async fn not_found(_body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Response {
     error_response(&ErrorResponse {
         status: 404,
         error: "invalid_request",

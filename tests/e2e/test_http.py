@@ -5,8 +5,10 @@ suite receives through `Broker.post_token`; raw-socket answers are checked here 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
+import time
 
 import pytest
 import requests
@@ -513,3 +515,28 @@ def test_error_descriptions_never_echo_untrusted_text(broker, mock_issuer):
     for resp, secrets in broker.responses:
         if resp.status != 200:
             check_error_hygiene(resp, secrets)
+
+
+def test_a_404_keeps_a_keep_alive_connection_whose_body_comes_late(broker):
+    """An unknown route answers after reading the request body: a client that sends its body a
+    moment after the headers keeps its connection for the next request. (The 404 used to be
+    answered before the body arrived, and hyper closed the connection under the client's next
+    request: `requests` saw RemoteDisconnected.) Twin: the same on a known route."""
+    def two_requests(path: str) -> list[bytes]:
+        body = b"grant_type=x&subject_token=abc"
+        with socket.create_connection(("127.0.0.1", int(broker.url.rsplit(":", 1)[1])), timeout=HTTP_TIMEOUT) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                      b"Content-Length: %d\r\n\r\n" % (path.encode(), len(body)))
+            time.sleep(0.05)  # the body as a second segment, after the headers were handled
+            s.sendall(body + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while data.count(b"HTTP/1.1 ") < 2:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return re.findall(rb"HTTP/1\.1 (\d{3})", data)
+
+    assert two_requests("/nowhere") == [b"404", b"200"]
+    assert two_requests("/v1/token") == [b"400", b"200"]
