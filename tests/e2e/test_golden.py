@@ -323,3 +323,117 @@ def test_golden_nitro_attestation(broker_factory, tmp_path_factory):
     # the task is a digest of the document, which holds a fresh signature
     got = json.loads(re.sub(r"attestation:nitro:[0-9a-f]+", "attestation:nitro:<digest>", json.dumps(got)))
     compare("nitro_attestation", got)
+
+
+def _attestation_secrets(b, material) -> dict:
+    """The per-run values every attestation broker's answers may carry: its directories, its
+    config's version, its signing key's id, and the test roots made afresh per run."""
+    return {str(b.workdir): "<workdir>", str(material.dir): "<material>",
+            hashlib.sha256(b.config_path.read_bytes()).hexdigest()[:16]: "<config-version>",
+            b.get("/.well-known/jwks.json").json()["keys"][0]["kid"]: "<broker-kid>",
+            material.chain.root.sha256_hex: "<root-sha256>", material.foreign_chain.root.sha256_hex: "<foreign-root>"}
+
+
+def _allowed_jwt(resp, secrets, **masked_claims) -> dict:
+    """The minted credential's header and claims, masked: its jti, and the claims given (values
+    derived from keys made afresh per run)."""
+    parts = jwt_parts(json.loads(resp.text)["access_token"])
+    parts["claims"]["jti"] = "<jti>"
+    parts["claims"].update(masked_claims)
+    return mask_value(parts, secrets)
+
+
+def test_golden_x509_pop_attestation(broker_factory, tmp_path_factory, tmp_path):
+    """X.509 proof of possession: the allow (with `cnf`), the proof replayed, a new proof on a
+    spent nonce, a nonce never issued / bound to another role / not 32 bytes, an expired and a
+    not-yet-valid leaf, an unknown CA, a same-named impostor CA, a proof signed by another key,
+    the proof rules (audience, iat, typ), a revoked serial and a CRL entry, a policy denial, and
+    the audit lines."""
+    import time
+
+    import test_attestation as ta
+    from attest_util import PopPki, b64url, pop_proof
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    material = ta.material.__wrapped__(tmp_path_factory)
+    b = ta.pop_broker.__wrapped__(broker_factory, material, tmp_path)
+    secrets = _attestation_secrets(b, material)
+    aud = b.issuer
+    nonce = lambda role="workload": ta.get_nonce(b, role)  # noqa: E731
+
+    def proof(pki=material.pki, **o):
+        """A proof by `pki` on a fresh nonce for `workload` and the broker's audience, unless `o` says otherwise."""
+        return pop_proof(pki, nonce=o.pop("nonce") if "nonce" in o else nonce(), **{"audience": aud, **o})
+
+    pop = ta.exchange_pop
+    t = time.time()
+    got = {}
+    spent_nonce = nonce()
+    iat = int(t)
+    first = pop_proof(material.pki, nonce=spent_nonce, audience=aud, iat=iat)
+    ok = pop(b, first)
+    assert ok.status == 200, ok
+    got["allow"] = answer(ok, secrets) | {"jwt": _allowed_jwt(ok, secrets, cnf={"x5t#S256": "<leaf thumbprint>"})}
+    got["replayed_proof"] = answer(pop(b, first), secrets)
+    got["spent_nonce_new_proof"] = answer(pop(b, pop_proof(material.pki, nonce=spent_nonce, audience=aud,
+                                                           iat=iat - 1)), secrets)
+    got["nonce_never_issued"] = answer(pop(b, proof(nonce=b64url(b"\x07" * 32))), secrets)
+    got["nonce_of_another_role"] = answer(pop(b, proof(nonce=nonce("other-workload"))), secrets)
+    got["nonce_not_32_bytes"] = answer(pop(b, proof(nonce=b64url(b"\x07" * 16))), secrets)
+    expired = PopPki.make(ca=material.pki.ca, leaf_not_before=t - 7200, leaf_not_after=t - 60)
+    got["leaf_expired"] = answer(pop(b, proof(expired)), secrets)
+    future = PopPki.make(ca=material.pki.ca, leaf_not_before=t + 3600, leaf_not_after=t + 7200)
+    got["leaf_not_yet_valid"] = answer(pop(b, proof(future)), secrets)
+    got["unknown_ca"] = answer(pop(b, proof(PopPki.make(ca_name="Stranger Root CA"))), secrets)
+    got["impostor_ca"] = answer(pop(b, proof(PopPki.make())), secrets)
+    got["signed_by_another_key"] = answer(pop(b, proof(key=ec.generate_private_key(ec.SECP256R1()))), secrets)
+    got["wrong_audience"] = answer(pop(b, proof(audience="https://other.example")), secrets)
+    got["iat_too_old"] = answer(pop(b, proof(iat=int(t) - 300)), secrets)
+    got["iat_in_future"] = answer(pop(b, proof(iat=int(t) + 300)), secrets)
+    got["typ_jwt"] = answer(pop(b, proof(typ="JWT")), secrets)
+    got["revoked_serial"] = answer(pop(b, proof(material.revoked_pki), "workload-denylist"), secrets)
+    got["on_the_crl"] = answer(pop(b, proof(material.crl_pki), "workload-denylist"), secrets)
+    got["policy_denied"] = answer(pop(b, proof(), "other-workload"), secrets)
+    got["audit"] = [mask_record(r, secrets) for r in b.audit()]
+    # the task is a digest of the proof, which holds a fresh signature
+    got = json.loads(re.sub(r"attestation:x509pop:[0-9a-f]+", "attestation:x509pop:<digest>", json.dumps(got)))
+    compare("x509_pop_attestation", got)
+
+
+def test_golden_ec2_iid_attestation(broker_factory, tmp_path_factory):
+    """EC2 instance identity documents: the allow (capped at five minutes, audited replayable),
+    the same document again in both forms, a changed document, a document signed by a certificate
+    that is not configured, a region that is not its certificate's, another account, a token type
+    the role does not take, and the audit lines."""
+    import test_attestation as ta
+    from attest_util import NITRO_TOKEN_TYPE, iid_document, iid_pkcs7, iid_signature_form
+
+    material = ta.material.__wrapped__(tmp_path_factory)
+    b = ta.iid_broker.__wrapped__(broker_factory, material)
+    secrets = _attestation_secrets(b, material)
+    iid = ta.exchange_iid
+    instance = "i-0123456789abcdef0"
+    doc = iid_document(instance_id=instance)
+    token = iid_signature_form(material.aws, doc)
+    got = {}
+    ok = iid(b, token)
+    assert ok.status == 200, ok
+    got["allow"] = answer(ok, secrets) | {"jwt": _allowed_jwt(ok, secrets)}
+    got["replayed_document"] = answer(iid(b, token), secrets)
+    got["replayed_as_pkcs7"] = answer(iid(b, iid_pkcs7(material.aws, doc)), secrets)
+    other = iid_document(instance_id="i-0fedcba9876543210")
+    signature = json.loads(iid_signature_form(material.aws, other))["signature"]
+    changed = json.dumps({"document": other.replace('"accountId" :', '"accountId"  :'), "signature": signature})
+    got["changed_document"] = answer(iid(b, changed), secrets)
+    got["unconfigured_certificate"] = answer(iid(b, iid_signature_form(material.other_aws, other)), secrets)
+    got["unconfigured_certificate_pkcs7"] = answer(iid(b, iid_pkcs7(material.other_aws, other)), secrets)
+    east = iid_signature_form(material.aws, iid_document(instance_id="i-0aaaaaaaaaaaaaaa1", region="us-east-1"))
+    got["region_mismatch"] = answer(iid(b, east, "fleet-west"), secrets)
+    west = iid_signature_form(material.aws, iid_document(instance_id="i-0aaaaaaaaaaaaaaa2", region="us-west-2"))
+    got["region_west_allow"] = answer(iid(b, west, "fleet-west"), secrets)
+    got["other_account"] = answer(iid(b, iid_signature_form(material.aws, iid_document(
+        instance_id="i-0aaaaaaaaaaaaaaa3", account_id="210987654321"))), secrets)
+    got["nitro_token_type"] = answer(b.exchange(token, "fleet-api", token_type=NITRO_TOKEN_TYPE), secrets)
+    got["not_a_document"] = answer(iid(b, "not a document"), secrets)
+    got["audit"] = [mask_record(r, secrets) for r in b.audit()]
+    compare("ec2_iid_attestation", got)
