@@ -437,3 +437,111 @@ def test_golden_ec2_iid_attestation(broker_factory, tmp_path_factory):
     got["not_a_document"] = answer(iid(b, "not a document"), secrets)
     got["audit"] = [mask_record(r, secrets) for r in b.audit()]
     compare("ec2_iid_attestation", got)
+
+
+def _replace(text: str, secrets: dict[str, str]) -> str:
+    """Only the exact per-run strings replaced (for output at a fixed clock, where `mask`'s
+    patterns would hide times and ids that do not vary)."""
+    for value, name in sorted(secrets.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(value, name)
+    return text
+
+
+def _cli(ephemera_bin, args, secrets, cwd=None, env=None, masker=mask) -> dict:
+    """A CLI run's exit code, stdout and stderr, masked."""
+    import subprocess
+
+    r = subprocess.run([str(ephemera_bin), *args], capture_output=True, text=True, timeout=60, cwd=cwd,
+                       env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    return {"exit": r.returncode, "stdout": masker(r.stdout, secrets), "stderr": masker(r.stderr, secrets)}
+
+
+# Configs with problems for `ephemera check`: each a whole file (no per-run value in it), run
+# from its own directory by its relative name, so the messages that name the file are pinned too.
+_CHECK_HEAD = """[server]
+listen = "127.0.0.1:0"
+issuer = "https://broker.example.com"
+
+[audit]
+path = "audit.jsonl"
+
+[[providers]]
+name = "ci"
+profile = "oidc"
+issuer = "https://ci.example.com"
+audiences = ["https://broker.example.com"]
+"""
+_CHECK_ROLE = """
+[[roles]]
+name = "{name}"
+provider = "{provider}"
+max_ttl = "{ttl}"
+conditions = {conditions}
+credential = {{ kind = "jwt", audience = "https://partner.example" }}
+"""
+CHECK_CONFIGS = {
+    # several errors at once: a symmetric algorithm, a bad duration, a role of no provider
+    "lint_errors.toml": _CHECK_HEAD + 'algorithms = ["HS256"]\n'
+    + _CHECK_ROLE.format(name="deploy", provider="ci", ttl="fifteen", conditions='{ sub = "repo:acme/app" }')
+    + _CHECK_ROLE.format(name="ghost", provider="nobody", ttl="15m", conditions='{ sub = "x" }'),
+    # the strictness lint: a role that does not pin the workload
+    "lint_unscoped.toml": _CHECK_HEAD
+    + _CHECK_ROLE.format(name="deploy", provider="ci", ttl="15m", conditions='{ ref = "refs/heads/main" }'),
+    # the same role saying allow_broad: a warning, and the config loads
+    "lint_warning.toml": _CHECK_HEAD
+    + _CHECK_ROLE.format(name="deploy", provider="ci", ttl="15m", conditions='{ ref = "refs/heads/main" }')
+    + "allow_broad = true\n",
+    # an unknown key: the TOML error, quoting the line
+    "unknown_key.toml": _CHECK_HEAD.replace('issuer = "https://broker.example.com"\n',
+                                            'issuer = "https://broker.example.com"\ncolour = "red"\n', 1)
+    + _CHECK_ROLE.format(name="deploy", provider="ci", ttl="15m", conditions='{ sub = "repo:acme/app" }'),
+}
+
+
+def test_golden_check(ephemera_bin, tmp_path):
+    """`ephemera check` on every example config (run from the repository by its relative path)
+    and on configs with lint errors, an unscoped role, a warning and an unknown key."""
+    from harness import REPO
+
+    out = {}
+    examples = sorted((REPO / "examples").glob("*.toml"))
+    assert len(examples) >= 8, examples
+    for path in examples:
+        version = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        rel = str(path.relative_to(REPO))
+        out[rel] = _cli(ephemera_bin, ["check", "--config", rel], {version: "<config-version>"}, cwd=REPO)
+    for name, text in CHECK_CONFIGS.items():
+        (tmp_path / name).write_text(text)
+        version = hashlib.sha256(text.encode()).hexdigest()[:16]
+        out[name] = _cli(ephemera_bin, ["check", "--config", name], {version: "<config-version>"}, cwd=tmp_path)
+    # every example passes (tests/examples.rs); the pinned answers are what the files must show
+    assert all(out[str(p.relative_to(REPO))]["exit"] == 0 for p in examples), out
+    compare("check", out)
+
+
+def test_golden_corpus_explain(ephemera_bin, tmp_path):
+    """`ephemera explain`, text and JSON, on three real ID tokens of the corpus (GitLab, Google, a
+    Keycloak on plain http) at their `verify_at`: allowed under their issuers' recorded keys, and
+    denied when the provider takes another audience. The clock is fixed, so only the paths and the
+    config version are masked (times and ids are the tokens' own)."""
+    import test_corpus_explain as tce
+
+    by_file = {Path(e.values[0]["file"]).name: e.values[0] for e in tce.TOKENS if e.values[0] is not None}
+    tce.require_corpus(by_file or None)
+    picks = ["gitlab_example_com_id_token_v2_aud_2023-02-23.jwt", "google_oauth_user_id_token_2019-03-29.jwt",
+             "keycloak_local_alerta_io_9090_auth_realm_2019-04-01_92551a.jwt"]
+    out = {}
+    for name in picks:
+        entry = by_file[name]
+        for case, audience in (("allow", None), ("other_audience", "https://not-this-audience.example")):
+            d = tmp_path / f"{Path(name).stem}-{case}"
+            d.mkdir()
+            config = tce.write_config(d, entry, audience=audience)
+            secrets = {str(tce.corpus_dir()): "<corpus>", str(tmp_path): "<workdir>",
+                       hashlib.sha256(config.read_bytes()).hexdigest()[:16]: "<config-version>"}
+            args = ["explain", "--config", str(config), "--role", "corpus-role",
+                    "--token-file", str(tce.corpus_dir() / entry["file"]), "--at", str(entry["verify_at"])]
+            for fmt in ("text", "json"):
+                out[f"{Path(name).stem}:{case}:{fmt}"] = _cli(
+                    ephemera_bin, args + (["--json"] if fmt == "json" else []), secrets, masker=_replace)
+    compare("corpus_explain", out)
