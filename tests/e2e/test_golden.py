@@ -545,3 +545,120 @@ def test_golden_corpus_explain(ephemera_bin, tmp_path):
                 out[f"{Path(name).stem}:{case}:{fmt}"] = _cli(
                     ephemera_bin, args + (["--json"] if fmt == "json" else []), secrets, masker=_replace)
     compare("corpus_explain", out)
+
+
+def test_golden_disclosure_modes(broker_factory, mock_issuer):
+    """`[server] detail = "reason"` and `"none"`: the answers to an unknown role, a bad
+    signature, a policy denial, an expired token and a replay (an allow first), and their audit
+    lines, which keep the full detail in every mode. ("full", the default, is token_route.json.)"""
+    got = {}
+    for mode in ("reason", "none"):
+        # "none" answers `reason (decision …)` without a colon, which the teardown's audit
+        # invariant cannot read: the audit lines are pinned here instead
+        b = broker_factory(issuer=mock_issuer, server={"detail": mode}, check_invariants=False)
+        secrets = {b.get("/.well-known/jwks.json").json()["keys"][0]["kid"]: "<broker-kid>",
+                   mock_issuer.issuer: "<issuer>", str(b.workdir): "<workdir>",
+                   hashlib.sha256(b.config_path.read_bytes()).hexdigest()[:16]: "<config-version>"}
+        t = now()
+        good = dict(iat=t - 30, nbf=t - 30, exp=t + 3600)
+        valid = mock_issuer.token(**good)
+        sig = signature_segment(valid)
+        forged = valid[: -len(sig)] + ("A" if sig[0] != "A" else "B") + sig[1:]
+        spent = mock_issuer.token(**good)
+        cases = {
+            "unknown_role": lambda: b.exchange(mock_issuer.token(**good), "nope"),
+            "signature_invalid": lambda: b.exchange(forged),
+            "policy_denied": lambda: b.exchange(mock_issuer.token(ref="refs/heads/dev", **good)),
+            "token_expired": lambda: b.exchange(mock_issuer.token(iat=t - 10_000, nbf=t - 10_000, exp=t - 7_200)),
+            "allow": lambda: b.exchange(spent),
+            "token_replayed": lambda: b.exchange(spent),
+        }
+        got[mode] = {name: answer(run(), secrets) for name, run in cases.items()}
+        got[mode]["audit"] = [mask_record(r, secrets) for r in b.audit()]
+    compare("disclosure_modes", got)
+
+
+def _raw(broker, request: bytes) -> dict:
+    """A raw HTTP/1.1 exchange (test_http.raw_request): the status, the headers a client reads
+    (and `connection`), the body, and how the connection ended."""
+    from test_http import raw_request
+
+    status, headers, body, ended = raw_request(broker, request)
+    keep = {h: headers[h] for h in HEADERS + ("connection",) if h in headers}
+    return {"status": status, "headers": keep, "body": body.decode("utf-8", "replace"), "ended": ended}
+
+
+def _with_headers(broker, path: str, body: bytes, extra: list[tuple[str, str]]) -> bytes:
+    host = broker.url.removeprefix("http://")
+    req = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+           f"Content-Length: {len(body)}\r\nConnection: close\r\n")
+    req += "".join(f"{k}: {v}\r\n" for k, v in extra)
+    return req.encode() + b"\r\n" + body
+
+
+def test_golden_http_errors_off_the_token_route(broker_factory, mock_issuer, tmp_path):
+    """The error answers of the routes other than /v1/token that token_route.json and
+    admin_routes.json do not pin: /v1/nonce (405, 413, a duplicate audience; and what it takes
+    today without an error: a JSON body, no content type, a query string, an unknown field), the
+    admin routes (405, a wrong or a non-Bearer credential, bad forms, a body over the limit),
+    unknown paths, other methods on the GET routes, and headers over the limits on /v1/token and
+    /v1/nonce (the broker's JSON 431 over 16 KiB, hyper's bare 431 over 100 headers); and the
+    audit lines they wrote."""
+    admin = tmp_path / "admin.token"
+    admin.write_text("golden-admin-credential-of-32-characters-or-more")
+    b = broker_factory(issuer=mock_issuer, server={"max_body_size": 4096},
+                       extra_config={"admin": {"token_file": str(admin)}})
+    secrets = {b.get("/.well-known/jwks.json").json()["keys"][0]["kid"]: "<broker-kid>",
+               mock_issuer.issuer: "<issuer>", str(b.workdir): "<workdir>",
+               hashlib.sha256(b.config_path.read_bytes()).hexdigest()[:16]: "<config-version>"}
+    auth = {"Authorization": "Bearer " + admin.read_text()}
+    url = b.url
+    http = b.http
+
+    def req(method, path, **kw):
+        return answer(_plain(http.request(method, url + path, timeout=30, **kw)), secrets)
+
+    form_ct = {"Content-Type": "application/x-www-form-urlencoded"}
+    got = {
+        "nonce_get": req("GET", "/v1/nonce"),
+        "nonce_put": req("PUT", "/v1/nonce", data={"audience": "deploy"}),
+        "nonce_body_too_large": req("POST", "/v1/nonce", data={"audience": "deploy", "padding": "x" * 5000}),
+        "nonce_json_body": req("POST", "/v1/nonce", data=json.dumps({"audience": "deploy"}),
+                               headers={"Content-Type": "application/json"}),
+        "nonce_no_content_type": req("POST", "/v1/nonce", data=b"audience=deploy"),
+        "nonce_duplicate_audience": req("POST", "/v1/nonce", data="audience=deploy&audience=release",
+                                        headers=form_ct),
+        "nonce_query_string": req("POST", "/v1/nonce", params={"audience": "deploy"}, data={}),
+        "nonce_unknown_field": req("POST", "/v1/nonce", data={"audience": "deploy", "colour": "red"}),
+        "introspect_get": req("GET", "/v1/introspect", headers=auth),
+        "revoke_get": req("GET", "/v1/revoke", headers=auth),
+        "grants_post": req("POST", "/v1/grants", headers=auth, data={}),
+        "grants_wrong_bearer": req("GET", "/v1/grants", headers={"Authorization": "Bearer " + "x" * 48}),
+        "grants_basic_auth": req("GET", "/v1/grants", headers={"Authorization": "Basic YWRtaW46YWRtaW4="}),
+        "grants_get_no_admin_wrong_method": req("DELETE", "/v1/grants"),
+        "grants_unknown_parameter": req("GET", "/v1/grants?colour=red", headers=auth),
+        "revoke_no_key": req("POST", "/v1/revoke", headers=auth, data={}),
+        "revoke_json_body": req("POST", "/v1/revoke", headers={**auth, "Content-Type": "application/json"},
+                                data=json.dumps({"role": "deploy"})),
+        "introspect_json_body": req("POST", "/v1/introspect", headers={**auth, "Content-Type": "application/json"},
+                                    data=json.dumps({"token": "x"})),
+        "introspect_body_too_large": req("POST", "/v1/introspect", headers=auth, data={"token": "x" * 5000}),
+        "not_found_post": req("POST", "/nowhere", data={"a": "b"}),
+        "not_found_v1": req("GET", "/v1/"),
+        "not_found_under_token": req("POST", "/v1/token/extra", data={"a": "b"}),
+        "jwks_post": req("POST", "/.well-known/jwks.json", data={}),
+        "discovery_post": req("POST", "/.well-known/openid-configuration", data={}),
+        "healthz_post": req("POST", "/healthz", data={}),
+    }
+    token_form = f"grant_type={GRANT}&subject_token=x&subject_token_type={ID_TOKEN}&audience=deploy".encode()
+    for route, body in (("token", token_form), ("nonce", b"audience=deploy")):
+        path = f"/v1/{route}"
+        got[f"{route}_headers_over_16k"] = _raw(b, _with_headers(b, path, body, [("X-Big", "a" * (20 * 1024))]))
+        got[f"{route}_over_100_headers"] = _raw(b, _with_headers(b, path, body,
+                                                                 [(f"X-Pad-{i}", "a") for i in range(97)]))
+    got = mask_value(got, secrets)
+    for a in got.values():
+        # a nonce issued is 32 random bytes (the routes that answer 200 where an error might be due)
+        a["body"] = re.sub(r'"nonce":"[A-Za-z0-9_-]{43}"', '"nonce":"<nonce>"', a["body"])
+    got["audit"] = [mask_record(r, secrets) for r in b.audit()]
+    compare("http_errors", got)
