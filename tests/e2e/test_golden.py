@@ -662,3 +662,73 @@ def test_golden_http_errors_off_the_token_route(broker_factory, mock_issuer, tmp
         a["body"] = re.sub(r'"nonce":"[A-Za-z0-9_-]{43}"', '"nonce":"<nonce>"', a["body"])
     got["audit"] = [mask_record(r, secrets) for r in b.audit()]
     compare("http_errors", got)
+
+
+def test_golden_cli_grants_audit_verify_exchange(broker_factory, mock_issuer, ephemera_bin, tmp_path):
+    """The client side of the CLI: `ephemera grants` text and JSON with one grant issued (all, by
+    an empty role, with a wrong admin credential), `ephemera exchange` in each output format for
+    a JWT role (and a refusal, an unknown role, and a format the role cannot give), and `ephemera
+    audit verify` on the broker's chain and on copies with a record edited and the last record
+    dropped; and the audit lines."""
+    admin = tmp_path / "admin.token"
+    admin.write_text("golden-admin-credential-of-32-characters-or-more")
+    # the client's answers go to the CLI, not through the harness: the audit lines are pinned here
+    b = broker_factory(issuer=mock_issuer, extra_config={"admin": {"token_file": str(admin)}},
+                       check_invariants=False)
+    secrets = {b.get("/.well-known/jwks.json").json()["keys"][0]["kid"]: "<broker-kid>",
+               mock_issuer.issuer: "<issuer>", str(b.workdir): "<workdir>", str(tmp_path): "<tmp_path>",
+               hashlib.sha256(b.config_path.read_bytes()).hexdigest()[:16]: "<config-version>"}
+    t = now()
+    token_file = tmp_path / "token"
+    github_env = tmp_path / "github_env"
+    out = {}
+
+    def exchange(fmt, role="deploy", **claims):
+        token_file.write_text(mock_issuer.token(**{"iat": t - 30, "nbf": t - 30, "exp": t + 3600, **claims}))
+        env = {"GITHUB_ENV": str(github_env)} if fmt == "github-env" else None
+        return _cli(ephemera_bin, ["exchange", "--broker", b.url, "--role", role, "--token-file", str(token_file),
+                                   "--format", fmt, "--no-cache"], secrets, env=env)
+
+    out["exchange_json"] = exchange("json")
+    # the grant inventory while it holds that one credential (its id is the credential's jti)
+    [allow] = b.audit()
+    secrets[allow["credential"]["jti"]] = "<jti>"
+    grants = ["grants", "--broker", b.url, "--admin-token-file", str(admin)]
+    out["grants_text"] = _cli(ephemera_bin, grants, secrets)
+    out["grants_json"] = _cli(ephemera_bin, grants + ["--json"], secrets)
+    out["grants_release_text"] = _cli(ephemera_bin, grants + ["--role", "release"], secrets)
+    out["grants_release_json"] = _cli(ephemera_bin, grants + ["--role", "release", "--json"], secrets)
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("x" * 48)
+    out["grants_wrong_admin"] = _cli(ephemera_bin, ["grants", "--broker", b.url, "--admin-token-file", str(wrong)],
+                                     secrets)
+
+    for fmt in ("env", "gcp-executable"):
+        out[f"exchange_{fmt}"] = exchange(fmt)
+    github_env.write_text("EARLIER=1\n")
+    out["exchange_github-env"] = exchange("github-env")
+    out["exchange_github-env"]["github_env_file"] = mask(github_env.read_text(), secrets)
+    out["exchange_credential-process"] = exchange("credential-process")
+    out["exchange_refused"] = exchange("json", ref="refs/heads/dev")
+    out["exchange_unknown_role"] = exchange("json", role="nope")
+
+    lines = b.audit_path.read_text().splitlines()
+    head = Path(str(b.audit_path) + ".head").read_text()
+
+    def verify(name, new_lines):
+        # a copy with the broker's head file beside it, as the log would have it
+        p = tmp_path / f"{name}.jsonl"
+        p.write_text("\n".join(new_lines) + "\n")
+        Path(str(p) + ".head").write_text(head)
+        return _cli(ephemera_bin, ["audit", "verify", str(p)], secrets)
+
+    out["audit_verify_good"] = verify("good", lines)
+    i = next(k for k, line in enumerate(lines) if '"decision":"deny"' in line)
+    edited = list(lines)
+    edited[i] = edited[i].replace('"decision":"deny"', '"decision":"allow"', 1)
+    out["audit_verify_edited"] = verify("edited", edited)
+    out["audit_verify_last_dropped"] = verify("dropped", lines[:-1])
+    out["audit"] = [mask_record(json.loads(line), secrets) for line in lines]
+    # the hash chain's values are digests over records with times in them
+    out = json.loads(re.sub(r"\b[0-9a-f]{64}\b", "<sha256>", json.dumps(out)))
+    compare("cli_client", out)
