@@ -158,7 +158,7 @@ jwks_file = "jwks.json"
     let text = text.replace("[server]\n", &format!("[server]\nsigning_key_file = \"{}\"\n", key.display()));
     let config = Config::from_raw(toml::from_str(&text).unwrap(), dir).unwrap();
     let audit = ephemera::audit::AuditLog::open(&config.audit_path).unwrap();
-    rt.block_on(ephemera::cli::build_broker(config, Arc::new(SystemClock), Some(audit), None)).unwrap()
+    rt.block_on(ephemera::exchange::Broker::build(config, Arc::new(SystemClock), audit, None)).unwrap()
 }
 
 fn mean_ns(id: &str) -> Option<f64> {
@@ -229,7 +229,7 @@ fn main() {
                     requested_token_type: None,
                 },
                 |req| {
-                    let r = rt.block_on(b.exchange(Ok(req), "bench"));
+                    let r = rt.block_on(b.exchange_request(req, "bench"));
                     assert!(r.is_ok(), "{:?}", r.err());
                 },
                 BatchSize::SmallInput,
@@ -267,7 +267,7 @@ fn main() {
                             .into_iter()
                             .map(|req| {
                                 let b = b.clone();
-                                tokio::spawn(async move { b.exchange(Ok(req), "bench").await.is_ok() })
+                                tokio::spawn(async move { b.exchange_request(req, "bench").await.is_ok() })
                             })
                             .collect();
                         for t in tasks {
@@ -303,7 +303,7 @@ fn main() {
                     |req| {
                         let i = turn.get();
                         turn.set(i + 1);
-                        let r = rt.block_on(replicas[i % replicas.len()].exchange(Ok(req), "bench"));
+                        let r = rt.block_on(replicas[i % replicas.len()].exchange_request(req, "bench"));
                         assert!(r.is_ok(), "{:?}", r.err());
                     },
                     BatchSize::SmallInput,
@@ -329,7 +329,8 @@ fn main() {
         let workload = role.provider.profile.workload(&verified).unwrap();
         group.bench_function(format!("roles_{n}"), |bench| {
             bench.iter(|| {
-                let d = config.engine.decide(&role, &workload, &verified.claims, ISSUER, (now, now, now + 300));
+                let d =
+                    config.engine.decide(&role.policy, &workload, &verified.claims, ISSUER, (now, now, now + 300), &[]);
                 assert!(d.allow, "{:?}", d.reasons());
             })
         });

@@ -6,14 +6,12 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod audit;
 pub mod cli;
-pub mod client;
 pub mod clock;
 pub mod config;
-pub mod dev;
 pub mod exchange;
+pub mod ids;
 pub mod minting;
 pub mod policy;
 pub mod secret;

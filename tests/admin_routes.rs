@@ -18,12 +18,13 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ephemera::admin::REVOCATION_TTL;
 use ephemera::audit::AuditLog;
 use ephemera::clock::Clock;
 use ephemera::config::{Config, RawConfig};
-use ephemera::exchange::Broker;
+use ephemera::exchange::{Broker, Evaluator, REVOCATION_TTL};
 use ephemera::minting::jwt::BrokerSigner;
+use ephemera::state::StateStore;
+use ephemera::state::memory::MemoryStore;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
@@ -47,6 +48,9 @@ impl Clock for TestClock {
 struct Harness {
     _dir: tempfile::TempDir,
     broker: Arc<Broker>,
+    /// The broker's signing key, loaded a second time (the broker keeps its own private).
+    signer: BrokerSigner,
+    state: Arc<MemoryStore>,
     router: axum::Router,
     clock: Arc<TestClock>,
 }
@@ -88,16 +92,35 @@ credential = {{ kind = "jwt", audience = "https://partner.example" }}
     Config::from_raw(raw, dir).unwrap()
 }
 
-async fn harness_with(issuer: &str, signer: Option<BrokerSigner>) -> Harness {
+async fn harness_with(issuer: &str, pem: Option<&Path>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), issuer);
     // (`serve` sets the version from the file's hash; a parsed config has none)
     config.version = "0123456789abcdef".into();
+    let key_file = dir.path().join("signing-key.pem");
+    let pem = pem.unwrap_or_else(|| {
+        write_key(&key_file);
+        &key_file
+    });
     let clock = Arc::new(TestClock(AtomicI64::new(T0)));
     let audit = AuditLog::open(&config.audit_path).unwrap();
-    let broker = Arc::new(ephemera::cli::build_broker(config, clock.clone(), Some(audit), signer).await.unwrap());
+    let state = Arc::new(MemoryStore::new(1000));
+    let evaluator = Evaluator::with_state(config, clock.clone(), state.clone()).unwrap();
+    let own = BrokerSigner::from_pem_file(pem).unwrap();
+    let broker = Arc::new(Broker::with_evaluator(evaluator, audit, Some(own)).unwrap());
     let router = ephemera::server::router(broker.clone(), None);
-    Harness { _dir: dir, broker, router, clock }
+    let signer = BrokerSigner::from_pem_file(pem).unwrap();
+    Harness { _dir: dir, broker, signer, state, router, clock }
+}
+
+/// A fresh P-256 signing key, as PKCS#8 PEM.
+fn write_key(path: &Path) {
+    let key = aws_lc_rs::signature::EcdsaKeyPair::generate(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING)
+        .unwrap()
+        .to_pkcs8v1()
+        .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(key.as_ref());
+    std::fs::write(path, format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")).unwrap();
 }
 
 async fn harness() -> Harness {
@@ -115,7 +138,7 @@ fn claims(h: &Harness, ttl: i64) -> Value {
 }
 
 fn sign(h: &Harness, claims: &Value) -> String {
-    h.broker.signer.sign(claims).unwrap().expose().to_owned()
+    h.signer.sign(claims).unwrap().expose().to_owned()
 }
 
 async fn post(
@@ -213,7 +236,7 @@ async fn a_token_signed_by_another_key_is_inactive_even_with_the_brokers_kid() {
     let forged = other.sign(&c).unwrap().expose().to_owned();
     assert!(!active(&h, &forged).await);
     // the same, with the header's kid replaced by the broker's own
-    let header = json!({"alg": "ES256", "typ": "JWT", "kid": h.broker.signer.kid()}).to_string();
+    let header = json!({"alg": "ES256", "typ": "JWT", "kid": h.broker.kid()}).to_string();
     let (_, rest) = forged.split_once('.').unwrap();
     assert!(!active(&h, &format!("{}.{rest}", URL_SAFE_NO_PAD.encode(header))).await);
     // twin: the broker's own signature over the same claims
@@ -224,16 +247,10 @@ async fn a_token_signed_by_another_key_is_inactive_even_with_the_brokers_kid() {
 async fn another_issuer_is_inactive_even_under_the_brokers_key() {
     // Two brokers share one signing key; only the `iss` differs.
     let pem = tempfile::NamedTempFile::new().unwrap();
-    let key = aws_lc_rs::signature::EcdsaKeyPair::generate(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING)
-        .unwrap()
-        .to_pkcs8v1()
-        .unwrap();
-    let b64 = base64::engine::general_purpose::STANDARD.encode(key.as_ref());
-    std::fs::write(pem.path(), format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")).unwrap();
-    let signer = |p: &Path| BrokerSigner::from_pem_file(p).unwrap();
-    let h = harness_with(ISSUER, Some(signer(pem.path()))).await;
-    let other = harness_with("https://other-broker.example.com", Some(signer(pem.path()))).await;
-    assert_eq!(h.broker.signer.kid(), other.broker.signer.kid());
+    write_key(pem.path());
+    let h = harness_with(ISSUER, Some(pem.path())).await;
+    let other = harness_with("https://other-broker.example.com", Some(pem.path())).await;
+    assert_eq!(h.broker.kid(), other.broker.kid());
     let mut c = claims(&h, 300);
     assert!(active(&h, &sign(&other, &c)).await, "twin: the same key and the broker's iss");
     c["iss"] = json!("https://other-broker.example.com");
@@ -422,7 +439,7 @@ async fn grants_filter_by_role() {
         gone,
         last_second,
     ] {
-        h.broker.state.record_grant(&g, T0 - 10).await.unwrap();
+        h.state.record_grant(&g, T0 - 10).await.unwrap();
     }
     let list = |query: &'static str| {
         let req = Request::get(format!("/v1/grants{query}"))

@@ -23,8 +23,11 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ephemera::audit::AuditLog;
 use ephemera::clock::{Clock, FixedClock};
 use ephemera::config::{Config, RawConfig};
-use ephemera::exchange::{Broker, ExchangeError, ExchangeRequest, Trace};
+use ephemera::exchange::{Allowed, Broker, Evaluator, ExchangeError, ExchangeRequest, Refusal, Trace};
+use ephemera::minting::TokenResponse;
 use ephemera::secret::SubjectToken;
+use ephemera::state::StateStore;
+use ephemera::state::memory::MemoryStore;
 use ephemera_attestation::nitro::AWS_NITRO_ROOT_G1_SHA256;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -178,8 +181,35 @@ credential = {{ kind = "jwt", audience = "https://partner.example" }}
     Config::from_raw(raw, Path::new(".")).map_err(|e| e.to_string())
 }
 
-async fn broker(config: Config, clock: Arc<dyn Clock>, audit: Option<AuditLog>) -> Broker {
-    ephemera::cli::build_broker(config, clock, audit, None).await.unwrap()
+/// A broker over a memory store the test can reach (to register nonces as issued).
+struct TestBroker {
+    broker: Broker,
+    state: Arc<MemoryStore>,
+    _audit_dir: Option<tempfile::TempDir>,
+}
+
+impl TestBroker {
+    async fn evaluate(&self, req: &ExchangeRequest, at: i64) -> (Trace, Result<Allowed, ExchangeError>) {
+        self.broker.evaluator().evaluate(req, at).await
+    }
+
+    async fn exchange(&self, req: ExchangeRequest, request_id: &str) -> Result<TokenResponse, Refusal> {
+        self.broker.exchange_request(req, request_id).await
+    }
+}
+
+/// Without an audit log, one in a directory of its own (the test evaluates only).
+async fn broker(config: Config, clock: Arc<dyn Clock>, audit: Option<AuditLog>) -> TestBroker {
+    let (audit, dir) = match audit {
+        Some(a) => (a, None),
+        None => {
+            let dir = tempfile::tempdir().unwrap();
+            (AuditLog::open(&dir.path().join("audit.jsonl")).unwrap(), Some(dir))
+        }
+    };
+    let state = Arc::new(MemoryStore::new(1000));
+    let evaluator = Evaluator::with_state(config, clock, state.clone()).unwrap();
+    TestBroker { broker: Broker::with_evaluator(evaluator, audit, None).unwrap(), state, _audit_dir: dir }
 }
 
 fn request(token: String, token_type: &str) -> ExchangeRequest {
@@ -200,10 +230,12 @@ async fn evaluate(
 ) -> (Trace, Result<(String, Option<String>, i64), (&'static str, String)>) {
     let b = broker(config, Arc::new(FixedClock(at)), None).await;
     let (trace, result) = b.evaluate(&request(token, NITRO), at).await;
-    let result = result.map(|a| (a.replay_id, a.nonce, a.lifetime)).map_err(|e: ExchangeError| {
-        let r = e.response();
-        (r.reason, r.description)
-    });
+    let result = result.map(|a| (a.replay_id().to_owned(), a.nonce().map(str::to_owned), a.lifetime())).map_err(
+        |e: ExchangeError| {
+            let r = e.refusal();
+            (r.reason, r.description)
+        },
+    );
     (trace, result)
 }
 
@@ -469,7 +501,7 @@ async fn the_grant_takes_the_documents_nonce_as_a_broker_nonce() {
             let audit = AuditLog::open(&dir.path().join(format!("audit-{}-{tag}.jsonl", require_nonce.len()))).unwrap();
             broker(config, Arc::new(FixedClock(d.verify_at)), Some(audit))
         };
-        let req = || Ok(request(b64(&d.bytes), NITRO));
+        let req = || request(b64(&d.bytes), NITRO);
         // not issued by this broker: refused, even where the provider does not require a nonce
         // (a nonce the document carries is always checked)
         let b = fresh("unissued").await;
@@ -478,7 +510,7 @@ async fn the_grant_takes_the_documents_nonce_as_a_broker_nonce() {
         // registered as issued (unbound), then the grant goes through, once; the replay is named
         let b = fresh("issued").await;
         let (_, allowed) = b.evaluate(&request(b64(&d.bytes), NITRO), d.verify_at).await;
-        let nonce = allowed.unwrap().nonce.unwrap();
+        let nonce = allowed.unwrap().nonce().unwrap().to_owned();
         b.state.put_nonce(&nonce, "", d.verify_at + 60, d.verify_at).await.unwrap();
         let ok = b.exchange(req(), "t2").await.unwrap_or_else(|e| panic!("{require_nonce}: {}", e.description));
         assert!(ok.expires_in > 0 && ok.expires_in <= 300);
@@ -500,17 +532,17 @@ async fn an_expired_broker_nonce_is_refused() {
     let docs = docs(&corpus);
     let d = doc(&docs, "valid-attestation-doc-bytes_2022-10-13");
     let dir = tempfile::tempdir().unwrap();
-    let ttl = ephemera::server::NONCE_TTL;
+    let ttl = ephemera::exchange::NONCE_TTL;
     assert_eq!(ttl, 60);
     for (age, expect_ok) in [(ttl + 1, false), (ttl - 1, true)] {
         let config = nitro_config(&corpus, "", &format!("conditions = {PCRS_2022_10_13}")).unwrap();
         let audit = AuditLog::open(&dir.path().join(format!("audit-{age}.jsonl"))).unwrap();
         let b = broker(config, Arc::new(FixedClock(d.verify_at)), Some(audit)).await;
         let (_, allowed) = b.evaluate(&request(b64(&d.bytes), NITRO), d.verify_at).await;
-        let nonce = allowed.unwrap().nonce.unwrap();
+        let nonce = allowed.unwrap().nonce().unwrap().to_owned();
         let issued = d.verify_at - age;
         b.state.put_nonce(&nonce, "r", issued + ttl, issued).await.unwrap();
-        let result = b.exchange(Ok(request(b64(&d.bytes), NITRO)), "t").await;
+        let result = b.exchange(request(b64(&d.bytes), NITRO), "t").await;
         match (expect_ok, result) {
             (true, Ok(r)) => assert!(r.expires_in > 0),
             (false, Err(e)) => assert_eq!(e.reason, "nonce_invalid", "{}", e.description),
@@ -535,12 +567,12 @@ async fn without_a_nonce_a_document_is_single_use() {
     let config = nitro_config(&corpus, "require_nonce = false", conditions).unwrap();
     let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
     let b = broker(config, Arc::new(FixedClock(d.verify_at)), Some(audit)).await;
-    let ok = b.exchange(Ok(request(b64(&d.bytes), NITRO)), "t1").await.unwrap();
+    let ok = b.exchange(request(b64(&d.bytes), NITRO), "t1").await.unwrap();
     assert!(ok.expires_in > 0 && ok.expires_in <= 300);
-    assert_eq!(b.exchange(Ok(request(b64(&d.bytes), NITRO)), "t2").await.err().unwrap().reason, "token_replayed");
+    assert_eq!(b.exchange(request(b64(&d.bytes), NITRO), "t2").await.err().unwrap().reason, "token_replayed");
     let mut tagged = vec![0xd2];
     tagged.extend_from_slice(&d.bytes);
-    assert_eq!(b.exchange(Ok(request(b64(&tagged), NITRO)), "t3").await.err().unwrap().reason, "token_replayed");
+    assert_eq!(b.exchange(request(b64(&tagged), NITRO), "t3").await.err().unwrap().reason, "token_replayed");
     let records = ephemera::audit::verify_chain(&dir.path().join("audit.jsonl")).unwrap();
     assert_eq!(records, 3);
 }
@@ -582,7 +614,7 @@ const IID_SIGNATURE: &str = "QtnSJcdRubpetwhFL/ROo0gdc4dd22r19VBp5KcAIpM7k4xXKHw
 const IID_T0: i64 = 1_800_000_000;
 
 /// A broker with one aws-ec2-iid provider and role `r` (max_ttl 1h), on a clock the test moves.
-async fn iid_broker(dir: &Path) -> (Broker, Arc<SteppedClock>) {
+async fn iid_broker(dir: &Path) -> (TestBroker, Arc<SteppedClock>) {
     std::fs::write(dir.join("aws-rsa.pem"), IID_CERT).unwrap();
     let text = format!(
         r#"
@@ -620,14 +652,14 @@ fn iid_token() -> String {
 async fn an_iid_is_single_use_and_its_credential_capped() {
     let dir = tempfile::tempdir().unwrap();
     let (b, clock) = iid_broker(dir.path()).await;
-    let ok = b.exchange(Ok(request(iid_token(), EC2_IID)), "t1").await.unwrap();
+    let ok = b.exchange(request(iid_token(), EC2_IID), "t1").await.unwrap();
     assert_eq!(ok.expires_in, 300, "an IID backs five minutes at most, whatever max_ttl says");
     clock.0.store(IID_T0 + 60, Ordering::SeqCst);
-    assert_eq!(b.exchange(Ok(request(iid_token(), EC2_IID)), "t2").await.err().unwrap().reason, "token_replayed");
+    assert_eq!(b.exchange(request(iid_token(), EC2_IID), "t2").await.err().unwrap().reason, "token_replayed");
     // an IID with one added space keeps its signature no more
     let spaced = serde_json::json!({ "document": IID_DOCUMENT.replacen(" :", "  :", 1), "signature": IID_SIGNATURE })
         .to_string();
-    assert_eq!(b.exchange(Ok(request(spaced, EC2_IID)), "t3").await.err().unwrap().reason, "signature_invalid");
+    assert_eq!(b.exchange(request(spaced, EC2_IID), "t3").await.err().unwrap().reason, "signature_invalid");
     let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
     let allow: Vec<serde_json::Value> = text
         .lines()
@@ -645,9 +677,9 @@ async fn an_iid_is_single_use_and_its_credential_capped() {
 async fn an_iid_is_still_refused_after_the_credential_cap() {
     let dir = tempfile::tempdir().unwrap();
     let (b, clock) = iid_broker(dir.path()).await;
-    b.exchange(Ok(request(iid_token(), EC2_IID)), "t1").await.unwrap();
+    b.exchange(request(iid_token(), EC2_IID), "t1").await.unwrap();
     clock.0.store(IID_T0 + 400, Ordering::SeqCst);
-    let again = b.exchange(Ok(request(iid_token(), EC2_IID)), "t2").await;
+    let again = b.exchange(request(iid_token(), EC2_IID), "t2").await;
     assert_eq!(again.err().map(|e| e.reason), Some("token_replayed"), "the same IID minted a second credential");
 }
 
@@ -671,10 +703,10 @@ async fn the_nitro_example_admits_the_enclave_it_pins() {
     };
     let b = broker(load(), Arc::new(FixedClock(d.verify_at)), None).await;
     let (trace, result) = b.evaluate(&req, d.verify_at).await;
-    result.unwrap_or_else(|e| panic!("{}", e.response().description));
+    result.unwrap_or_else(|e| panic!("{}", e.refusal().description));
     assert_eq!(trace.evidence.unwrap()["iss"], format!("urn:ephemera:nitro:{AWS_NITRO_ROOT_G1_SHA256}").as_str());
     let today = now_real();
     let b = broker(load(), Arc::new(FixedClock(today)), None).await;
     let (_, result) = b.evaluate(&req, today).await;
-    assert_eq!(result.err().map(|e| e.response().reason), Some("cert_expired"));
+    assert_eq!(result.err().map(|e| e.refusal().reason), Some("cert_expired"));
 }

@@ -3,13 +3,14 @@
 //! moto (the e2e suite's STS) neither reads `Tags`/`TransitiveTagKeys` nor enforces `Policy`, so
 //! these tests put a tiny HTTP server in front of the real `AwsMinter` (real aws-sdk-sts, real
 //! SigV4, real XML parsing): it records the raw request and answers a canned STS response. The
-//! request is built by `ephemera::exchange::aws_request` from a GitHub Actions workload read by
+//! request is built by `ephemera::minting::aws::request` from a GitHub Actions workload read by
 //! the real profile, as the broker does on every exchange.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use ephemera::exchange::{ExchangeError, aws_request};
+use ephemera::exchange::ExchangeError;
 use ephemera::minting::aws::{AssumeRequest, AwsError, AwsMinter, AwsRole, sts_name};
+use ephemera::minting::{GrantFacts, MintError};
 use ephemera_providers::profile::{Profile, Workload};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -234,8 +235,21 @@ fn aws_role(endpoint: &str) -> AwsRole {
     }
 }
 
-fn build(role: &AwsRole, claims: &Map<String, Value>, lifetime: i64) -> Result<AssumeRequest, ExchangeError> {
-    aws_request(role, "deploy-prod", &workload(claims), claims, NOW, lifetime)
+fn build(role: &AwsRole, claims: &Map<String, Value>, lifetime: i64) -> Result<AssumeRequest, MintError> {
+    let workload = workload(claims);
+    let facts = GrantFacts {
+        issuer: "https://broker.example.com",
+        role: "deploy-prod",
+        provider: "gha",
+        source_issuer: "https://token.actions.githubusercontent.com",
+        workload: &workload,
+        claims,
+        cnf: None,
+        jti: "jti",
+        now: NOW,
+        lifetime,
+    };
+    ephemera::minting::aws::request(role, &facts)
 }
 
 /// `Tags.member.N.Key/Value` as (key, value) pairs in N order.
@@ -408,11 +422,12 @@ async fn a_claim_sts_would_refuse_as_a_tag_is_an_error_before_any_request() {
         let value = if claim == "ext" { json!({"note": bad}) } else { json!(bad) };
         claims.insert(claim.into(), value);
         match build(&role, &claims, 120) {
-            Err(ExchangeError::Tag(msg)) => {
+            Err(e @ MintError::Tag(_)) => {
+                let msg = e.to_string();
                 let key = if claim == "ext" { "Note" } else { "Workflow" };
                 assert!(msg.contains(key), "{msg}");
                 assert!(!msg.contains(bad), "the value is not echoed: {msg}");
-                assert_eq!(ExchangeError::Tag(msg).response().reason, "tag_invalid");
+                assert_eq!(ExchangeError::from(e).refusal().reason, "tag_invalid");
             }
             other => panic!("{bad:?}: expected a tag error, got {other:?}"),
         }

@@ -14,7 +14,7 @@ fn every_example_config_passes_check() {
         if path.extension().is_some_and(|e| e == "toml") {
             let config = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(!config.roles.is_empty(), "{}", path.display());
-            assert!(config.findings.iter().all(|f| f.severity != "error"));
+            assert!(config.findings.iter().all(|f| f.severity != ephemera::policy::Severity::Error));
             seen += 1;
         }
     }
@@ -32,7 +32,14 @@ fn the_deploy_template_refuses_privileged_triggers() {
         let claims = ephemera_providers::jose::parse_claims(&text).unwrap();
         let workload = role.provider.profile.workload_from_claims(&claims, None, "t").unwrap();
         let iss = claims["iss"].as_str().unwrap();
-        let d = config.engine.decide(role, &workload, &claims, iss, (1_800_000_000, 1_800_000_000, 1_800_000_300));
+        let d = config.engine.decide(
+            &role.policy,
+            &workload,
+            &claims,
+            iss,
+            (1_800_000_000, 1_800_000_000, 1_800_000_300),
+            &[],
+        );
         assert_eq!(d.allow, allow, "{file}: {}", d.reasons());
     }
 }

@@ -66,7 +66,7 @@ credential = {{ kind = "jwt", audience = "https://partner.example" }}
     );
     let raw: RawConfig = toml::from_str(&text).unwrap();
     let config = Config::from_raw(raw, Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
-    let broker = ephemera::cli::build_broker(config, Arc::new(FixedClock(c.at)), None, None).await.unwrap();
+    let broker = ephemera::exchange::Evaluator::build(config, Arc::new(FixedClock(c.at))).unwrap();
     let token = std::fs::read_to_string(corpus.join(c.token)).unwrap().trim().to_owned();
     let req = ExchangeRequest {
         subject_token: SubjectToken::new(token),
@@ -75,7 +75,7 @@ credential = {{ kind = "jwt", audience = "https://partner.example" }}
         requested_token_type: None,
     };
     let (_, result) = broker.evaluate(&req, c.at).await;
-    result.map(|_| ()).map_err(|e| e.response().description)
+    result.map(|_| ()).map_err(|e| e.refusal().description)
 }
 
 const GITLAB_V2: Case<'static> = Case {

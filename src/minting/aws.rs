@@ -48,6 +48,34 @@ pub struct AssumeRequest {
     pub policy_arns: Vec<String>,
 }
 
+/// The AssumeRole request for a role, a workload and a bounded lifetime. A claim the token
+/// lacks leaves its tag out; a value STS would refuse is an error, found before the assertion is
+/// spent.
+pub fn request(aws: &AwsRole, g: &super::GrantFacts<'_>) -> Result<AssumeRequest, super::MintError> {
+    let mut tags = Vec::new();
+    for (key, claim) in &aws.session_tags {
+        let value = g.workload.attributes.get(claim).cloned().or_else(|| {
+            ephemera_providers::profile::lookup(g.claims, claim).and_then(ephemera_providers::profile::scalar_text)
+        });
+        if let Some(v) = value {
+            check_tag(key, &v).map_err(super::MintError::Tag)?;
+            tags.push((key.clone(), v));
+        }
+    }
+    let source_identity = sts_name(&g.workload.subject, 64);
+    Ok(AssumeRequest {
+        role_arn: aws.role_arn.clone(),
+        session_name: sts_name(&format!("{}/{}", g.role, g.workload.task), 64),
+        source_identity: if source_identity.len() < 2 { format!("{source_identity}--") } else { source_identity },
+        duration_seconds: duration_for(g.lifetime),
+        policy: session_policy(aws.statements.as_deref(), &crate::clock::rfc3339(g.now + g.lifetime)),
+        tags,
+        transitive_tag_keys: aws.transitive_tag_keys.clone(),
+        external_id: aws.external_id.clone(),
+        policy_arns: aws.policy_arns.clone(),
+    })
+}
+
 /// Minted AWS credentials. `Debug` redacts the secret parts.
 pub struct AwsSession {
     pub access_key_id: String,
@@ -212,7 +240,8 @@ pub struct AwsMinter {
 impl AwsMinter {
     /// The SDK's standard configuration (credential chain, region, endpoint overrides), loaded
     /// when the first session is minted.
-    pub async fn from_env() -> Self {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
         AwsMinter { shared: tokio::sync::OnceCell::new() }
     }
 

@@ -167,14 +167,25 @@ impl BrokerSigner {
     }
 }
 
-/// Random bytes as URL-safe base64 (ids, `jti`s).
-pub fn random_id(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    // aws-lc's DRBG; failure here means the process cannot produce ids at all.
-    if aws_lc_rs::rand::fill(&mut buf).is_err() {
-        tracing::error!("system randomness unavailable");
+/// The claim set of a broker JWT, with an RFC 7800 `cnf` when the evidence bound a key.
+pub(crate) fn claims(audience: &str, g: &super::GrantFacts<'_>) -> Value {
+    let mut claims = json!({
+        "iss": g.issuer,
+        "sub": g.workload.subject,
+        "aud": audience,
+        "iat": g.now,
+        "nbf": g.now,
+        "exp": g.now + g.lifetime,
+        "jti": g.jti,
+        "role": g.role,
+        "provider": g.provider,
+        "src_iss": g.source_issuer,
+        "task": g.workload.task,
+    });
+    if let (Some((member, value)), Some(obj)) = (g.cnf, claims.as_object_mut()) {
+        obj.insert("cnf".into(), json!({ *member: value }));
     }
-    URL_SAFE_NO_PAD.encode(buf)
+    claims
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Broker state that must be shared and never guessed: which assertions were already used.
-//! Every check-and-set is one atomic operation; a store that cannot answer makes the exchange
-//! fail closed.
+//! Broker state that must be shared and never guessed: which assertions were already used, the
+//! outstanding broker nonces, the revocations in force and the inventory of grants. Every
+//! check-and-set is one atomic operation; a store that cannot answer makes the exchange fail
+//! closed.
 
 pub mod memory;
 pub mod redis;
@@ -40,6 +41,28 @@ pub struct Grant {
     pub kind: String,
     pub issued_at: i64,
     pub expires_at: i64,
+}
+
+/// What a revocation names, as stored: `task:ID`, `jti:ID`, `subject:S`, `role:R`, `issuer:I`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationKey {
+    Task(String),
+    Jti(String),
+    Subject(String),
+    Role(String),
+    Issuer(String),
+}
+
+impl std::fmt::Display for RevocationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RevocationKey::Task(v) => write!(f, "task:{v}"),
+            RevocationKey::Jti(v) => write!(f, "jti:{v}"),
+            RevocationKey::Subject(v) => write!(f, "subject:{v}"),
+            RevocationKey::Role(v) => write!(f, "role:{v}"),
+            RevocationKey::Issuer(v) => write!(f, "issuer:{v}"),
+        }
+    }
 }
 
 pub type StateFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StateError>> + Send + 'a>>;

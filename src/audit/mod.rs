@@ -22,6 +22,21 @@ pub struct CredentialRecord {
     pub expires_at: i64,
 }
 
+/// What an audit record records (serialised as `allow`, `deny`, `mint_failed`, `revoke`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A credential was allowed; the record is durable before the credential exists.
+    Allow,
+    /// Refused: the reason says why; nothing left the broker.
+    #[default]
+    Deny,
+    /// Allowed and audited, but the credential could not be made: none was returned.
+    MintFailed,
+    /// A task, credential, subject, role or issuer was revoked.
+    Revoke,
+}
+
 /// One decision.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct AuditRecord {
@@ -31,9 +46,8 @@ pub struct AuditRecord {
     pub decision_id: String,
     /// The config (policy) version in force.
     pub policy_version: String,
-    /// `allow`, `deny`, or `mint_failed` (allowed and audited, but the credential could not be
-    /// made: none was returned).
-    pub decision: &'static str,
+    /// What was decided.
+    pub decision: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -280,7 +294,8 @@ mod tests {
             .map(|i| {
                 let log = log.clone();
                 tokio::spawn(async move {
-                    let rec = AuditRecord { decision: "allow", request_id: format!("r{i}"), ..Default::default() };
+                    let rec =
+                        AuditRecord { decision: Outcome::Allow, request_id: format!("r{i}"), ..Default::default() };
                     log.append(rec, true).await
                 })
             })
@@ -304,12 +319,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.jsonl");
         let log = AuditLog::open(&path).unwrap();
-        for d in ["allow", "deny", "deny"] {
+        for d in [Outcome::Allow, Outcome::Deny, Outcome::Deny] {
             log.append(AuditRecord { decision: d, ..Default::default() }, true).await.unwrap();
         }
         // reopening continues the chain and the head
         let log = AuditLog::open(&path).unwrap();
-        log.append(AuditRecord { decision: "allow", ..Default::default() }, true).await.unwrap();
+        log.append(AuditRecord { decision: Outcome::Allow, ..Default::default() }, true).await.unwrap();
         assert_eq!(verify_chain(&path), Ok(4));
         let original = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = original.lines().collect();

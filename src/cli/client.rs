@@ -30,7 +30,7 @@
 //! Exit codes: 0 ok, 1 the broker refused or could not be reached (its `error_description` on
 //! stderr), 2 usage (no assertion, bad arguments).
 
-use crate::cli::outln;
+use super::output::outln;
 use crate::secret::SubjectToken;
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};

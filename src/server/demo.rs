@@ -1,4 +1,4 @@
-//! `ephemera dev`: the broker on embedded defaults, for trying it on one machine. NOT for
+//! The demo OIDC issuer of `ephemera dev` (the command is `cli/dev.rs`). NOT for
 //! production: the demo issuer signs any claims it is asked to, state is in memory, keys are
 //! generated at start and forgotten at exit.
 //!
@@ -6,7 +6,8 @@
 //! `POST /demo/token`, which signs a GitHub-Actions-shaped ID token). The broker trusts it
 //! through the same config path as any provider, with its keys pinned.
 
-use crate::minting::jwt::{BrokerSigner, random_id};
+use crate::ids::random_id;
+use crate::minting::jwt::BrokerSigner;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;

@@ -1,0 +1,212 @@
+//! Configuration in two stages: [`RawConfig`] is what TOML says (unknown keys refused), and
+//! [`Config`] is everything resolved, parsed and checked. Every problem is reported in one run,
+//! each naming its key; a config with any problem never starts a server.
+//!
+//! | file | holds |
+//! |---|---|
+//! | `raw.rs` | every `Raw*` serde type: the TOML shape, no logic |
+//! | `defaults.rs` | every default and bound, by name |
+//! | `server.rs` | `[server]`, `[state]`, `[jwks]`, `[admin]`, `[bench]` |
+//! | `provider.rs` | `[[providers]]`: OIDC issuers and attestation verifiers |
+//! | `role.rs` | `[[roles]]`: conditions compiled by `policy`, credentials checked for `minting` |
+
+mod defaults;
+mod provider;
+mod raw;
+mod role;
+mod server;
+
+pub use provider::{Attestor, Provider};
+pub use raw::*;
+pub use role::Role;
+pub use server::{AdminToken, Detail, Safety, ServerSettings, StateBackend};
+
+use crate::policy::{Finding, PolicyEngine};
+use ephemera_providers::cache::CacheSettings;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The checked configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub state: StateBackend,
+    pub audit_path: PathBuf,
+    pub cache: CacheSettings,
+    /// Issuer hostnames may resolve to non-public addresses.
+    pub allow_private_addresses: bool,
+    pub providers: Vec<Arc<Provider>>,
+    pub roles: HashMap<String, Arc<Role>>,
+    /// The schema, guardrails and request builder every role's decision goes through.
+    pub engine: PolicyEngine,
+    /// Lint warnings (errors refuse the config).
+    pub findings: Vec<Finding>,
+    /// SHA-256 (first 16 hex digits) of the config file: in every audit record and in `explain`.
+    pub version: String,
+    /// IAM Credentials base URL (default Google's).
+    pub gcp_iam_url: Option<String>,
+    /// The admin bearer credential, when configured.
+    pub admin_token: Option<AdminToken>,
+    /// Where the admin routes listen, when apart.
+    pub admin_listen: Option<SocketAddr>,
+    /// Both on, except in a `bench-knobs` build whose config says otherwise.
+    pub safety: Safety,
+}
+
+/// Every problem found in a config, each naming its key.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for e in &self.0 {
+            writeln!(f, "config error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses a duration like `15m`, `60s`, `1h`.
+pub fn parse_duration(key: &str, v: &str, errs: &mut Vec<String>) -> Option<Duration> {
+    match humantime::parse_duration(v) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            errs.push(format!("{key}: invalid duration `{v}` ({e})"));
+            None
+        }
+    }
+}
+
+pub(crate) fn opt_secs(key: &str, v: &Option<String>, default: u64, errs: &mut Vec<String>) -> u64 {
+    v.as_deref().and_then(|v| parse_duration(key, v, errs)).map_or(default, |d| d.as_secs())
+}
+
+impl Config {
+    /// Reads and checks a config file. Relative paths in it are relative to the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let raw: RawConfig = toml::from_str(&text)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {}", path.display(), e.to_string().trim())]))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config = Config::from_raw(raw, base)?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+        config.version = ephemera_providers::verify::hex(&digest.as_ref()[..8]);
+        Ok(config)
+    }
+
+    /// Checks a parsed config; `base` resolves relative paths. Each section is checked by its own
+    /// builder, in the order of the file; every problem of every section is reported.
+    pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
+        let mut errs = Vec::new();
+        let resolve = |p: &Path| {
+            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+        };
+        let server = ServerSettings::from_raw(&raw.server, &resolve, &mut errs);
+        let state = StateBackend::from_raw(&raw.state, &mut errs);
+        let cache = server::cache_settings(&raw.jwks, &mut errs);
+        let providers = provider::build_all(&raw.providers, &server.issuer, &resolve, &mut errs);
+        let engine = role::engine(&raw, &mut errs);
+        let (admin_token, admin_listen) = server::admin(&raw.admin, &resolve, &mut errs);
+        let (roles, findings) = role::build_all(&raw, &providers, engine.as_ref(), &mut errs);
+        if matches!(state, StateBackend::Redis { .. }) && server.signing_key_file.is_none() {
+            errs.push("server.signing_key_file: required with the redis backend: replicas must sign with one key, or partners (and introspection) meet tokens their JWKS does not verify".into());
+        }
+        let safety = server::safety(raw.bench, &mut errs);
+        match (errs.is_empty(), engine) {
+            (true, Some(engine)) => Ok(Config {
+                server,
+                state,
+                audit_path: resolve(&raw.audit.path),
+                cache,
+                allow_private_addresses: raw.jwks.allow_private_addresses,
+                providers,
+                roles,
+                engine,
+                findings,
+                version: String::new(),
+                gcp_iam_url: raw.gcp.iam_credentials_url.clone(),
+                admin_token,
+                admin_listen,
+                safety,
+            }),
+            _ => Err(ConfigErrors(errs)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ephemera_providers::cache::KeySource;
+
+    fn load(text: &str) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        Config::from_raw(raw, Path::new("."))
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+issuer = "https://broker.example.com"
+[audit]
+path = "audit.jsonl"
+[[providers]]
+name = "ci"
+profile = "oidc"
+issuer = "https://ci.example.com"
+audiences = ["https://broker.example.com"]
+[[roles]]
+name = "deploy"
+provider = "ci"
+max_ttl = "15m"
+conditions = { sub = "repo:acme/app:ref:refs/heads/main" }
+credential = { kind = "jwt", audience = "https://partner.example" }
+"#;
+
+    #[test]
+    fn good_config_loads() {
+        let c = load(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.roles["deploy"].max_ttl, Duration::from_secs(900));
+        assert!(matches!(c.providers[0].source, KeySource::Discovery { .. }));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let bad = GOOD
+            .replace("\"15m\"", "\"fifteen\"")
+            .replace("https://ci.example.com", "http://ci.example.com")
+            .replace("provider = \"ci\"", "provider = \"nope\"");
+        let errs = load(&bad).err().map(|e| e.0).unwrap_or_default();
+        let all = errs.join("\n");
+        assert!(all.contains("max_ttl: invalid duration `fifteen`"), "{all}");
+        assert!(all.contains("providers[0] (`ci`).issuer"), "{all}");
+        assert!(all.contains("provider: no provider named `nope`"), "{all}");
+    }
+
+    #[test]
+    fn bench_switches_need_the_bench_build() {
+        let c = load(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.safety, Safety::default());
+        assert_eq!(c.safety, Safety { replay: true, audit: true });
+        let off = format!("{GOOD}\n[bench]\nreplay = false\naudit = false\n");
+        match load(&off) {
+            Ok(c) if cfg!(feature = "bench-knobs") => assert_eq!(c.safety, Safety { replay: false, audit: false }),
+            Err(e) if !cfg!(feature = "bench-knobs") => assert!(e.0.join("").contains("bench-knobs"), "{e}"),
+            other => panic!("{:?}", other.map(|c| c.safety)),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_hmac_and_own_issuer_are_refused() {
+        assert!(load(&GOOD.replace("[audit]", "[audit]\ncolour = \"red\"")).is_err());
+        let hs = GOOD.replace("audiences = [", "algorithms = [\"HS256\"]\naudiences = [");
+        assert!(load(&hs).err().map(|e| e.0.join("")).unwrap_or_default().contains("HS256"));
+        let own = GOOD.replace("https://ci.example.com", "https://broker.example.com");
+        assert!(load(&own).err().map(|e| e.0.join("")).unwrap_or_default().contains("broker's own issuer"));
+    }
+}

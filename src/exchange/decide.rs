@@ -1,0 +1,92 @@
+//! Stages 4–6: the revocations in force for the workload, the role's policy decision taken now,
+//! and the credential's lifetime. [`Allowed`] is the only way into the grant, and it carries the
+//! lifetime: nothing is read back from the trace.
+
+use super::error::ExchangeError;
+use super::trace::Trace;
+use super::workload::{Facts, Subject};
+use crate::config::{Config, Role};
+use crate::state::{RevocationKey, StateStore};
+use ephemera_providers::profile::Workload;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// An exchange that passed every check and the policy, at `now`. Only [`decide`] makes one;
+/// the grant requires it.
+#[derive(Debug)]
+pub struct Allowed {
+    subject: Subject,
+    lifetime: i64,
+    now: i64,
+}
+
+impl Allowed {
+    /// Seconds the credential will live.
+    pub fn lifetime(&self) -> i64 {
+        self.lifetime
+    }
+
+    /// What single use is keyed by.
+    pub fn replay_id(&self) -> &str {
+        &self.subject.facts.replay_id
+    }
+
+    /// The broker nonce the document carried, to be consumed with the grant.
+    pub fn nonce(&self) -> Option<&str> {
+        self.subject.facts.nonce.as_deref()
+    }
+
+    /// The workload the decision was taken for.
+    pub fn workload(&self) -> &Workload {
+        &self.subject.workload
+    }
+
+    pub(super) fn into_parts(self) -> (Arc<Role>, Workload, Map<String, Value>, Facts, i64, i64) {
+        let Subject { role, workload, claims, facts } = self.subject;
+        (role, workload, claims, facts, self.lifetime, self.now)
+    }
+}
+
+/// The revocation keys in force for this workload: its task, subject, role and issuer.
+async fn revocations(
+    state: &dyn StateStore,
+    role: &Role,
+    workload: &Workload,
+    iss: &str,
+    now: i64,
+) -> Result<Vec<String>, ExchangeError> {
+    let keys = [
+        RevocationKey::Task(workload.task.clone()),
+        RevocationKey::Subject(workload.subject.clone()),
+        RevocationKey::Role(role.name.clone()),
+        RevocationKey::Issuer(iss.to_owned()),
+    ]
+    .map(|k| k.to_string());
+    state.revoked(&keys, now).await.map_err(ExchangeError::State)
+}
+
+/// Stages 4–6. Writes the decision and the lifetime into `trace`.
+pub(super) async fn decide(
+    state: &dyn StateStore,
+    config: &Config,
+    subject: Subject,
+    now: i64,
+    trace: &mut Trace,
+) -> Result<Allowed, ExchangeError> {
+    let role = &subject.role;
+    let (iat, exp) = (subject.facts.issued_at, subject.facts.not_after);
+    let iss = subject.claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
+    let revoked = revocations(state, role, &subject.workload, iss, now).await?;
+    let decision =
+        config.engine.decide(&role.policy, &subject.workload, &subject.claims, iss, (now, iat, exp), &revoked);
+    trace.decision = Some(decision.clone());
+    if !decision.allow {
+        return Err(ExchangeError::Denied { role: role.name.clone(), decision: Box::new(decision) });
+    }
+    let lifetime = (role.max_ttl.as_secs() as i64).min(exp - now);
+    trace.lifetime = Some(lifetime.max(0));
+    if lifetime <= 0 {
+        return Err(ExchangeError::NoLifetimeLeft { exp, now });
+    }
+    Ok(Allowed { subject, lifetime, now })
+}

@@ -1,0 +1,121 @@
+//! Stages 7–8: spend the assertion, make the allow record durable, record the grant, mint.
+//!
+//! The order is the broker's promise: the credential's request is planned (and checked) before
+//! the assertion is spent; the assertion is spent (and a broker nonce taken) before anything is
+//! recorded; the allow record is durable before any credential exists outside the broker; the
+//! inventory knows the grant before the credential leaves.
+
+use super::Broker;
+use super::decide::Allowed;
+use super::error::ExchangeError;
+use crate::audit::{AuditRecord, CredentialRecord, Outcome};
+use crate::config::Config;
+use crate::ids::random_id;
+use crate::minting::{GrantFacts, TokenResponse};
+use crate::state::{Grant, Mark};
+
+impl Broker {
+    /// Grants what `allowed` allows, recording it in `rec`.
+    pub(super) async fn grant(
+        &self,
+        config: &Config,
+        allowed: Allowed,
+        rec: &mut AuditRecord,
+    ) -> Result<TokenResponse, ExchangeError> {
+        let (role, workload, claims, facts, lifetime, now) = allowed.into_parts();
+        let exp = now + lifetime;
+        let jti = random_id(16);
+        // Cloud requests are built (and their tags validated) before the assertion is spent.
+        let plan = self.minters.plan(
+            &role.credential,
+            &GrantFacts {
+                issuer: &config.server.issuer,
+                role: &role.name,
+                provider: &role.provider.name,
+                source_issuer: &facts.issuer,
+                workload: &workload,
+                claims: &claims,
+                cnf: facts.cnf.as_ref(),
+                jti: &jti,
+                now,
+                lifetime,
+            },
+        )?;
+        rec.replayable = facts.replayable;
+        let kind = role.credential.kind();
+        let grant = Grant {
+            id: jti.clone(),
+            subject: workload.subject.clone(),
+            task: workload.task.clone(),
+            role: role.name.clone(),
+            kind: kind.as_str().to_owned(),
+            issued_at: now,
+            expires_at: exp,
+        };
+        // Without a nonce to take, the grant goes into the inventory with the replay mark (one
+        // round trip); with one, only once the nonce has been taken, so no refused exchange
+        // leaves a grant behind.
+        let grant_with_mark = facts.nonce.is_none() && config.safety.replay;
+        if config.safety.replay {
+            // (a bench-knobs build told to skip single use does not spend)
+            self.spend(&facts.replay_id, facts.replay_until, now, facts.issued_at, grant_with_mark.then_some(&grant))
+                .await?;
+        }
+        // After the replay mark, so a replayed document is called what it is (`token_replayed`).
+        // A broker nonce is consumed atomically: unknown, expired, already used, or issued for
+        // another role, it is refused.
+        if let Some(n) = &facts.nonce {
+            match self.evaluator.state.take_nonce(n, now).await {
+                Ok(Some(binding)) if binding.is_empty() || binding == role.name => {}
+                Ok(Some(_)) => return Err(ExchangeError::NonceInvalid("the nonce was issued for another role")),
+                Ok(None) => return Err(ExchangeError::NonceInvalid("the nonce is unknown, expired or already used")),
+                Err(e) => return Err(ExchangeError::State(e)),
+            }
+        }
+        rec.decision = Outcome::Allow;
+        rec.credential = Some(CredentialRecord { kind: kind.as_str(), jti: jti.clone(), expires_at: exp });
+        // INVARIANT: the allow record is durable before any credential exists outside the broker.
+        if config.safety.audit {
+            self.audit.append(rec.clone(), true).await.map_err(ExchangeError::Audit)?;
+        }
+        // The grant inventory knows every credential before it exists outside the broker.
+        if !grant_with_mark {
+            self.evaluator.state.record_grant(&grant, now).await.map_err(ExchangeError::State)?;
+        }
+        match self.minters.mint(plan).await {
+            Ok(resp) => {
+                tracing::debug!(request_id = %rec.request_id, decision_id = %rec.decision_id, role = %role.name, jti = %jti, expires_in = lifetime, "credential issued");
+                Ok(resp)
+            }
+            Err(e) => {
+                let err = ExchangeError::from(e);
+                let mut failed = rec.clone();
+                failed.decision = Outcome::MintFailed;
+                failed.reason = Some(err.refusal().reason);
+                failed.detail = Some(err.detail());
+                if let Err(ae) = self.audit.append(failed, true).await {
+                    tracing::error!(error = %ae, "audit write failed for mint_failed");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Spends an assertion: marks it used, atomically, unless it already was or was issued
+    /// before the store's memory began. The one place a replay mark is read.
+    pub(super) async fn spend(
+        &self,
+        replay_id: &str,
+        until: i64,
+        now: i64,
+        issued_at: i64,
+        grant: Option<&Grant>,
+    ) -> Result<(), ExchangeError> {
+        match self.evaluator.state.mark_used(replay_id, until, now, issued_at, grant).await {
+            Ok(Mark::Fresh) => Ok(()),
+            Ok(Mark::AlreadyUsed) => Err(ExchangeError::Replayed),
+            Ok(Mark::EpochReset { since }) => Err(ExchangeError::ReplayStateReset { since }),
+            Err(e) => Err(ExchangeError::State(e)),
+        }
+    }
+}

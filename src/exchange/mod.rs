@@ -1,0 +1,311 @@
+//! The exchange pipeline: one RFC 8693 request in, one credential (or one refusal) out, every
+//! step taken now. It knows no HTTP; the server maps its [`Refusal`]s to status codes.
+//!
+//! ```text
+//! form ─request.rs─▶ ExchangeRequest ─verify.rs─▶ Verified ─workload.rs─▶ Subject ─decide.rs─▶ Allowed ─grant.rs─▶ TokenResponse
+//!                     (parse_form)     token or       workload, claims,    policy now,    spend, audit,
+//!                                      evidence       single-use facts     lifetime       inventory, mint
+//! ```
+//!
+//! Each arrow is a function that takes the previous stage's type by value and is the only maker
+//! of the next one, whose fields are private to the pipeline: skipping a stage, or minting without
+//! a decision, does not compile. Every stage writes the [`Trace`] (for `explain` and the audit
+//! record); no stage reads it back.
+//!
+//! [`Evaluator`] runs stages 1–6 with no side effect (it reads revocations, nothing else): the
+//! server's exchange and `explain` both call it, so an explanation is the server's decision, not a
+//! re-creation. [`Broker`] is an evaluator plus what granting needs: the audit log and the
+//! minters. `revocation.rs` and `nonce.rs` hold the admin and freshness operations the server's
+//! other routes call.
+
+mod build;
+mod decide;
+mod error;
+mod grant;
+mod nonce;
+mod request;
+mod revocation;
+mod trace;
+mod verify;
+mod workload;
+
+pub use decide::Allowed;
+pub use error::{Class, ExchangeError, Refusal, oauth_charset};
+pub use nonce::{NONCE_TTL, Nonce};
+pub use request::{
+    ATTESTATION_TOKEN_TYPES, ExchangeRequest, GRANT_TOKEN_EXCHANGE, MAX_FORM_FIELDS, RequestProblem,
+    TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, parse_admin_form, parse_form,
+};
+pub use revocation::{Introspection, REVOCATION_TTL, RevokeBy, Revoked};
+pub use trace::{CheckOutcome, CheckStatus, TokenSummary, Trace};
+pub use workload::REPLAYABLE_MEMORY;
+
+use crate::audit::{AuditLog, AuditRecord, Outcome};
+use crate::clock::{Clock, rfc3339};
+use crate::config::{Config, Detail};
+use crate::ids::random_id;
+use crate::minting::{Minters, TokenResponse};
+use crate::state::StateStore;
+use ephemera_providers::KeyCache;
+use ephemera_providers::error::escape_untrusted;
+use std::sync::Arc;
+
+/// Stages 1–6 without side effects: what `explain` holds, and the first half of every exchange.
+#[derive(Debug)]
+pub struct Evaluator {
+    /// The config in force; replaced whole by a reload, read once per exchange.
+    config: arc_swap::ArcSwap<Config>,
+    keys: KeyCache,
+    state: Arc<dyn StateStore>,
+    clock: Arc<dyn Clock>,
+}
+
+/// The broker: an evaluator, the audit log and the minters.
+#[derive(Debug)]
+pub struct Broker {
+    evaluator: Evaluator,
+    audit: AuditLog,
+    minters: Minters,
+}
+
+impl Evaluator {
+    /// The config in force now (one snapshot: use it for the whole of one exchange).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The broker's clock, now.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// Is the state store answering? (For Redis: connect and start the epoch now.)
+    pub async fn state_ready(&self) -> Result<(), crate::state::StateError> {
+        self.state.ready().await
+    }
+
+    /// Steps 1–6 of the exchange, without side effects: classify, verify, profile, decide, bound.
+    pub async fn evaluate(&self, req: &ExchangeRequest, now: i64) -> (Trace, Result<Allowed, ExchangeError>) {
+        self.evaluate_under(&self.config(), req, now).await
+    }
+
+    /// [`Evaluator::evaluate`] under one config snapshot: a reload never mixes two configs (a
+    /// role of one with the policy engine of another) within one exchange.
+    async fn evaluate_under(
+        &self,
+        config: &Config,
+        req: &ExchangeRequest,
+        now: i64,
+    ) -> (Trace, Result<Allowed, ExchangeError>) {
+        let mut trace = Trace::new(&req.role, now, &config.version);
+        let result = async {
+            let verified = verify::verify(&self.keys, config, req, now, &mut trace).await?;
+            let subject = workload::workload(verified, now, &mut trace)?;
+            decide::decide(self.state.as_ref(), config, subject, now, &mut trace).await
+        }
+        .await;
+        (trace, result)
+    }
+
+    /// `explain --claims`: the profile and policy steps on a synthetic claim set (no signature,
+    /// no verification), for writing roles before any token exists.
+    pub async fn evaluate_claims(
+        &self,
+        role_name: &str,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        now: i64,
+    ) -> (Trace, Result<(), ExchangeError>) {
+        let config = self.config();
+        let mut trace = Trace::new(role_name, now, &config.version);
+        let result = async {
+            let role = verify::role(&config, role_name)?;
+            trace.provider = Some(role.provider.name.clone());
+            trace.profile = Some(role.provider.profile.name());
+            let subject = workload::from_claims(role, claims, now, &mut trace)?;
+            decide::decide(self.state.as_ref(), &config, subject, now, &mut trace).await.map(|_| ())
+        }
+        .await;
+        (trace, result)
+    }
+}
+
+impl Broker {
+    /// The evaluator (steps 1–6) this broker grants on.
+    pub fn evaluator(&self) -> &Evaluator {
+        &self.evaluator
+    }
+
+    /// The config in force now (one snapshot: use it for the whole of one exchange).
+    pub fn config(&self) -> Arc<Config> {
+        self.evaluator.config()
+    }
+
+    /// The broker's public keys (its JWKS document).
+    pub fn jwks(&self) -> serde_json::Value {
+        self.minters.signer().jwks()
+    }
+
+    /// The algorithm broker JWTs are signed with.
+    pub fn signing_algorithm(&self) -> jsonwebtoken::Algorithm {
+        self.minters.signer().algorithm()
+    }
+
+    /// The key id broker JWTs are signed under.
+    pub fn kid(&self) -> &str {
+        self.minters.signer().kid()
+    }
+
+    /// Can the broker grant now: (the state store answers, the audit log is writable).
+    pub async fn ready(&self) -> (bool, bool) {
+        (self.evaluator.state_ready().await.is_ok(), self.audit.ready())
+    }
+
+    /// Replaces the config for every exchange that starts from now on. Listener, state, audit
+    /// and key-cache settings are fixed at start; a change to them is reported, not applied: the
+    /// config in force keeps the running ones, so a later reload compares with what runs.
+    pub fn reload(&self, mut new: Config) -> Vec<String> {
+        let old = self.config();
+        let mut ignored = Vec::new();
+        if new.server.listen != old.server.listen {
+            ignored.push("server.listen".to_owned());
+            new.server.listen = old.server.listen;
+        }
+        if new.admin_listen != old.admin_listen {
+            ignored.push("admin.listen".to_owned());
+            new.admin_listen = old.admin_listen;
+        }
+        if new.audit_path != old.audit_path {
+            ignored.push("audit.path".to_owned());
+            new.audit_path = old.audit_path.clone();
+        }
+        if new.state != old.state {
+            ignored.push("state".to_owned());
+            new.state = old.state.clone();
+        }
+        if new.cache != old.cache || new.allow_private_addresses != old.allow_private_addresses {
+            ignored.push("jwks".to_owned());
+            new.cache = old.cache.clone();
+            new.allow_private_addresses = old.allow_private_addresses;
+        }
+        self.evaluator.config.store(Arc::new(new));
+        ignored
+    }
+
+    /// The whole exchange of one RFC 8693 form body: evaluate now, spend the assertion, audit
+    /// durably, mint, answer. Every refusal is audited and described at the config's disclosure
+    /// level, with the decision id.
+    pub async fn exchange(&self, form: &[u8], request_id: &str) -> Result<TokenResponse, Refusal> {
+        self.run(parse_form(form), request_id).await
+    }
+
+    /// [`Broker::exchange`] of a request parsed elsewhere (the benches, embedding).
+    pub async fn exchange_request(&self, req: ExchangeRequest, request_id: &str) -> Result<TokenResponse, Refusal> {
+        self.run(Ok(req), request_id).await
+    }
+
+    async fn run(
+        &self,
+        req: Result<ExchangeRequest, ExchangeError>,
+        request_id: &str,
+    ) -> Result<TokenResponse, Refusal> {
+        let now = self.evaluator.clock.now();
+        let config = self.config();
+        let mut rec = self.draft(&config, request_id, now);
+        let outcome = match req {
+            Err(e) => Err(e),
+            Ok(req) => {
+                tracing::trace!(request_id, role = %escape_untrusted(&req.role, 64), token_bytes = req.subject_token.len(), "exchange request parsed");
+                rec.role = Some(escape_untrusted(&req.role, 64));
+                // Verification (and any issuer fetch it needs) runs under the request timeout, so a
+                // slow issuer ends in an answered, audited 503; granting is bounded by its own calls.
+                let limit = config.server.request_timeout;
+                let evaluated = tokio::time::timeout(limit, self.evaluator.evaluate_under(&config, &req, now)).await;
+                let (trace, result) = match evaluated {
+                    Ok(r) => r,
+                    Err(_) => (Trace::default(), Err(ExchangeError::Timeout(limit.as_secs()))),
+                };
+                trace.audit_facts(&mut rec);
+                tracing::trace!(
+                    request_id,
+                    provider = ?trace.provider,
+                    checks_passed = trace.checks.iter().filter(|c| c.status == CheckStatus::Pass).count(),
+                    allow = result.is_ok(),
+                    "exchange evaluated"
+                );
+                match result {
+                    Ok(allowed) => self.grant(&config, allowed, &mut rec).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match outcome {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                // A failed mint was audited by `grant` (mint_failed); every other error is a deny.
+                let audited = matches!(e, ExchangeError::Mint(_) | ExchangeError::Upstream(_));
+                let public = match config.server.detail {
+                    Detail::Full => e.refusal().description,
+                    Detail::Reason => e.reason_only(),
+                    Detail::None => e.refusal().reason.to_owned(),
+                };
+                let detail = (!audited).then(|| e.detail());
+                Err(self.deny(&config, rec, e.refusal(), detail, public).await)
+            }
+        }
+    }
+
+    /// Audits a refusal the server found before any form was read (rate, size, method, media
+    /// type, query string) and describes it at the config's disclosure level, like any other.
+    pub async fn refuse(&self, refusal: Refusal, request_id: &str) -> Refusal {
+        let now = self.evaluator.clock.now();
+        let config = self.config();
+        let rec = self.draft(&config, request_id, now);
+        let public = match config.server.detail {
+            Detail::Full | Detail::Reason => refusal.description.clone(),
+            Detail::None => refusal.reason.to_owned(),
+        };
+        let detail = Some(refusal.description.clone());
+        self.deny(&config, rec, refusal, detail, public).await
+    }
+
+    /// The audit record of one exchange, before anything is known of it.
+    fn draft(&self, config: &Config, request_id: &str, now: i64) -> AuditRecord {
+        AuditRecord {
+            time: rfc3339(now),
+            ts: now,
+            request_id: request_id.to_owned(),
+            decision_id: random_id(12),
+            policy_version: config.version.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Records a deny (when `detail` is given: a failed mint was recorded already) and answers
+    /// with `public` and the decision id.
+    async fn deny(
+        &self,
+        config: &Config,
+        mut rec: AuditRecord,
+        mut refusal: Refusal,
+        detail: Option<String>,
+        public: String,
+    ) -> Refusal {
+        let decision_id = rec.decision_id.clone();
+        let request_id = rec.request_id.clone();
+        if let Some(detail) = detail {
+            rec.decision = Outcome::Deny;
+            rec.reason = Some(refusal.reason);
+            rec.detail = Some(detail);
+            rec.credential = None;
+            // A deny is recorded but not fsynced: nothing leaves the broker on a deny.
+            if config.safety.audit
+                && let Err(ae) = self.audit.append(rec, false).await
+            {
+                tracing::error!(error = %ae, "audit write failed for a deny");
+            }
+        }
+        refusal.description = format!("{public} (decision {decision_id})");
+        tracing::debug!(request_id, decision_id, reason = refusal.reason, "exchange denied");
+        refusal
+    }
+}

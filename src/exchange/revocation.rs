@@ -1,0 +1,198 @@
+//! Ending tasks and knowing who holds what: revoke, introspect (RFC 7662) and the grant
+//! inventory. The server's admin routes (`server/admin.rs`) authenticate and call these.
+//!
+//! - Revoke: an admin revokes by `task`, `jti`, `subject`, `role` or `issuer`; a workload ends
+//!   its *own* task by presenting a fresh assertion of that task (`subject_token`,
+//!   `subject_token_type`, `audience` = a role it may use) with `task`. A revocation lasts 12 h
+//!   (the longest any credential lives) and is Cedar input on every exchange of every replica
+//!   from then on.
+//! - Introspect: a broker JWT is `active` only while its signature and `exp` hold and neither its
+//!   grant, task, subject, role nor source issuer is revoked.
+//! - Grants: the credentials handed out and not yet expired.
+//!
+//! AWS sessions and GCP tokens cannot be recalled from the cloud: after a revocation they keep
+//! only what their deadline policy (AWS) or lifetime (GCP) allows; broker JWTs answer `active:
+//! false` at once to partners that introspect.
+
+use super::Broker;
+use super::error::{Class, Refusal};
+use super::request::{GRANT_TOKEN_EXCHANGE, parse_form};
+use crate::audit::{AuditRecord, Outcome};
+use crate::clock::rfc3339;
+use crate::ids::random_id;
+use crate::state::{Grant, Mark, RevocationKey};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// What the broker's own keys sign with (the JWK's `alg` pins each key to one of them).
+const BROKER_ALGORITHMS: [ephemera_providers::Algorithm; 2] =
+    [ephemera_providers::Algorithm::ES256, ephemera_providers::Algorithm::RS256];
+
+/// How long a revocation is remembered: the longest any credential can live.
+pub const REVOCATION_TTL: i64 = 12 * 3600;
+
+/// Who asks for a revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeBy {
+    /// An authenticated admin: any one key.
+    Admin,
+    /// A workload ending its own task, with a fresh assertion of it.
+    Assertion,
+}
+
+/// A revocation stored.
+#[derive(Debug, Serialize)]
+pub struct Revoked {
+    pub revoked: String,
+    pub until: i64,
+}
+
+/// An RFC 7662 answer.
+#[derive(Debug)]
+pub enum Introspection {
+    Inactive,
+    /// The token's claims, as `active: true` members.
+    Active(Value),
+}
+
+fn unavailable(detail: &str) -> Refusal {
+    Refusal::new(Class::Unavailable, "temporarily_unavailable", "replay_store_unavailable", detail)
+}
+
+fn invalid(detail: &str) -> Refusal {
+    Refusal::new(Class::Rejected, "invalid_request", "request_invalid", detail)
+}
+
+impl Broker {
+    /// Revokes what the form names, from now for [`REVOCATION_TTL`].
+    pub async fn revoke(&self, by: RevokeBy, form: &HashMap<String, String>) -> Result<Revoked, Refusal> {
+        let now = self.evaluator.now();
+        let key = match by {
+            RevokeBy::Admin => {
+                let kinds = ["task", "jti", "subject", "role", "issuer"];
+                let given: Vec<(&str, &String)> = kinds.iter().filter_map(|k| form.get(*k).map(|v| (*k, v))).collect();
+                match given.as_slice() {
+                    [(kind, value)] if !value.is_empty() => format!("{kind}:{value}"),
+                    _ => return Err(invalid("give exactly one of task, jti, subject, role, issuer")),
+                }
+            }
+            RevokeBy::Assertion => RevocationKey::Task(self.own_task(form, now).await?).to_string(),
+        };
+        match self.evaluator.state.revoke(&key, now + REVOCATION_TTL, now).await {
+            Ok(()) => {
+                tracing::info!(key = %key, "revoked");
+                let task = key.strip_prefix("task:").map(str::to_owned);
+                self.audit_revocation(format!("revoked `{key}`"), task, now).await;
+                Ok(Revoked { revoked: key, until: now + REVOCATION_TTL })
+            }
+            Err(_) => Err(unavailable("the revocation could not be stored")),
+        }
+    }
+
+    /// The task a workload may end: its assertion must verify, pass its role's policy now, and
+    /// belong to the task it names. It is spent like any other.
+    async fn own_task(&self, form: &HashMap<String, String>, now: i64) -> Result<String, Refusal> {
+        let Some(task) = form.get("task").cloned() else {
+            return Err(invalid("`task` is required"));
+        };
+        let mut exchange_form: Vec<(&str, &str)> =
+            form.iter().filter(|(k, _)| k.as_str() != "task").map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        exchange_form.push(("grant_type", GRANT_TOKEN_EXCHANGE));
+        let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(exchange_form).finish();
+        let req = parse_form(encoded.as_bytes()).map_err(|e| e.refusal())?;
+        let (_, result) = self.evaluator.evaluate(&req, now).await;
+        let allowed = result.map_err(|e| e.refusal())?;
+        if allowed.workload().task != task {
+            return Err(Refusal::new(
+                Class::Forbidden,
+                "access_denied",
+                "task_mismatch",
+                "the assertion belongs to another task",
+            ));
+        }
+        let (_, _, _, facts, _, _) = allowed.into_parts();
+        match self.evaluator.state.mark_used(&facts.replay_id, facts.replay_until, now, facts.issued_at, None).await {
+            Ok(Mark::Fresh) => Ok(task),
+            Ok(_) => Err(Refusal::new(Class::Rejected, "invalid_request", "token_replayed", "assertion already used")),
+            Err(_) => Err(unavailable("try again")),
+        }
+    }
+
+    async fn audit_revocation(&self, detail: String, task: Option<String>, now: i64) {
+        let rec = AuditRecord {
+            time: rfc3339(now),
+            ts: now,
+            request_id: random_id(12),
+            decision_id: random_id(12),
+            policy_version: self.config().version.clone(),
+            decision: Outcome::Revoke,
+            reason: None,
+            detail: Some(detail),
+            task,
+            ..Default::default()
+        };
+        if let Err(e) = self.audit.append(rec, true).await {
+            tracing::error!(error = %e, "audit write failed for a revocation");
+        }
+    }
+
+    /// RFC 7662 on a broker JWT (`token` in the form).
+    pub async fn introspect(&self, form: &HashMap<String, String>) -> Result<Introspection, Refusal> {
+        let Some(token) = form.get("token") else {
+            return Err(invalid("`token` is required"));
+        };
+        let now = self.evaluator.now();
+        let config = self.config();
+        let Ok(keys) = ephemera_providers::KeySet::from_json(self.jwks().to_string().as_bytes()) else {
+            return Ok(Introspection::Inactive);
+        };
+        let claims = match ephemera_providers::verify_jws(token, 16 * 1024, &BROKER_ALGORITHMS, &keys)
+            .ok()
+            .and_then(|v| ephemera_providers::jose::parse_claims(&v.payload).ok())
+        {
+            Some(c) => c,
+            None => return Ok(Introspection::Inactive),
+        };
+        let s = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        if s("iss") != config.server.issuer || exp <= now {
+            return Ok(Introspection::Inactive);
+        }
+        let revocation_keys = [
+            RevocationKey::Jti(s("jti")),
+            RevocationKey::Task(s("task")),
+            RevocationKey::Subject(s("sub")),
+            RevocationKey::Role(s("role")),
+            RevocationKey::Issuer(s("src_iss")),
+        ]
+        .map(|k| k.to_string());
+        match self.evaluator.state.revoked(&revocation_keys, now).await {
+            Ok(r) if r.is_empty() => {}
+            Ok(_) => return Ok(Introspection::Inactive),
+            Err(_) => return Err(unavailable("try again")),
+        }
+        let mut out = json!({"active": true, "token_type": "Bearer"});
+        for k in ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "role", "task", "provider", "src_iss"] {
+            if let Some(v) = claims.get(k) {
+                out[k] = v.clone();
+            }
+        }
+        Ok(Introspection::Active(out))
+    }
+
+    /// The grants not yet expired, oldest first; only `role`'s when given.
+    pub async fn grants(&self, role: Option<&str>) -> Result<Vec<Grant>, Refusal> {
+        let now = self.evaluator.now();
+        match self.evaluator.state.grants(now).await {
+            Ok(mut list) => {
+                if let Some(role) = role {
+                    list.retain(|g| g.role == role);
+                }
+                list.sort_by_key(|g| (g.issued_at, g.id.clone()));
+                Ok(list)
+            }
+            Err(_) => Err(unavailable("the inventory cannot be read now")),
+        }
+    }
+}

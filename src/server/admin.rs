@@ -1,0 +1,83 @@
+//! The admin routes: `POST /v1/revoke`, `POST /v1/introspect` (RFC 7662) and `GET /v1/grants`.
+//! HTTP only: authentication by the admin bearer credential, then the broker's operations
+//! (`exchange/revocation.rs`, where what each does is described).
+
+use super::App;
+use super::error::{refused, rejected};
+use super::limits::HttpRejection;
+use crate::exchange::{Introspection, RevokeBy, parse_admin_form};
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+fn is_admin(app: &App, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    app.broker.config().admin_token.as_ref().is_some_and(|t| !presented.is_empty() && t.matches(presented))
+}
+
+fn unauthorized() -> Response {
+    let r = HttpRejection::Unauthorized;
+    rejected(r, &r.refusal())
+}
+
+/// `POST /v1/revoke`: an admin names one key; a workload without the admin credential ends its
+/// own task with a fresh assertion of it.
+pub(super) async fn revoke(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let form = match parse_admin_form(&body) {
+        Ok(f) => f,
+        Err(r) => return refused(&r),
+    };
+    let by = if is_admin(&app, &headers) {
+        RevokeBy::Admin
+    } else if form.contains_key("subject_token") {
+        RevokeBy::Assertion
+    } else {
+        return unauthorized();
+    };
+    match app.broker.revoke(by, &form).await {
+        Ok(r) => (axum::http::StatusCode::OK, axum::Json(r)).into_response(),
+        Err(r) => refused(&r),
+    }
+}
+
+/// `POST /v1/introspect` (RFC 7662), for authenticated callers.
+pub(super) async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !is_admin(&app, &headers) {
+        return unauthorized();
+    }
+    let form = match parse_admin_form(&body) {
+        Ok(f) => f,
+        Err(r) => return refused(&r),
+    };
+    match app.broker.introspect(&form).await {
+        Ok(Introspection::Inactive) => axum::Json(json!({"active": false})).into_response(),
+        // (who holds what, now: never to be cached by a proxy between the partner and the broker)
+        Ok(Introspection::Active(claims)) => {
+            ([(header::CACHE_CONTROL, "no-store")], axum::Json(claims)).into_response()
+        }
+        Err(r) => refused(&r),
+    }
+}
+
+/// `GET /v1/grants[?role=R]` (admin).
+pub(super) async fn grants(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if !is_admin(&app, &headers) {
+        return unauthorized();
+    }
+    match app.broker.grants(q.get("role").map(String::as_str)).await {
+        Ok(list) => axum::Json(json!({"grants": list})).into_response(),
+        Err(r) => refused(&r),
+    }
+}

@@ -1,0 +1,152 @@
+//! What the server refuses before any form is read, and the per-client rate limit.
+
+use crate::exchange::{Class, Refusal};
+use axum::http::StatusCode;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Most bytes of request headers accepted on the token endpoint.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// A request the server refuses on its transport alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRejection {
+    RateLimited,
+    HeadersTooLarge,
+    MethodNotAllowed,
+    QueryString,
+    NotForm,
+    BodyTooLarge,
+    NotFound,
+    Unauthorized,
+}
+
+impl HttpRejection {
+    /// Its status, OAuth error code, reason slug and class: one exhaustive `match`.
+    fn parts(self) -> (StatusCode, &'static str, &'static str, Class) {
+        use HttpRejection::*;
+        match self {
+            RateLimited => {
+                (StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable", "rate_limited", Class::Unavailable)
+            }
+            HeadersTooLarge => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "invalid_request", "request_too_large", Class::TooLarge)
+            }
+            MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "method_not_allowed", Class::Rejected)
+            }
+            QueryString => (StatusCode::BAD_REQUEST, "invalid_request", "request_invalid", Class::Rejected),
+            NotForm => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request", "request_invalid", Class::Rejected),
+            BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "request_too_large", Class::TooLarge),
+            NotFound => (StatusCode::NOT_FOUND, "invalid_request", "not_found", Class::Rejected),
+            Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_client", "unauthorized", Class::Rejected),
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// What the token route says of it.
+    fn text(self) -> String {
+        match self {
+            HttpRejection::RateLimited => "too many requests from this client; retry later".into(),
+            HttpRejection::HeadersTooLarge => format!("request headers over {MAX_HEADER_BYTES} bytes"),
+            HttpRejection::MethodNotAllowed => "use POST with a form body".into(),
+            HttpRejection::QueryString => "parameters belong in the form body, not the query string".into(),
+            HttpRejection::NotForm => "body must be application/x-www-form-urlencoded".into(),
+            HttpRejection::BodyTooLarge => "request body over the size limit".into(),
+            HttpRejection::NotFound => "no such route".into(),
+            HttpRejection::Unauthorized => "an admin bearer credential is required".into(),
+        }
+    }
+
+    /// The refusal, in the token route's words.
+    pub fn refusal(self) -> Refusal {
+        self.saying(&self.text())
+    }
+
+    /// The refusal, in other words (the nonce route's).
+    pub fn saying(self, detail: &str) -> Refusal {
+        let (_, error, reason, class) = self.parts();
+        Refusal::new(class, error, reason, detail)
+    }
+}
+
+/// Token buckets per client address on `/v1/token`. Bounded: past `max_clients` tracked
+/// addresses, idle buckets are dropped; if none is idle, new clients are refused (429) rather
+/// than letting the table grow.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    max_clients: usize,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        RateLimiter {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+            max_clients: 100_000,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `ip`; false when the client is over its rate.
+    pub fn admit(&self, ip: IpAddr) -> bool {
+        if self.per_second <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let Ok(mut map) = self.buckets.lock() else { return false };
+        if map.len() >= self.max_clients && !map.contains_key(&ip) {
+            let (rate, burst) = (self.per_second, self.burst);
+            map.retain(|_, (tokens, last)| *tokens + now.duration_since(*last).as_secs_f64() * rate < burst);
+            if map.len() >= self.max_clients {
+                return false;
+            }
+        }
+        let (tokens, last) = map.entry(ip).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_admits_a_burst_then_refuses() {
+        let l = RateLimiter::new(1, 5);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!((0..10).filter(|_| l.admit(a)).count(), 5);
+        assert!(l.admit(b), "another client is unaffected");
+    }
+
+    /// The table of tracked addresses is bounded (README: 100,000): a new client past the bound
+    /// is refused while every tracked one is busy, and the tracked ones keep their buckets.
+    #[test]
+    fn rate_limiter_tracks_a_bounded_number_of_clients() {
+        assert_eq!(RateLimiter::new(1, 5).max_clients, 100_000);
+        let l = RateLimiter { max_clients: 3, ..RateLimiter::new(1, 2) };
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        for n in 1..=3 {
+            assert!(l.admit(ip(n)), "client {n} within the bound");
+        }
+        assert!(!l.admit(ip(4)), "a fourth client while three are busy");
+        assert!(l.admit(ip(1)), "a tracked client keeps its bucket (second of its burst of 2)");
+        assert_eq!(l.buckets.lock().map(|m| m.len()).unwrap_or(0), 3);
+    }
+}

@@ -1,0 +1,157 @@
+//! The HTTP surface, and the only part of the broker that knows HTTP: RFC 8693 on
+//! `POST /v1/token`, broker nonces, the admin routes, the broker's JWKS and discovery, health.
+//!
+//! Limits are applied before any parsing: per-client rate (429), body size (413), header size
+//! and header read timeout (slow clients are dropped), a per-request timeout. Every rejection on
+//! `/v1/token` is audited through the broker; every status code is chosen in `error.rs`. Token
+//! responses carry `Cache-Control: no-store` and `Pragma: no-cache`; every error is RFC 6749 JSON.
+//!
+//! | file | holds |
+//! |---|---|
+//! | `token.rs` | `POST /v1/token` |
+//! | `nonce.rs` | `POST /v1/nonce` |
+//! | `admin.rs` | `POST /v1/revoke`, `POST /v1/introspect`, `GET /v1/grants` (admin credential) |
+//! | `wellknown.rs` | JWKS, discovery, `/healthz`, `/readyz`, the 404 |
+//! | `limits.rs` | what the transport refuses before a form is read; the rate limiter |
+//! | `error.rs` | refusal → status code and RFC 6749 body, the one mapping |
+
+mod admin;
+pub mod demo;
+mod error;
+mod limits;
+mod nonce;
+mod token;
+mod wellknown;
+
+pub use limits::{HttpRejection, MAX_HEADER_BYTES, RateLimiter};
+
+use crate::exchange::Broker;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, header};
+use axum::routing::{any, get};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+/// Shared state of the routes.
+#[derive(Debug)]
+struct App {
+    broker: Arc<Broker>,
+    limiter: RateLimiter,
+}
+
+/// The client's address, set per connection by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The broker's routes; `extra` is merged in (dev mode's demo issuer).
+pub fn router(broker: Arc<Broker>, extra: Option<Router>) -> Router {
+    routers(broker, extra).0
+}
+
+/// The public router and, when `[admin] listen` is set, the admin router to serve there (the
+/// inventory then is not on the public listener at all).
+pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Router>) {
+    let config = broker.config();
+    let s = &config.server;
+    let max_body = s.max_body_size;
+    let limiter = RateLimiter::new(s.rate_limit_per_second, s.rate_limit_burst);
+    let app = Arc::new(App { broker, limiter });
+    let admin = Router::new().route("/v1/grants", get(admin::grants)).with_state(app.clone());
+    let limits = |r: Router| {
+        r.layer(DefaultBodyLimit::max(max_body)).layer(
+            tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+                header::COOKIE,
+            ]),
+        )
+    };
+    let mut r = Router::new()
+        .route("/v1/token", any(token::token))
+        .route("/v1/nonce", any(nonce::nonce))
+        .route("/v1/revoke", axum::routing::post(admin::revoke))
+        .route("/v1/introspect", axum::routing::post(admin::introspect))
+        .route("/.well-known/jwks.json", get(wellknown::jwks))
+        .route("/.well-known/openid-configuration", get(wellknown::discovery))
+        .route("/healthz", get(wellknown::healthz))
+        .route("/readyz", get(wellknown::readyz))
+        .with_state(app);
+    if let Some(extra) = extra {
+        r = r.merge(extra);
+    }
+    if config.admin_listen.is_some() {
+        (limits(r.fallback(wellknown::not_found)), Some(limits(admin.fallback(wellknown::not_found))))
+    } else {
+        (limits(r.merge(admin).fallback(wellknown::not_found)), None)
+    }
+}
+
+/// Serves `router` on `listener` until SIGINT/SIGTERM, then stops accepting and lets in-flight
+/// requests finish (up to `drain`).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    request_timeout: Duration,
+    drain: Duration,
+) -> std::io::Result<()> {
+    // A backstop only: the token endpoint answers its own timeouts (audited, RFC 6749 JSON).
+    let backstop = request_timeout + Duration::from_secs(30);
+    let router =
+        router.layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, backstop));
+    let graceful = GracefulShutdown::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = router.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    req
+                });
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout).max_buf_size(64 * 1024).keep_alive(true);
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => {
+                tracing::info!("shutdown requested; draining in-flight requests");
+                break;
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain deadline passed with requests still in flight");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}

@@ -1,0 +1,71 @@
+//! `POST /v1/token`: RFC 8693. The transport's own refusals (rate, header size, method, query
+//! string, media type, body size) are found here and audited through the broker like the
+//! pipeline's; the form goes to the pipeline as it came.
+
+use super::error::{no_store, refused, rejected};
+use super::limits::{HttpRejection, MAX_HEADER_BYTES};
+use super::{App, ClientAddr};
+use crate::ids::random_id;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+/// What the transport refuses before the form is read, in the order it is checked.
+fn rejection(
+    app: &App,
+    client: Option<ClientAddr>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body_read: bool,
+) -> Option<HttpRejection> {
+    let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    });
+    let header_bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if client.is_some_and(|c| !app.limiter.admit(c.0.ip())) {
+        Some(HttpRejection::RateLimited)
+    } else if header_bytes > MAX_HEADER_BYTES {
+        Some(HttpRejection::HeadersTooLarge)
+    } else if method != Method::POST {
+        Some(HttpRejection::MethodNotAllowed)
+    } else if uri.query().is_some() {
+        // A token in a URL ends up in logs and proxies; refuse it whatever else the URL holds.
+        Some(HttpRejection::QueryString)
+    } else if !form_type {
+        Some(HttpRejection::NotForm)
+    } else if !body_read {
+        Some(HttpRejection::BodyTooLarge)
+    } else {
+        None
+    }
+}
+
+pub(super) async fn token(
+    State(app): State<Arc<App>>,
+    client: Option<axum::Extension<ClientAddr>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let request_id = random_id(12);
+    let client = client.map(|c| c.0);
+    let mut resp = match (rejection(&app, client, &method, &uri, &headers, body.is_ok()), body) {
+        (Some(r), _) => rejected(r, &app.broker.refuse(r.refusal(), &request_id).await),
+        (None, Ok(form)) => match app.broker.exchange(&form, &request_id).await {
+            Ok(ok) => no_store(axum::Json(ok).into_response()),
+            Err(e) => refused(&e),
+        },
+        (None, Err(_)) => {
+            let r = HttpRejection::BodyTooLarge;
+            rejected(r, &app.broker.refuse(r.refusal(), &request_id).await)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
