@@ -23,9 +23,26 @@ use crate::certs;
 use crate::error::{AttestationError, Malformed};
 use crate::evidence::Evidence;
 use base64::Engine;
-use ephemera_providers::json::{self, StrictJsonError};
+use ephemera_untrusted::json::{self, StrictJsonError};
 use rustls_pki_types::CertificateDer;
 use serde_json::{Map, Value};
+
+/// Every evidence attribute an instance identity document yields: the document's own fields
+/// (`Document::parse`) and how it was signed (`verify`).
+pub const ATTRIBUTES: &[&str] = &[
+    "accountId",
+    "region",
+    "instanceId",
+    "pendingTime",
+    "imageId",
+    "instanceType",
+    "privateIp",
+    "availabilityZone",
+    "architecture",
+    "version",
+    "signature_form",
+    "legacy_crypto",
+];
 
 /// Largest token accepted, in bytes (real ones are under 3 KiB).
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;

@@ -381,20 +381,9 @@ impl From<Malformed> for AttestationError {
     }
 }
 
-/// Escapes an untrusted string for a message: printable ASCII stays, everything else becomes
-/// `\u{..}`, and the result is cut at `max` characters.
+/// Escapes an untrusted string for a message: printable ASCII stays (but for the backquote these
+/// messages quote values in), everything else becomes `\u{..}`, and the result is cut at `max`
+/// characters.
 pub(crate) fn escape_untrusted(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (n, c) in s.chars().enumerate() {
-        if n >= max {
-            out.push_str("...");
-            break;
-        }
-        if c.is_ascii_graphic() && c != '"' && c != '\\' && c != '`' || c == ' ' {
-            out.push(c);
-        } else {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        }
-    }
-    out
+    ephemera_untrusted::escape_untrusted_also(s, max, &['`'])
 }

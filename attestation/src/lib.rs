@@ -73,4 +73,14 @@ impl AttestationKind {
             AttestationKind::X509ProofOfPossession => "urn:ephemera:token-type:x509-pop",
         }
     }
+
+    /// Every evidence attribute its verifier may emit ([`Evidence::attributes`]), declared beside
+    /// the code that emits it; policy makes each an optional principal attribute.
+    pub fn attributes(self) -> &'static [&'static str] {
+        match self {
+            AttestationKind::Nitro => nitro::ATTRIBUTES,
+            AttestationKind::Ec2InstanceIdentity => ec2::ATTRIBUTES,
+            AttestationKind::X509ProofOfPossession => x509pop::ATTRIBUTES,
+        }
+    }
 }

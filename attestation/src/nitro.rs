@@ -35,6 +35,51 @@ use serde_json::Map;
 use std::collections::BTreeMap;
 use x509_parser::prelude::FromDer;
 
+/// Every evidence attribute a Nitro document yields (`into_evidence`): module id, digest, the
+/// document's timestamp (ms), each PCR present (`pcr0`…`pcr31`), user data, whether a public
+/// key and a nonce were present, and whether it is a debug enclave.
+pub const ATTRIBUTES: &[&str] = &[
+    "module_id",
+    "digest",
+    "timestamp",
+    "pcr0",
+    "pcr1",
+    "pcr2",
+    "pcr3",
+    "pcr4",
+    "pcr5",
+    "pcr6",
+    "pcr7",
+    "pcr8",
+    "pcr9",
+    "pcr10",
+    "pcr11",
+    "pcr12",
+    "pcr13",
+    "pcr14",
+    "pcr15",
+    "pcr16",
+    "pcr17",
+    "pcr18",
+    "pcr19",
+    "pcr20",
+    "pcr21",
+    "pcr22",
+    "pcr23",
+    "pcr24",
+    "pcr25",
+    "pcr26",
+    "pcr27",
+    "pcr28",
+    "pcr29",
+    "pcr30",
+    "pcr31",
+    "user_data",
+    "public_key_present",
+    "nonce_present",
+    "debug",
+];
+
 /// SHA-256 of the DER of the AWS Nitro Enclaves Root G1 certificate
 /// (`CN=aws.nitro-enclaves, C=US, O=Amazon, OU=AWS`, P-384, valid 2019-10-28 to 2049-10-28),
 /// as AWS publishes it.
@@ -364,6 +409,8 @@ impl Payload {
         Ok(Payload { module_id, digest, timestamp_ms, pcrs, certificate, cabundle, public_key, user_data, nonce })
     }
 
+    /// The evidence of a verified document: its attributes are [`ATTRIBUTES`] (keep the two
+    /// together).
     fn into_evidence(self, nonce: Option<Vec<u8>>, issued_at: i64, not_after: i64, tbs: &[u8]) -> Evidence {
         let debug = DEBUG_PCRS.iter().all(|i| self.pcrs.get(i).is_some_and(|v| v.iter().all(|b| *b == 0)));
         let mut a = Map::new();

@@ -24,10 +24,29 @@ use crate::error::{AttestationError, ChainProblem, PopProblem};
 use crate::evidence::{Evidence, KeyBinding};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use ephemera_providers::json::{self, StrictJsonError};
+use ephemera_untrusted::json::{self, StrictJsonError};
 use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
+
+/// Every evidence attribute a proof of possession yields: the leaf certificate's
+/// (`certs::attributes`) and the proof's own (`alg`, `chain_len`).
+pub const ATTRIBUTES: &[&str] = &[
+    "subject_dn",
+    "subject_cn",
+    "subject_o",
+    "subject_ou",
+    "subject_c",
+    "issuer_dn",
+    "serial",
+    "not_before",
+    "not_after",
+    "spiffe_id",
+    "dns_sans",
+    "uri_sans",
+    "alg",
+    "chain_len",
+];
 
 /// The `typ` of a proof: nothing else the broker accepts or issues carries it.
 pub const POP_TYP: &str = "ephemera-x509-pop+jwt";

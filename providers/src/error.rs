@@ -231,23 +231,7 @@ impl VerifyError {
     }
 }
 
-/// Escapes an untrusted string for a message or log line: printable ASCII stays, everything
-/// else becomes `\u{..}`, and the result is cut at `max` characters.
-pub fn escape_untrusted(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (n, c) in s.chars().enumerate() {
-        if n >= max {
-            out.push_str("...");
-            break;
-        }
-        if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
-            out.push(c);
-        } else {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        }
-    }
-    out
-}
+pub use ephemera_untrusted::escape_untrusted;
 
 #[cfg(test)]
 mod tests {

@@ -15,11 +15,12 @@ pub mod cache;
 pub mod error;
 pub mod fetch;
 pub mod jose;
-pub mod json;
 pub mod jwks;
 pub mod profile;
 pub mod resolve;
 pub mod verify;
+
+pub use ephemera_untrusted::json;
 
 pub use cache::{CacheSettings, KeyCache, KeySource};
 pub use error::{CHECKS, Check, VerifyError};

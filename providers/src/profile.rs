@@ -35,53 +35,6 @@ pub enum Profile {
     X509Pop,
 }
 
-/// Attribute names of the attestation profiles (all optional strings in Cedar).
-const NITRO_ATTRS: &[&str] = &[
-    "module_id",
-    "digest",
-    "debug",
-    "user_data",
-    "pcr0",
-    "pcr1",
-    "pcr2",
-    "pcr3",
-    "pcr4",
-    "pcr5",
-    "pcr6",
-    "pcr7",
-    "pcr8",
-    "pcr9",
-    "pcr10",
-    "pcr11",
-    "pcr12",
-    "pcr13",
-    "pcr14",
-    "pcr15",
-];
-const EC2_ATTRS: &[&str] = &[
-    "accountId",
-    "region",
-    "instanceId",
-    "imageId",
-    "instanceType",
-    "privateIp",
-    "availabilityZone",
-    "architecture",
-    "pendingTime",
-];
-const X509_ATTRS: &[&str] = &[
-    "spiffe_id",
-    "subject_dn",
-    "subject_cn",
-    "subject_o",
-    "subject_ou",
-    "subject_c",
-    "issuer_dn",
-    "serial",
-    "dns_sans",
-    "uri_sans",
-];
-
 /// How a normalised attribute is read from the token and checked.
 #[derive(Debug, Clone, Copy)]
 struct Attr {
@@ -304,15 +257,11 @@ impl Profile {
         }
     }
 
-    /// Normalised attribute names, each with whether the profile requires it.
+    /// Normalised attribute names, each with whether the profile requires it. The attestation
+    /// profiles have none here: their evidence attributes are declared by the verifiers that emit
+    /// them (`ephemera_attestation::AttestationKind::attributes`).
     pub fn attributes(self) -> impl Iterator<Item = (&'static str, bool)> {
-        let evidence: &'static [&'static str] = match self {
-            Profile::Nitro => NITRO_ATTRS,
-            Profile::Ec2Iid => EC2_ATTRS,
-            Profile::X509Pop => X509_ATTRS,
-            _ => &[],
-        };
-        self.table().iter().map(|a| (a.name, a.required)).chain(evidence.iter().map(|n| (*n, false)))
+        self.table().iter().map(|a| (a.name, a.required))
     }
 
     /// The largest `exp - iat` this platform's tokens should have.

@@ -161,11 +161,6 @@ pub fn identifier_claim<'c>(
     }
 }
 
-pub fn is_hidden_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{00ad}')
-}
-
 fn audiences(claims: &Map<String, Value>) -> Result<Vec<&str>, VerifyError> {
     let bad = VerifyError::ClaimTypeInvalid { claim: "aud" };
     match claims.get("aud") {
@@ -259,10 +254,7 @@ pub fn check_claims(
     })
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use ephemera_untrusted::{hex, is_hidden_char};
 
 /// Every check on a token, with the key set given (no fetching).
 pub fn verify_token(token: &str, rules: &TokenRules, keys: &KeySet, now: i64) -> Result<VerifiedToken, VerifyError> {

@@ -30,6 +30,7 @@ use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy,
     PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
+use ephemera_attestation::AttestationKind;
 use ephemera_providers::profile::{Profile, Workload, lookup, scalar_text};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -57,7 +58,24 @@ pub struct PolicyEngine {
     raw_claims: BTreeSet<String>,
     action: EntityUid,
     types: HashMap<Profile, EntityTypeName>,
+    /// The principal attribute names of each profile.
+    attributes: HashMap<Profile, Vec<&'static str>>,
     role_type: EntityTypeName,
+}
+
+/// The principal attributes of a workload of `profile`, each with whether it is required: an
+/// OIDC profile's normalised claims (declared by `providers`), or the evidence attributes its
+/// attestation verifier declares beside the code that emits them (`attestation`), all optional.
+pub fn principal_attributes(profile: Profile) -> Vec<(&'static str, bool)> {
+    let kind = match profile {
+        Profile::Nitro => AttestationKind::Nitro,
+        Profile::Ec2Iid => AttestationKind::Ec2InstanceIdentity,
+        Profile::X509Pop => AttestationKind::X509ProofOfPossession,
+        Profile::GithubActions | Profile::Gitlab | Profile::Kubernetes | Profile::Gcp | Profile::Oidc => {
+            return profile.attributes().collect();
+        }
+    };
+    kind.attributes().iter().map(|n| (*n, false)).collect()
 }
 
 fn type_name(name: &str) -> Result<EntityTypeName, String> {
@@ -110,7 +128,7 @@ impl PolicyEngine {
             for base in ["iss", "sub", "provider"] {
                 attrs.insert(base.into(), json!({"type": "String"}));
             }
-            for (name, required) in p.attributes() {
+            for (name, required) in principal_attributes(p) {
                 attrs.insert(name.into(), json!({"type": "String", "required": required}));
             }
             entity_types.insert(p.entity_type().into(), json!({"shape": {"type": "Record", "attributes": attrs}}));
@@ -162,12 +180,22 @@ impl PolicyEngine {
             .map(|p| type_name(p.entity_type()).map(|t| (*p, t)))
             .collect::<Result<HashMap<_, _>, _>>()?;
         let action = EntityUid::from_type_name_and_id(type_name("Action")?, EntityId::new("exchange"));
-        Ok(PolicyEngine { schema, guardrails: guard, raw_claims, action, types, role_type: type_name("Role")? })
+        let attributes =
+            Profile::ALL.iter().map(|p| (*p, principal_attributes(*p).into_iter().map(|(n, _)| n).collect())).collect();
+        Ok(PolicyEngine {
+            schema,
+            guardrails: guard,
+            raw_claims,
+            action,
+            types,
+            attributes,
+            role_type: type_name("Role")?,
+        })
     }
 
     /// Whether a condition claim reads a normalised attribute of this profile or a raw claim.
     pub fn source_for(profile: Profile, claim: &str) -> Source {
-        if ["iss", "sub"].contains(&claim) || profile.attributes().any(|(n, _)| n == claim) {
+        if ["iss", "sub"].contains(&claim) || principal_attributes(profile).iter().any(|(n, _)| *n == claim) {
             Source::Attribute
         } else {
             Source::Claim
@@ -316,10 +344,11 @@ impl PolicyEngine {
         let profile = role.profile;
         let Some(ty) = self.types.get(&profile) else { return fail("no entity type for the profile".into()) };
         let principal = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(&workload.subject));
+        let declared = self.attributes.get(&profile).map(Vec::as_slice).unwrap_or_default();
         let mut attrs: HashMap<String, RestrictedExpression> = workload
             .attributes
             .iter()
-            .filter(|(k, _)| profile.attributes().any(|(n, _)| n == k.as_str()))
+            .filter(|(k, _)| declared.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())))
             .collect();
         attrs.insert("iss".into(), RestrictedExpression::new_string(iss.to_owned()));
@@ -393,5 +422,35 @@ fn validate(schema: &Schema, set: &PolicySet) -> Result<(), String> {
         Ok(())
     } else {
         Err(result.validation_errors().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review (b) bug 7: the attestation attribute lists had drifted from what the verifiers
+    /// emit (EC2 `version`, `signature_form`, `legacy_crypto`; X.509 `not_before`, `not_after`;
+    /// Nitro `timestamp`, `public_key_present`, `nonce_present`, `pcr16`…`pcr31`). Now every one
+    /// is a principal attribute, read as such by a condition; a name no verifier emits stays a
+    /// raw claim.
+    #[test]
+    fn every_emitted_evidence_attribute_is_a_principal_attribute() {
+        for (profile, name) in [
+            (Profile::Ec2Iid, "version"),
+            (Profile::Ec2Iid, "signature_form"),
+            (Profile::Ec2Iid, "legacy_crypto"),
+            (Profile::X509Pop, "not_before"),
+            (Profile::X509Pop, "not_after"),
+            (Profile::Nitro, "timestamp"),
+            (Profile::Nitro, "public_key_present"),
+            (Profile::Nitro, "nonce_present"),
+            (Profile::Nitro, "pcr31"),
+            (Profile::Ec2Iid, "accountId"),
+        ] {
+            assert_eq!(PolicyEngine::source_for(profile, name), Source::Attribute, "{profile:?} {name}");
+        }
+        assert_eq!(PolicyEngine::source_for(Profile::Nitro, "pcr32"), Source::Claim);
+        assert_eq!(PolicyEngine::source_for(Profile::GithubActions, "version"), Source::Claim);
     }
 }

@@ -161,6 +161,7 @@ fn rsa2048_pkcs7_is_accepted_in_every_encoding() {
         ];
         for token in encodings {
             let e = v.verify(&token, T0).unwrap();
+            harness::assert_declared(&e);
             assert_eq!(e.kind(), AttestationKind::Ec2InstanceIdentity);
             assert_eq!(e.subject(), "ec2:123456789012/i-0123456789abcdef0");
             let a = e.attributes();
@@ -276,6 +277,7 @@ fn real_aws_dsa_sha1_pkcs7_is_legacy_and_opt_in() {
     assert_slug(v.verify(&token, T0), "alg_not_allowed");
     v.allow_legacy_crypto = true;
     let e = v.verify(&token, T0).unwrap();
+    harness::assert_declared(&e);
     assert_eq!(e.subject(), "ec2:121659014334/i-f79fe56c");
     assert_eq!(e.attributes()["region"], "us-east-1");
     assert_eq!(e.attributes()["pendingTime"], "2016-04-08T03:01:38Z");
@@ -390,6 +392,7 @@ fn rsa_under_2048_bits_only_with_legacy_crypto() {
     assert_slug(v.verify(&token, T0), "alg_not_allowed");
     v.allow_legacy_crypto = true;
     let e = v.verify(&token, T0).unwrap();
+    harness::assert_declared(&e);
     assert_eq!(e.subject(), "ec2:123456789012/i-0fedcba9876543210");
     assert_eq!(e.attributes()["signature_form"], "signature-rsa-sha256");
     // the pretty-printed fixture parses as the JSON form; one changed byte of its document does not verify

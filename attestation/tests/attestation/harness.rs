@@ -4,13 +4,21 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use ephemera_attestation::AttestationError;
+use ephemera_attestation::{AttestationError, Evidence};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SignatureAlgorithm,
 };
 use std::path::PathBuf;
 use time::OffsetDateTime;
+
+/// Every attribute the evidence carries is one its kind declares (`AttestationKind::attributes`):
+/// the lists policy builds its schema from cannot drift from what the verifiers emit.
+pub fn assert_declared(e: &Evidence) {
+    let declared = e.kind().attributes();
+    let undeclared: Vec<&String> = e.attributes().keys().filter(|k| !declared.contains(&k.as_str())).collect();
+    assert!(undeclared.is_empty(), "{:?} emits attributes it does not declare: {undeclared:?}", e.kind());
+}
 
 /// A fixed clock for synthetic material: 2025-06-15T14:13:20Z.
 pub const T0: i64 = 1_750_000_000;

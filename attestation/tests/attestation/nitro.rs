@@ -174,6 +174,7 @@ fn evervault_pcr_specs() {
         let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         let doc = spec_document(&docs, &spec);
         let evidence = v.verify(&doc.bytes, doc.verify_at).unwrap();
+        harness::assert_declared(&evidence);
         assert!(spec["isAttestationDocValid"].as_bool().unwrap());
         let policy = spec_policy(&spec);
         let result = nitro::check_pcrs(&evidence, &policy, false);

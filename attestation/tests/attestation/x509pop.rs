@@ -102,6 +102,7 @@ fn good_path_for_every_algorithm() {
     ] {
         let pki = Pki::new(key_alg);
         let e = pki.verifier().verify(&proof(&pki, alg, &nonce), T0).unwrap_or_else(|e| panic!("{alg}: {e}"));
+        harness::assert_declared(&e);
         assert_eq!(e.kind(), AttestationKind::X509ProofOfPossession);
         assert_eq!(e.nonce(), Some(&nonce[..]));
         assert_eq!(e.subject(), SPIFFE);
