@@ -417,6 +417,7 @@ fn store_bytes_per_exchange() -> Option<String> {
             kind: "jwt".into(),
             issued_at: 0,
             expires_at: 900,
+            issuer: String::new(),
         };
         rt.block_on(store.mark_used(id, 3600, 0, 0, Some(&grant))).unwrap();
     }

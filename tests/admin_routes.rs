@@ -429,6 +429,7 @@ async fn grants_filter_by_role() {
         kind: "jwt".into(),
         issued_at: at,
         expires_at: T0 + 600,
+        issuer: String::new(),
     };
     let gone = ephemera::state::Grant { expires_at: T0 - 1, ..grant("g0", "deploy", T0 - 9) };
     let last_second = ephemera::state::Grant { expires_at: T0, ..grant("g4", "deploy", T0) };

@@ -42,10 +42,7 @@ pub(super) async fn dev(listen: &str) -> ExitCode {
         return ExitCode::from(EXIT_FAILURE);
     }
     let text = config_toml(&addr.to_string(), &base, &demo.issuer, &jwks_file, &audit);
-    let config = match toml::from_str(&text)
-        .map_err(|e| e.to_string())
-        .and_then(|raw| Config::from_raw(raw, &dir).map_err(|e| e.to_string()))
-    {
+    let config = match Config::from_text(&text, &dir) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: dev config: {e}");

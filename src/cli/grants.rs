@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub(super) async fn grants(broker: &str, token_file: &Path, role: Option<&str>, json: bool) -> ExitCode {
+pub(super) async fn grants(broker: &str, token_file: &Path, role: Option<&str>, active: bool, json: bool) -> ExitCode {
     let token = match std::fs::read_to_string(token_file) {
         Ok(t) => t.trim().to_owned(),
         Err(e) => {
@@ -21,6 +21,9 @@ pub(super) async fn grants(broker: &str, token_file: &Path, role: Option<&str>, 
     };
     if let Some(r) = role {
         url.query_pairs_mut().append_pair("role", r);
+    }
+    if active {
+        url.query_pairs_mut().append_pair("active", "true");
     }
     let resp = match reqwest::Client::new().get(url).bearer_auth(token).timeout(Duration::from_secs(15)).send().await {
         Ok(r) => r,

@@ -103,8 +103,9 @@ pub enum Command {
         /// Only this role's grants.
         #[arg(long)]
         role: Option<String>,
-        /// Only grants still active (the default; expired grants leave the inventory on their own).
-        #[arg(long, default_value_t = true)]
+        /// Only grants still in force: not revoked by their task, jti, subject, role or issuer
+        /// (expired grants leave the inventory on their own).
+        #[arg(long)]
         active: bool,
         #[arg(long)]
         json: bool,
@@ -179,8 +180,8 @@ async fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Exchange(args) => client::run(args).await,
-        Command::Grants { broker, admin_token_file, role, active: _, json } => {
-            grants::grants(&broker, &admin_token_file, role.as_deref(), json).await
+        Command::Grants { broker, admin_token_file, role, active, json } => {
+            grants::grants(&broker, &admin_token_file, role.as_deref(), active, json).await
         }
         Command::Audit { command: AuditCommand::Verify { file } } => match crate::audit::verify_chain(&file) {
             Ok(n) => {

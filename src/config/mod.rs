@@ -92,15 +92,26 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
         let raw: RawConfig = toml::from_str(&text)
             .map_err(|e| ConfigErrors(vec![format!("{}: {}", path.display(), e.to_string().trim())]))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut config = Config::from_raw(raw, base)?;
+        Config::from_raw(raw, path.parent().unwrap_or(Path::new("."))).map(|c| c.versioned(&text))
+    }
+
+    /// Checks a config held in memory (`ephemera dev`'s); `base` resolves relative paths. Its
+    /// version is that of the text, as for a file.
+    pub fn from_text(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string().trim().to_owned()]))?;
+        Config::from_raw(raw, base).map(|c| c.versioned(text))
+    }
+
+    /// The version of the config text: SHA-256, first 16 hex digits (in every audit record).
+    fn versioned(mut self, text: &str) -> Config {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-        config.version = ephemera_providers::verify::hex(&digest.as_ref()[..8]);
-        Ok(config)
+        self.version = ephemera_providers::verify::hex(&digest.as_ref()[..8]);
+        self
     }
 
     /// Checks a parsed config; `base` resolves relative paths. Each section is checked by its own
-    /// builder, in the order of the file; every problem of every section is reported.
+    /// builder, in the order of the file; every problem of every section is reported. Its
+    /// `version` is empty: it was not read from text ([`Config::load`], [`Config::from_text`]).
     pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         let mut errs = Vec::new();
         let resolve = |p: &Path| {
@@ -186,6 +197,38 @@ credential = { kind = "jwt", audience = "https://partner.example" }
         assert!(all.contains("max_ttl: invalid duration `fifteen`"), "{all}");
         assert!(all.contains("providers[0] (`ci`).issuer"), "{all}");
         assert!(all.contains("provider: no provider named `nope`"), "{all}");
+    }
+
+    /// Review (b) bug 3: `ephemera dev` built its config with `from_raw`, so its audit records
+    /// said `"policy_version": ""`. A config from text has the text's version, as a file has.
+    #[test]
+    fn a_config_from_text_has_its_version() {
+        let c = Config::from_text(GOOD, Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.version.len(), 16);
+        assert!(c.version.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{}", c.version);
+        let other = Config::from_text(&GOOD.replace("15m", "10m"), Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(other.version, c.version);
+        // the twin: from_raw alone has none
+        assert_eq!(load(GOOD).map(|c| c.version).ok().as_deref(), Some(""));
+    }
+
+    /// Review (b) bug 2: an attestation provider's bad `leeway` was parsed twice (for the
+    /// verifier and for the rules) and so reported twice.
+    #[test]
+    fn a_bad_attestation_leeway_is_reported_once() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("attestation/fuzz/aws_nitro_root_g1.pem");
+        let nitro = |leeway: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:8080\"\nissuer = \"https://broker.example.com\"\n[audit]\npath = \"a.jsonl\"\n\
+                 [[providers]]\nname = \"enclave\"\nprofile = \"nitro\"\nroot_cert_file = \"{}\"\nleeway = \"{leeway}\"\n",
+                root.display()
+            )
+        };
+        let errs = load(&nitro("soon")).err().map(|e| e.0).unwrap_or_default();
+        assert_eq!(errs.iter().filter(|e| e.contains("leeway")).count(), 1, "{errs:?}");
+        // the twin: a good leeway loads, into the verifier and the rules alike
+        let c = load(&nitro("30s")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.providers[0].rules.leeway, 30);
     }
 
     #[test]

@@ -220,6 +220,9 @@ fn build_attestation(
     }
     let digest =
         |b: &[u8]| ephemera_providers::verify::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref());
+    // Parsed once, for the verifier and the rules alike (a bad value is one problem).
+    let leeway =
+        p.leeway.as_deref().and_then(|l| parse_duration(&format!("{key}.leeway"), l, errs)).map(|d| d.as_secs());
     let (attestor, issuer) = match profile {
         Profile::Nitro => {
             let Some(file) = &p.root_cert_file else {
@@ -241,8 +244,8 @@ fn build_attestation(
                         v.max_age_secs = age.as_secs();
                     }
                     v.require_nonce = p.require_nonce.unwrap_or(true);
-                    if let Some(l) = &p.leeway {
-                        v.leeway_secs = opt_secs(&format!("{key}.leeway"), &Some(l.clone()), v.leeway_secs, errs);
+                    if let Some(l) = leeway {
+                        v.leeway_secs = l;
                     }
                     (Attestor::Nitro(v), format!("urn:ephemera:nitro:{fingerprint}"))
                 }
@@ -313,8 +316,8 @@ fn build_attestation(
                 .and_then(|v| if crls.is_empty() { Ok(v) } else { v.with_crls(&crls) })
                 .map(|v| v.with_revoked_serials(p.revoked_serials.iter()))
                 .map(|mut v| {
-                    if let Some(l) = &p.leeway {
-                        v.leeway_secs = opt_secs(&format!("{key}.leeway"), &Some(l.clone()), v.leeway_secs, errs);
+                    if let Some(l) = leeway {
+                        v.leeway_secs = l;
                     }
                     v
                 });
@@ -333,7 +336,7 @@ fn build_attestation(
         _ => false,
     };
     let mut rules = TokenRules::new(issuer, vec![]);
-    rules.leeway = opt_secs(&format!("{key}.leeway"), &p.leeway, DEFAULT_ATTESTATION_LEEWAY_SECS, errs);
+    rules.leeway = leeway.unwrap_or(DEFAULT_ATTESTATION_LEEWAY_SECS);
     if errs.len() > before {
         return None;
     }

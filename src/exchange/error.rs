@@ -47,6 +47,10 @@ pub enum ExchangeError {
     NonceInvalid(&'static str),
     #[error("the exchange took longer than {0} s (an issuer slow to answer?)")]
     Timeout(u64),
+    #[error("{0}")]
+    Randomness(crate::ids::RandomnessUnavailable),
+    #[error("the assertion belongs to another task")]
+    TaskMismatch,
     /// A cloud refused or could not answer (only [`MintError::Aws`] and [`MintError::Gcp`]).
     #[error("{0}")]
     Upstream(MintError),
@@ -140,7 +144,8 @@ impl ExchangeError {
                 | RequestProblem::ConflictingTarget
                 | RequestProblem::ActorUnsupported
                 | RequestProblem::ActorIncomplete
-                | RequestProblem::RequestedTypeUnsupported,
+                | RequestProblem::RequestedTypeUnsupported
+                | RequestProblem::TaskRequired,
             ) => (Rejected, "invalid_request", "request_invalid"),
             ExchangeError::UnsupportedTokenType(_) => (Rejected, "invalid_request", "unsupported_token_type"),
             ExchangeError::UnknownRole(_) => (Rejected, "invalid_target", "unknown_role"),
@@ -160,6 +165,8 @@ impl ExchangeError {
             ExchangeError::DebugEnclave => (Rejected, "invalid_request", "debug_enclave"),
             ExchangeError::NonceInvalid(_) => (Rejected, "invalid_request", "nonce_invalid"),
             ExchangeError::Timeout(_) => (Unavailable, "temporarily_unavailable", "request_timeout"),
+            ExchangeError::Randomness(_) => (Unavailable, "temporarily_unavailable", "randomness_unavailable"),
+            ExchangeError::TaskMismatch => (Forbidden, "access_denied", "task_mismatch"),
             ExchangeError::Upstream(e) => match e.upstream() {
                 Some((_, true)) => (Unavailable, "temporarily_unavailable", "upstream_unavailable"),
                 _ => (UpstreamRefused, "server_error", "upstream_refused"),
@@ -199,6 +206,12 @@ mod tests {
             r.description,
             "mint_failed: credential could not be minted; the assertion is spent, present a fresh one"
         );
+        let r = ExchangeError::Randomness(crate::ids::RandomnessUnavailable).refusal();
+        assert_eq!(
+            (r.class, r.error, r.reason),
+            (Class::Unavailable, "temporarily_unavailable", "randomness_unavailable")
+        );
+        assert_eq!(r.description, "randomness_unavailable: system randomness unavailable");
         let r = ExchangeError::State(StateError::Full(3)).refusal();
         assert_eq!(
             (r.class, r.error, r.reason),

@@ -24,7 +24,8 @@ impl Broker {
     ) -> Result<TokenResponse, ExchangeError> {
         let (role, workload, claims, facts, lifetime, now) = allowed.into_parts();
         let exp = now + lifetime;
-        let jti = random_id(16);
+        // Without randomness no grant id is made, and the assertion is not spent.
+        let jti = random_id(16).map_err(ExchangeError::Randomness)?;
         // Cloud requests are built (and their tags validated) before the assertion is spent.
         let plan = self.minters.plan(
             &role.credential,
@@ -51,6 +52,7 @@ impl Broker {
             kind: kind.as_str().to_owned(),
             issued_at: now,
             expires_at: exp,
+            issuer: facts.issuer.clone(),
         };
         // Without a nonce to take, the grant goes into the inventory with the replay mark (one
         // round trip); with one, only once the nonce has been taken, so no refused exchange

@@ -210,10 +210,11 @@ impl Broker {
     ) -> Result<TokenResponse, Refusal> {
         let now = self.evaluator.clock.now();
         let config = self.config();
-        let mut rec = self.draft(&config, request_id, now);
-        let outcome = match req {
-            Err(e) => Err(e),
-            Ok(req) => {
+        let (mut rec, ids) = self.draft(&config, request_id, now);
+        let outcome = match (ids, req) {
+            (Err(e), _) => Err(ExchangeError::Randomness(e)),
+            (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(req)) => {
                 tracing::trace!(request_id, role = %escape_untrusted(&req.role, 64), token_bytes = req.subject_token.len(), "exchange request parsed");
                 rec.role = Some(escape_untrusted(&req.role, 64));
                 // Verification (and any issuer fetch it needs) runs under the request timeout, so a
@@ -240,18 +241,21 @@ impl Broker {
         };
         match outcome {
             Ok(resp) => Ok(resp),
-            Err(e) => {
-                // A failed mint was audited by `grant` (mint_failed); every other error is a deny.
-                let audited = matches!(e, ExchangeError::Mint(_) | ExchangeError::Upstream(_));
-                let public = match config.server.detail {
-                    Detail::Full => e.refusal().description,
-                    Detail::Reason => e.reason_only(),
-                    Detail::None => e.refusal().reason.to_owned(),
-                };
-                let detail = (!audited).then(|| e.detail());
-                Err(self.deny(&config, rec, e.refusal(), detail, public).await)
-            }
+            Err(e) => Err(self.refuse_error(&config, rec, e).await),
         }
+    }
+
+    /// Audits an error as a deny (a failed mint was audited by `grant` as `mint_failed`) and
+    /// describes it at the config's disclosure level.
+    async fn refuse_error(&self, config: &Config, rec: AuditRecord, e: ExchangeError) -> Refusal {
+        let audited = matches!(e, ExchangeError::Mint(_) | ExchangeError::Upstream(_));
+        let public = match config.server.detail {
+            Detail::Full => e.refusal().description,
+            Detail::Reason => e.reason_only(),
+            Detail::None => e.refusal().reason.to_owned(),
+        };
+        let detail = (!audited).then(|| e.detail());
+        self.deny(config, rec, e.refusal(), detail, public).await
     }
 
     /// Audits a refusal the server found before any form was read (rate, size, method, media
@@ -259,7 +263,7 @@ impl Broker {
     pub async fn refuse(&self, refusal: Refusal, request_id: &str) -> Refusal {
         let now = self.evaluator.clock.now();
         let config = self.config();
-        let rec = self.draft(&config, request_id, now);
+        let (rec, _) = self.draft(&config, request_id, now);
         let public = match config.server.detail {
             Detail::Full | Detail::Reason => refusal.description.clone(),
             Detail::None => refusal.reason.to_owned(),
@@ -268,16 +272,24 @@ impl Broker {
         self.deny(&config, rec, refusal, detail, public).await
     }
 
-    /// The audit record of one exchange, before anything is known of it.
-    fn draft(&self, config: &Config, request_id: &str, now: i64) -> AuditRecord {
-        AuditRecord {
+    /// The audit record of one exchange, before anything is known of it, and whether its
+    /// decision id could be drawn (without randomness the exchange is refused: fail closed).
+    fn draft(
+        &self,
+        config: &Config,
+        request_id: &str,
+        now: i64,
+    ) -> (AuditRecord, Result<(), crate::ids::RandomnessUnavailable>) {
+        let decision_id = random_id(12);
+        let rec = AuditRecord {
             time: rfc3339(now),
             ts: now,
             request_id: request_id.to_owned(),
-            decision_id: random_id(12),
+            decision_id: decision_id.clone().unwrap_or_default(),
             policy_version: config.version.clone(),
             ..Default::default()
-        }
+        };
+        (rec, decision_id.map(|_| ()))
     }
 
     /// Records a deny (when `detail` is given: a failed mint was recorded already) and answers
@@ -304,7 +316,8 @@ impl Broker {
                 tracing::error!(error = %ae, "audit write failed for a deny");
             }
         }
-        refusal.description = format!("{public} (decision {decision_id})");
+        refusal.description =
+            if decision_id.is_empty() { public } else { format!("{public} (decision {decision_id})") };
         tracing::debug!(request_id, decision_id, reason = refusal.reason, "exchange denied");
         refusal
     }

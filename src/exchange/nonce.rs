@@ -36,7 +36,9 @@ impl Broker {
                 binding = v.into_owned();
             }
         }
-        let value = random_id(32);
+        let value = random_id(32).map_err(|e| {
+            Refusal::new(Class::Unavailable, "temporarily_unavailable", "randomness_unavailable", &e.to_string())
+        })?;
         let now = self.evaluator.now();
         match self.evaluator.state.put_nonce(&value, &binding, now + NONCE_TTL, now).await {
             Ok(()) => Ok(Nonce { nonce: value, expires_in: NONCE_TTL }),

@@ -38,6 +38,8 @@ pub enum RequestProblem {
     ActorUnsupported,
     ActorIncomplete,
     RequestedTypeUnsupported,
+    /// A workload's revocation names no `task`.
+    TaskRequired,
 }
 
 impl std::fmt::Display for RequestProblem {
@@ -52,6 +54,7 @@ impl std::fmt::Display for RequestProblem {
             RequestProblem::RequestedTypeUnsupported => {
                 f.write_str("`requested_token_type` must be the jwt or access_token type")
             }
+            RequestProblem::TaskRequired => f.write_str("`task` is required"),
         }
     }
 }

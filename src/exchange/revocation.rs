@@ -15,12 +15,13 @@
 //! false` at once to partners that introspect.
 
 use super::Broker;
-use super::error::{Class, Refusal};
-use super::request::{GRANT_TOKEN_EXCHANGE, parse_form};
+use super::error::{Class, ExchangeError, Refusal};
+use super::request::{GRANT_TOKEN_EXCHANGE, RequestProblem, parse_form};
 use crate::audit::{AuditRecord, Outcome};
 use crate::clock::rfc3339;
 use crate::ids::random_id;
-use crate::state::{Grant, Mark, RevocationKey};
+use crate::state::{Grant, RevocationKey};
+use ephemera_providers::error::escape_untrusted;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -65,7 +66,8 @@ fn invalid(detail: &str) -> Refusal {
 }
 
 impl Broker {
-    /// Revokes what the form names, from now for [`REVOCATION_TTL`].
+    /// Revokes what the form names, from now for [`REVOCATION_TTL`]. A workload's refused
+    /// revocation is audited and described like a refused exchange.
     pub async fn revoke(&self, by: RevokeBy, form: &HashMap<String, String>) -> Result<Revoked, Refusal> {
         let now = self.evaluator.now();
         let key = match by {
@@ -77,7 +79,18 @@ impl Broker {
                     _ => return Err(invalid("give exactly one of task, jti, subject, role, issuer")),
                 }
             }
-            RevokeBy::Assertion => RevocationKey::Task(self.own_task(form, now).await?).to_string(),
+            RevokeBy::Assertion => {
+                let config = self.config();
+                let (mut rec, ids) = self.draft(&config, &random_id(12).unwrap_or_default(), now);
+                let task = match ids.map_err(ExchangeError::Randomness) {
+                    Ok(()) => self.own_task(form, now, &mut rec).await,
+                    Err(e) => Err(e),
+                };
+                match task {
+                    Ok(task) => RevocationKey::Task(task).to_string(),
+                    Err(e) => return Err(self.refuse_error(&config, rec, e).await),
+                }
+            }
         };
         match self.evaluator.state.revoke(&key, now + REVOCATION_TTL, now).await {
             Ok(()) => {
@@ -91,40 +104,38 @@ impl Broker {
     }
 
     /// The task a workload may end: its assertion must verify, pass its role's policy now, and
-    /// belong to the task it names. It is spent like any other.
-    async fn own_task(&self, form: &HashMap<String, String>, now: i64) -> Result<String, Refusal> {
-        let Some(task) = form.get("task").cloned() else {
-            return Err(invalid("`task` is required"));
-        };
+    /// belong to the task it names. It is spent like any other (the exchange's own `spend`).
+    async fn own_task(
+        &self,
+        form: &HashMap<String, String>,
+        now: i64,
+        rec: &mut AuditRecord,
+    ) -> Result<String, ExchangeError> {
+        let task = form.get("task").cloned().ok_or(ExchangeError::InvalidRequest(RequestProblem::TaskRequired))?;
         let mut exchange_form: Vec<(&str, &str)> =
             form.iter().filter(|(k, _)| k.as_str() != "task").map(|(k, v)| (k.as_str(), v.as_str())).collect();
         exchange_form.push(("grant_type", GRANT_TOKEN_EXCHANGE));
         let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(exchange_form).finish();
-        let req = parse_form(encoded.as_bytes()).map_err(|e| e.refusal())?;
-        let (_, result) = self.evaluator.evaluate(&req, now).await;
-        let allowed = result.map_err(|e| e.refusal())?;
+        let req = parse_form(encoded.as_bytes())?;
+        rec.role = Some(escape_untrusted(&req.role, 64));
+        let (trace, result) = self.evaluator.evaluate(&req, now).await;
+        trace.audit_facts(rec);
+        let allowed = result?;
         if allowed.workload().task != task {
-            return Err(Refusal::new(
-                Class::Forbidden,
-                "access_denied",
-                "task_mismatch",
-                "the assertion belongs to another task",
-            ));
+            return Err(ExchangeError::TaskMismatch);
         }
         let (_, _, _, facts, _, _) = allowed.into_parts();
-        match self.evaluator.state.mark_used(&facts.replay_id, facts.replay_until, now, facts.issued_at, None).await {
-            Ok(Mark::Fresh) => Ok(task),
-            Ok(_) => Err(Refusal::new(Class::Rejected, "invalid_request", "token_replayed", "assertion already used")),
-            Err(_) => Err(unavailable("try again")),
-        }
+        self.spend(&facts.replay_id, facts.replay_until, now, facts.issued_at, None).await?;
+        Ok(task)
     }
 
     async fn audit_revocation(&self, detail: String, task: Option<String>, now: i64) {
         let rec = AuditRecord {
             time: rfc3339(now),
             ts: now,
-            request_id: random_id(12),
-            decision_id: random_id(12),
+            // (the revocation is stored already: without randomness its record has no ids)
+            request_id: random_id(12).unwrap_or_default(),
+            decision_id: random_id(12).unwrap_or_default(),
             policy_version: self.config().version.clone(),
             decision: Outcome::Revoke,
             reason: None,
@@ -181,18 +192,26 @@ impl Broker {
         Ok(Introspection::Active(out))
     }
 
-    /// The grants not yet expired, oldest first; only `role`'s when given.
-    pub async fn grants(&self, role: Option<&str>) -> Result<Vec<Grant>, Refusal> {
+    /// The grants not yet expired, oldest first; only `role`'s when given; with `active`, only
+    /// those still in force: not revoked by their `jti`, task, subject, role or issuer.
+    pub async fn grants(&self, role: Option<&str>, active: bool) -> Result<Vec<Grant>, Refusal> {
         let now = self.evaluator.now();
-        match self.evaluator.state.grants(now).await {
-            Ok(mut list) => {
-                if let Some(role) = role {
-                    list.retain(|g| g.role == role);
-                }
-                list.sort_by_key(|g| (g.issued_at, g.id.clone()));
-                Ok(list)
-            }
-            Err(_) => Err(unavailable("the inventory cannot be read now")),
+        let cannot = || unavailable("the inventory cannot be read now");
+        let mut list = self.evaluator.state.grants(now).await.map_err(|_| cannot())?;
+        if let Some(role) = role {
+            list.retain(|g| g.role == role);
         }
+        if active {
+            let mut kept = Vec::with_capacity(list.len());
+            for g in list {
+                let keys = g.revocation_keys().map(|k| k.to_string());
+                if self.evaluator.state.revoked(&keys, now).await.map_err(|_| cannot())?.is_empty() {
+                    kept.push(g);
+                }
+            }
+            list = kept;
+        }
+        list.sort_by_key(|g| (g.issued_at, g.id.clone()));
+        Ok(list)
     }
 }

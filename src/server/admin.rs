@@ -67,7 +67,7 @@ pub(super) async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap, 
     }
 }
 
-/// `GET /v1/grants[?role=R]` (admin).
+/// `GET /v1/grants[?role=R][&active=true]` (admin).
 pub(super) async fn grants(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -76,7 +76,8 @@ pub(super) async fn grants(
     if !is_admin(&app, &headers) {
         return unauthorized();
     }
-    match app.broker.grants(q.get("role").map(String::as_str)).await {
+    let active = q.get("active").is_some_and(|v| v == "true");
+    match app.broker.grants(q.get("role").map(String::as_str), active).await {
         Ok(list) => axum::Json(json!({"grants": list})).into_response(),
         Err(r) => refused(&r),
     }

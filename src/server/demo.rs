@@ -54,7 +54,7 @@ impl DemoIssuer {
             "run_id": run_id,
             "run_number": "1",
             "run_attempt": "1",
-            "jti": random_id(16),
+            "jti": random_id(16).unwrap_or_default(),
             "iat": now,
             "nbf": now,
             "exp": now + 300,

@@ -51,7 +51,9 @@ pub(super) async fn token(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let request_id = random_id(12);
+    // A request id correlates logs; without randomness it is empty, and the exchange, which
+    // cannot draw its decision id either, is refused (`randomness_unavailable`).
+    let request_id = random_id(12).unwrap_or_default();
     let client = client.map(|c| c.0);
     let mut resp = match (rejection(&app, client, &method, &uri, &headers, body.is_ok()), body) {
         (Some(r), _) => rejected(r, &app.broker.refuse(r.refusal(), &request_id).await),

@@ -41,6 +41,23 @@ pub struct Grant {
     pub kind: String,
     pub issued_at: i64,
     pub expires_at: i64,
+    /// The assertion's issuer (a revocation by `issuer` ends the grant).
+    #[serde(default)]
+    pub issuer: String,
+}
+
+impl Grant {
+    /// The revocation keys that end this grant: its `jti`, task, subject, role and issuer (the
+    /// keys introspection checks).
+    pub fn revocation_keys(&self) -> [RevocationKey; 5] {
+        [
+            RevocationKey::Jti(self.id.clone()),
+            RevocationKey::Task(self.task.clone()),
+            RevocationKey::Subject(self.subject.clone()),
+            RevocationKey::Role(self.role.clone()),
+            RevocationKey::Issuer(self.issuer.clone()),
+        ]
+    }
 }
 
 /// What a revocation names, as stored: `task:ID`, `jti:ID`, `subject:S`, `role:R`, `issuer:I`.

@@ -1,5 +1,6 @@
 """The README's promises are pinned: every reason slug of the README's error table is asserted by an
-end-to-end test (a documented answer no test produces is either unreachable — README listed
+end-to-end test, or, for an answer no request can provoke (the system's randomness failing), by a
+Rust unit test (a documented answer no test produces is either unreachable — README listed
 `binding_mismatch`, which no route could answer — or untested), and every test the claims map
 (tests/CLAIMS.md) names exists."""
 
@@ -23,8 +24,15 @@ def error_table_slugs(readme: str) -> set[str]:
     return slugs
 
 
+def unit_tests(text: str) -> str:
+    """The test modules of a Rust file: everything from its `#[cfg(test)]` on."""
+    return text[text.index("#[cfg(test)]"):] if "#[cfg(test)]" in text else ""
+
+
 def asserted_slugs() -> str:
-    return "\n".join(p.read_text() for p in sorted(HERE.glob("test_*.py")) if p.name != "test_docs.py")
+    e2e = [p.read_text() for p in sorted(HERE.glob("test_*.py")) if p.name != "test_docs.py"]
+    rust = [unit_tests(p.read_text()) for p in sorted((REPO / "src").rglob("*.rs"))]
+    return "\n".join(e2e + rust)
 
 
 def test_every_documented_reason_is_asserted_by_a_test():
@@ -44,11 +52,14 @@ def test_the_slug_check_sees_a_missing_slug():
     tests = asserted_slugs()
     assert re.search(r"[\"']token_replayed[\"']", tests)
     assert not re.search(r"[\"']no_such_reason_anywhere[\"']", tests)
+    # a slug that the broker's code names but only outside its tests does not count
+    assert "policy_unscoped" in (REPO / "src/policy/lint.rs").read_text()
+    assert not re.search(r"[\"']policy_unscoped[\"']", unit_tests((REPO / "src/policy/lint.rs").read_text()))
 
 
 def claims_map_tests(text: str) -> set[tuple[str, str]]:
     """(file, name) of every test the claims map names (`path/to/file.rs::name`, `...py::name`)."""
-    return set(re.findall(r"`((?:tests|src|providers|attestation)/[\w/.-]+\.(?:py|rs))::(\w+)(?:\[[^`]*\])?`", text))
+    return set(re.findall(r"`((?:tests|src|providers|attestation|untrusted)/[\w/.-]+\.(?:py|rs))::(\w+)(?:\[[^`]*\])?`", text))
 
 
 def defined(file: Path, name: str) -> bool:
