@@ -23,6 +23,14 @@ fn is_admin(app: &App, headers: &HeaderMap) -> bool {
     app.broker.config().admin_token.as_ref().is_some_and(|t| !presented.is_empty() && t.matches(presented))
 }
 
+/// A form body, or the reason it could not be read (over the body limit).
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn too_large() -> Response {
+    let r = HttpRejection::BodyTooLarge;
+    rejected(r, &r.refusal())
+}
+
 fn unauthorized() -> Response {
     let r = HttpRejection::Unauthorized;
     rejected(r, &r.refusal())
@@ -30,7 +38,8 @@ fn unauthorized() -> Response {
 
 /// `POST /v1/revoke`: an admin names one key; a workload without the admin credential ends its
 /// own task with a fresh assertion of it.
-pub(super) async fn revoke(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn revoke(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let Ok(body) = body else { return too_large() };
     let form = match parse_admin_form(&body) {
         Ok(f) => f,
         Err(r) => return refused(&r),
@@ -49,10 +58,11 @@ pub(super) async fn revoke(State(app): State<Arc<App>>, headers: HeaderMap, body
 }
 
 /// `POST /v1/introspect` (RFC 7662), for authenticated callers.
-pub(super) async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     if !is_admin(&app, &headers) {
         return unauthorized();
     }
+    let Ok(body) = body else { return too_large() };
     let form = match parse_admin_form(&body) {
         Ok(f) => f,
         Err(r) => return refused(&r),

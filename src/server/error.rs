@@ -31,12 +31,18 @@ pub(super) fn refused(r: &Refusal) -> Response {
     respond(status_for(r.class), r)
 }
 
+/// The answer to a method the route does not take.
+pub(super) async fn method_not_allowed(allow: &'static str) -> Response {
+    let r = HttpRejection::MethodNotAllowed { allow };
+    rejected(r, &r.refusal())
+}
+
 /// The answer to a refusal of the server itself (`r` is `rejection`'s refusal, as audited).
 pub(super) fn rejected(rejection: HttpRejection, r: &Refusal) -> Response {
     let mut resp = respond(rejection.status(), r);
     match rejection {
-        HttpRejection::MethodNotAllowed => {
-            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        HttpRejection::MethodNotAllowed { allow } => {
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         HttpRejection::Unauthorized => {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

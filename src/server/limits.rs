@@ -7,15 +7,35 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Most bytes of request headers accepted on the token endpoint.
+/// Most bytes of request headers accepted on the token and nonce endpoints.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// The `Allow` of a route that takes a form.
+pub const POST: &str = "POST";
+/// The `Allow` of a route that is read.
+pub const GET: &str = "GET,HEAD";
+
+/// More than [`MAX_HEADER_BYTES`] of request headers.
+pub fn headers_too_large(headers: &axum::http::HeaderMap) -> bool {
+    headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>() > MAX_HEADER_BYTES
+}
+
+/// The body is declared `application/x-www-form-urlencoded`.
+pub fn is_form(headers: &axum::http::HeaderMap) -> bool {
+    headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    })
+}
 
 /// A request the server refuses on its transport alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpRejection {
     RateLimited,
     HeadersTooLarge,
-    MethodNotAllowed,
+    /// The route answers only `allow` (`POST`, or `GET,HEAD`).
+    MethodNotAllowed {
+        allow: &'static str,
+    },
     QueryString,
     NotForm,
     BodyTooLarge,
@@ -34,7 +54,7 @@ impl HttpRejection {
             HeadersTooLarge => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "invalid_request", "request_too_large", Class::TooLarge)
             }
-            MethodNotAllowed => {
+            MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "method_not_allowed", Class::Rejected)
             }
             QueryString => (StatusCode::BAD_REQUEST, "invalid_request", "request_invalid", Class::Rejected),
@@ -54,7 +74,8 @@ impl HttpRejection {
         match self {
             HttpRejection::RateLimited => "too many requests from this client; retry later".into(),
             HttpRejection::HeadersTooLarge => format!("request headers over {MAX_HEADER_BYTES} bytes"),
-            HttpRejection::MethodNotAllowed => "use POST with a form body".into(),
+            HttpRejection::MethodNotAllowed { allow: POST } => "use POST with a form body".into(),
+            HttpRejection::MethodNotAllowed { allow } => format!("use {}", allow.split(',').next().unwrap_or(allow)),
             HttpRejection::QueryString => "parameters belong in the form body, not the query string".into(),
             HttpRejection::NotForm => "body must be application/x-www-form-urlencoded".into(),
             HttpRejection::BodyTooLarge => "request body over the size limit".into(),

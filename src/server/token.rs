@@ -3,12 +3,12 @@
 //! pipeline's; the form goes to the pipeline as it came.
 
 use super::error::{no_store, refused, rejected};
-use super::limits::{HttpRejection, MAX_HEADER_BYTES};
+use super::limits::{HttpRejection, POST, headers_too_large, is_form};
 use super::{App, ClientAddr};
 use crate::ids::random_id;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
@@ -21,20 +21,16 @@ fn rejection(
     headers: &HeaderMap,
     body_read: bool,
 ) -> Option<HttpRejection> {
-    let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
-    });
-    let header_bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if client.is_some_and(|c| !app.limiter.admit(c.0.ip())) {
         Some(HttpRejection::RateLimited)
-    } else if header_bytes > MAX_HEADER_BYTES {
+    } else if headers_too_large(headers) {
         Some(HttpRejection::HeadersTooLarge)
     } else if method != Method::POST {
-        Some(HttpRejection::MethodNotAllowed)
+        Some(HttpRejection::MethodNotAllowed { allow: POST })
     } else if uri.query().is_some() {
         // A token in a URL ends up in logs and proxies; refuse it whatever else the URL holds.
         Some(HttpRejection::QueryString)
-    } else if !form_type {
+    } else if !is_form(headers) {
         Some(HttpRejection::NotForm)
     } else if !body_read {
         Some(HttpRejection::BodyTooLarge)
