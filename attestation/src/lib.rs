@@ -48,10 +48,12 @@ pub mod ec2;
 pub mod error;
 mod evidence;
 pub mod nitro;
+mod verifier;
 pub mod x509pop;
 
 pub use error::{AttestationError, Check};
 pub use evidence::{Evidence, KeyBinding};
+pub use verifier::Verifier;
 
 /// The attestation formats the broker accepts, by RFC 8693 `subject_token_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -16,7 +16,7 @@ mod raw;
 mod role;
 mod server;
 
-pub use provider::{Attestor, Provider};
+pub use provider::{Provider, ProviderKind};
 pub use raw::*;
 pub use role::Role;
 pub use server::{AdminToken, Detail, Safety, ServerSettings, StateBackend};
@@ -183,7 +183,7 @@ credential = { kind = "jwt", audience = "https://partner.example" }
     fn good_config_loads() {
         let c = load(GOOD).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.roles["deploy"].max_ttl, Duration::from_secs(900));
-        assert!(matches!(c.providers[0].source, KeySource::Discovery { .. }));
+        assert!(matches!(c.providers[0].kind, ProviderKind::Oidc { source: KeySource::Discovery { .. } }));
     }
 
     #[test]

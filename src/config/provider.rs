@@ -5,6 +5,7 @@
 use super::defaults::*;
 use super::raw::RawProvider;
 use super::{opt_secs, parse_duration};
+use ephemera_attestation::Verifier;
 use ephemera_providers::cache::KeySource;
 use ephemera_providers::fetch;
 use ephemera_providers::profile::Profile;
@@ -12,25 +13,24 @@ use ephemera_providers::{Algorithm, KeySet, TokenRules};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// How an attestation provider verifies its documents.
-#[derive(Debug)]
-pub enum Attestor {
-    Nitro(ephemera_attestation::nitro::NitroVerifier),
-    Ec2(ephemera_attestation::ec2::IidVerifier),
-    X509(ephemera_attestation::x509pop::PopVerifier),
-}
-
 /// A configured identity provider, ready to verify.
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
     pub profile: Profile,
+    /// The issuer (for attestation, the provider's synthetic `urn:ephemera:…` issuer) and the
+    /// leeway; for OIDC also audiences, algorithms and token limits.
     pub rules: TokenRules,
-    pub source: KeySource,
-    /// Attestation providers: the verifier (OIDC providers: `None`).
-    pub attestor: Option<Attestor>,
-    /// Attestation providers: a broker nonce is required and consumed.
-    pub require_nonce: bool,
+    pub kind: ProviderKind,
+}
+
+/// What verifies a provider's assertions.
+#[derive(Debug)]
+pub enum ProviderKind {
+    /// An OIDC issuer: tokens verify against these keys.
+    Oidc { source: KeySource },
+    /// An attestation verifier over pinned roots (it says whether a broker nonce is required).
+    Attestation { verifier: Verifier },
 }
 
 /// Every `[[providers]]` entry, in order; a duplicate name is an error.
@@ -170,14 +170,7 @@ pub(super) fn build(
     if errs.len() > before {
         return None;
     }
-    Some(Provider {
-        name: p.name.clone(),
-        profile: profile?,
-        rules,
-        source: source?,
-        attestor: None,
-        require_nonce: false,
-    })
+    Some(Provider { name: p.name.clone(), profile: profile?, rules, kind: ProviderKind::Oidc { source: source? } })
 }
 
 fn read_certs(key: &str, path: &Path, errs: &mut Vec<String>) -> Vec<rustls_pki_types::CertificateDer<'static>> {
@@ -223,7 +216,7 @@ fn build_attestation(
     // Parsed once, for the verifier and the rules alike (a bad value is one problem).
     let leeway =
         p.leeway.as_deref().and_then(|l| parse_duration(&format!("{key}.leeway"), l, errs)).map(|d| d.as_secs());
-    let (attestor, issuer) = match profile {
+    let (verifier, issuer) = match profile {
         Profile::Nitro => {
             let Some(file) = &p.root_cert_file else {
                 errs.push(format!("{key}.root_cert_file: required (the AWS Nitro Enclaves root G1, PEM)"));
@@ -247,7 +240,7 @@ fn build_attestation(
                     if let Some(l) = leeway {
                         v.leeway_secs = l;
                     }
-                    (Attestor::Nitro(v), format!("urn:ephemera:nitro:{fingerprint}"))
+                    (Verifier::Nitro(v), format!("urn:ephemera:nitro:{fingerprint}"))
                 }
                 Err(e) => {
                     errs.push(format!("{key}.root_cert_file: {e}"));
@@ -278,7 +271,7 @@ fn build_attestation(
             match ec2::IidVerifier::new(certs) {
                 Ok(mut v) => {
                     v.allow_legacy_crypto = p.allow_legacy_crypto;
-                    (Attestor::Ec2(v), "urn:ephemera:aws-ec2-iid".to_owned())
+                    (Verifier::Ec2(v), "urn:ephemera:aws-ec2-iid".to_owned())
                 }
                 Err(e) => {
                     errs.push(format!("{key}.certificates: {e}"));
@@ -322,7 +315,7 @@ fn build_attestation(
                     v
                 });
             match verifier {
-                Ok(v) => (Attestor::X509(v), format!("urn:ephemera:x509-pop:{}", &fingerprint[..32])),
+                Ok(v) => (Verifier::X509(v), format!("urn:ephemera:x509-pop:{}", &fingerprint[..32])),
                 Err(e) => {
                     errs.push(format!("{key}: {e}"));
                     return None;
@@ -330,22 +323,10 @@ fn build_attestation(
             }
         }
     };
-    let require_nonce = match profile {
-        Profile::Nitro => p.require_nonce.unwrap_or(true),
-        Profile::X509Pop => true,
-        _ => false,
-    };
     let mut rules = TokenRules::new(issuer, vec![]);
     rules.leeway = leeway.unwrap_or(DEFAULT_ATTESTATION_LEEWAY_SECS);
     if errs.len() > before {
         return None;
     }
-    Some(Provider {
-        name: p.name.clone(),
-        profile,
-        rules,
-        source: KeySource::Pinned(Arc::new(KeySet::default())),
-        attestor: Some(attestor),
-        require_nonce,
-    })
+    Some(Provider { name: p.name.clone(), profile, rules, kind: ProviderKind::Attestation { verifier } })
 }

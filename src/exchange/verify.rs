@@ -5,12 +5,12 @@
 use super::error::ExchangeError;
 use super::request::{ATTESTATION_TOKEN_TYPES, ExchangeRequest, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT};
 use super::trace::{CheckOutcome, CheckStatus, TokenSummary, Trace};
-use crate::config::{Attestor, Config, Provider, Role};
+use crate::config::{Config, Provider, ProviderKind, Role};
 use crate::secret::SubjectToken;
-use ephemera_attestation::Evidence;
+use ephemera_attestation::{Evidence, Verifier};
 use ephemera_providers::error::escape_untrusted;
 use ephemera_providers::verify::{check_claims, precheck, verify_jws_signature};
-use ephemera_providers::{KeyCache, VerifiedToken, VerifyError};
+use ephemera_providers::{KeyCache, KeySource, VerifiedToken, VerifyError};
 use std::sync::Arc;
 
 /// What verified: a token's claims or an attestation document's evidence.
@@ -63,11 +63,14 @@ pub(super) async fn verify(
             provider.profile.token_types().join(" or ")
         )));
     }
-    if let Some(attestor) = &provider.attestor {
-        let evidence = attest(attestor, &req.subject_token, now, trace)?;
-        return Ok(Verified { role, proof: Proof::Evidence(evidence) });
-    }
-    let verified = verify_token(keys, &provider, &req.subject_token, now).await;
+    let source = match &provider.kind {
+        ProviderKind::Attestation { verifier } => {
+            let evidence = attest(verifier, &req.subject_token, now, trace)?;
+            return Ok(Verified { role, proof: Proof::Evidence(evidence) });
+        }
+        ProviderKind::Oidc { source } => source,
+    };
+    let verified = verify_token(keys, &provider, source, &req.subject_token, now).await;
     trace.record_checks(verified.as_ref().err());
     let token = verified.map_err(ExchangeError::Token)?;
     trace.token = Some(TokenSummary {
@@ -88,12 +91,13 @@ pub(super) async fn verify(
 async fn verify_token(
     keys: &KeyCache,
     provider: &Provider,
+    source: &KeySource,
     token: &SubjectToken,
     now: i64,
 ) -> Result<VerifiedToken, VerifyError> {
     let steps = async {
         let untrusted = precheck(token.expose(), &provider.rules)?;
-        let keys = keys.keys_for(&provider.name, &provider.source, untrusted.jws.kid.as_deref(), now).await?;
+        let keys = keys.keys_for(&provider.name, source, untrusted.jws.kid.as_deref(), now).await?;
         let jws = verify_jws_signature(untrusted.jws, &keys)?;
         check_claims(jws, untrusted.claims, &provider.rules, now)
     };
@@ -101,16 +105,8 @@ async fn verify_token(
 }
 
 /// An attestation document, by the provider's verifier.
-fn attest(attestor: &Attestor, token: &SubjectToken, now: i64, trace: &mut Trace) -> Result<Evidence, ExchangeError> {
-    use ephemera_attestation::nitro;
-    let token = token.expose();
-    let verified = match attestor {
-        Attestor::Nitro(v) => {
-            nitro::decode_document_text(token, v.max_document_bytes).and_then(|doc| v.verify(&doc, now))
-        }
-        Attestor::Ec2(v) => v.verify(token.as_bytes(), now),
-        Attestor::X509(v) => v.verify(token, now),
-    };
+fn attest(verifier: &Verifier, token: &SubjectToken, now: i64, trace: &mut Trace) -> Result<Evidence, ExchangeError> {
+    let verified = verifier.verify(token.expose(), now);
     trace.checks = vec![CheckOutcome {
         check: "attestation".into(),
         description: "document structure, signature, certificate chain to the pinned root at its time and now, freshness",

@@ -6,7 +6,7 @@
 use super::error::ExchangeError;
 use super::trace::Trace;
 use super::verify::{Proof, Verified};
-use crate::config::Role;
+use crate::config::{ProviderKind, Role};
 use ephemera_attestation::Evidence;
 use ephemera_providers::VerifiedToken;
 use ephemera_providers::profile::{Workload, scalar_text};
@@ -98,7 +98,8 @@ fn from_evidence(role: Arc<Role>, evidence: &Evidence, now: i64, trace: &mut Tra
     if evidence.debug() && !role.allow_debug {
         return Err(ExchangeError::DebugEnclave);
     }
-    let nonce = match (provider.require_nonce, evidence.nonce()) {
+    let required = matches!(&provider.kind, ProviderKind::Attestation { verifier } if verifier.requires_nonce());
+    let nonce = match (required, evidence.nonce()) {
         (_, Some(n)) => Some(base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, n)),
         (true, None) => return Err(ExchangeError::NonceInvalid("the document carries no broker nonce")),
         (false, None) => None,
