@@ -17,6 +17,9 @@
 //!
 //! An IID proves only that AWS issued it for that instance: see the crate docs for why it is
 //! replayable and weak.
+//!
+//! One concern in one file: the three forms and two signature schemes of one document, read
+//! and checked in one sequence from bytes to `Evidence`.
 
 use crate::AttestationKind;
 use crate::certs;

@@ -22,6 +22,10 @@
 //!
 //! The payload is decoded from the very bytes the signature covers; until step 6 passes nothing
 //! from it is used except the certificates that step 5 checks.
+//!
+//! One concern in one file, the longest of the crate: the Nitro checks in the order above, each
+//! with its own error, from bytes to `Evidence`. They are one sequence; cutting it would put the
+//! reason for a check's order in another file.
 
 use crate::certs;
 use crate::error::{AttestationError, ChainProblem, CoseHeaderProblem, Malformed, PcrPolicyProblem};

@@ -9,6 +9,10 @@
 //!   (a duplicated kid is ambiguous, so neither copy is trusted);
 //! - a token without `kid` is accepted only when the set holds exactly one usable key, and it
 //!   fits the token's algorithm (with more keys, `kid` is required).
+//!
+//! One concern in one file (the rules a key set must meet before a key is used, and their
+//! tests, which are most of its length): splitting the rules from their cases would make a reader
+//! hold two files to check one rule.
 
 use crate::error::VerifyError;
 use jsonwebtoken::jwk::Jwk;

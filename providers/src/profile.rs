@@ -12,6 +12,10 @@
 //! | `oidc` | any | `sub` | `jti`, else the assertion |
 //!
 //! Every profile also accepts an `http://` loopback issuer (local tests and `ephemera dev`).
+//!
+//! One concern in one file, longer than most: one declarative table per platform (a claim a
+//! line) and the functions that read them. Keeping every platform's table in one screen-scrollable
+//! file is what lets a reviewer audit a platform and compare it with the others.
 
 use crate::error::VerifyError;
 use crate::verify::VerifiedToken;

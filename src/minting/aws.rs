@@ -12,6 +12,9 @@
 //! The broker's own AWS identity comes from the SDK's standard chain and environment
 //! (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL_STS`, profiles,
 //! instance roles); a role may override region and endpoint.
+//!
+//! One concern in one file: everything an STS session needs (its request, names, tags, deadline
+//! policy, error classes, the client) and their tests.
 
 use crate::secret::IssuedCredential;
 use aws_sdk_sts::error::ProvideErrorMetadata;

@@ -27,26 +27,24 @@
 //! by dotted path. A claim the token lacks fails its condition.
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy,
-    PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator,
 };
 use ephemera_attestation::AttestationKind;
-use ephemera_providers::profile::{Profile, Workload, lookup, scalar_text};
+use ephemera_providers::profile::Profile;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
 
+mod compile;
+mod decide;
 mod decision;
 mod lint;
 mod matcher;
 
+pub use compile::{CompiledRole, RoleSpec};
 pub use decision::{ConditionResult, Decision, GUARDRAIL_REVOCATION};
 pub use lint::{Finding, Severity};
 pub use matcher::{Condition, Matcher, Source};
-
-use decision::esc;
-use lint::lint;
-use matcher::cedar_str;
 
 const NS: &str = "Ephemera";
 
@@ -80,42 +78,6 @@ pub fn principal_attributes(profile: Profile) -> Vec<(&'static str, bool)> {
 
 fn type_name(name: &str) -> Result<EntityTypeName, String> {
     EntityTypeName::from_str(&format!("{NS}::{name}")).map_err(|e| e.to_string())
-}
-
-/// A role as policy sees it, before compilation: plain data, no config.
-#[derive(Debug)]
-pub struct RoleSpec {
-    pub name: String,
-    /// The profile of the role's provider: its workload type and attributes.
-    pub profile: Profile,
-    /// The provider's issuer (`principal.iss` is bound to it exactly).
-    pub issuer: String,
-    /// The provider's name (`principal.provider` is bound to it exactly).
-    pub provider: String,
-    pub conditions: Vec<(String, Matcher)>,
-    /// Raw Cedar, instead of or in addition to conditions (both must hold).
-    pub policy: Option<String>,
-    /// Accept a role that does not pin the workload's identity.
-    pub allow_broad: bool,
-}
-
-/// A role compiled into its own Cedar slice (its policies and the guardrails).
-#[derive(Debug)]
-pub struct CompiledRole {
-    name: String,
-    profile: Profile,
-    provider: String,
-    conditions: Vec<Condition>,
-    policies: PolicySet,
-    /// The role as a Cedar entity id.
-    uid: EntityUid,
-}
-
-impl CompiledRole {
-    /// The role's conditions, as compiled.
-    pub fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
 }
 
 impl PolicyEngine {
@@ -199,219 +161,6 @@ impl PolicyEngine {
             Source::Attribute
         } else {
             Source::Claim
-        }
-    }
-
-    /// Compiles a role into its Cedar slice and lints it.
-    pub fn compile(&self, spec: RoleSpec) -> Result<(CompiledRole, Vec<Finding>), Vec<String>> {
-        let profile = spec.profile;
-        let ty = format!("{NS}::{}", profile.entity_type());
-        let scope = format!(
-            "principal is {ty}, action == {NS}::Action::\"exchange\", resource == {NS}::Role::{}",
-            cedar_str(&spec.name)
-        );
-        let conditions: Vec<Condition> = spec
-            .conditions
-            .into_iter()
-            .map(|(claim, matcher)| Condition { source: Self::source_for(profile, &claim), claim, matcher })
-            .collect();
-        let mut errs = Vec::new();
-        let mut set = PolicySet::new();
-        fn add(set: &mut PolicySet, id: String, text: String, errs: &mut Vec<String>) {
-            match Policy::parse(Some(PolicyId::new(&id)), &text) {
-                Ok(p) => {
-                    if let Err(e) = set.add(p) {
-                        errs.push(format!("{id}: {e}"));
-                    }
-                }
-                Err(e) => errs.push(format!("{id}: {e}")),
-            }
-        }
-        let binding = format!(
-            "principal.iss == {} && principal.provider == {}",
-            cedar_str(&spec.issuer),
-            cedar_str(&spec.provider)
-        );
-        match &spec.policy {
-            None => add(
-                &mut set,
-                format!("role:{}/permit", spec.name),
-                format!("permit({scope}) when {{ {binding} }};"),
-                &mut errs,
-            ),
-            Some(text) => match PolicySet::from_str(text) {
-                Err(e) => errs.push(format!("policy: {e}")),
-                Ok(user) => {
-                    for (i, p) in user.policies().enumerate() {
-                        let id = p.annotation("id").map_or_else(|| format!("policy{i}"), str::to_owned);
-                        let id = format!("role:{}/{id}", spec.name);
-                        // The user's policies are this role's only: they are evaluated only for it.
-                        if let Err(e) = set.add(p.new_id(PolicyId::new(&id))) {
-                            errs.push(format!("policy: {e}"));
-                        }
-                    }
-                    // The issuer and provider binding holds whatever the raw policy says.
-                    add(
-                        &mut set,
-                        format!("role:{}/issuer", spec.name),
-                        format!("forbid({scope}) unless {{ {binding} }};"),
-                        &mut errs,
-                    );
-                }
-            },
-        }
-        for c in &conditions {
-            add(
-                &mut set,
-                c.policy_id(&spec.name),
-                format!("forbid({scope}) unless {{ {} }};", c.cedar_expr()),
-                &mut errs,
-            );
-        }
-        if errs.is_empty()
-            && let Err(e) = validate(&self.schema, &set)
-        {
-            errs.push(format!("policy does not validate against the schema: {e}"));
-        }
-        for g in self.guardrails.policies() {
-            if let Err(e) = set.add(g.clone()) {
-                errs.push(format!("guardrail: {e}"));
-            }
-        }
-        if !errs.is_empty() {
-            return Err(errs);
-        }
-        let findings = lint(&spec.name, profile, &conditions, spec.allow_broad);
-        let uid = EntityUid::from_type_name_and_id(self.role_type.clone(), EntityId::new(&spec.name));
-        Ok((
-            CompiledRole { name: spec.name, profile, provider: spec.provider, conditions, policies: set, uid },
-            findings,
-        ))
-    }
-
-    /// Decides `role` for a workload now, with the revocation keys in force for it (`times`:
-    /// now, the assertion's `iat` and `exp`). Never fails: an evaluation problem is a deny with
-    /// the problem in `errors`.
-    pub fn decide(
-        &self,
-        role: &CompiledRole,
-        workload: &Workload,
-        claims: &Map<String, Value>,
-        iss: &str,
-        times: (i64, i64, i64),
-        revoked: &[String],
-    ) -> Decision {
-        let (now, iat, exp) = times;
-        let results = |fired: &HashSet<String>| -> Vec<ConditionResult> {
-            role.conditions
-                .iter()
-                .map(|c| {
-                    let got = match c.source {
-                        Source::Attribute => match c.claim.as_str() {
-                            "iss" => Some(iss.to_owned()),
-                            "sub" => claims.get("sub").and_then(scalar_text),
-                            n => workload.attributes.get(n).cloned(),
-                        },
-                        Source::Claim => lookup(claims, &c.claim).and_then(scalar_text),
-                    };
-                    let pass = !fired.contains(&c.policy_id(&role.name));
-                    let expected = c.matcher.describe();
-                    let hint = match &got {
-                        Some(g) if !pass && g.eq_ignore_ascii_case(&expected) => {
-                            Some("differs only in letter case; comparison is case-sensitive")
-                        }
-                        Some(g) if !pass && g.trim() == expected => Some("differs only in surrounding white space"),
-                        _ => None,
-                    };
-                    ConditionResult { claim: c.claim.clone(), expected, got: got.map(|g| esc(&g)), pass, hint }
-                })
-                .collect()
-        };
-        let fail = |e: String| Decision {
-            allow: false,
-            conditions: results(&HashSet::new())
-                .into_iter()
-                .map(|mut c| {
-                    c.pass = false;
-                    c
-                })
-                .collect(),
-            policies: vec![],
-            guardrails: vec![],
-            errors: vec![e],
-            revoked: revoked.to_vec(),
-        };
-        let profile = role.profile;
-        let Some(ty) = self.types.get(&profile) else { return fail("no entity type for the profile".into()) };
-        let principal = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(&workload.subject));
-        let declared = self.attributes.get(&profile).map(Vec::as_slice).unwrap_or_default();
-        let mut attrs: HashMap<String, RestrictedExpression> = workload
-            .attributes
-            .iter()
-            .filter(|(k, _)| declared.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())))
-            .collect();
-        attrs.insert("iss".into(), RestrictedExpression::new_string(iss.to_owned()));
-        attrs.insert(
-            "sub".into(),
-            RestrictedExpression::new_string(claims.get("sub").and_then(scalar_text).unwrap_or_default()),
-        );
-        attrs.insert("provider".into(), RestrictedExpression::new_string(role.provider.clone()));
-        let resource_attrs = HashMap::from([
-            ("name".to_owned(), RestrictedExpression::new_string(role.name.clone())),
-            ("provider".to_owned(), RestrictedExpression::new_string(role.provider.clone())),
-        ]);
-        let entities = match (
-            Entity::new(principal.clone(), attrs, HashSet::new()),
-            Entity::new(role.uid.clone(), resource_attrs, HashSet::new()),
-        ) {
-            (Ok(p), Ok(r)) => match Entities::from_entities([p, r], None) {
-                Ok(e) => e,
-                Err(e) => return fail(e.to_string()),
-            },
-            (Err(e), _) | (_, Err(e)) => return fail(e.to_string()),
-        };
-        let raw: Vec<(String, RestrictedExpression)> = self
-            .raw_claims
-            .iter()
-            .filter_map(|c| {
-                lookup(claims, c).and_then(scalar_text).map(|v| (c.clone(), RestrictedExpression::new_string(v)))
-            })
-            .collect();
-        let context = match RestrictedExpression::new_record(raw).map_err(|e| e.to_string()).and_then(|claims| {
-            Context::from_pairs([
-                ("now".to_owned(), RestrictedExpression::new_long(now)),
-                ("iat".to_owned(), RestrictedExpression::new_long(iat)),
-                ("exp".to_owned(), RestrictedExpression::new_long(exp)),
-                ("revoked".to_owned(), RestrictedExpression::new_bool(!revoked.is_empty())),
-                ("claims".to_owned(), claims),
-            ])
-            .map_err(|e| e.to_string())
-        }) {
-            Ok(c) => c,
-            Err(e) => return fail(e),
-        };
-        // The request is built here from the schema's own types, and every policy was validated
-        // against that schema at load; re-validating each request costs ~10% of a decision, so
-        // release builds skip it and debug builds (every test) keep it as an assertion.
-        let schema = cfg!(debug_assertions).then_some(&self.schema);
-        let request = match Request::new(principal, self.action.clone(), role.uid.clone(), context, schema) {
-            Ok(r) => r,
-            Err(e) => return fail(e.to_string()),
-        };
-        let response = Authorizer::new().is_authorized(&request, &role.policies, &entities);
-        let determining: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
-        let errors: Vec<String> = response.diagnostics().errors().map(ToString::to_string).collect();
-        let allow = response.decision() == CedarDecision::Allow && errors.is_empty();
-        let fired: HashSet<String> = if allow { HashSet::new() } else { determining.iter().cloned().collect() };
-        let guardrails = determining.iter().filter(|id| id.starts_with("guardrail:")).cloned().collect();
-        Decision {
-            allow,
-            conditions: results(&fired),
-            policies: determining,
-            guardrails,
-            errors,
-            revoked: revoked.to_vec(),
         }
     }
 }

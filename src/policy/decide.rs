@@ -1,0 +1,143 @@
+//! A decision on one role for one workload now: the Cedar request built from the schema's own
+//! types (principal = the workload, resource = the role, context = times, revocation, raw
+//! claims), evaluated against the role's slice. Total: an evaluation problem is a deny.
+
+use super::PolicyEngine;
+use super::compile::CompiledRole;
+use super::decision::{ConditionResult, Decision, esc};
+use super::matcher::Source;
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityUid, Request,
+    RestrictedExpression,
+};
+use ephemera_providers::profile::{Workload, lookup, scalar_text};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+
+impl PolicyEngine {
+    /// Decides `role` for a workload now, with the revocation keys in force for it (`times`:
+    /// now, the assertion's `iat` and `exp`). Never fails: an evaluation problem is a deny with
+    /// the problem in `errors`.
+    pub fn decide(
+        &self,
+        role: &CompiledRole,
+        workload: &Workload,
+        claims: &Map<String, Value>,
+        iss: &str,
+        times: (i64, i64, i64),
+        revoked: &[String],
+    ) -> Decision {
+        let (now, iat, exp) = times;
+        let results = |fired: &HashSet<String>| -> Vec<ConditionResult> {
+            role.conditions
+                .iter()
+                .map(|c| {
+                    let got = match c.source {
+                        Source::Attribute => match c.claim.as_str() {
+                            "iss" => Some(iss.to_owned()),
+                            "sub" => claims.get("sub").and_then(scalar_text),
+                            n => workload.attributes.get(n).cloned(),
+                        },
+                        Source::Claim => lookup(claims, &c.claim).and_then(scalar_text),
+                    };
+                    let pass = !fired.contains(&c.policy_id(&role.name));
+                    let expected = c.matcher.describe();
+                    let hint = match &got {
+                        Some(g) if !pass && g.eq_ignore_ascii_case(&expected) => {
+                            Some("differs only in letter case; comparison is case-sensitive")
+                        }
+                        Some(g) if !pass && g.trim() == expected => Some("differs only in surrounding white space"),
+                        _ => None,
+                    };
+                    ConditionResult { claim: c.claim.clone(), expected, got: got.map(|g| esc(&g)), pass, hint }
+                })
+                .collect()
+        };
+        let fail = |e: String| Decision {
+            allow: false,
+            conditions: results(&HashSet::new())
+                .into_iter()
+                .map(|mut c| {
+                    c.pass = false;
+                    c
+                })
+                .collect(),
+            policies: vec![],
+            guardrails: vec![],
+            errors: vec![e],
+            revoked: revoked.to_vec(),
+        };
+        let profile = role.profile;
+        let Some(ty) = self.types.get(&profile) else { return fail("no entity type for the profile".into()) };
+        let principal = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(&workload.subject));
+        let declared = self.attributes.get(&profile).map(Vec::as_slice).unwrap_or_default();
+        let mut attrs: HashMap<String, RestrictedExpression> = workload
+            .attributes
+            .iter()
+            .filter(|(k, _)| declared.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())))
+            .collect();
+        attrs.insert("iss".into(), RestrictedExpression::new_string(iss.to_owned()));
+        attrs.insert(
+            "sub".into(),
+            RestrictedExpression::new_string(claims.get("sub").and_then(scalar_text).unwrap_or_default()),
+        );
+        attrs.insert("provider".into(), RestrictedExpression::new_string(role.provider.clone()));
+        let resource_attrs = HashMap::from([
+            ("name".to_owned(), RestrictedExpression::new_string(role.name.clone())),
+            ("provider".to_owned(), RestrictedExpression::new_string(role.provider.clone())),
+        ]);
+        let entities = match (
+            Entity::new(principal.clone(), attrs, HashSet::new()),
+            Entity::new(role.uid.clone(), resource_attrs, HashSet::new()),
+        ) {
+            (Ok(p), Ok(r)) => match Entities::from_entities([p, r], None) {
+                Ok(e) => e,
+                Err(e) => return fail(e.to_string()),
+            },
+            (Err(e), _) | (_, Err(e)) => return fail(e.to_string()),
+        };
+        let raw: Vec<(String, RestrictedExpression)> = self
+            .raw_claims
+            .iter()
+            .filter_map(|c| {
+                lookup(claims, c).and_then(scalar_text).map(|v| (c.clone(), RestrictedExpression::new_string(v)))
+            })
+            .collect();
+        let context = match RestrictedExpression::new_record(raw).map_err(|e| e.to_string()).and_then(|claims| {
+            Context::from_pairs([
+                ("now".to_owned(), RestrictedExpression::new_long(now)),
+                ("iat".to_owned(), RestrictedExpression::new_long(iat)),
+                ("exp".to_owned(), RestrictedExpression::new_long(exp)),
+                ("revoked".to_owned(), RestrictedExpression::new_bool(!revoked.is_empty())),
+                ("claims".to_owned(), claims),
+            ])
+            .map_err(|e| e.to_string())
+        }) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        // The request is built here from the schema's own types, and every policy was validated
+        // against that schema at load; re-validating each request costs ~10% of a decision, so
+        // release builds skip it and debug builds (every test) keep it as an assertion.
+        let schema = cfg!(debug_assertions).then_some(&self.schema);
+        let request = match Request::new(principal, self.action.clone(), role.uid.clone(), context, schema) {
+            Ok(r) => r,
+            Err(e) => return fail(e.to_string()),
+        };
+        let response = Authorizer::new().is_authorized(&request, &role.policies, &entities);
+        let determining: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        let errors: Vec<String> = response.diagnostics().errors().map(ToString::to_string).collect();
+        let allow = response.decision() == CedarDecision::Allow && errors.is_empty();
+        let fired: HashSet<String> = if allow { HashSet::new() } else { determining.iter().cloned().collect() };
+        let guardrails = determining.iter().filter(|id| id.starts_with("guardrail:")).cloned().collect();
+        Decision {
+            allow,
+            conditions: results(&fired),
+            policies: determining,
+            guardrails,
+            errors,
+            revoked: revoked.to_vec(),
+        }
+    }
+}
