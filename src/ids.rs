@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 pub struct RandomnessUnavailable;
 
 /// `bytes` random bytes as URL-safe base64 (ids, `jti`s, nonces).
-pub fn random_id(bytes: usize) -> Result<String, RandomnessUnavailable> {
+pub(crate) fn random_id(bytes: usize) -> Result<String, RandomnessUnavailable> {
     random_id_from(bytes, |buf| aws_lc_rs::rand::fill(buf).map_err(|_| RandomnessUnavailable))
 }
 

@@ -22,7 +22,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod exchange;
-pub mod ids;
+pub(crate) mod ids;
 pub mod minting;
 pub mod policy;
 pub mod secret;

@@ -10,11 +10,11 @@
 //! | `client.rs` | `exchange`: the workload's side of an exchange |
 //! | `output.rs` | stdout that survives a closed pipe, the log set-up |
 
-pub mod client;
+mod client;
 mod dev;
 mod explain;
 mod grants;
-pub mod output;
+pub(crate) mod output;
 mod serve;
 
 use crate::config::Config;
@@ -23,10 +23,10 @@ use output::{init_tracing, outln};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_FAILURE: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_DENY: u8 = 3;
+pub(crate) const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_FAILURE: u8 = 1;
+pub(crate) const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_DENY: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,13 +34,13 @@ pub const EXIT_DENY: u8 = 3;
     version,
     about = "Workload identity federation broker: platform assertions in, short-lived credentials out"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum TokenTypeArg {
+pub(crate) enum TokenTypeArg {
     /// An OIDC ID token (JWT)
     IdToken,
     /// A JWT
@@ -54,7 +54,7 @@ pub enum TokenTypeArg {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the broker with a config file.
     Serve {
         #[arg(long)]
@@ -118,7 +118,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Check an audit log's hash chain.
     Verify { file: PathBuf },
 }

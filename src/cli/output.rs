@@ -25,7 +25,7 @@ pub(crate) fn init_tracing(json: bool) {
 }
 
 /// Log targets never shown below info (they would print credentials).
-pub const CAPPED_LOG_TARGETS: &[&str] = &[
+pub(crate) const CAPPED_LOG_TARGETS: &[&str] = &[
     "aws_smithy_runtime",
     "aws_smithy_http_client",
     "aws_smithy_runtime_api",

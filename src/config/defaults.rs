@@ -4,36 +4,36 @@
 use std::time::Duration;
 
 /// `server.max_body_size`: bytes of a request body read.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+pub(super) const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// `server.header_read_timeout`, seconds.
-pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub(super) const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 /// `server.request_timeout`, seconds.
-pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
+pub(super) const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 /// `server.rate_limit_per_second`, per client address.
-pub const DEFAULT_RATE_PER_SECOND: u32 = 100;
+pub(super) const DEFAULT_RATE_PER_SECOND: u32 = 100;
 /// `server.rate_limit_burst`.
-pub const DEFAULT_RATE_BURST: u32 = 200;
+pub(super) const DEFAULT_RATE_BURST: u32 = 200;
 /// `state.max_entries` of the memory backend.
-pub const DEFAULT_MEMORY_MAX_ENTRIES: usize = 1_000_000;
+pub(super) const DEFAULT_MEMORY_MAX_ENTRIES: usize = 1_000_000;
 /// `state.command_timeout` of the redis backend.
-pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+pub(super) const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 /// `state.key_prefix` of the redis backend (inside the `{…}` hash tag).
-pub const DEFAULT_REDIS_KEY_PREFIX: &str = "eph";
+pub(super) const DEFAULT_REDIS_KEY_PREFIX: &str = "eph";
 /// Connecting to an issuer (discovery, JWKS), seconds.
-pub const JWKS_CONNECT_TIMEOUT_SECS: u64 = 5;
+pub(super) const JWKS_CONNECT_TIMEOUT_SECS: u64 = 5;
 /// `jwks.fetch_timeout`, seconds.
-pub const DEFAULT_JWKS_FETCH_TIMEOUT_SECS: u64 = 10;
+pub(super) const DEFAULT_JWKS_FETCH_TIMEOUT_SECS: u64 = 10;
 /// `jwks.max_document_size`, bytes.
-pub const DEFAULT_JWKS_MAX_DOCUMENT_BYTES: usize = 100 * 1024;
+pub(super) const DEFAULT_JWKS_MAX_DOCUMENT_BYTES: usize = 100 * 1024;
 /// `providers.leeway` of an OIDC provider, seconds.
-pub const DEFAULT_OIDC_LEEWAY_SECS: u64 = 60;
+pub(super) const DEFAULT_OIDC_LEEWAY_SECS: u64 = 60;
 /// The most `providers.leeway` of an OIDC provider may be, seconds.
-pub const MAX_OIDC_LEEWAY_SECS: u64 = 300;
+pub(super) const MAX_OIDC_LEEWAY_SECS: u64 = 300;
 /// `providers.leeway` of an attestation provider, seconds.
-pub const DEFAULT_ATTESTATION_LEEWAY_SECS: u64 = 5;
+pub(super) const DEFAULT_ATTESTATION_LEEWAY_SECS: u64 = 5;
 /// The longest `roles.max_ttl` (and so any credential), seconds.
-pub const MAX_ROLE_TTL_SECS: u64 = 12 * 3600;
+pub(super) const MAX_ROLE_TTL_SECS: u64 = 12 * 3600;
 /// The shortest admin credential accepted (`admin.token_file`), characters.
-pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+pub(super) const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 /// The most AWS session tags a role may map (STS's limit).
-pub const MAX_SESSION_TAGS: usize = 50;
+pub(super) const MAX_SESSION_TAGS: usize = 50;

@@ -19,20 +19,20 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// The audience the dev broker expects in demo tokens.
-pub const DEMO_AUDIENCE: &str = "ephemera-dev";
+pub(crate) const DEMO_AUDIENCE: &str = "ephemera-dev";
 /// The demo role's name.
-pub const DEMO_ROLE: &str = "demo";
+pub(crate) const DEMO_ROLE: &str = "demo";
 
 /// The demo issuer: its URL and signing key.
 #[derive(Debug)]
-pub struct DemoIssuer {
+pub(crate) struct DemoIssuer {
     pub issuer: String,
     pub signer: BrokerSigner,
 }
 
 impl DemoIssuer {
     /// GitHub-Actions-shaped claims for `acme/app` on `main`, overridden by `overrides`.
-    pub fn claims(&self, now: i64, overrides: &serde_json::Map<String, Value>) -> Value {
+    pub(crate) fn claims(&self, now: i64, overrides: &serde_json::Map<String, Value>) -> Value {
         let run_id = format!("{}", 10_000_000 + (now % 1_000_000));
         let mut c = json!({
             "iss": self.issuer,
@@ -69,7 +69,13 @@ impl DemoIssuer {
 }
 
 /// The dev config: one provider (the demo issuer, keys pinned) and one role.
-pub fn config_toml(listen: &str, broker_issuer: &str, demo_issuer: &str, jwks_file: &Path, audit: &Path) -> String {
+pub(crate) fn config_toml(
+    listen: &str,
+    broker_issuer: &str,
+    demo_issuer: &str,
+    jwks_file: &Path,
+    audit: &Path,
+) -> String {
     format!(
         r#"
 [server]
@@ -122,7 +128,7 @@ async fn demo_token(State(d): State<Arc<(DemoIssuer, Arc<dyn crate::clock::Clock
 }
 
 /// Routes of the demo issuer, under `/demo/`.
-pub fn routes(demo: DemoIssuer, clock: Arc<dyn crate::clock::Clock>) -> Router {
+pub(crate) fn routes(demo: DemoIssuer, clock: Arc<dyn crate::clock::Clock>) -> Router {
     let jwks = demo.signer.jwks();
     let disco = json!({
         "issuer": demo.issuer,

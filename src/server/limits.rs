@@ -8,20 +8,20 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Most bytes of request headers accepted on the token and nonce endpoints.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// The `Allow` of a route that takes a form.
-pub const POST: &str = "POST";
+pub(super) const POST: &str = "POST";
 /// The `Allow` of a route that is read.
-pub const GET: &str = "GET,HEAD";
+pub(super) const GET: &str = "GET,HEAD";
 
 /// More than [`MAX_HEADER_BYTES`] of request headers.
-pub fn headers_too_large(headers: &axum::http::HeaderMap) -> bool {
+pub(super) fn headers_too_large(headers: &axum::http::HeaderMap) -> bool {
     headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>() > MAX_HEADER_BYTES
 }
 
 /// The body is declared `application/x-www-form-urlencoded`.
-pub fn is_form(headers: &axum::http::HeaderMap) -> bool {
+pub(super) fn is_form(headers: &axum::http::HeaderMap) -> bool {
     headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
         v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
     })
@@ -29,7 +29,7 @@ pub fn is_form(headers: &axum::http::HeaderMap) -> bool {
 
 /// A request the server refuses on its transport alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpRejection {
+pub(crate) enum HttpRejection {
     RateLimited,
     HeadersTooLarge,
     /// The route answers only `allow` (`POST`, or `GET,HEAD`).
@@ -65,7 +65,7 @@ impl HttpRejection {
         }
     }
 
-    pub fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         self.parts().0
     }
 
@@ -85,12 +85,12 @@ impl HttpRejection {
     }
 
     /// The refusal, in the token route's words.
-    pub fn refusal(self) -> Refusal {
+    pub(crate) fn refusal(self) -> Refusal {
         self.saying(&self.text())
     }
 
     /// The refusal, in other words (the nonce route's).
-    pub fn saying(self, detail: &str) -> Refusal {
+    pub(crate) fn saying(self, detail: &str) -> Refusal {
         let (_, error, reason, class) = self.parts();
         Refusal::new(class, error, reason, detail)
     }
@@ -100,7 +100,7 @@ impl HttpRejection {
 /// addresses, idle buckets are dropped; if none is idle, new clients are refused (429) rather
 /// than letting the table grow.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     per_second: f64,
     burst: f64,
     max_clients: usize,
@@ -108,7 +108,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(per_second: u32, burst: u32) -> Self {
+    pub(crate) fn new(per_second: u32, burst: u32) -> Self {
         RateLimiter {
             per_second: f64::from(per_second),
             burst: f64::from(burst.max(1)),
@@ -118,7 +118,7 @@ impl RateLimiter {
     }
 
     /// Takes one token for `ip`; false when the client is over its rate.
-    pub fn admit(&self, ip: IpAddr) -> bool {
+    pub(crate) fn admit(&self, ip: IpAddr) -> bool {
         if self.per_second <= 0.0 {
             return true;
         }

@@ -16,14 +16,14 @@
 //! | `error.rs` | refusal → status code and RFC 6749 body, the one mapping |
 
 mod admin;
-pub mod demo;
+pub(crate) mod demo;
 mod error;
 mod limits;
 mod nonce;
 mod token;
 mod wellknown;
 
-pub use limits::{HttpRejection, MAX_HEADER_BYTES, RateLimiter};
+pub(crate) use limits::RateLimiter;
 
 use crate::exchange::Broker;
 use axum::Router;

@@ -14,18 +14,18 @@ use time::OffsetDateTime;
 
 /// Every attribute the evidence carries is one its kind declares (`AttestationKind::attributes`):
 /// the lists policy builds its schema from cannot drift from what the verifiers emit.
-pub fn assert_declared(e: &Evidence) {
+pub(crate) fn assert_declared(e: &Evidence) {
     let declared = e.kind().attributes();
     let undeclared: Vec<&String> = e.attributes().keys().filter(|k| !declared.contains(&k.as_str())).collect();
     assert!(undeclared.is_empty(), "{:?} emits attributes it does not declare: {undeclared:?}", e.kind());
 }
 
 /// A fixed clock for synthetic material: 2025-06-15T14:13:20Z.
-pub const T0: i64 = 1_750_000_000;
+pub(crate) const T0: i64 = 1_750_000_000;
 
 /// The shared corpus (`EPHEMERA_CORPUS`, else `../../shared/corpus` from this crate). Missing
 /// corpus: None locally (the test says so and returns), a failure under `CI=true`.
-pub fn corpus() -> Option<PathBuf> {
+pub(crate) fn corpus() -> Option<PathBuf> {
     let dir = std::env::var_os("EPHEMERA_CORPUS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
@@ -39,12 +39,12 @@ pub fn corpus() -> Option<PathBuf> {
     None
 }
 
-pub fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// DER of the first PEM block in `text`.
-pub fn pem_to_der(text: &str) -> Vec<u8> {
+pub(crate) fn pem_to_der(text: &str) -> Vec<u8> {
     let b64: String = text
         .lines()
         .skip_while(|l| !l.starts_with("-----BEGIN"))
@@ -54,25 +54,25 @@ pub fn pem_to_der(text: &str) -> Vec<u8> {
     STANDARD.decode(b64).unwrap()
 }
 
-pub fn b64url(b: &[u8]) -> String {
+pub(crate) fn b64url(b: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
-pub fn b64(b: &[u8]) -> String {
+pub(crate) fn b64(b: &[u8]) -> String {
     STANDARD.encode(b)
 }
 
-pub fn sha256(b: &[u8]) -> Vec<u8> {
+pub(crate) fn sha256(b: &[u8]) -> Vec<u8> {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref().to_vec()
 }
 
-pub fn now_real() -> i64 {
+pub(crate) fn now_real() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// Asserts `r` failed with `slug`, and returns the error.
 #[track_caller]
-pub fn assert_slug<T: std::fmt::Debug>(r: Result<T, AttestationError>, slug: &str) -> AttestationError {
+pub(crate) fn assert_slug<T: std::fmt::Debug>(r: Result<T, AttestationError>, slug: &str) -> AttestationError {
     match r {
         Ok(v) => panic!("expected `{slug}`, got Ok({v:?})"),
         Err(e) => {
@@ -87,20 +87,20 @@ fn at(t: i64) -> OffsetDateTime {
 }
 
 /// One certificate and its key, able to issue more.
-pub struct Ca {
+pub(crate) struct Ca {
     pub der: Vec<u8>,
     pub key: KeyPair,
     pub params: CertificateParams,
 }
 
 impl Ca {
-    pub fn issuer(&self) -> Issuer<'_, &KeyPair> {
+    pub(crate) fn issuer(&self) -> Issuer<'_, &KeyPair> {
         Issuer::from_params(&self.params, &self.key)
     }
 }
 
 /// What to put in a test certificate.
-pub struct Spec<'a> {
+pub(crate) struct Spec<'a> {
     pub cn: &'a str,
     pub dn: Vec<(DnType, &'a str)>,
     pub alg: &'static SignatureAlgorithm,
@@ -116,7 +116,7 @@ pub struct Spec<'a> {
 }
 
 impl<'a> Spec<'a> {
-    pub fn ca(cn: &'a str, alg: &'static SignatureAlgorithm) -> Self {
+    pub(crate) fn ca(cn: &'a str, alg: &'static SignatureAlgorithm) -> Self {
         Spec {
             cn,
             dn: vec![],
@@ -132,7 +132,7 @@ impl<'a> Spec<'a> {
         }
     }
 
-    pub fn leaf(cn: &'a str, alg: &'static SignatureAlgorithm) -> Self {
+    pub(crate) fn leaf(cn: &'a str, alg: &'static SignatureAlgorithm) -> Self {
         Spec {
             ca: None,
             key_usages: vec![KeyUsagePurpose::DigitalSignature],
@@ -167,7 +167,7 @@ impl<'a> Spec<'a> {
     }
 
     /// Self-signed.
-    pub fn self_signed(&self) -> Ca {
+    pub(crate) fn self_signed(&self) -> Ca {
         let key = KeyPair::generate_for(self.alg).unwrap();
         let params = self.params();
         let der = params.self_signed(&key).unwrap().der().to_vec();
@@ -175,7 +175,7 @@ impl<'a> Spec<'a> {
     }
 
     /// Issued by `issuer`.
-    pub fn issued_by(&self, issuer: &Ca) -> Ca {
+    pub(crate) fn issued_by(&self, issuer: &Ca) -> Ca {
         let key = KeyPair::generate_for(self.alg).unwrap();
         let params = self.params();
         let der = params.signed_by(&key, &issuer.issuer()).unwrap().der().to_vec();
@@ -184,25 +184,25 @@ impl<'a> Spec<'a> {
 }
 
 /// ECDSA signature (fixed r‖s) with an rcgen key.
-pub fn ecdsa_sign(key: &KeyPair, alg: &'static signature::EcdsaSigningAlgorithm, msg: &[u8]) -> Vec<u8> {
+pub(crate) fn ecdsa_sign(key: &KeyPair, alg: &'static signature::EcdsaSigningAlgorithm, msg: &[u8]) -> Vec<u8> {
     let kp = EcdsaKeyPair::from_pkcs8(alg, &key.serialize_der()).unwrap();
     kp.sign(&SystemRandom::new(), msg).unwrap().as_ref().to_vec()
 }
 
 /// The uncompressed public point of an rcgen ECDSA key.
-pub fn ec_point(key: &KeyPair, alg: &'static signature::EcdsaSigningAlgorithm) -> Vec<u8> {
+pub(crate) fn ec_point(key: &KeyPair, alg: &'static signature::EcdsaSigningAlgorithm) -> Vec<u8> {
     EcdsaKeyPair::from_pkcs8(alg, &key.serialize_der()).unwrap().public_key().as_ref().to_vec()
 }
 
 /// RSA signature with an rcgen RSA key.
-pub fn rsa_sign(key: &KeyPair, padding: &'static dyn signature::RsaEncoding, msg: &[u8]) -> Vec<u8> {
+pub(crate) fn rsa_sign(key: &KeyPair, padding: &'static dyn signature::RsaEncoding, msg: &[u8]) -> Vec<u8> {
     let kp = signature::RsaKeyPair::from_pkcs8(&key.serialize_der()).unwrap();
     let mut sig = vec![0u8; kp.public_modulus_len()];
     kp.sign(padding, &SystemRandom::new(), msg, &mut sig).unwrap();
     sig
 }
 
-pub fn ed25519_sign(key: &KeyPair, msg: &[u8]) -> Vec<u8> {
+pub(crate) fn ed25519_sign(key: &KeyPair, msg: &[u8]) -> Vec<u8> {
     let kp = signature::Ed25519KeyPair::from_pkcs8(&key.serialize_der()).unwrap();
     kp.sign(msg).as_ref().to_vec()
 }

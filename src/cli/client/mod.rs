@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Json,
     Env,
     GithubEnv,
@@ -52,7 +52,7 @@ pub enum Format {
 }
 
 #[derive(Debug, Args)]
-pub struct ExchangeArgs {
+pub(crate) struct ExchangeArgs {
     /// The broker's base URL (https, or http on a loopback address).
     #[arg(long)]
     pub broker: String,
@@ -118,7 +118,7 @@ fn env_token(name: &str) -> Result<String, String> {
 }
 
 /// The broker URL, if the assertion may travel to it: https, or http to a loopback address.
-pub fn check_broker_url(broker: &str) -> Result<reqwest::Url, String> {
+pub(super) fn check_broker_url(broker: &str) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(broker).map_err(|e| format!("--broker `{broker}`: {e}"))?;
     match url.scheme() {
         "https" => Ok(url),
@@ -129,7 +129,7 @@ pub fn check_broker_url(broker: &str) -> Result<reqwest::Url, String> {
     }
 }
 
-pub async fn run(a: ExchangeArgs) -> ExitCode {
+pub(super) async fn run(a: ExchangeArgs) -> ExitCode {
     // (clap's `requires = "github_actions"` is met by the flag's default `false`: checked here)
     if a.audience.is_some() && !a.github_actions {
         return fail(
