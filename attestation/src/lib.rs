@@ -10,7 +10,9 @@
 //!   (through AWS's regional, zonal and instance CAs) by the pinned AWS Nitro Enclaves root, at
 //!   the document's timestamp, which is recent; so the enclave whose measurements are the PCRs
 //!   ran on AWS Nitro hardware and asked for this document with this `nonce`, `user_data` and
-//!   `public_key`. PCR policy ([`nitro::check_pcrs`]) then decides which code that may be.
+//!   `public_key`. Policy then decides which code that may be: the broker's Cedar conditions on
+//!   the `pcrN` evidence attributes (its lint refuses malformed or all-zero pins);
+//!   [`nitro::check_pcrs`] is the same check as a library call for other users of this crate.
 //! * [`x509pop::PopVerifier`]: the presenter holds, now, the private key of a certificate that
 //!   chains to a configured anchor and is valid now, because it signed a JWS of the broker's own
 //!   type over the broker's audience, a recent `iat` and a 32-byte nonce.
@@ -20,8 +22,9 @@
 //! # What they do NOT prove
 //!
 //! * Nitro: a code measurement, not who operates the enclave or why it asks; debug-mode
-//!   enclaves (PCR0..2 all zero) attest nothing about their code and are refused by
-//!   [`nitro::check_pcrs`] unless allowed in so many words. Freshness against replay comes only
+//!   enclaves (PCR0..2 all zero) attest nothing about their code: [`Evidence::debug`] says so,
+//!   and the broker refuses them unless the role allows them in so many words (`allow_debug`;
+//!   [`nitro::check_pcrs`] does the same for library users). Freshness against replay comes only
 //!   from the nonce, which the **broker** must check is one it issued, unexpired, and consume
 //!   atomically: [`Evidence::nonce`] is handed over for that, not checked here.
 //! * X.509 PoP: nothing about the workload beyond the certificate's names; revocation only as
