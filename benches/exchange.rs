@@ -329,8 +329,14 @@ fn main() {
         let workload = role.provider.profile.workload(&verified).unwrap();
         group.bench_function(format!("roles_{n}"), |bench| {
             bench.iter(|| {
-                let d =
-                    config.engine.decide(&role.policy, &workload, &verified.claims, ISSUER, (now, now, now + 300), &[]);
+                let d = config.engine.decide(
+                    &role.policy,
+                    &workload,
+                    verified.claims(),
+                    ISSUER,
+                    (now, now, now + 300),
+                    &[],
+                );
                 assert!(d.allow, "{:?}", d.reasons());
             })
         });

@@ -103,6 +103,22 @@ impl std::fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
+    /// Every check on a token of provider `name`, with its keys from `source` (cached, or fetched
+    /// now): shape and header, the key, the signature, the claims.
+    pub async fn verify(
+        &self,
+        name: &str,
+        source: &KeySource,
+        rules: &crate::TokenRules,
+        token: &str,
+        now: i64,
+    ) -> Result<crate::VerifiedToken, crate::VerifyError> {
+        let untrusted = crate::verify::precheck(token, rules)?;
+        let keys = self.keys_for(name, source, untrusted.jws.kid.as_deref(), now).await?;
+        let jws = crate::verify::verify_jws_signature(untrusted.jws, &keys)?;
+        crate::verify::check_claims(jws, untrusted.claims, rules, now)
+    }
+
     pub fn new(settings: CacheSettings, http: reqwest::Client) -> Self {
         KeyCache { cache: Cache::builder().max_capacity(10_000).build(), http, settings, fetches: AtomicU64::new(0) }
     }

@@ -335,7 +335,7 @@ impl Profile {
 
     /// Reads the workload from a verified token: required claims, charset checks, identity, task.
     pub fn workload(self, token: &VerifiedToken) -> Result<Workload, VerifyError> {
-        self.workload_from_claims(&token.claims, token.jti.as_deref(), &token.replay_id)
+        self.workload_from_claims(token.claims(), token.jti(), token.replay_id())
     }
 
     /// As [`Profile::workload`], from claims alone (`explain --claims`).

@@ -86,24 +86,77 @@ pub fn verify_jws(
     verify_jws_signature(UntrustedJws::parse(token, max_bytes, allowed)?, keys)
 }
 
-/// A token that passed every check for its provider, at the given time.
-#[derive(Debug, Clone)]
+/// A token that passed every check for its provider, at the given time. Only [`check_claims`]
+/// (through [`verify_token`] or [`crate::KeyCache::verify`]) makes one; its fields are read
+/// through accessors, so a holder cannot edit what was verified (like `attestation::Evidence`).
+#[derive(Debug)]
 pub struct VerifiedToken {
-    pub issuer: String,
-    pub subject: String,
+    issuer: String,
+    subject: String,
+    audience: String,
+    expires_at: i64,
+    issued_at: i64,
+    not_before: Option<i64>,
+    jti: Option<String>,
+    alg: Algorithm,
+    kid: Option<String>,
+    claims: Map<String, Value>,
+    replay_id: String,
+}
+
+impl VerifiedToken {
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
     /// The audience that matched.
-    pub audience: String,
-    pub expires_at: i64,
-    pub issued_at: i64,
-    pub not_before: Option<i64>,
-    pub jti: Option<String>,
-    pub alg: Algorithm,
-    pub kid: Option<String>,
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at
+    }
+
+    pub fn issued_at(&self) -> i64 {
+        self.issued_at
+    }
+
+    pub fn not_before(&self) -> Option<i64> {
+        self.not_before
+    }
+
+    pub fn jti(&self) -> Option<&str> {
+        self.jti.as_deref()
+    }
+
+    pub fn alg(&self) -> Algorithm {
+        self.alg
+    }
+
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
     /// Every claim, as signed.
-    pub claims: Map<String, Value>,
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.claims
+    }
+
+    /// The claims, for a holder done with the rest.
+    pub fn into_claims(self) -> Map<String, Value> {
+        self.claims
+    }
+
     /// What single use is keyed by: `jti` when the token has one, else SHA-256 of
     /// `header.payload`, both scoped to the issuer.
-    pub replay_id: String,
+    pub fn replay_id(&self) -> &str {
+        &self.replay_id
+    }
 }
 
 /// A token whose structure and header passed, with its unverified claims parsed.
@@ -115,7 +168,7 @@ pub struct UntrustedJwt<'a> {
 
 /// Steps before any key is looked up: size, structure, algorithm, header and the issuer. A token
 /// for another issuer never causes a fetch.
-pub fn precheck<'a>(token: &'a str, rules: &TokenRules) -> Result<UntrustedJwt<'a>, VerifyError> {
+pub(crate) fn precheck<'a>(token: &'a str, rules: &TokenRules) -> Result<UntrustedJwt<'a>, VerifyError> {
     let jws = UntrustedJws::parse(token, rules.max_token_bytes, &rules.algorithms)?;
     let claims = parse_claims(&jws.payload)?;
     match claims.get("iss") {
@@ -172,7 +225,7 @@ fn audiences(claims: &Map<String, Value>) -> Result<Vec<&str>, VerifyError> {
 }
 
 /// Claim checks on a signature-verified JWT at time `now` (UNIX seconds).
-pub fn check_claims(
+pub(crate) fn check_claims(
     jws: VerifiedJws,
     claims: Map<String, Value>,
     rules: &TokenRules,

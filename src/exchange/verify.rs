@@ -9,7 +9,6 @@ use crate::config::{Config, Provider, ProviderKind, Role};
 use crate::secret::SubjectToken;
 use ephemera_attestation::{Evidence, Verifier};
 use ephemera_providers::error::escape_untrusted;
-use ephemera_providers::verify::{check_claims, precheck, verify_jws_signature};
 use ephemera_providers::{KeyCache, KeySource, VerifiedToken, VerifyError};
 use std::sync::Arc;
 
@@ -74,20 +73,21 @@ pub(super) async fn verify(
     trace.record_checks(verified.as_ref().err());
     let token = verified.map_err(ExchangeError::Token)?;
     trace.token = Some(TokenSummary {
-        issuer: token.issuer.clone(),
-        subject: token.subject.clone(),
-        audience: token.audience.clone(),
-        issued_at: token.issued_at,
-        not_before: token.not_before,
-        expires_at: token.expires_at,
-        alg: format!("{:?}", token.alg),
-        kid: token.kid.clone(),
+        issuer: token.issuer().to_owned(),
+        subject: token.subject().to_owned(),
+        audience: token.audience().to_owned(),
+        issued_at: token.issued_at(),
+        not_before: token.not_before(),
+        expires_at: token.expires_at(),
+        alg: format!("{:?}", token.alg()),
+        kid: token.kid().map(str::to_owned),
     });
     Ok(Verified { role, proof: Proof::Token(token) })
 }
 
-/// A JWT: shape and size, the issuer's keys (fetched or cached), the signature, the claims; a
-/// failure is refined by the provider's profile (a look-alike issuer, a platform's own words).
+/// A JWT: shape and size, the issuer's keys (fetched or cached), the signature, the claims (one
+/// call into the providers crate); a failure is refined by the provider's profile (a look-alike
+/// issuer, a platform's own words).
 async fn verify_token(
     keys: &KeyCache,
     provider: &Provider,
@@ -95,13 +95,9 @@ async fn verify_token(
     token: &SubjectToken,
     now: i64,
 ) -> Result<VerifiedToken, VerifyError> {
-    let steps = async {
-        let untrusted = precheck(token.expose(), &provider.rules)?;
-        let keys = keys.keys_for(&provider.name, source, untrusted.jws.kid.as_deref(), now).await?;
-        let jws = verify_jws_signature(untrusted.jws, &keys)?;
-        check_claims(jws, untrusted.claims, &provider.rules, now)
-    };
-    steps.await.map_err(|e| provider.profile.refine(e))
+    keys.verify(&provider.name, source, &provider.rules, token.expose(), now)
+        .await
+        .map_err(|e| provider.profile.refine(e))
 }
 
 /// An attestation document, by the provider's verifier.

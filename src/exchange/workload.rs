@@ -59,16 +59,16 @@ fn from_token(role: Arc<Role>, token: VerifiedToken, trace: &mut Trace) -> Resul
     let workload = role.provider.profile.workload(&token).map_err(ExchangeError::Profile)?;
     trace.workload = Some(workload.clone());
     let facts = Facts {
-        issuer: token.issuer,
-        issued_at: token.issued_at,
-        not_after: token.expires_at,
-        replay_id: token.replay_id,
-        replay_until: token.expires_at + role.provider.rules.leeway as i64,
+        issuer: token.issuer().to_owned(),
+        issued_at: token.issued_at(),
+        not_after: token.expires_at(),
+        replay_id: token.replay_id().to_owned(),
+        replay_until: token.expires_at() + role.provider.rules.leeway as i64,
         cnf: None,
         nonce: None,
         replayable: false,
     };
-    Ok(Subject { role, workload, claims: token.claims, facts })
+    Ok(Subject { role, workload, claims: token.into_claims(), facts })
 }
 
 fn from_evidence(role: Arc<Role>, evidence: &Evidence, now: i64, trace: &mut Trace) -> Result<Subject, ExchangeError> {
