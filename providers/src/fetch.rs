@@ -52,27 +52,49 @@ pub fn is_loopback_host(url: &Url) -> bool {
     }
 }
 
+/// Why an issuer identifier is refused (the text is the config's and the fetch error's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssuerProblem {
+    #[error("not an absolute URL ({0})")]
+    NotAbsolute(String),
+    #[error("not in canonical form (it would be rewritten when parsed)")]
+    NotCanonical,
+    /// `http` on a host that is not loopback (acceptable only for pinned keys: nothing fetched).
+    #[error("uses http on a host that is not loopback")]
+    HttpNotLoopback,
+    #[error("scheme `{0}` is not https")]
+    Scheme(String),
+    #[error("has no host")]
+    NoHost,
+    #[error("has a userinfo part")]
+    UserInfo,
+    #[error("has a query or fragment")]
+    QueryOrFragment,
+    #[error("has empty or dot path segments")]
+    PathSegments,
+}
+
 /// Checks an issuer identifier: an absolute `https` URL (or `http` on loopback) with a host, no
 /// userinfo, query, fragment, dot segments or empty path segments.
-pub fn validate_issuer(issuer: &str) -> Result<Url, String> {
-    let url = Url::parse(issuer).map_err(|e| format!("not an absolute URL ({e})"))?;
+pub fn validate_issuer(issuer: &str) -> Result<Url, IssuerProblem> {
+    let url = Url::parse(issuer).map_err(|e| IssuerProblem::NotAbsolute(e.to_string()))?;
     if url.as_str().trim_end_matches('/') != issuer.trim_end_matches('/') {
-        return Err("not in canonical form (it would be rewritten when parsed)".into());
+        return Err(IssuerProblem::NotCanonical);
     }
     match url.scheme() {
         "https" => {}
         "http" if is_loopback_host(&url) => {}
-        "http" => return Err("uses http on a host that is not loopback".into()),
-        s => return Err(format!("scheme `{s}` is not https")),
+        "http" => return Err(IssuerProblem::HttpNotLoopback),
+        s => return Err(IssuerProblem::Scheme(s.to_owned())),
     }
     if url.host().is_none() {
-        return Err("has no host".into());
+        return Err(IssuerProblem::NoHost);
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("has a userinfo part".into());
+        return Err(IssuerProblem::UserInfo);
     }
     if url.query().is_some() || url.fragment().is_some() || issuer.contains('?') || issuer.contains('#') {
-        return Err("has a query or fragment".into());
+        return Err(IssuerProblem::QueryOrFragment);
     }
     let path = url.path();
     if path.contains("//")
@@ -80,7 +102,7 @@ pub fn validate_issuer(issuer: &str) -> Result<Url, String> {
         || issuer.contains("/../")
         || issuer.contains("/./")
     {
-        return Err("has empty or dot path segments".into());
+        return Err(IssuerProblem::PathSegments);
     }
     Ok(url)
 }
@@ -181,7 +203,8 @@ pub async fn discover(
     jwks_hosts: &[String],
     limits: &FetchLimits,
 ) -> Result<(Discovery, Url), FetchError> {
-    let issuer_url = validate_issuer(issuer).map_err(|e| FetchError::Document { url: issuer.into(), cause: e })?;
+    let issuer_url =
+        validate_issuer(issuer).map_err(|e| FetchError::Document { url: issuer.into(), cause: e.to_string() })?;
     let disco_url = Url::parse(&format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/')))
         .map_err(|e| FetchError::Document { url: issuer.into(), cause: e.to_string() })?;
     let fetched = get_capped(client, &disco_url, limits).await?;

@@ -7,7 +7,7 @@ use super::raw::RawProvider;
 use super::{opt_secs, parse_duration};
 use ephemera_attestation::Verifier;
 use ephemera_providers::cache::KeySource;
-use ephemera_providers::fetch;
+use ephemera_providers::fetch::{self, IssuerProblem};
 use ephemera_providers::profile::Profile;
 use ephemera_providers::{Algorithm, KeySet, TokenRules};
 use std::path::{Path, PathBuf};
@@ -91,8 +91,8 @@ pub(super) fn build(
     }
     match fetch::validate_issuer(&p.issuer) {
         Ok(_) => {}
-        Err(e) if e.contains("http on a host") && p.allow_insecure_issuer && p.jwks_file.is_some() => {}
-        Err(e) if e.contains("http on a host") && p.allow_insecure_issuer => {
+        Err(IssuerProblem::HttpNotLoopback) if p.allow_insecure_issuer && p.jwks_file.is_some() => {}
+        Err(e @ IssuerProblem::HttpNotLoopback) if p.allow_insecure_issuer => {
             errs.push(format!(
                 "{key}.allow_insecure_issuer: only allowed with jwks_file (nothing may be fetched over http) ({e})"
             ));
