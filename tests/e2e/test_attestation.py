@@ -6,9 +6,9 @@ Every refusal has its positive twin, and every refusal's slug is asserted exactl
 
 Not here: a broker nonce that expired. Nonces live 60 s on the broker's system clock, and this
 suite does not sleep for a minute; the expiry is covered through `Broker::exchange` with the
-injected clock in `tests/attestation_exchange.rs` (`an_expired_broker_nonce_is_refused`) and by the
+injected clock in `tests/broker/attestation_exchange.rs` (`an_expired_broker_nonce_is_refused`) and by the
 state store's unit test (`src/state/memory.rs`). The real corpus documents are checked at their own
-time in `tests/attestation_exchange.rs` too.
+time in `tests/broker/attestation_exchange.rs` too.
 """
 
 from __future__ import annotations

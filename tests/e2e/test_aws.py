@@ -4,7 +4,7 @@ that uses them (issue 5 items 1-4 and 9; ATTACKS 44 AWS part, 53 and 57).
 The broker is configured only through the AWS SDK's standard environment (test credentials,
 AWS_REGION, AWS_ENDPOINT_URL_STS). moto's request recorder keeps the AssumeRole requests exactly
 as the broker sent them: moto does not read Tags/TransitiveTagKeys nor enforce Policy, so the
-tests read them from the recording (tests/aws_request.rs checks the same request in Rust, field
+tests read them from the recording (tests/broker/aws_request.rs checks the same request in Rust, field
 by field, against a recording STS double).
 """
 

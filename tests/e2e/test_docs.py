@@ -78,8 +78,8 @@ def test_every_test_the_claims_map_names_exists():
 def test_the_claims_check_sees_a_missing_test():
     """The twin: a name that exists passes, one that does not is caught, in both languages."""
     text = ("`tests/e2e/test_docs.py::test_every_test_the_claims_map_names_exists`, "
-            "`tests/admin_routes.rs::garbage_is_inactive`, `tests/e2e/test_docs.py::test_nothing_by_this_name`, "
-            "`tests/admin_routes.rs::no_fn_by_this_name`")
+            "`tests/broker/admin_routes.rs::garbage_is_inactive`, `tests/e2e/test_docs.py::test_nothing_by_this_name`, "
+            "`tests/broker/admin_routes.rs::no_fn_by_this_name`")
     named = claims_map_tests(text)
     assert len(named) == 4
     assert sorted(n for f, n in named if not defined(REPO / f, n)) == ["no_fn_by_this_name", "test_nothing_by_this_name"]

@@ -556,7 +556,7 @@ def test_golden_check(ephemera_bin, tmp_path):
         (tmp_path / name).write_text(text)
         version = hashlib.sha256(text.encode()).hexdigest()[:16]
         out[name] = _cli(ephemera_bin, ["check", "--config", name], {version: "<config-version>"}, cwd=tmp_path)
-    # every example passes (tests/examples.rs); the pinned answers are what the files must show
+    # every example passes (tests/broker/examples.rs); the pinned answers are what the files must show
     assert all(out[str(p.relative_to(REPO))]["exit"] == 0 for p in examples), out
     compare("check", out)
 
