@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 
 import jwt
@@ -30,7 +29,6 @@ from harness import (
     ID_TOKEN,
     Resp,
     check_error_hygiene,
-    ci_strict,
     cloud_role,
     github_claims,
     github_provider,
@@ -41,7 +39,8 @@ from harness import (
 )
 from test_admin import JWT_CREDENTIAL, Admin, admin
 from test_dev import DevBroker
-from test_replicas import RedisServer, shared_signing_key
+import test_replicas
+from test_replicas import shared_signing_key
 
 POLICY_VERSION = re.compile(r"[0-9a-f]{16}")
 DECISION_SUFFIX = re.compile(r" \(decision ([A-Za-z0-9_-]+)\)$")
@@ -80,15 +79,8 @@ def adm(broker_factory, mock_factory, tmp_path, request):
 # ---- bug 1: revoke by assertion after a state reset ------------------------------------------------
 
 
-@pytest.fixture
-def redis_server(tmp_path):
-    if shutil.which("redis-server") is None:
-        if ci_strict():
-            pytest.fail("redis-server missing in CI (scripts/test installs it)")
-        pytest.skip("redis-server not installed")
-    r = RedisServer(tmp_path)
-    yield r
-    r.kill()
+# the redis-server fixture of test_replicas.py (a fixture found by its name in this module)
+redis_server = test_replicas.redis_server
 
 
 @pytest.fixture
