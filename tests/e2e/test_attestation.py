@@ -5,7 +5,7 @@ single use, key binding (`cnf`) checked with PyJWT against the broker's JWKS, an
 Every refusal has its positive twin, and every refusal's slug is asserted exactly.
 
 Not here: a broker nonce that expired. Nonces live 60 s on the broker's system clock, and this
-suite does not sleep for a minute; the expiry is covered through `Broker::exchange` with the
+suite does not sleep for a minute; the expiry is covered through `Broker::exchange_request` with the
 injected clock in `tests/broker/attestation_exchange.rs` (`an_expired_broker_nonce_is_refused`) and by the
 state store's unit test (`src/state/memory.rs`). The real corpus documents are checked at their own
 time in `tests/broker/attestation_exchange.rs` too.

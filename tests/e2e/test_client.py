@@ -475,7 +475,7 @@ USAGE_ERRORS = {
     "two_sources",
     "unknown_format",
     # (clap's `requires = "github_actions"` was met by the flag's default `false`, so `--audience`
-    # alone was accepted and ignored: this case found it; src/client.rs `run` now refuses it)
+    # alone was accepted and ignored: this case found it; src/cli/client/mod.rs `run` now refuses it)
     "audience_without_github_actions",
 ])
 def test_usage_errors_exit_2(ephemera_bin, tmp_path, case):
