@@ -18,6 +18,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use crate::harness::corpus;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ephemera::audit::AuditLog;
@@ -29,28 +30,12 @@ use ephemera::secret::SubjectToken;
 use ephemera::state::StateStore;
 use ephemera::state::memory::MemoryStore;
 use ephemera_attestation::nitro::AWS_NITRO_ROOT_G1_SHA256;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 const NITRO: &str = "urn:ephemera:token-type:nitro-attestation";
 const EC2_IID: &str = "urn:ephemera:token-type:aws-ec2-iid";
-
-fn corpus() -> Option<PathBuf> {
-    let dir = std::env::var_os("EPHEMERA_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
-    if dir.join("MANIFEST.json").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        !std::env::var("CI").is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false")),
-        "corpus missing at {} (CI=true)",
-        dir.display()
-    );
-    eprintln!("corpus not found at {}; skipped", dir.display());
-    None
-}
 
 fn now_real() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64

@@ -8,6 +8,7 @@ mod admin_routes;
 mod attestation_exchange;
 mod aws_request;
 mod examples;
+mod harness;
 mod policy;
 mod profiles_corpus;
 mod redis_state;

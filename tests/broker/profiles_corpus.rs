@@ -3,28 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use crate::harness::corpus;
 use ephemera::clock::FixedClock;
 use ephemera::config::{Config, RawConfig};
 use ephemera::exchange::{ExchangeRequest, TOKEN_TYPE_ID_TOKEN};
 use ephemera::secret::SubjectToken;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-fn corpus() -> Option<PathBuf> {
-    let dir = std::env::var_os("EPHEMERA_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
-    if dir.join("MANIFEST.json").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        !std::env::var("CI").is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false")),
-        "corpus missing at {} (CI=true)",
-        dir.display()
-    );
-    eprintln!("corpus not found at {}; skipped", dir.display());
-    None
-}
 
 struct Case<'a> {
     profile: &'a str,
