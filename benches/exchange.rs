@@ -337,7 +337,7 @@ fn main() {
                     (now, now, now + 300),
                     &[],
                 );
-                assert!(d.allow, "{:?}", d.reasons());
+                assert!(d.allows(), "{:?}", d.reasons());
             })
         });
     }

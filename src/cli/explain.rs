@@ -34,7 +34,7 @@ fn closest_roles(
         .map(|r| {
             let d = config.engine.decide(&r.policy, w, claims, tok_iss, (trace.now, trace.now, trace.now + 300), &[]);
             let failed: Vec<String> = d.conditions.iter().filter(|c| !c.pass).map(|c| c.short()).collect();
-            (failed.len(), serde_json::json!({"role": r.name, "allow": d.allow, "failed": failed}))
+            (failed.len(), serde_json::json!({"role": r.name, "allow": d.allows(), "failed": failed}))
         })
         .collect();
     scored.sort_by_key(|(n, _)| *n);

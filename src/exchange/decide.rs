@@ -80,7 +80,7 @@ pub(super) async fn decide(
     let decision =
         config.engine.decide(&role.policy, &subject.workload, &subject.claims, iss, (now, iat, exp), &revoked);
     trace.decision = Some(decision.clone());
-    if !decision.allow {
+    if !decision.allows() {
         return Err(ExchangeError::Denied { role: role.name.clone(), decision: Box::new(decision) });
     }
     let lifetime = (role.max_ttl.as_secs() as i64).min(exp - now);

@@ -4,7 +4,7 @@
 
 use super::PolicyEngine;
 use super::compile::CompiledRole;
-use super::decision::{ConditionResult, Decision, esc};
+use super::decision::{ConditionResult, Decision, Effect, esc};
 use super::matcher::Source;
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityUid, Request,
@@ -54,7 +54,7 @@ impl PolicyEngine {
                 .collect()
         };
         let fail = |e: String| Decision {
-            allow: false,
+            effect: Effect::Deny,
             conditions: results(&HashSet::new())
                 .into_iter()
                 .map(|mut c| {
@@ -132,7 +132,7 @@ impl PolicyEngine {
         let fired: HashSet<String> = if allow { HashSet::new() } else { determining.iter().cloned().collect() };
         let guardrails = determining.iter().filter(|id| id.starts_with("guardrail:")).cloned().collect();
         Decision {
-            allow,
+            effect: if allow { Effect::Allow } else { Effect::Deny },
             conditions: results(&fired),
             policies: determining,
             guardrails,

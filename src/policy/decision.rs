@@ -33,10 +33,22 @@ pub(super) fn esc(s: &str) -> String {
     ephemera_providers::error::escape_untrusted(s, 128)
 }
 
+/// What a decision does (serialised as the decision's `"allow": true|false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+fn allow_member<S: serde::Serializer>(e: &Effect, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bool(*e == Effect::Allow)
+}
+
 /// The decision on one role, with what made it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
-    pub allow: bool,
+    #[serde(rename = "allow", serialize_with = "allow_member")]
+    pub effect: Effect,
     pub conditions: Vec<ConditionResult>,
     /// The Cedar policy ids that determined the decision.
     pub policies: Vec<String>,
@@ -52,6 +64,11 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The decision allows.
+    pub fn allows(&self) -> bool {
+        self.effect == Effect::Allow
+    }
+
     /// One fired guardrail, for people.
     fn guardrail(&self, id: &str) -> String {
         match id {
@@ -65,7 +82,7 @@ impl Decision {
         let mut r: Vec<String> = self.conditions.iter().filter(|c| !c.pass).map(ConditionResult::short).collect();
         r.extend(self.guardrails.iter().map(|g| self.guardrail(g)));
         r.extend(self.errors.iter().map(|e| format!("policy error: {e}")));
-        if r.is_empty() && !self.allow {
+        if r.is_empty() && !self.allows() {
             r.push("no permit policy matched".into());
         }
         r.join("; ")

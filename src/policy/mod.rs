@@ -42,7 +42,7 @@ mod lint;
 mod matcher;
 
 pub use compile::{CompiledRole, RoleSpec};
-pub use decision::{ConditionResult, Decision, GUARDRAIL_REVOCATION};
+pub use decision::{ConditionResult, Decision, Effect, GUARDRAIL_REVOCATION};
 pub use lint::{Finding, Severity};
 pub use matcher::{Condition, Matcher, Source};
 

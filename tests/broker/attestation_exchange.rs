@@ -261,7 +261,7 @@ async fn non_debug_corpus_documents_are_allowed_at_their_own_time_with_the_spec_
         assert_eq!(ev["digest"], "SHA384");
         assert_eq!(ev["iss"], format!("urn:ephemera:nitro:{AWS_NITRO_ROOT_G1_SHA256}").as_str());
         assert_eq!(trace.workload.as_ref().unwrap().subject, format!("nitro:{}", d.module_id));
-        assert!(trace.decision.as_ref().unwrap().allow);
+        assert!(trace.decision.as_ref().unwrap().allows());
     }
 }
 

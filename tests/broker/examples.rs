@@ -40,6 +40,6 @@ fn the_deploy_template_refuses_privileged_triggers() {
             (1_800_000_000, 1_800_000_000, 1_800_000_300),
             &[],
         );
-        assert_eq!(d.allow, allow, "{file}: {}", d.reasons());
+        assert_eq!(d.allows(), allow, "{file}: {}", d.reasons());
     }
 }

@@ -145,52 +145,55 @@ fn cedar_errors_stop_the_load_with_cedars_message() {
     let good = role("gh", r#"repository_id = "123456789", ref = "refs/heads/main""#)
         .replace("max_ttl", "policy = \"permit(principal is Ephemera::GithubWorkload, action, resource) when { principal has environment && principal.environment == \\\"production\\\" };\"\nmax_ttl");
     let c = load(&good).unwrap_or_else(|e| panic!("{e}"));
-    assert!(decide(&c, &github()).allow);
-    assert!(!decide(&c, &with(github(), "environment", json!("staging"))).allow, "raw policy and conditions both hold");
+    assert!(decide(&c, &github()).allows());
+    assert!(
+        !decide(&c, &with(github(), "environment", json!("staging"))).allows(),
+        "raw policy and conditions both hold"
+    );
 }
 
 #[test]
 fn anchoring_globs_and_separators() {
     let c = load(&role("gh", r#"repository_id = "123456789", repository_owner = "acme", ref = "refs/heads/main""#))
         .unwrap();
-    assert!(decide(&c, &github()).allow);
+    assert!(decide(&c, &github()).allows());
     let d = decide(&c, &with(github(), "repository_owner", json!("acme-evil")));
-    assert!(!d.allow);
+    assert!(!d.allows());
     assert_eq!(d.reasons(), "condition repository_owner: expected `acme`, got `acme-evil`");
     assert!(d.policies.contains(&"role:r/condition:repository_owner".to_owned()), "{:?}", d.policies);
-    assert!(!decide(&c, &with(github(), "ref", json!("refs/heads/main-evil"))).allow);
+    assert!(!decide(&c, &with(github(), "ref", json!("refs/heads/main-evil"))).allows());
 
     // a glob on sub stops at / and :
     let c = load(&role("gh", r#"repository_id = "123456789", sub = "repo:acme/*""#)).unwrap();
-    assert!(decide(&c, &with(github(), "sub", json!("repo:acme/app"))).allow);
-    assert!(!decide(&c, &with(github(), "sub", json!("repo:acme/x:ref:refs/heads/main"))).allow);
-    assert!(!decide(&c, &with(github(), "sub", json!("repo:acme-evil/x:ref:refs/heads/main"))).allow);
-    assert!(!decide(&c, &with(github(), "sub", json!("repo:acme/a/b"))).allow);
+    assert!(decide(&c, &with(github(), "sub", json!("repo:acme/app"))).allows());
+    assert!(!decide(&c, &with(github(), "sub", json!("repo:acme/x:ref:refs/heads/main"))).allows());
+    assert!(!decide(&c, &with(github(), "sub", json!("repo:acme-evil/x:ref:refs/heads/main"))).allows());
+    assert!(!decide(&c, &with(github(), "sub", json!("repo:acme/a/b"))).allows());
     // no regular expressions: `(123|456)` is literal
     let c = load(&role("gh", r#"repository_id = "(123|456)""#)).unwrap();
-    assert!(!decide(&c, &with(github(), "repository_id", json!("123999"))).allow);
+    assert!(!decide(&c, &with(github(), "repository_id", json!("123999"))).allows());
 }
 
 #[test]
 fn identity_permanence_and_privileged_triggers() {
     let c = load(&role("gh", r#"repository_id = "123456789", repository = "acme/app", event_name = ["push", "workflow_dispatch"], environment = "production""#)).unwrap();
-    assert!(decide(&c, &github()).allow);
+    assert!(decide(&c, &github()).allows());
     // a recycled name: same repository, another id (case 14)
     let d = decide(&c, &with(github(), "repository_id", json!("555")));
-    assert!(!d.allow && d.reasons().contains("repository_id"));
+    assert!(!d.allows() && d.reasons().contains("repository_id"));
     // pull_request_target / workflow_run on main (case 15)
     for ev in ["pull_request_target", "workflow_run", "pull_request"] {
         let d = decide(&c, &with(github(), "event_name", json!(ev)));
-        assert!(!d.allow && d.reasons().contains("condition event_name"), "{ev}");
+        assert!(!d.allows() && d.reasons().contains("condition event_name"), "{ev}");
     }
-    assert!(decide(&c, &with(github(), "event_name", json!("workflow_dispatch"))).allow);
+    assert!(decide(&c, &with(github(), "event_name", json!("workflow_dispatch"))).allows());
     // environment: missing, wrong case, trailing space (case 16), with a hint
     let mut no_env = github();
     no_env.as_object_mut().unwrap().remove("environment");
     assert!(decide(&c, &no_env).reasons().contains("token has no such claim"));
     let d = decide(&c, &with(github(), "environment", json!("Production")));
-    assert!(!d.allow && d.conditions.iter().any(|x| x.hint.is_some_and(|h| h.contains("letter case"))));
-    assert!(!decide(&c, &with(github(), "environment", json!("production "))).allow);
+    assert!(!d.allows() && d.conditions.iter().any(|x| x.hint.is_some_and(|h| h.contains("letter case"))));
+    assert!(!decide(&c, &with(github(), "environment", json!("production "))).allows());
 }
 
 #[test]
@@ -200,10 +203,10 @@ fn reusable_workflow_pin() {
         r#"repository_id = "123456789", job_workflow_ref = "acme/wf/.github/workflows/deploy.yml@refs/tags/v1""#,
     ))
     .unwrap();
-    assert!(decide(&c, &github()).allow);
+    assert!(decide(&c, &github()).allows());
     for bad in ["evil/wf/.github/workflows/deploy.yml@main", "acme/wf/.github/workflows/deploy.yml@refs/heads/feature"]
     {
-        assert!(!decide(&c, &with(github(), "job_workflow_ref", json!(bad))).allow, "{bad}");
+        assert!(!decide(&c, &with(github(), "job_workflow_ref", json!(bad))).allows(), "{bad}");
     }
 }
 
@@ -211,9 +214,9 @@ fn reusable_workflow_pin() {
 fn gcp_binds_the_unique_id_and_verified_email() {
     let c = load(&role("google", r#"sub = "1049", email = "sa@p.iam.gserviceaccount.com""#)).unwrap();
     let token = json!({"iss": "https://accounts.google.com", "sub": "1049", "email": "sa@p.iam.gserviceaccount.com", "email_verified": true});
-    assert!(decide(&c, &token).allow);
-    assert!(!decide(&c, &with(token.clone(), "sub", json!("2000"))).allow, "re-created account, same email");
-    assert!(!decide(&c, &with(token, "email_verified", json!(false))).allow, "unverified email does not count");
+    assert!(decide(&c, &token).allows());
+    assert!(!decide(&c, &with(token.clone(), "sub", json!("2000"))).allows(), "re-created account, same email");
+    assert!(!decide(&c, &with(token, "email_verified", json!(false))).allows(), "unverified email does not count");
 }
 
 #[test]
@@ -221,8 +224,8 @@ fn the_issuer_is_bound_by_every_role() {
     let c = load(&role("gh", r#"repository_id = "123456789", ref = "refs/heads/main""#)).unwrap();
     let other_iss = with(github(), "iss", json!("https://token.actions.githubusercontent.com/evil"));
     let d = decide(&c, &other_iss);
-    assert!(!d.allow, "{d:?}");
-    assert!(decide(&c, &github()).allow);
+    assert!(!d.allows(), "{d:?}");
+    assert!(decide(&c, &github()).allows());
 }
 
 #[test]
@@ -236,9 +239,9 @@ forbid(principal is Ephemera::GithubWorkload, action, resource) when { principal
 "#;
     let c = load(&format!("{}{g}", role("gh", r#"repository_id = "123456789", ref = "refs/heads/main""#))).unwrap();
     let d = decide(&c, &github());
-    assert!(!d.allow);
+    assert!(!d.allows());
     assert_eq!(d.guardrails, ["guardrail:incident-42"]);
     assert!(d.reasons().contains("guardrail guardrail:incident-42"));
     let other_owner = with(with(github(), "repository_owner_id", json!("1")), "repository_id", json!("123456789"));
-    assert!(decide(&c, &other_owner).allow, "the guardrail targets one owner only");
+    assert!(decide(&c, &other_owner).allows(), "the guardrail targets one owner only");
 }
