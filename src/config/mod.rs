@@ -19,7 +19,7 @@ mod server;
 pub use provider::{Provider, ProviderKind};
 pub use raw::*;
 pub use role::Role;
-pub use server::{AdminToken, Detail, Safety, ServerSettings, StateBackend};
+pub use server::{AdminToken, Disclosure, Safety, ServerSettings, StateBackend};
 
 use crate::policy::{Finding, PolicyEngine};
 use ephemera_providers::cache::CacheSettings;

@@ -68,12 +68,12 @@ pub struct ServerSettings {
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
     /// What a denial tells the caller; the audit always has everything.
-    pub detail: Detail,
+    pub disclosure: Disclosure,
 }
 
 /// What a denial reveals to the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detail {
+pub enum Disclosure {
     /// The reason slug and every failed check with expected vs got.
     Full,
     /// The reason slug and the names of what failed, no values.
@@ -113,13 +113,13 @@ impl ServerSettings {
             )),
             rate_limit_per_second: raw.rate_limit_per_second.unwrap_or(DEFAULT_RATE_PER_SECOND),
             rate_limit_burst: raw.rate_limit_burst.unwrap_or(DEFAULT_RATE_BURST),
-            detail: match raw.detail.as_deref() {
-                None | Some("full") => Detail::Full,
-                Some("reason") => Detail::Reason,
-                Some("none") => Detail::None,
+            disclosure: match raw.detail.as_deref() {
+                None | Some("full") => Disclosure::Full,
+                Some("reason") => Disclosure::Reason,
+                Some("none") => Disclosure::None,
                 Some(other) => {
                     errs.push(format!("server.detail: `{other}` is not one of full, reason, none"));
-                    Detail::Full
+                    Disclosure::Full
                 }
             },
         }

@@ -42,7 +42,7 @@ pub use workload::REPLAYABLE_MEMORY;
 
 use crate::audit::{AuditLog, AuditRecord, Outcome};
 use crate::clock::{Clock, rfc3339};
-use crate::config::{Config, Detail};
+use crate::config::{Config, Disclosure};
 use crate::ids::random_id;
 use crate::minting::{Minters, TokenResponse};
 use crate::state::StateStore;
@@ -249,10 +249,10 @@ impl Broker {
     /// describes it at the config's disclosure level.
     async fn refuse_error(&self, config: &Config, rec: AuditRecord, e: ExchangeError) -> Refusal {
         let audited = matches!(e, ExchangeError::Mint(_) | ExchangeError::Upstream(_));
-        let public = match config.server.detail {
-            Detail::Full => e.refusal().description,
-            Detail::Reason => e.reason_only(),
-            Detail::None => e.refusal().reason.to_owned(),
+        let public = match config.server.disclosure {
+            Disclosure::Full => e.refusal().description,
+            Disclosure::Reason => e.reason_only(),
+            Disclosure::None => e.refusal().reason.to_owned(),
         };
         let detail = (!audited).then(|| e.detail());
         self.deny(config, rec, e.refusal(), detail, public).await
@@ -264,9 +264,9 @@ impl Broker {
         let now = self.evaluator.clock.now();
         let config = self.config();
         let (rec, _) = self.draft(&config, request_id, now);
-        let public = match config.server.detail {
-            Detail::Full | Detail::Reason => refusal.description.clone(),
-            Detail::None => refusal.reason.to_owned(),
+        let public = match config.server.disclosure {
+            Disclosure::Full | Disclosure::Reason => refusal.description.clone(),
+            Disclosure::None => refusal.reason.to_owned(),
         };
         let detail = Some(refusal.description.clone());
         self.deny(&config, rec, refusal, detail, public).await
