@@ -89,19 +89,20 @@ pub struct GrantFacts<'a> {
     pub lifetime: i64,
 }
 
-/// A checked request for one credential, built before the assertion is spent.
+/// A checked request for one credential, built before the assertion is spent; it borrows the
+/// role's settings.
 #[derive(Debug)]
-pub struct MintPlan {
+pub struct MintPlan<'a> {
     lifetime: i64,
     expires_at: i64,
-    kind: Planned,
+    kind: Planned<'a>,
 }
 
 #[derive(Debug)]
-enum Planned {
+enum Planned<'a> {
     Jwt(serde_json::Value),
-    Aws(Box<(aws::AwsRole, aws::AssumeRequest)>),
-    Gcp(gcp::GcpRole),
+    Aws(&'a aws::AwsRole, aws::AssumeRequest),
+    Gcp(&'a gcp::GcpRole),
 }
 
 /// Why a credential could not be planned or minted.
@@ -185,17 +186,17 @@ impl Minters {
     }
 
     /// Builds and checks the request for a credential, before the assertion is spent.
-    pub fn plan(&self, spec: &CredentialSpec, g: &GrantFacts<'_>) -> Result<MintPlan, MintError> {
+    pub fn plan<'a>(&self, spec: &'a CredentialSpec, g: &GrantFacts<'_>) -> Result<MintPlan<'a>, MintError> {
         let kind = match spec {
             CredentialSpec::Jwt { audience } => Planned::Jwt(jwt::claims(audience, g)),
-            CredentialSpec::Aws(role) => Planned::Aws(Box::new((role.clone(), aws::request(role, g)?))),
-            CredentialSpec::Gcp(role) => Planned::Gcp(role.clone()),
+            CredentialSpec::Aws(role) => Planned::Aws(role, aws::request(role, g)?),
+            CredentialSpec::Gcp(role) => Planned::Gcp(role),
         };
         Ok(MintPlan { lifetime: g.lifetime, expires_at: g.now + g.lifetime, kind })
     }
 
     /// Mints what the plan says. Runs only after the allow record is durable.
-    pub async fn mint(&self, plan: MintPlan) -> Result<TokenResponse, MintError> {
+    pub async fn mint(&self, plan: MintPlan<'_>) -> Result<TokenResponse, MintError> {
         let MintPlan { lifetime, expires_at, kind } = plan;
         match kind {
             Planned::Jwt(claims) => self.jwt.sign(&claims).map_err(MintError::Sign).map(|access_token| TokenResponse {
@@ -205,10 +206,9 @@ impl Minters {
                 expires_in: lifetime,
                 credentials: None,
             }),
-            Planned::Aws(planned) => {
-                let (role, req) = *planned;
+            Planned::Aws(role, req) => {
                 let minter = self.aws.as_ref().ok_or(MintError::NotSetUp("AWS"))?;
-                let s = minter.assume(&role, &req).await.map_err(MintError::Aws)?;
+                let s = minter.assume(role, &req).await.map_err(MintError::Aws)?;
                 tracing::debug!(assumed_role = %s.assumed_role_arn, access_key_id = %s.access_key_id, sts_expiration = s.sts_expiration, "aws session minted");
                 Ok(TokenResponse {
                     access_token: s.session_token.clone(),
@@ -226,7 +226,7 @@ impl Minters {
             }
             Planned::Gcp(role) => {
                 let minter = self.gcp.as_ref().ok_or(MintError::NotSetUp("GCP"))?;
-                let t = minter.mint(&role, lifetime).await.map_err(MintError::Gcp)?;
+                let t = minter.mint(role, lifetime).await.map_err(MintError::Gcp)?;
                 Ok(TokenResponse {
                     access_token: t.access_token,
                     issued_token_type: TOKEN_TYPE_ACCESS_TOKEN,
