@@ -249,13 +249,10 @@ impl Broker {
     /// describes it at the config's disclosure level.
     async fn refuse_error(&self, config: &Config, rec: AuditRecord, e: ExchangeError) -> Refusal {
         let audited = matches!(e, ExchangeError::Mint(_) | ExchangeError::Upstream(_));
-        let public = match config.server.disclosure {
-            Disclosure::Full => e.refusal().description,
-            Disclosure::Reason => e.reason_only(),
-            Disclosure::None => e.refusal().reason.to_owned(),
-        };
+        let refusal = e.refusal();
+        let public = disclose(config, &refusal, || e.reason_only());
         let detail = (!audited).then(|| e.detail());
-        self.deny(config, rec, e.refusal(), detail, public).await
+        self.deny(config, rec, refusal, detail, public).await
     }
 
     /// Audits a refusal the server found before any form was read (rate, size, method, media
@@ -264,10 +261,8 @@ impl Broker {
         let now = self.evaluator.clock.now();
         let config = self.config();
         let (rec, _) = self.draft(&config, request_id, now);
-        let public = match config.server.disclosure {
-            Disclosure::Full | Disclosure::Reason => refusal.description.clone(),
-            Disclosure::None => refusal.reason.to_owned(),
-        };
+        // (what failed is all the description says: `reason` discloses it too)
+        let public = disclose(&config, &refusal, || refusal.description.clone());
         let detail = Some(refusal.description.clone());
         self.deny(&config, rec, refusal, detail, public).await
     }
@@ -320,5 +315,14 @@ impl Broker {
             if decision_id.is_empty() { public } else { format!("{public} (decision {decision_id})") };
         tracing::debug!(request_id, decision_id, reason = refusal.reason, "exchange denied");
         refusal
+    }
+}
+
+/// What a refusal tells the caller at the config's disclosure level (the audit has it all).
+fn disclose(config: &Config, refusal: &Refusal, reason_only: impl FnOnce() -> String) -> String {
+    match config.server.disclosure {
+        Disclosure::Full => refusal.description.clone(),
+        Disclosure::Reason => reason_only(),
+        Disclosure::None => refusal.reason.to_owned(),
     }
 }

@@ -3,7 +3,7 @@
 //! (`exchange/revocation.rs`, where what each does is described).
 
 use super::App;
-use super::error::{refused, rejected};
+use super::error::{refused, reject};
 use super::limits::HttpRejection;
 use crate::exchange::{Introspection, RevokeBy, parse_admin_form};
 use axum::body::Bytes;
@@ -27,13 +27,11 @@ fn is_admin(app: &App, headers: &HeaderMap) -> bool {
 type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 fn too_large() -> Response {
-    let r = HttpRejection::BodyTooLarge;
-    rejected(r, &r.refusal())
+    reject(HttpRejection::BodyTooLarge)
 }
 
 fn unauthorized() -> Response {
-    let r = HttpRejection::Unauthorized;
-    rejected(r, &r.refusal())
+    reject(HttpRejection::Unauthorized)
 }
 
 /// `POST /v1/revoke`: an admin names one key; a workload without the admin credential ends its

@@ -31,10 +31,15 @@ pub(super) fn refused(r: &Refusal) -> Response {
     respond(status_for(r.class), r)
 }
 
+/// The answer to a refusal of the server itself that is not audited (no exchange was asked
+/// for: 404, 405 and 401 off the token route, the admin routes' 413), in its own words.
+pub(super) fn reject(rejection: HttpRejection) -> Response {
+    rejected(rejection, &rejection.refusal())
+}
+
 /// The answer to a method the route does not take.
 pub(super) async fn method_not_allowed(allow: &'static str) -> Response {
-    let r = HttpRejection::MethodNotAllowed { allow };
-    rejected(r, &r.refusal())
+    reject(HttpRejection::MethodNotAllowed { allow })
 }
 
 /// The answer to a refusal of the server itself (`r` is `rejection`'s refusal, as audited).

@@ -29,7 +29,7 @@ use crate::exchange::Broker;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
-use axum::routing::{any, get, post};
+use axum::routing::{MethodRouter, any, get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -50,6 +50,16 @@ struct App {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// A route that is read: any other method is a 405 naming `GET,HEAD`, as RFC 6749 JSON.
+fn read(route: MethodRouter<Arc<App>>) -> MethodRouter<Arc<App>> {
+    route.fallback(|| error::method_not_allowed(limits::GET))
+}
+
+/// A route that takes a form: any other method is a 405 naming `POST`, as RFC 6749 JSON.
+fn form(route: MethodRouter<Arc<App>>) -> MethodRouter<Arc<App>> {
+    route.fallback(|| error::method_not_allowed(limits::POST))
+}
+
 /// The broker's routes; `extra` is merged in (dev mode's demo issuer).
 pub fn router(broker: Arc<Broker>, extra: Option<Router>) -> Router {
     routers(broker, extra).0
@@ -63,9 +73,7 @@ pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Ro
     let max_body = s.max_body_size;
     let limiter = RateLimiter::new(s.rate_limit_per_second, s.rate_limit_burst);
     let app = Arc::new(App { broker, limiter });
-    let admin = Router::new()
-        .route("/v1/grants", get(admin::grants).fallback(|| error::method_not_allowed(limits::GET)))
-        .with_state(app.clone());
+    let admin = Router::new().route("/v1/grants", read(get(admin::grants))).with_state(app.clone());
     let limits = |r: Router| {
         r.layer(DefaultBodyLimit::max(max_body)).layer(
             tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
@@ -77,15 +85,12 @@ pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Ro
     let mut r = Router::new()
         .route("/v1/token", any(token::token))
         .route("/v1/nonce", any(nonce::nonce))
-        .route("/v1/revoke", post(admin::revoke).fallback(|| error::method_not_allowed(limits::POST)))
-        .route("/v1/introspect", post(admin::introspect).fallback(|| error::method_not_allowed(limits::POST)))
-        .route("/.well-known/jwks.json", get(wellknown::jwks).fallback(|| error::method_not_allowed(limits::GET)))
-        .route(
-            "/.well-known/openid-configuration",
-            get(wellknown::discovery).fallback(|| error::method_not_allowed(limits::GET)),
-        )
-        .route("/healthz", get(wellknown::healthz).fallback(|| error::method_not_allowed(limits::GET)))
-        .route("/readyz", get(wellknown::readyz).fallback(|| error::method_not_allowed(limits::GET)))
+        .route("/v1/revoke", form(post(admin::revoke)))
+        .route("/v1/introspect", form(post(admin::introspect)))
+        .route("/.well-known/jwks.json", read(get(wellknown::jwks)))
+        .route("/.well-known/openid-configuration", read(get(wellknown::discovery)))
+        .route("/healthz", read(get(wellknown::healthz)))
+        .route("/readyz", read(get(wellknown::readyz)))
         .with_state(app);
     if let Some(extra) = extra {
         r = r.merge(extra);

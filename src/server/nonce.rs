@@ -3,7 +3,7 @@
 //! a form: a query string or another media type would leave the nonce bound to no role while the
 //! caller thinks it named one, so both are refused as on `/v1/token`.
 
-use super::error::{no_store, refused, rejected};
+use super::error::{no_store, refused, reject, rejected};
 use super::limits::{HttpRejection, POST, headers_too_large, is_form};
 use super::{App, ClientAddr};
 use axum::body::Bytes;
@@ -25,18 +25,18 @@ pub(super) async fn nonce(
         return refuse(HttpRejection::RateLimited, "too many requests from this client");
     }
     if headers_too_large(&headers) {
-        return rejected(HttpRejection::HeadersTooLarge, &HttpRejection::HeadersTooLarge.refusal());
+        return reject(HttpRejection::HeadersTooLarge);
     }
     if method != Method::POST {
         return refuse(HttpRejection::MethodNotAllowed { allow: POST }, "use POST");
     }
     // A role named anywhere but the form would be ignored, and the nonce bound to no role.
     if uri.query().is_some() {
-        return rejected(HttpRejection::QueryString, &HttpRejection::QueryString.refusal());
+        return reject(HttpRejection::QueryString);
     }
     let Ok(body) = body else { return refuse(HttpRejection::BodyTooLarge, "body over the size limit") };
     if !body.is_empty() && !is_form(&headers) {
-        return rejected(HttpRejection::NotForm, &HttpRejection::NotForm.refusal());
+        return reject(HttpRejection::NotForm);
     }
     match app.broker.issue_nonce(&body).await {
         Ok(n) => no_store(axum::Json(n).into_response()),

@@ -20,22 +20,22 @@ fn rejection(
     uri: &Uri,
     headers: &HeaderMap,
     body_read: bool,
-) -> Option<HttpRejection> {
+) -> Result<(), HttpRejection> {
     if client.is_some_and(|c| !app.limiter.admit(c.0.ip())) {
-        Some(HttpRejection::RateLimited)
+        Err(HttpRejection::RateLimited)
     } else if headers_too_large(headers) {
-        Some(HttpRejection::HeadersTooLarge)
+        Err(HttpRejection::HeadersTooLarge)
     } else if method != Method::POST {
-        Some(HttpRejection::MethodNotAllowed { allow: POST })
+        Err(HttpRejection::MethodNotAllowed { allow: POST })
     } else if uri.query().is_some() {
         // A token in a URL ends up in logs and proxies; refuse it whatever else the URL holds.
-        Some(HttpRejection::QueryString)
+        Err(HttpRejection::QueryString)
     } else if !is_form(headers) {
-        Some(HttpRejection::NotForm)
+        Err(HttpRejection::NotForm)
     } else if !body_read {
-        Some(HttpRejection::BodyTooLarge)
+        Err(HttpRejection::BodyTooLarge)
     } else {
-        None
+        Ok(())
     }
 }
 
@@ -51,16 +51,14 @@ pub(super) async fn token(
     // cannot draw its decision id either, is refused (`randomness_unavailable`).
     let request_id = random_id(12).unwrap_or_default();
     let client = client.map(|c| c.0);
-    let mut resp = match (rejection(&app, client, &method, &uri, &headers, body.is_ok()), body) {
-        (Some(r), _) => rejected(r, &app.broker.refuse(r.refusal(), &request_id).await),
-        (None, Ok(form)) => match app.broker.exchange(&form, &request_id).await {
+    let form = rejection(&app, client, &method, &uri, &headers, body.is_ok())
+        .and(body.map_err(|_| HttpRejection::BodyTooLarge));
+    let mut resp = match form {
+        Err(r) => rejected(r, &app.broker.refuse(r.refusal(), &request_id).await),
+        Ok(form) => match app.broker.exchange(&form, &request_id).await {
             Ok(ok) => no_store(axum::Json(ok).into_response()),
             Err(e) => refused(&e),
         },
-        (None, Err(_)) => {
-            let r = HttpRejection::BodyTooLarge;
-            rejected(r, &app.broker.refuse(r.refusal(), &request_id).await)
-        }
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);

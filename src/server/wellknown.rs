@@ -2,7 +2,7 @@
 //! unknown route.
 
 use super::App;
-use super::error::rejected;
+use super::error::reject;
 use super::limits::HttpRejection;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -47,6 +47,5 @@ pub(super) async fn readyz(State(app): State<Arc<App>>) -> Response {
 /// a failed read changes nothing): answering before a client's body has arrived made hyper
 /// close a keep-alive connection under the client's next request.
 pub(super) async fn not_found(_body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Response {
-    let r = HttpRejection::NotFound;
-    rejected(r, &r.refusal())
+    reject(HttpRejection::NotFound)
 }
