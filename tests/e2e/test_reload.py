@@ -1,7 +1,11 @@
 """Policy reload on SIGHUP (ATTACKS.md 60): a config with a syntax error, an unscoped role or a
 policy that does not validate is refused and the last good one keeps serving; a valid new policy
 applies to the very next exchange, and its version (the first 16 hex digits of the file's SHA-256)
-is in the audit records. A changed listener is reported as needing a restart, not applied."""
+is in the audit records. A config that changes a setting fixed at start (the listeners, the
+signing keys, the HTTP limits, state, audit, the key cache, the GCP endpoint) is refused whole
+(review C14): each such key is logged as an error, nothing of the file applies — not even its
+policy —, and the last good config keeps serving; the same policy change alone then applies.
+(What a reload does to cached issuer keys: test_reload_keys.py.)"""
 
 from __future__ import annotations
 
@@ -12,12 +16,16 @@ import signal
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from harness import DEFAULT_CONDITIONS, free_port, role, run_cli, to_toml, wait_until
 
 REFUSED = "config reload refused; the last good config keeps serving"
 RELOADED = "config reloaded"
-NEEDS_RESTART = "config reloaded, but this setting needs a restart to change"
+NEEDS_RESTART = "config reload refused: this setting needs a restart to change"
+
+RELEASE_ONLY = [role("deploy", "mock", conditions=dict(DEFAULT_CONDITIONS, ref="refs/heads/release"))]
 
 
 def versions(broker) -> list[str]:
@@ -43,16 +51,18 @@ def events(broker, message: str) -> list[dict]:
 
 
 def hup_with(broker, text: str, outcome: str) -> list[dict]:
-    """Writes the config, sends SIGHUP and waits for one more `outcome` event (REFUSED or
-    RELOADED, the last line either path logs); returns the events logged since."""
+    """Writes the config, sends SIGHUP, waits for the reload's last line (REFUSED or RELOADED,
+    whichever it is) and asserts it is `outcome`; returns the needs-a-restart events logged since."""
     broker.config_path.write_text(text)
     before = {m: len(events(broker, m)) for m in (REFUSED, RELOADED, NEEDS_RESTART)}
     broker.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: len(events(broker, outcome)) > before[outcome], 10, what=f"{outcome!r} logged")
+    wait_until(lambda: sum(len(events(broker, m)) for m in (REFUSED, RELOADED)) > before[REFUSED] + before[RELOADED],
+               10, what="the reload's outcome logged")
     after = {m: events(broker, m) for m in before}
+    got = {m: len(after[m]) - before[m] for m in (REFUSED, RELOADED)}
     # exactly one reload happened, with exactly this outcome
-    for m in (REFUSED, RELOADED):
-        assert len(after[m]) == before[m] + (m == outcome), (m, before, {k: len(v) for k, v in after.items()})
+    assert got == {REFUSED: outcome == REFUSED, RELOADED: outcome == RELOADED}, \
+        f"expected {outcome!r}, the reload logged {got}"
     return after[NEEDS_RESTART][before[NEEDS_RESTART]:]
 
 
@@ -72,7 +82,7 @@ def test_bad_configs_are_refused_and_a_good_one_applies_next(broker, mock_issuer
     invalid = dict(broker.config)
     invalid["roles"] = [dict(role("deploy", "mock"), policy="permit(principal, action, resource) when { principal.nope == 1 };")]
     for text in (to_toml(broker.config) + "\n[[roles]\n", to_toml(unscoped), to_toml(invalid)):
-        hup_with(broker, text, REFUSED)
+        assert hup_with(broker, text, REFUSED) == []  # refused for its errors, not for a restart
         # the refusal names the version still in force
         assert events(broker, REFUSED)[-1]["fields"]["version"] == good_version
         r = broker.exchange(mock_issuer.token())
@@ -81,7 +91,7 @@ def test_bad_configs_are_refused_and_a_good_one_applies_next(broker, mock_issuer
 
     # a valid new policy (release branch instead of main) applies to the very next exchange
     changed = dict(broker.config)
-    changed["roles"] = [role("deploy", "mock", conditions=dict(DEFAULT_CONDITIONS, ref="refs/heads/release"))]
+    changed["roles"] = RELEASE_ONLY
     text = to_toml(changed)
     assert hup_with(broker, text, RELOADED) == []  # nothing that needs a restart changed
     assert events(broker, RELOADED)[-1]["fields"]["version"] == file_version(broker.config_path)
@@ -91,39 +101,90 @@ def test_bad_configs_are_refused_and_a_good_one_applies_next(broker, mock_issuer
     assert versions(broker)[-1] == file_version(broker.config_path) != good_version
 
 
-def test_a_changed_listener_needs_a_restart_and_the_reload_says_so(broker, mock_issuer):
-    # README: "Listener, state, audit and key-cache settings need a restart (a reload says so)".
-    assert broker.exchange(mock_issuer.token()).status == 200
-    release_only = [role("deploy", "mock", conditions=dict(DEFAULT_CONDITIONS, ref="refs/heads/release"))]
-    # the twin: a policy change alone applies and reports nothing to restart
-    policy_only = copy.deepcopy(broker.config)
-    policy_only["roles"] = release_only
-    assert hup_with(broker, to_toml(policy_only), RELOADED) == []
-    assert broker.exchange(mock_issuer.token(ref="refs/heads/release")).status == 200
+def assert_refused_whole(broker, mock_issuer, changed: dict, key: str, good_version: str):
+    """`changed` (a start-fixed setting changed, and the policy moved to the release branch) is
+    refused naming `key`, and none of it applies: the old policy decides, under the old version."""
+    restart = hup_with(broker, to_toml(changed), REFUSED)
+    assert [e["fields"]["key"] for e in restart] == [key], restart
+    assert all(e["level"] == "ERROR" for e in restart), restart
+    assert events(broker, REFUSED)[-1]["fields"]["version"] == good_version
+    ok = broker.exchange(mock_issuer.token())
+    assert ok.status == 200, ok  # main still allowed: the file's policy did not apply either
+    assert broker.exchange(mock_issuer.token(ref="refs/heads/release")).reason == "policy_denied"
+    assert versions(broker)[-2:] == [good_version, good_version]
+    assert file_version(broker.config_path) != good_version
 
-    # the same config with the listener moved: the policy part applies (back to main), the
-    # listener does not, and the reload says which setting needs a restart
+
+def assert_policy_alone_applies(broker, mock_issuer):
+    """The twin: the same policy change without the start-fixed setting applies, naming nothing."""
+    policy_only = copy.deepcopy(broker.config)
+    policy_only["roles"] = RELEASE_ONLY
+    assert hup_with(broker, to_toml(policy_only), RELOADED) == []
+    ok = broker.exchange(mock_issuer.token(ref="refs/heads/release"))
+    assert ok.status == 200, ok
+    assert broker.exchange(mock_issuer.token()).reason == "policy_denied"
+    assert versions(broker)[-1] == file_version(broker.config_path)
+
+
+def test_a_changed_listener_needs_a_restart_and_the_reload_says_so(broker, mock_issuer):
+    # README: a reload that changes a setting fixed at start is refused whole, naming the keys; a
+    # moved listener with a policy change: neither applies (the name is the one tests/CLAIMS.md cites)
+    assert broker.exchange(mock_issuer.token()).status == 200
+    good_version = versions(broker)[-1]
     moved = copy.deepcopy(broker.config)
     new_port = free_port()
     moved["server"]["listen"] = f"127.0.0.1:{new_port}"
-    text = to_toml(moved)
-    restart = hup_with(broker, text, RELOADED)
-    assert [e["fields"]["key"] for e in restart] == ["server.listen"], restart
-    assert all(e["level"] == "WARN" for e in restart), restart
-    # the old listener still serves, under the new policy
-    ok = broker.exchange(mock_issuer.token())
-    assert ok.status == 200, ok
-    assert broker.exchange(mock_issuer.token(ref="refs/heads/release")).reason == "policy_denied"
-    assert versions(broker)[-1] == file_version(broker.config_path)
-    # and nothing listens on the new address
+    moved["roles"] = RELEASE_ONLY
+    assert_refused_whole(broker, mock_issuer, moved, "server.listen", good_version)
+    # the old listener serves (above) and nothing listens on the new address
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{new_port}/healthz", timeout=5)
+    assert_policy_alone_applies(broker, mock_issuer)
 
-    # the config in force kept the running listener: going back to it reports nothing
-    assert hup_with(broker, to_toml(broker.config), RELOADED) == []
-    # key-cache settings ([jwks]) are fixed at start too, and the reload says so
-    cache = copy.deepcopy(broker.config)
-    cache["jwks"] = {"refresh_cooldown": "1h"}
-    restart = hup_with(broker, to_toml(cache), RELOADED)
-    assert [e["fields"]["key"] for e in restart] == ["jwks"], restart
+
+def write_signing_key(path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return str(path)
+
+
+# (the key the refusal names, a change of the config dict fixed at start; `d` is a scratch dir)
+START_FIXED = {
+    "server.max_body_size": ("server.max_body_size", lambda c, d: c["server"].update(max_body_size=4096)),
+    "server.header_read_timeout": ("server.header_read_timeout",
+                                   lambda c, d: c["server"].update(header_read_timeout="3s")),
+    "server.request_timeout": ("server.request_timeout", lambda c, d: c["server"].update(request_timeout="7s")),
+    "server.rate_limit_per_second": ("server.rate_limit_per_second",
+                                     lambda c, d: c["server"].update(rate_limit_per_second=0)),
+    "server.rate_limit_burst": ("server.rate_limit_burst", lambda c, d: c["server"].update(rate_limit_burst=3)),
+    "server.signing_key_file": ("server.signing_key_file",
+                                lambda c, d: c["server"].update(signing_key_file=write_signing_key(d / "next.pem"))),
+    "server.publish_key_files": ("server.publish_key_files",
+                                 lambda c, d: c["server"].update(publish_key_files=[write_signing_key(d / "pub.pem")])),
+    "admin.listen": ("admin.listen", lambda c, d: c["admin"].update(listen=f"127.0.0.1:{free_port()}")),
+    "audit.path": ("audit.path", lambda c, d: c["audit"].update(path=str(d / "elsewhere.jsonl"))),
+    "state.max_entries": ("state", lambda c, d: c["state"].update(max_entries=1000)),
+    "jwks.allow_private_addresses": ("jwks", lambda c, d: c.update(jwks={"allow_private_addresses": True})),
+    "jwks.refresh_cooldown": ("jwks", lambda c, d: c.update(jwks={"refresh_cooldown": "1h"})),
+    "gcp.iam_credentials_url": ("gcp.iam_credentials_url",
+                                lambda c, d: c.update(gcp={"iam_credentials_url": f"http://127.0.0.1:{free_port()}"})),
+}
+
+
+@pytest.mark.parametrize("setting", list(START_FIXED))
+def test_a_reload_changing_a_start_fixed_setting_is_refused_naming_it(broker_factory, mock_issuer, tmp_path, setting):
+    key, change = START_FIXED[setting]
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("admin-" + "z" * 40)
+    broker = broker_factory(issuer=mock_issuer, extra_config={"admin": {"token_file": str(token_file)}})
     assert broker.exchange(mock_issuer.token()).status == 200
+    good_version = versions(broker)[-1]
+    changed = copy.deepcopy(broker.config)
+    change(changed, tmp_path)
+    changed["roles"] = RELEASE_ONLY
+    assert_refused_whole(broker, mock_issuer, changed, key, good_version)
+    if setting == "audit.path":
+        assert not (tmp_path / "elsewhere.jsonl").exists()  # records still go to the audit log in force
+    assert_policy_alone_applies(broker, mock_issuer)
+    print(f"{setting}: refused naming `{key}`; the policy change alone applied")
