@@ -1,7 +1,11 @@
 //! The only cache in the broker: issuers' discovery documents and key sets. Never decisions,
 //! never replay state.
 //!
-//! - Loading is single-flight per provider (moka's per-key `and_compute_with` lock): a thousand
+//! - Entries are keyed by where the keys come from ([`KeySource::cache_key`]: the issuer and its
+//!   JWKS location), never by the provider's name: a reload that points a provider at another
+//!   issuer or key URL starts from an empty entry, so keys of the old source never verify a token
+//!   of the new one (ATTACKS case 22 through a reload). [`KeyCache::flush`] drops an entry at once.
+//! - Loading is single-flight per source (moka's per-key `and_compute_with` lock): a thousand
 //!   concurrent requests for a cold or rotated issuer cause one fetch.
 //! - Freshness is judged by the `now` the caller passes (the broker's injected clock), never by
 //!   moka's own timers, so tests drive time without sleeping.
@@ -52,6 +56,22 @@ pub enum KeySource {
     JwksUrl { issuer: String, url: url::Url },
     /// Keys pinned from a file or built in; never refetched.
     Pinned(Arc<KeySet>),
+}
+
+impl KeySource {
+    /// The identity of a fetched source: the cache's key. Everything that decides which keys a
+    /// fetch yields is in it (issuer, discovery or JWKS URL, the hosts discovery may name), so
+    /// two sources share keys only when they would fetch the same ones. `None` for pinned keys,
+    /// which are never cached.
+    pub fn cache_key(&self) -> Option<String> {
+        match self {
+            KeySource::Discovery { issuer, jwks_hosts } => {
+                Some(format!("discovery\n{issuer}\n{}", jwks_hosts.join("\n")))
+            }
+            KeySource::JwksUrl { issuer, url } => Some(format!("jwks\n{issuer}\n{url}")),
+            KeySource::Pinned(_) => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -132,6 +152,25 @@ impl KeyCache {
         &self.settings
     }
 
+    /// Forgets the keys of `source` now (incident response, or a source a reload dropped): the
+    /// next token of it fetches afresh, whatever the cooldown. Returns whether keys were cached.
+    pub async fn flush(&self, source: &KeySource) -> bool {
+        match source.cache_key() {
+            Some(key) => self.cache.remove(&key).await.is_some(),
+            None => false,
+        }
+    }
+
+    /// Forgets every cached source that `keep` does not name (run after a reload with the new
+    /// config's sources).
+    pub async fn retain(&self, keep: &[&KeySource]) {
+        let keep: std::collections::HashSet<String> = keep.iter().filter_map(|s| s.cache_key()).collect();
+        let gone: Vec<Arc<String>> = self.cache.iter().map(|(k, _)| k).filter(|k| !keep.contains(k.as_str())).collect();
+        for key in gone {
+            self.cache.invalidate(key.as_str()).await;
+        }
+    }
+
     /// The key set to verify a token with `kid` from `provider`, refetching when the rules allow.
     pub async fn keys_for(
         &self,
@@ -140,18 +179,19 @@ impl KeyCache {
         kid: Option<&str>,
         now: i64,
     ) -> Result<Arc<KeySet>, VerifyError> {
-        if let KeySource::Pinned(keys) = source {
-            return Ok(keys.clone());
-        }
+        let key = match source {
+            KeySource::Pinned(keys) => return Ok(keys.clone()),
+            other => other.cache_key().unwrap_or_default(),
+        };
         let s = &self.settings;
-        if let Some(snap) = self.cache.get(provider).await
+        if let Some(snap) = self.cache.get(&key).await
             && (!snap.needs_refresh(kid, now) || !snap.may_attempt(now, s))
         {
             return snap.usable(now, s);
         }
         let result = self
             .cache
-            .entry(provider.to_owned())
+            .entry(key)
             .and_compute_with(|existing| async move {
                 let existing = existing.map(|e| e.into_value());
                 // Re-check under the per-provider lock: another request may have just refreshed.

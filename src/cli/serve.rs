@@ -11,28 +11,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// On SIGHUP, reloads the config file: a config with any error (syntax, unscoped role, policy
-/// that does not validate) is refused and the last good one keeps serving.
+/// that does not validate), or one that changes a setting fixed at start, is refused and the last
+/// good one keeps serving.
 async fn reload_on_sighup(broker: Arc<Broker>, path: PathBuf) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
-        match Config::load(&path) {
+        let refused = match Config::load(&path) {
             Ok(new) => {
                 let version = new.version.clone();
                 for f in &new.findings {
                     tracing::warn!(role = %f.role, code = f.code, detail = %f.message, "policy finding");
                 }
-                for key in broker.reload(new) {
-                    tracing::warn!(key, "config reloaded, but this setting needs a restart to change");
+                match broker.reload(new).await {
+                    Ok(()) => {
+                        tracing::info!(version = %version, "config reloaded");
+                        false
+                    }
+                    Err(keys) => {
+                        for key in keys {
+                            tracing::error!(key, "config reload refused: this setting needs a restart to change");
+                        }
+                        true
+                    }
                 }
-                tracing::info!(version = %version, "config reloaded");
             }
             Err(errors) => {
                 for e in &errors.0 {
                     tracing::error!(error = %e, "config reload refused");
                 }
-                tracing::error!(version = %broker.config().version, "config reload refused; the last good config keeps serving");
+                true
             }
+        };
+        if refused {
+            tracing::error!(version = %broker.config().version, "config reload refused; the last good config keeps serving");
         }
     }
 }

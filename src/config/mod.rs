@@ -87,6 +87,34 @@ pub(crate) fn opt_secs(key: &str, v: &Option<String>, default: u64, errs: &mut V
 }
 
 impl Config {
+    /// The settings fixed when the broker starts that `new` changes: the listeners, the state
+    /// backend, the audit log, the key cache and how issuers are fetched, the signing keys, the
+    /// HTTP limits, the GCP endpoint and the bench switches. A reload that changes any of them is
+    /// refused whole, naming them: applying part of a config would leave the broker running on
+    /// settings its file no longer says (review C14).
+    pub fn restart_needed_for(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.server, &new.server);
+        let fixed: [(&'static str, bool); 14] = [
+            ("server.listen", a.listen != b.listen),
+            ("server.signing_key_file", a.signing_key_file != b.signing_key_file),
+            ("server.publish_key_files", a.publish_key_files != b.publish_key_files),
+            ("server.max_body_size", a.max_body_size != b.max_body_size),
+            ("server.header_read_timeout", a.header_read_timeout != b.header_read_timeout),
+            ("server.request_timeout", a.request_timeout != b.request_timeout),
+            ("server.rate_limit_per_second", a.rate_limit_per_second != b.rate_limit_per_second),
+            ("server.rate_limit_burst", a.rate_limit_burst != b.rate_limit_burst),
+            ("admin.listen", self.admin_listen != new.admin_listen),
+            ("audit.path", self.audit_path != new.audit_path),
+            ("state", self.state != new.state),
+            ("jwks", self.cache != new.cache || self.allow_private_addresses != new.allow_private_addresses),
+            ("gcp.iam_credentials_url", self.gcp_iam_url != new.gcp_iam_url),
+            ("bench", self.safety != new.safety),
+        ];
+        fixed.into_iter().filter(|(_, changed)| *changed).map(|(key, _)| key).collect()
+    }
+}
+
+impl Config {
     /// Reads and checks a config file. Relative paths in it are relative to the file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
@@ -118,7 +146,8 @@ impl Config {
             if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
         };
         let server = ServerSettings::from_raw(&raw.server, &resolve, &mut errs);
-        let state = StateBackend::from_raw(&raw.state, &mut errs);
+        let audit_path = resolve(&raw.audit.path);
+        let state = StateBackend::from_raw(&raw.state, &resolve, &audit_path, &mut errs);
         let cache = server::cache_settings(&raw.jwks, &mut errs);
         let providers = provider::build_all(&raw.providers, &server.issuer, &resolve, &mut errs);
         let engine = role::engine(&raw, &mut errs);
@@ -132,7 +161,7 @@ impl Config {
             (true, Some(engine)) => Ok(Config {
                 server,
                 state,
-                audit_path: resolve(&raw.audit.path),
+                audit_path,
                 cache,
                 allow_private_addresses: raw.jwks.allow_private_addresses,
                 providers,

@@ -62,11 +62,13 @@ pub struct RawServer {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub backend: String,
     pub max_entries: Option<usize>,
+    /// file: where the state file is (default: the audit log's path with `.state` appended).
+    pub path: Option<PathBuf>,
     /// redis: `redis://HOST:PORT` or `rediss://` (TLS).
     pub url: Option<String>,
     /// redis: bound on every command (default 500ms).
@@ -75,9 +77,30 @@ pub struct RawState {
     pub key_prefix: Option<String>,
 }
 
+/// The Redis URL may carry a password: never printed (review C17).
+impl std::fmt::Debug for RawState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawState")
+            .field("backend", &self.backend)
+            .field("max_entries", &self.max_entries)
+            .field("path", &self.path)
+            .field("url", &self.url.as_ref().map(|_| "[REDACTED]"))
+            .field("command_timeout", &self.command_timeout)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
 impl Default for RawState {
     fn default() -> Self {
-        RawState { backend: "memory".into(), max_entries: None, url: None, command_timeout: None, key_prefix: None }
+        RawState {
+            backend: "file".into(),
+            max_entries: None,
+            path: None,
+            url: None,
+            command_timeout: None,
+            key_prefix: None,
+        }
     }
 }
 

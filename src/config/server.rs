@@ -49,10 +49,33 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StateBackend {
+    /// One process's memory: `dev`, tests and benches (a restart forgets).
     Memory { max_entries: usize },
+    /// One crash-safe file (redb): the default of `serve`.
+    File { path: PathBuf, max_entries: usize },
+    /// Shared by several replicas.
     Redis { url: String, timeout: Duration, prefix: String },
+}
+
+/// The Redis URL may carry a password: `Debug` names the backend and its settings, never the URL
+/// (review C17).
+impl std::fmt::Debug for StateBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateBackend::Memory { max_entries } => f.debug_struct("Memory").field("max_entries", max_entries).finish(),
+            StateBackend::File { path, max_entries } => {
+                f.debug_struct("File").field("path", path).field("max_entries", max_entries).finish()
+            }
+            StateBackend::Redis { timeout, prefix, .. } => f
+                .debug_struct("Redis")
+                .field("url", &"[REDACTED]")
+                .field("timeout", timeout)
+                .field("prefix", prefix)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -127,10 +150,24 @@ impl ServerSettings {
 }
 
 impl StateBackend {
-    /// `[state]`.
-    pub(super) fn from_raw(raw: &RawState, errs: &mut Vec<String>) -> Self {
+    /// `[state]`; the file backend's default path is the audit log's with `.state` appended.
+    pub(super) fn from_raw(
+        raw: &RawState,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+        audit_path: &Path,
+        errs: &mut Vec<String>,
+    ) -> Self {
+        let max_entries = raw.max_entries.unwrap_or(DEFAULT_MEMORY_MAX_ENTRIES);
         match raw.backend.as_str() {
-            "memory" => StateBackend::Memory { max_entries: raw.max_entries.unwrap_or(DEFAULT_MEMORY_MAX_ENTRIES) },
+            "memory" => StateBackend::Memory { max_entries },
+            "file" => StateBackend::File {
+                path: raw.path.as_deref().map(resolve).unwrap_or_else(|| {
+                    let mut p = audit_path.as_os_str().to_owned();
+                    p.push(".state");
+                    PathBuf::from(p)
+                }),
+                max_entries,
+            },
             "redis" => match &raw.url {
                 Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => StateBackend::Redis {
                     url: url.clone(),
@@ -147,7 +184,7 @@ impl StateBackend {
                 }
             },
             other => {
-                errs.push(format!("state.backend: unknown backend `{other}` (expected memory)"));
+                errs.push(format!("state.backend: unknown backend `{other}` (expected file, memory or redis)"));
                 StateBackend::Memory { max_entries: 0 }
             }
         }

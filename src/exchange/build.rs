@@ -6,20 +6,48 @@ use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::config::{Config, StateBackend};
 use crate::minting::jwt::BrokerSigner;
-use crate::minting::{CredentialKind, Minters, aws::AwsMinter, gcp::GcpMinter};
+use crate::minting::{Minters, aws::AwsMinter, gcp::GcpMinter};
 use crate::state::StateStore;
+use crate::state::file::FileStore;
 use crate::state::memory::MemoryStore;
 use ephemera_providers::KeyCache;
 use std::sync::Arc;
 
+/// The state store `config` names, opened as of `now`. A new state file beside an audit log that
+/// already has records means the state was lost: the file store then starts an epoch.
+fn open_state(config: &Config, now: i64) -> Result<Arc<dyn StateStore>, String> {
+    Ok(match &config.state {
+        StateBackend::Memory { max_entries } => {
+            tracing::warn!(
+                "state backend `memory`: a restart forgets used assertions, nonces, revocations and grants (use `file`, the default, or `redis`)"
+            );
+            Arc::new(MemoryStore::new(*max_entries))
+        }
+        StateBackend::File { path, max_entries } => {
+            let audited = std::fs::metadata(&config.audit_path).is_ok_and(|m| m.len() > 0);
+            Arc::new(FileStore::open(path, *max_entries, now, audited).map_err(|e| format!("state file {e}"))?)
+        }
+        StateBackend::Redis { url, timeout, prefix } => {
+            Arc::new(crate::state::redis::RedisStore::new(url, *timeout, prefix)?)
+        }
+    })
+}
+
 impl Evaluator {
     /// An evaluator over `config`: its key cache and its state store (read for revocations).
+    /// An evaluator alone never grants (`explain`): the file backend's file belongs to the
+    /// serving broker, which holds its lock, so such an evaluator reads an empty memory store
+    /// instead and says so.
     pub fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Evaluator, String> {
         let state: Arc<dyn StateStore> = match &config.state {
-            StateBackend::Memory { max_entries } => Arc::new(MemoryStore::new(*max_entries)),
-            StateBackend::Redis { url, timeout, prefix } => {
-                Arc::new(crate::state::redis::RedisStore::new(url, *timeout, prefix)?)
+            StateBackend::File { path, max_entries } => {
+                eprintln!(
+                    "note: revocations in the state file {} are not read (the serving broker holds it)",
+                    path.display()
+                );
+                Arc::new(MemoryStore::new(*max_entries))
             }
+            _ => open_state(&config, clock.now())?,
         };
         Evaluator::with_state(config, clock, state)
     }
@@ -45,7 +73,8 @@ impl Broker {
         audit: AuditLog,
         signer: Option<BrokerSigner>,
     ) -> Result<Broker, String> {
-        let evaluator = Evaluator::build(config, clock)?;
+        let state = open_state(&config, clock.now())?;
+        let evaluator = Evaluator::with_state(config, clock, state)?;
         Broker::with_evaluator(evaluator, audit, signer)
     }
 
@@ -70,9 +99,10 @@ impl Broker {
             let other = BrokerSigner::from_pem_file(path).map_err(|e| format!("server.publish_key_files: {e}"))?;
             signer.publish(&other);
         }
-        let needs = |kind| config.roles.values().any(|r| r.credential.kind() == kind);
-        let aws = needs(CredentialKind::Aws).then(AwsMinter::new);
-        let gcp = if needs(CredentialKind::Gcp) { Some(GcpMinter::new(config.gcp_iam_url.clone())?) } else { None };
+        // Both cloud minters exist whatever the first config's roles: each loads its credentials
+        // on first use, so a reload that adds the first AWS or GCP role can mint (review C15).
+        let aws = Some(AwsMinter::new());
+        let gcp = Some(GcpMinter::new(config.gcp_iam_url.clone())?);
         Ok(Broker { evaluator, audit, minters: Minters::new(signer, aws, gcp) })
     }
 }

@@ -60,7 +60,7 @@ impl Broker {
         let grant_with_mark = facts.nonce.is_none() && config.safety.replay;
         if config.safety.replay {
             // (a bench-knobs build told to skip single use does not spend)
-            self.spend(&facts.replay_id, facts.replay_until, now, facts.issued_at, grant_with_mark.then_some(&grant))
+            self.spend(&facts.replay_id, facts.replay_until, now, facts.used_since, grant_with_mark.then_some(&grant))
                 .await?;
         }
         // After the replay mark, so a replayed document is called what it is (`token_replayed`).
@@ -110,10 +110,10 @@ impl Broker {
         replay_id: &str,
         until: i64,
         now: i64,
-        issued_at: i64,
+        used_since: i64,
         grant: Option<&Grant>,
     ) -> Result<(), ExchangeError> {
-        match self.evaluator.state.mark_used(replay_id, until, now, issued_at, grant).await {
+        match self.evaluator.state.mark_used(replay_id, until, now, used_since, grant).await {
             Ok(Mark::Fresh) => Ok(()),
             Ok(Mark::AlreadyUsed) => Err(ExchangeError::Replayed),
             Ok(Mark::EpochReset { since }) => Err(ExchangeError::ReplayStateReset { since }),

@@ -36,7 +36,7 @@ pub use request::{
     ATTESTATION_TOKEN_TYPES, ExchangeRequest, GRANT_TOKEN_EXCHANGE, MAX_FORM_FIELDS, RequestProblem,
     TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, parse_admin_form, parse_form,
 };
-pub use revocation::{Introspection, REVOCATION_TTL, RevokeBy, Revoked};
+pub use revocation::{FlushedKeys, Introspection, REVOCATION_TTL, RevokeBy, Revoked};
 pub use trace::{CheckOutcome, CheckStatus, TokenSummary, Trace};
 pub use workload::REPLAYABLE_MEMORY;
 
@@ -46,8 +46,8 @@ use crate::config::{Config, Disclosure};
 use crate::ids::random_id;
 use crate::minting::{Minters, TokenResponse};
 use crate::state::StateStore;
-use ephemera_providers::KeyCache;
 use ephemera_providers::error::escape_untrusted;
+use ephemera_providers::{KeyCache, KeySource};
 use std::sync::Arc;
 
 /// Stages 1–6 without side effects: what `explain` holds, and the first half of every exchange.
@@ -160,35 +160,25 @@ impl Broker {
         (self.evaluator.state_ready().await.is_ok(), self.audit.ready())
     }
 
-    /// Replaces the config for every exchange that starts from now on. Listener, state, audit
-    /// and key-cache settings are fixed at start; a change to them is reported, not applied: the
-    /// config in force keeps the running ones, so a later reload compares with what runs.
-    pub fn reload(&self, mut new: Config) -> Vec<String> {
-        let old = self.config();
-        let mut ignored = Vec::new();
-        if new.server.listen != old.server.listen {
-            ignored.push("server.listen".to_owned());
-            new.server.listen = old.server.listen;
+    /// Replaces the config for every exchange that starts from now on, or refuses it whole,
+    /// naming the settings that only a restart can change ([`Config::restart_needed_for`]).
+    /// Cached issuer keys of a source the new config no longer names are dropped now.
+    pub async fn reload(&self, new: Config) -> Result<(), Vec<&'static str>> {
+        let needs_restart = self.config().restart_needed_for(&new);
+        if !needs_restart.is_empty() {
+            return Err(needs_restart);
         }
-        if new.admin_listen != old.admin_listen {
-            ignored.push("admin.listen".to_owned());
-            new.admin_listen = old.admin_listen;
-        }
-        if new.audit_path != old.audit_path {
-            ignored.push("audit.path".to_owned());
-            new.audit_path = old.audit_path.clone();
-        }
-        if new.state != old.state {
-            ignored.push("state".to_owned());
-            new.state = old.state.clone();
-        }
-        if new.cache != old.cache || new.allow_private_addresses != old.allow_private_addresses {
-            ignored.push("jwks".to_owned());
-            new.cache = old.cache.clone();
-            new.allow_private_addresses = old.allow_private_addresses;
-        }
+        let sources: Vec<&KeySource> = new
+            .providers
+            .iter()
+            .filter_map(|p| match &p.kind {
+                crate::config::ProviderKind::Oidc { source } => Some(source),
+                crate::config::ProviderKind::Attestation { .. } => None,
+            })
+            .collect();
+        self.evaluator.keys.retain(&sources).await;
         self.evaluator.config.store(Arc::new(new));
-        ignored
+        Ok(())
     }
 
     /// The whole exchange of one RFC 8693 form body: evaluate now, spend the assertion, audit

@@ -49,6 +49,13 @@ pub struct Revoked {
     pub until: i64,
 }
 
+/// Cached issuer keys forgotten: the provider, and whether it had keys cached.
+#[derive(Debug, Serialize)]
+pub struct FlushedKeys {
+    pub flushed: String,
+    pub cached: bool,
+}
+
 /// An RFC 7662 answer.
 #[derive(Debug)]
 pub enum Introspection {
@@ -125,7 +132,7 @@ impl Broker {
             return Err(ExchangeError::TaskMismatch);
         }
         let (_, _, _, facts, _, _) = allowed.into_parts();
-        self.spend(&facts.replay_id, facts.replay_until, now, facts.issued_at, None).await?;
+        self.spend(&facts.replay_id, facts.replay_until, now, facts.used_since, None).await?;
         Ok(task)
     }
 
@@ -146,6 +153,27 @@ impl Broker {
         if let Err(e) = self.audit.append(rec, true).await {
             tracing::error!(error = %e, "audit write failed for a revocation");
         }
+    }
+
+    /// Forgets the cached keys of the provider the form names (`provider=NAME`), so its next
+    /// token fetches them afresh, whatever the cooldown (incident response: a key known to be
+    /// compromised is gone from the issuer's JWKS but still cached). Audited like a revocation.
+    pub async fn flush_keys(&self, form: &HashMap<String, String>) -> Result<FlushedKeys, Refusal> {
+        let name = form.get("provider").ok_or_else(|| invalid("`provider` is required"))?;
+        let config = self.config();
+        let provider = config
+            .providers
+            .iter()
+            .find(|p| &p.name == name)
+            .ok_or_else(|| invalid(&format!("no provider `{}`", escape_untrusted(name, 64))))?;
+        let cached = match &provider.kind {
+            crate::config::ProviderKind::Oidc { source } => self.evaluator.keys.flush(source).await,
+            crate::config::ProviderKind::Attestation { .. } => false,
+        };
+        let now = self.evaluator.now();
+        tracing::warn!(provider = %provider.name, cached, "issuer keys flushed");
+        self.audit_revocation(format!("flushed the cached keys of provider `{}`", provider.name), None, now).await;
+        Ok(FlushedKeys { flushed: provider.name.clone(), cached })
     }
 
     /// RFC 7662 on a broker JWT (`token` in the form).

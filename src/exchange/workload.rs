@@ -21,8 +21,12 @@ pub const REPLAYABLE_MEMORY: i64 = 366 * 24 * 3600;
 pub(super) struct Facts {
     /// The assertion's issuer (for attestation, the provider's synthetic issuer).
     pub(super) issuer: String,
-    /// When the assertion was issued (the replay store refuses those older than its epoch).
+    /// When the assertion was issued.
     pub(super) issued_at: i64,
+    /// The earliest moment the broker could have accepted it (`iat` less the provider's leeway,
+    /// less one second for whole-second clocks): the replay store refuses it when its memory
+    /// began later (an epoch reset), since it may have been used before (review S2/B3).
+    pub(super) used_since: i64,
     /// When it stops being valid (`exp`, or the document's deadline).
     pub(super) not_after: i64,
     /// What single use is keyed by, and until when it is remembered.
@@ -61,6 +65,7 @@ fn from_token(role: Arc<Role>, token: VerifiedToken, trace: &mut Trace) -> Resul
     let facts = Facts {
         issuer: token.issuer().to_owned(),
         issued_at: token.issued_at(),
+        used_since: token.issued_at() - role.provider.rules.leeway as i64 - 1,
         not_after: token.expires_at(),
         replay_id: token.replay_id().to_owned(),
         replay_until: token.expires_at() + role.provider.rules.leeway as i64,
@@ -107,6 +112,7 @@ fn from_evidence(role: Arc<Role>, evidence: &Evidence, now: i64, trace: &mut Tra
     let facts = Facts {
         issuer: provider.rules.issuer.clone(),
         issued_at: evidence.issued_at(),
+        used_since: evidence.issued_at() - provider.rules.leeway as i64 - 1,
         not_after: evidence.not_after(),
         replay_id: evidence.replay_id().to_owned(),
         // Replayable evidence (an EC2 IID is the same for the instance's life) is remembered far
@@ -143,6 +149,7 @@ pub(super) fn from_claims(
     let facts = Facts {
         issuer: claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default().to_owned(),
         issued_at,
+        used_since: issued_at - role.provider.rules.leeway as i64 - 1,
         not_after,
         replay_id: String::new(),
         replay_until: not_after,

@@ -1,4 +1,5 @@
-//! The admin routes: `POST /v1/revoke`, `POST /v1/introspect` (RFC 7662) and `GET /v1/grants`.
+//! The admin routes: `POST /v1/revoke`, `POST /v1/introspect` (RFC 7662), `GET /v1/grants` and
+//! `POST /v1/keys/flush`.
 //! HTTP only: authentication by the admin bearer credential, then the broker's operations
 //! (`exchange/revocation.rs`, where what each does is described).
 
@@ -51,6 +52,22 @@ pub(super) async fn revoke(State(app): State<Arc<App>>, headers: HeaderMap, body
     };
     match app.broker.revoke(by, &form).await {
         Ok(r) => (axum::http::StatusCode::OK, axum::Json(r)).into_response(),
+        Err(r) => refused(&r),
+    }
+}
+
+/// `POST /v1/keys/flush` (admin): `provider=NAME` forgets that provider's cached issuer keys.
+pub(super) async fn flush_keys(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    if !is_admin(&app, &headers) {
+        return unauthorized();
+    }
+    let Ok(body) = body else { return too_large() };
+    let form = match parse_admin_form(&body) {
+        Ok(f) => f,
+        Err(r) => return refused(&r),
+    };
+    match app.broker.flush_keys(&form).await {
+        Ok(r) => axum::Json(r).into_response(),
         Err(r) => refused(&r),
     }
 }

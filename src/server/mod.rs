@@ -73,7 +73,10 @@ pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Ro
     let max_body = s.max_body_size;
     let limiter = RateLimiter::new(s.rate_limit_per_second, s.rate_limit_burst);
     let app = Arc::new(App { broker, limiter });
-    let admin = Router::new().route("/v1/grants", read(get(admin::grants))).with_state(app.clone());
+    let admin = Router::new()
+        .route("/v1/grants", read(get(admin::grants)))
+        .route("/v1/keys/flush", form(post(admin::flush_keys)))
+        .with_state(app.clone());
     let limits = |r: Router| {
         r.layer(DefaultBodyLimit::max(max_body)).layer(
             tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([

@@ -21,7 +21,7 @@ struct Inner {
 /// ids are hex SHA-256 digests; any other id is hashed to the same form).
 type UsedKey = [u8; 32];
 
-fn used_key(id: &str) -> UsedKey {
+pub(super) fn used_key(id: &str) -> UsedKey {
     let mut key = [0u8; 32];
     let hex = id.as_bytes();
     let nibble = |c: u8| match c {
@@ -72,14 +72,29 @@ fn purge<K: std::hash::Hash + Eq + Ord, V>(
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     max_entries: usize,
+    /// Assertions that may have been used before this moment are refused (`EpochReset`): set
+    /// when the durable store behind this one knows it lost its state (`state/file.rs`).
+    epoch: Option<i64>,
 }
 
 impl MemoryStore {
     pub fn new(max_entries: usize) -> Self {
-        MemoryStore { inner: Mutex::new(Inner::default()), max_entries }
+        MemoryStore { inner: Mutex::new(Inner::default()), max_entries, epoch: None }
     }
 
-    fn mark(&self, id: &str, until: i64, now: i64) -> Result<Mark, StateError> {
+    /// A store whose memory begins at `epoch`.
+    pub(super) fn with_epoch(max_entries: usize, epoch: Option<i64>) -> Self {
+        MemoryStore { epoch, ..MemoryStore::new(max_entries) }
+    }
+
+    /// Marks `id` used until `until`; `used_since` is the earliest moment the assertion could
+    /// have been used (see [`StateStore::mark_used`]).
+    pub(super) fn mark(&self, id: &str, until: i64, now: i64, used_since: i64) -> Result<Mark, StateError> {
+        if let Some(since) = self.epoch
+            && used_since < since
+        {
+            return Ok(Mark::EpochReset { since });
+        }
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
         let inner = &mut *g;
         purge(&mut inner.used, &mut inner.by_expiry, now, |e| *e);
@@ -95,6 +110,22 @@ impl MemoryStore {
         Ok(Mark::Fresh)
     }
 
+    /// Marks a key as stored by [`used_key`] (reloading a durable store); `AlreadyUsed` for a
+    /// key that is not 32 bytes is never produced: such a row is skipped.
+    pub(super) fn mark_raw(&self, key: &[u8], until: i64, now: i64) -> Result<(), StateError> {
+        let Ok(key) = <UsedKey>::try_from(key) else { return Ok(()) };
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        let inner = &mut *g;
+        purge(&mut inner.used, &mut inner.by_expiry, now, |e| *e);
+        if inner.used.len() >= self.max_entries {
+            return Err(StateError::Full(inner.used.len()));
+        }
+        let kept = inner.used.entry(key).or_insert(until);
+        *kept = (*kept).max(until);
+        inner.by_expiry.push(Reverse((until, key)));
+        Ok(())
+    }
+
     /// Live entries.
     pub fn len(&self) -> usize {
         self.inner.lock().map(|g| g.used.len()).unwrap_or(0)
@@ -106,7 +137,7 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
-    fn record_grant_now(&self, grant: &super::Grant, now: i64) -> Result<(), StateError> {
+    pub(super) fn record_grant_now(&self, grant: &super::Grant, now: i64) -> Result<(), StateError> {
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
         let inner = &mut *g;
         purge(&mut inner.grants, &mut inner.grants_by_expiry, now, |x| x.expires_at);
@@ -118,7 +149,7 @@ impl MemoryStore {
         Ok(())
     }
 
-    fn put_nonce_now(&self, nonce: &str, binding: &str, until: i64, now: i64) -> Result<(), StateError> {
+    pub(super) fn put_nonce_now(&self, nonce: &str, binding: &str, until: i64, now: i64) -> Result<(), StateError> {
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
         if g.nonces.len() > self.max_entries / 10 {
             g.nonces.retain(|_, (exp, _)| *exp >= now);
@@ -131,8 +162,21 @@ impl MemoryStore {
     }
 
     fn take_nonce_now(&self, nonce: &str, now: i64) -> Result<Option<String>, StateError> {
+        Ok(self.take_nonce_until(nonce, now)?.map(|(_, b)| b))
+    }
+
+    /// Takes a nonce: its expiry and binding if it was outstanding and unexpired.
+    pub(super) fn take_nonce_until(&self, nonce: &str, now: i64) -> Result<Option<(i64, String)>, StateError> {
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
-        Ok(g.nonces.remove(nonce).filter(|(exp, _)| *exp >= now).map(|(_, b)| b))
+        Ok(g.nonces.remove(nonce).filter(|(exp, _)| *exp >= now))
+    }
+
+    pub(super) fn revoke_now(&self, key: &str, until: i64, now: i64) -> Result<(), StateError> {
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        g.revoked.retain(|_, exp| *exp >= now);
+        let kept = g.revoked.entry(key.to_owned()).or_insert(until);
+        *kept = (*kept).max(until);
+        Ok(())
     }
 }
 
@@ -150,10 +194,7 @@ impl StateStore for MemoryStore {
         Box::pin(async move { r })
     }
     fn revoke<'a>(&'a self, key: &'a str, until: i64, now: i64) -> StateFuture<'a, ()> {
-        let r = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into())).map(|mut g| {
-            g.revoked.retain(|_, exp| *exp >= now);
-            g.revoked.insert(key.to_owned(), until);
-        });
+        let r = self.revoke_now(key, until, now);
         Box::pin(async move { r })
     }
     fn revoked<'a>(&'a self, keys: &'a [String], now: i64) -> StateFuture<'a, Vec<String>> {
@@ -177,10 +218,10 @@ impl StateStore for MemoryStore {
         id: &'a str,
         until: i64,
         now: i64,
-        _issued_at: i64,
+        used_since: i64,
         grant: Option<&'a super::Grant>,
     ) -> StateFuture<'a, Mark> {
-        let r = self.mark(id, until, now);
+        let r = self.mark(id, until, now, used_since);
         let r = match (r, grant) {
             (Ok(Mark::Fresh), Some(g)) => self.record_grant_now(g, now).map(|()| Mark::Fresh),
             (r, _) => r,
@@ -199,10 +240,10 @@ mod tests {
     #[test]
     fn single_use_until_expiry_then_forgotten() {
         let s = MemoryStore::new(10);
-        assert_eq!(s.mark("a", 100, 0), Ok(Mark::Fresh));
-        assert_eq!(s.mark("a", 100, 50), Ok(Mark::AlreadyUsed));
-        assert_eq!(s.mark("a", 100, 100), Ok(Mark::AlreadyUsed));
-        assert_eq!(s.mark("a", 300, 101), Ok(Mark::Fresh));
+        assert_eq!(s.mark("a", 100, 0, i64::MIN), Ok(Mark::Fresh));
+        assert_eq!(s.mark("a", 100, 50, i64::MIN), Ok(Mark::AlreadyUsed));
+        assert_eq!(s.mark("a", 100, 100, i64::MIN), Ok(Mark::AlreadyUsed));
+        assert_eq!(s.mark("a", 300, 101, i64::MIN), Ok(Mark::Fresh));
     }
 
     #[test]
@@ -212,10 +253,10 @@ mod tests {
         assert_ne!(used_key(&hex), used_key(&hex.to_uppercase()), "not hex to this store: hashed");
         assert_ne!(used_key("a"), used_key("b"));
         let s = MemoryStore::new(10);
-        assert_eq!(s.mark(&hex, 100, 0), Ok(Mark::Fresh));
-        assert_eq!(s.mark(&hex, 100, 1), Ok(Mark::AlreadyUsed));
-        assert_eq!(s.mark("attestation-doc-id", 100, 1), Ok(Mark::Fresh));
-        assert_eq!(s.mark("attestation-doc-id", 100, 2), Ok(Mark::AlreadyUsed));
+        assert_eq!(s.mark(&hex, 100, 0, i64::MIN), Ok(Mark::Fresh));
+        assert_eq!(s.mark(&hex, 100, 1, i64::MIN), Ok(Mark::AlreadyUsed));
+        assert_eq!(s.mark("attestation-doc-id", 100, 1, i64::MIN), Ok(Mark::Fresh));
+        assert_eq!(s.mark("attestation-doc-id", 100, 2, i64::MIN), Ok(Mark::AlreadyUsed));
     }
 
     #[test]
@@ -253,12 +294,12 @@ mod tests {
     #[test]
     fn full_store_refuses_instead_of_evicting_live_entries() {
         let s = MemoryStore::new(2);
-        assert_eq!(s.mark("a", 100, 0), Ok(Mark::Fresh));
-        assert_eq!(s.mark("b", 100, 0), Ok(Mark::Fresh));
-        assert_eq!(s.mark("c", 100, 0), Err(StateError::Full(2)));
-        assert_eq!(s.mark("a", 100, 1), Ok(Mark::AlreadyUsed));
+        assert_eq!(s.mark("a", 100, 0, i64::MIN), Ok(Mark::Fresh));
+        assert_eq!(s.mark("b", 100, 0, i64::MIN), Ok(Mark::Fresh));
+        assert_eq!(s.mark("c", 100, 0, i64::MIN), Err(StateError::Full(2)));
+        assert_eq!(s.mark("a", 100, 1, i64::MIN), Ok(Mark::AlreadyUsed));
         // once they expire there is room again
-        assert_eq!(s.mark("c", 300, 101), Ok(Mark::Fresh));
+        assert_eq!(s.mark("c", 300, 101, i64::MIN), Ok(Mark::Fresh));
         assert_eq!(s.len(), 1);
     }
 

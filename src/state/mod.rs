@@ -3,6 +3,7 @@
 //! check-and-set is one atomic operation; a store that cannot answer makes the exchange fail
 //! closed.
 
+pub mod file;
 pub mod memory;
 pub mod redis;
 
@@ -87,14 +88,16 @@ pub type StateFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StateError>>
 /// Shared broker state.
 pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Atomically marks `id` used until `until` (UNIX seconds) unless it already is; an
-    /// assertion issued (`issued_at`) before the store's current epoch is refused.
+    /// assertion that may have been used before the store's current epoch (`used_since`, the
+    /// earliest moment the broker could have accepted it: its `iat` less the leeway, less one
+    /// for whole seconds) is refused.
     /// With `grant`, a fresh mark also records the grant, in the same atomic step (one round trip).
     fn mark_used<'a>(
         &'a self,
         id: &'a str,
         until: i64,
         now: i64,
-        issued_at: i64,
+        used_since: i64,
         grant: Option<&'a Grant>,
     ) -> StateFuture<'a, Mark>;
     /// Is the store answering?

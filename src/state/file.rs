@@ -1,0 +1,360 @@
+//! Durable state for one replica: the default of `serve`. Used assertions (IID marks included),
+//! outstanding nonces, revocations and the grant inventory survive a restart and a `kill -9`.
+//!
+//! - Every decision is taken by a [`MemoryStore`] in front (one lock, the same check-and-set as
+//!   the memory backend, reads never touch the disk); every change it accepts is then written to
+//!   one redb file before the caller is answered. A mark is therefore durable before any
+//!   credential that depends on it exists outside the broker.
+//! - Writes go to one writer thread that commits whatever is waiting in one transaction (group
+//!   commit, as the audit log does): concurrent exchanges share the cost of the flush.
+//! - The file holds `(until, kind + id) -> payload` rows, ordered by expiry: every commit drops the
+//!   expired rows at the front, and opening reloads the live ones into memory.
+//! - A write that cannot be made durable fails the operation (503, fail closed); what memory
+//!   accepted stays in force until the process ends, which can only refuse more, never less.
+//! - Lost state is not silently forgotten: a state file created while the audit log beside it
+//!   already holds records means the previous state is gone (deleted, or a new disk); the store
+//!   then starts an epoch, as the Redis backend does, and refuses assertions that may have been
+//!   used before it (`replay_state_reset`). The epoch is kept in the file.
+
+use super::memory::MemoryStore;
+use super::{Grant, Mark, StateError, StateFuture, StateStore};
+use redb::{Database, ReadableTable, TableDefinition};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The live rows: `(until, kind byte + id)` to the row's payload.
+const LIVE: TableDefinition<(i64, &[u8]), &[u8]> = TableDefinition::new("live");
+/// `epoch`: when this file's memory began, if it began after a loss.
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+
+const USED: u8 = b'u';
+const GRANT: u8 = b'g';
+const REVOKED: u8 = b'r';
+const NONCE: u8 = b'n';
+
+/// Most operations committed together.
+const BATCH: usize = 512;
+
+fn row(kind: u8, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 1);
+    k.push(kind);
+    k.extend_from_slice(id);
+    k
+}
+
+/// One change to make durable.
+#[derive(Debug)]
+enum Write {
+    Put { until: i64, key: Vec<u8>, value: Vec<u8> },
+    Delete { until: i64, key: Vec<u8> },
+}
+
+struct Job {
+    writes: Vec<Write>,
+    now: i64,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// The durable store. `Debug` names the file only.
+pub struct FileStore {
+    memory: MemoryStore,
+    path: PathBuf,
+    tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Closing waits for the writer to finish what it was given and release the file, so the same
+/// file can be opened again at once (a restart in one process: tests).
+impl Drop for FileStore {
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StateError {
+    StateError::Unavailable(format!("state file: {e}"))
+}
+
+impl FileStore {
+    /// Opens (or creates) the state file at `path` and reloads its live entries as of `now`.
+    /// `lost_if_new`: whether a new file means state was lost (the audit log already has
+    /// records); the store then starts an epoch at `now`.
+    pub fn open(path: &Path, max_entries: usize, now: i64, lost_if_new: bool) -> Result<FileStore, String> {
+        let existed = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        let db = Database::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let mut epoch = None;
+        let mut rows: Vec<(i64, Vec<u8>, Vec<u8>)> = Vec::new();
+        {
+            let txn = db.begin_write().map_err(|e| fail(&e))?;
+            {
+                let mut meta = txn.open_table(META).map_err(|e| fail(&e))?;
+                if let Some(e) = meta.get("epoch").map_err(|e| fail(&e))? {
+                    epoch = Some(e.value());
+                } else if !existed && lost_if_new {
+                    meta.insert("epoch", now).map_err(|e| fail(&e))?;
+                    epoch = Some(now);
+                }
+                let mut live = txn.open_table(LIVE).map_err(|e| fail(&e))?;
+                live.retain_in(..(now, &[][..]), |_, _| false).map_err(|e| fail(&e))?;
+                for entry in live.iter().map_err(|e| fail(&e))? {
+                    let (k, v) = entry.map_err(|e| fail(&e))?;
+                    let (until, key) = k.value();
+                    rows.push((until, key.to_vec(), v.value().to_vec()));
+                }
+            }
+            txn.commit().map_err(|e| fail(&e))?;
+        }
+        if let Some(since) = epoch {
+            tracing::warn!(path = %path.display(), since, "the state file is new but the audit log is not: state was lost; assertions that may have been used before now are refused until they expire");
+        }
+        let memory = MemoryStore::with_epoch(max_entries, epoch);
+        let load = |r: Result<(), StateError>| r.map_err(|e| fail(&e));
+        for (until, key, value) in &rows {
+            let Some((kind, id)) = key.split_first() else { continue };
+            match *kind {
+                USED => {
+                    memory.mark_raw(id, *until, now).map_err(|e| fail(&e))?;
+                }
+                GRANT => {
+                    if let Ok(grant) = serde_json::from_slice::<Grant>(value) {
+                        load(memory.record_grant_now(&grant, now))?;
+                    }
+                }
+                REVOKED => load(memory.revoke_now(&String::from_utf8_lossy(id), *until, now))?,
+                NONCE => load(memory.put_nonce_now(
+                    &String::from_utf8_lossy(id),
+                    &String::from_utf8_lossy(value),
+                    *until,
+                    now,
+                ))?,
+                _ => {}
+            }
+        }
+        tracing::info!(path = %path.display(), live = rows.len(), "state file opened");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("state-writer".into())
+            .spawn(move || writer(db, rx))
+            .map_err(|e| e.to_string())?;
+        Ok(FileStore { memory, path: path.to_path_buf(), tx: Mutex::new(Some(tx)), writer: Some(writer) })
+    }
+
+    /// Makes `writes` durable; returns once they are committed.
+    async fn persist(&self, writes: Vec<Write>, now: i64) -> Result<(), StateError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.tx
+            .lock()
+            .map_err(|_| unavailable("writer lock poisoned"))?
+            .as_ref()
+            .ok_or_else(|| unavailable("the store is closed"))?
+            .send(Job { writes, now, done })
+            .map_err(|_| unavailable("the writer stopped"))?;
+        wait.await.map_err(|_| unavailable("the writer stopped"))?.map_err(unavailable)
+    }
+}
+
+fn commit(db: &Database, jobs: &[Job]) -> Result<(), String> {
+    let now = jobs.iter().map(|j| j.now).max().unwrap_or(i64::MIN);
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut live = txn.open_table(LIVE).map_err(|e| e.to_string())?;
+        for w in jobs.iter().flat_map(|j| &j.writes) {
+            match w {
+                Write::Put { until, key, value } => {
+                    live.insert((*until, key.as_slice()), value.as_slice()).map_err(|e| e.to_string())?;
+                }
+                Write::Delete { until, key } => {
+                    live.remove((*until, key.as_slice())).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        // the expired rows, oldest first: the cost is their number, never the table's size
+        live.retain_in(..(now, &[][..]), |_, _| false).map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+fn writer(db: Database, rx: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let result = commit(&db, &jobs);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "state file write failed");
+        }
+        for j in jobs {
+            let _ = j.done.send(result.clone());
+        }
+    }
+}
+
+impl StateStore for FileStore {
+    fn mark_used<'a>(
+        &'a self,
+        id: &'a str,
+        until: i64,
+        now: i64,
+        used_since: i64,
+        grant: Option<&'a Grant>,
+    ) -> StateFuture<'a, Mark> {
+        Box::pin(async move {
+            let mark = self.memory.mark(id, until, now, used_since)?;
+            if mark != Mark::Fresh {
+                return Ok(mark);
+            }
+            let mut writes =
+                vec![Write::Put { until, key: row(USED, &super::memory::used_key(id)), value: Vec::new() }];
+            if let Some(g) = grant {
+                self.memory.record_grant_now(g, now)?;
+                writes.push(grant_write(g)?);
+            }
+            self.persist(writes, now).await?;
+            Ok(Mark::Fresh)
+        })
+    }
+    fn ready(&self) -> StateFuture<'_, ()> {
+        Box::pin(async move { self.persist(Vec::new(), i64::MIN).await })
+    }
+    fn put_nonce<'a>(&'a self, nonce: &'a str, binding: &'a str, until: i64, now: i64) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.memory.put_nonce_now(nonce, binding, until, now)?;
+            let w = Write::Put { until, key: row(NONCE, nonce.as_bytes()), value: binding.as_bytes().to_vec() };
+            self.persist(vec![w], now).await
+        })
+    }
+    fn take_nonce<'a>(&'a self, nonce: &'a str, now: i64) -> StateFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let Some((until, binding)) = self.memory.take_nonce_until(nonce, now)? else { return Ok(None) };
+            self.persist(vec![Write::Delete { until, key: row(NONCE, nonce.as_bytes()) }], now).await?;
+            Ok(Some(binding))
+        })
+    }
+    fn record_grant<'a>(&'a self, grant: &'a Grant, now: i64) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.memory.record_grant_now(grant, now)?;
+            self.persist(vec![grant_write(grant)?], now).await
+        })
+    }
+    fn grants(&self, now: i64) -> StateFuture<'_, Vec<Grant>> {
+        self.memory.grants(now)
+    }
+    fn revoke<'a>(&'a self, key: &'a str, until: i64, now: i64) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.memory.revoke_now(key, until, now)?;
+            self.persist(vec![Write::Put { until, key: row(REVOKED, key.as_bytes()), value: Vec::new() }], now).await
+        })
+    }
+    fn revoked<'a>(&'a self, keys: &'a [String], now: i64) -> StateFuture<'a, Vec<String>> {
+        self.memory.revoked(keys, now)
+    }
+}
+
+fn grant_write(g: &Grant) -> Result<Write, StateError> {
+    let value = serde_json::to_vec(g).map_err(unavailable)?;
+    Ok(Write::Put { until: g.expires_at, key: row(GRANT, g.id.as_bytes()), value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(id: &str, expires_at: i64) -> Grant {
+        Grant {
+            id: id.into(),
+            subject: "s".into(),
+            task: "t".into(),
+            role: "r".into(),
+            kind: "jwt".into(),
+            issued_at: 0,
+            expires_at,
+            issuer: "https://issuer.example".into(),
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().build().unwrap()
+    }
+
+    /// Everything the store accepted is there after the store is dropped and opened again on
+    /// the same file; expired entries are not; a replay stays refused.
+    #[test]
+    fn marks_nonces_revocations_and_grants_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let rt = rt();
+        {
+            let s = FileStore::open(&path, 100, 0, false).unwrap();
+            rt.block_on(async {
+                assert_eq!(s.mark_used("a", 100, 0, 0, Some(&grant("g1", 100))).await, Ok(Mark::Fresh));
+                assert_eq!(s.mark_used("short", 5, 0, 0, None).await, Ok(Mark::Fresh));
+                s.put_nonce("n1", "role", 60, 0).await.unwrap();
+                s.put_nonce("n2", "role", 60, 0).await.unwrap();
+                assert_eq!(s.take_nonce("n2", 1).await, Ok(Some("role".into())));
+                s.revoke("task:x", 200, 0).await.unwrap();
+            });
+        }
+        let s = FileStore::open(&path, 100, 10, false).unwrap();
+        rt.block_on(async {
+            assert_eq!(s.mark_used("a", 100, 10, 0, None).await, Ok(Mark::AlreadyUsed), "replay after restart");
+            assert_eq!(s.mark_used("short", 100, 10, 0, None).await, Ok(Mark::Fresh), "expired before the restart");
+            assert_eq!(s.take_nonce("n1", 10).await, Ok(Some("role".into())), "outstanding nonce kept");
+            assert_eq!(s.take_nonce("n2", 10).await, Ok(None), "a taken nonce stays taken");
+            let keys = vec!["task:x".to_owned(), "task:y".to_owned()];
+            assert_eq!(s.revoked(&keys, 10).await, Ok(vec!["task:x".to_owned()]));
+            let ids: Vec<String> = s.grants(10).await.unwrap().into_iter().map(|g| g.id).collect();
+            assert_eq!(ids, vec!["g1".to_owned()]);
+        });
+        drop(s);
+        // the twin: past their ends, nothing is reloaded
+        let s = FileStore::open(&path, 100, 1_000, false).unwrap();
+        rt.block_on(async {
+            assert_eq!(s.mark_used("a", 2_000, 1_000, 0, None).await, Ok(Mark::Fresh));
+            assert_eq!(s.revoked(&["task:x".to_owned()], 1_000).await, Ok(vec![]));
+            assert!(s.grants(1_000).await.unwrap().is_empty());
+        });
+    }
+
+    /// A file created where state should have been (the audit log has records) starts an epoch:
+    /// assertions that may have been used before it are refused, later ones are not, and the
+    /// epoch outlives a further restart. Its twin: a first start has no epoch.
+    #[test]
+    fn a_new_file_after_a_loss_starts_an_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let first = FileStore::open(&dir.path().join("first.redb"), 100, 50, false).unwrap();
+        assert_eq!(rt.block_on(first.mark_used("a", 100, 50, 10, None)), Ok(Mark::Fresh));
+        let path = dir.path().join("lost.redb");
+        let s = FileStore::open(&path, 100, 50, true).unwrap();
+        assert_eq!(rt.block_on(s.mark_used("a", 100, 50, 49, None)), Ok(Mark::EpochReset { since: 50 }));
+        assert_eq!(rt.block_on(s.mark_used("b", 100, 50, 50, None)), Ok(Mark::Fresh));
+        drop(s);
+        let s = FileStore::open(&path, 100, 60, true).unwrap();
+        assert_eq!(rt.block_on(s.mark_used("c", 100, 60, 49, None)), Ok(Mark::EpochReset { since: 50 }));
+    }
+
+    /// A second broker on the same file is refused at open (redb locks it), never two writers.
+    #[test]
+    fn one_process_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let _s = FileStore::open(&path, 100, 0, false).unwrap();
+        assert!(FileStore::open(&path, 100, 0, false).is_err());
+    }
+}
