@@ -7,6 +7,12 @@
 //! broker; if it cannot be written, no credential is returned. One writer thread does the writing
 //! and commits in groups: records of concurrent exchanges share one `fdatasync`. Records never hold a token, a
 //! signature or a key: a credential appears as its kind, `jti` (grant id) and expiry.
+//!
+//! Faults never break the chain for good: opening reconciles the log with its head (a partial
+//! last line is cut, a head left behind by a crash is rolled forward, a log that lost the head's
+//! record refuses to open); a failed write is cut back before anything else is written; a log
+//! deleted or rotated while serving is noticed at the next write and continued in a new file at
+//! its path. The log and its head are regular files, never opened through a symlink.
 
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -79,10 +85,13 @@ pub enum AuditError {
 
 #[derive(Debug)]
 struct Inner {
+    path: PathBuf,
     file: File,
     head: File,
     prev: String,
     count: u64,
+    /// Where the log ends: every byte before it is a complete, chained record.
+    len: u64,
 }
 
 /// One record waiting for the writer, and who to tell when it is written.
@@ -143,8 +152,11 @@ struct Chained<'a> {
 
 impl Inner {
     /// Writes a batch: one write, one flush if any record must be durable, then the head. On
-    /// failure the chain does not advance.
+    /// failure the chain does not advance and the file is cut back to where the batch began, so
+    /// no torn line is left for the next record to be glued to (review C4, fault B5); until that
+    /// cut succeeds, nothing else is written.
     fn write_batch(&mut self, jobs: &[Job]) -> Result<(), String> {
+        self.follow_path()?;
         let (mut prev, mut count) = (self.prev.clone(), self.count);
         let mut buf = Vec::new();
         for j in jobs {
@@ -155,18 +167,172 @@ impl Inner {
             count += 1;
         }
         let durable = jobs.iter().any(|j| j.durable);
-        self.file.write_all(&buf).map_err(|e| e.to_string())?;
-        if durable {
-            self.file.sync_data().map_err(|e| e.to_string())?;
+        let written = self.file.write_all(&buf).and_then(|()| if durable { self.file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
+            return Err(match self.file.set_len(self.len).and_then(|()| self.file.sync_data()) {
+                Ok(()) => e.to_string(),
+                Err(cut) => {
+                    format!("{e}; the partial batch could not be cut back ({cut}): nothing more is written until it is")
+                }
+            });
         }
         std::os::unix::fs::FileExt::write_at(&self.head, head_line(count, &prev).as_bytes(), 0)
             .map_err(|e| e.to_string())?;
         if durable {
             self.head.sync_data().map_err(|e| e.to_string())?;
         }
-        (self.prev, self.count) = (prev, count);
+        (self.prev, self.count, self.len) = (prev, count, self.len + buf.len() as u64);
         Ok(())
     }
+
+    /// The log at the path must still be the file being written: after a deletion or a rename
+    /// (rotation) the records would go where no reader looks (fault B6). A replaced or missing
+    /// file is opened afresh (a new chain, logged) before anything else is written; if that
+    /// fails, the write fails.
+    fn follow_path(&mut self) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let open = self.file.metadata().map_err(|e| e.to_string())?;
+        // also catches a torn tail that could not be cut before: the file's length is not ours
+        let same = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|at| at.dev() == open.dev() && at.ino() == open.ino() && at.len() == self.len);
+        if same {
+            return Ok(());
+        }
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|at| at.dev() == open.dev() && at.ino() == open.ino()) {
+            // our file, longer or shorter than we wrote: a torn tail left by a failed cut
+            self.file.set_len(self.len).and_then(|()| self.file.sync_data()).map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        tracing::warn!(path = %self.path.display(), records = self.count, last = %self.prev, "the audit log was deleted or replaced (rotated); continuing in a new file at its path");
+        let fresh = open_inner(&self.path).map_err(|e| e.to_string())?;
+        *self = fresh;
+        Ok(())
+    }
+}
+
+/// Opens `path` for appending without following a symlink (review C13).
+fn open_nofollow(path: &Path, append: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = OpenOptions::new();
+    o.create(true).custom_flags(libc::O_NOFOLLOW);
+    if append {
+        o.append(true).read(true);
+    } else {
+        o.truncate(false).read(true).write(true);
+    }
+    o.open(path)
+}
+
+/// Fsyncs the directory holding `path`, so a file just created there survives a power loss
+/// (review S9).
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// The byte offset just past the last newline of `file` (of length `len`).
+fn complete_len(file: &File, len: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// The last line of `file`, whose complete part is `len` bytes and ends in a newline (without it).
+fn last_line(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
+    let start = complete_len(file, len - 1)?;
+    let mut line = vec![0u8; (len - 1 - start) as usize];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut line, start)?;
+    Ok(line)
+}
+
+/// Reads the log and head at `path` and reconciles them (review C20, fault B1):
+/// - a partial last line (a write cut short by a crash or a full disk, never acknowledged) is cut;
+/// - a head one or more records behind the log, whose records chain from it (a crash between the
+///   log's flush and the head's update) is rolled forward;
+/// - a log that does not contain the head's record (edited, truncated) refuses to open: appending
+///   to it would hide the break;
+/// - a head without a log (rotated or deleted) starts a new chain, logged.
+fn open_inner(path: &Path) -> std::io::Result<Inner> {
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let created = std::fs::symlink_metadata(path).is_err();
+    let file = open_nofollow(path, true)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    let head_file = head_path(path);
+    let head_created = std::fs::symlink_metadata(&head_file).is_err();
+    let head = open_nofollow(&head_file, false)?;
+    if created || head_created {
+        sync_dir(path)?;
+    }
+    let mut len = complete_len(&file, meta.len())?;
+    if len < meta.len() {
+        tracing::warn!(path = %path.display(), bytes = meta.len() - len, "the audit log ended in a partial record (never acknowledged); cut");
+        file.set_len(len)?;
+        file.sync_data()?;
+    }
+    let named = std::fs::read_to_string(&head_file).ok().and_then(|h| {
+        let (n, hash) = h.trim().split_once(' ')?;
+        Some((n.parse::<u64>().ok()?, hash.to_owned())).filter(|(_, h)| h.len() == 64)
+    });
+    // The common case, without reading the log: its last line is the head's record.
+    if let Some((n, h)) = &named
+        && len > 0
+        && sha256_hex(&last_line(&file, len)?) == *h
+    {
+        return Ok(Inner { path: path.to_path_buf(), file, head, prev: h.clone(), count: *n, len });
+    }
+    // Otherwise the chain as the log has it: every line's hash; the head's record must be one.
+    let (mut prev, mut count) = (GENESIS.to_owned(), 0u64);
+    let mut at_head: Option<(u64, String)> = None;
+    if len > 0 {
+        let mut reader = BufReader::new(File::open(path)?);
+        let mut line = String::new();
+        let mut offset = 0u64;
+        while offset < len && reader.read_line(&mut line)? > 0 {
+            offset += line.len() as u64;
+            prev = sha256_hex(line.trim_end_matches('\n').as_bytes());
+            count += 1;
+            if named.as_ref().is_some_and(|(n, h)| *n == count && *h == prev) {
+                at_head = Some((count, prev.clone()));
+            }
+            line.clear();
+        }
+        len = offset.min(len);
+    }
+    match (&named, at_head) {
+        (None, _) => {}
+        (Some(_), Some((n, _))) if n == count => {}
+        (Some(_), Some((n, _))) => {
+            tracing::warn!(path = %path.display(), behind = count - n, "the audit head was behind the log (a crash between the log's flush and the head's update); rolled forward");
+        }
+        (Some((n, h)), None) if count == 0 => {
+            tracing::warn!(path = %path.display(), previous_records = n, previous_last = %h, "the audit log is new but its head names an earlier log (rotated or deleted); a new chain begins");
+        }
+        (Some((n, _)), None) => {
+            return Err(bad(format!(
+                "its head names record {n}, which the log does not hold as written: records were changed or removed; refusing to append (check it with `ephemera audit verify`)"
+            )));
+        }
+    }
+    std::os::unix::fs::FileExt::write_at(&head, head_line(count, &prev).as_bytes(), 0)?;
+    head.set_len(head_line(count, &prev).len() as u64)?;
+    head.sync_data()?;
+    Ok(Inner { path: path.to_path_buf(), file, head, prev, count, len })
 }
 
 /// Below this many waiting records the writer yields once before writing (see [`writer`]).
@@ -202,31 +368,12 @@ fn writer(mut inner: Inner, mut rx: tokio::sync::mpsc::Receiver<Job>, healthy: A
 }
 
 impl AuditLog {
-    /// Opens (or creates) the log for appending, picks up its hash chain, and starts its writer.
+    /// Opens (or creates) the log for appending, reconciles it with its head
+    /// ([`open_inner`]), and starts its writer.
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
-        let (mut prev, mut count) = (GENESIS.to_owned(), 0u64);
-        // The head file says where the chain stands without reading the whole log; without one, a
-        // regular log file is scanned (never a device or pipe: that read might not end).
-        let head = std::fs::read_to_string(head_path(path)).ok().and_then(|h| {
-            let (n, hash) = h.trim().split_once(' ')?;
-            (hash.len() == 64).then(|| (hash.to_owned(), n.parse::<u64>().ok()))
-        });
-        match head {
-            Some((hash, Some(n))) => (prev, count) = (hash, n),
-            _ => {
-                if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
-                    for line in BufReader::new(File::open(path)?).lines() {
-                        prev = sha256_hex(line?.as_bytes());
-                        count += 1;
-                    }
-                }
-            }
-        }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let head = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(head_path(path))?;
+        let inner = open_inner(path)?;
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let inner = Inner { file, head, prev, count };
         let h = healthy.clone();
         std::thread::Builder::new().name("audit-writer".into()).spawn(move || writer(inner, rx, h))?;
         Ok(AuditLog { path: path.to_path_buf(), tx, healthy })
@@ -255,6 +402,9 @@ pub fn verify_chain(path: &Path) -> Result<usize, String> {
     let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut prev = GENESIS.to_owned();
     let mut n = 0;
+    // the hash of each record by number (0: none yet), to tell a head that is behind from a
+    // forged one; at most the last few thousand are kept
+    let mut hashes: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
     for (i, line) in BufReader::new(f).lines().enumerate() {
         let line = line.map_err(|e| format!("line {}: {e}", i + 1))?;
         let v: serde_json::Value =
@@ -267,6 +417,8 @@ pub fn verify_chain(path: &Path) -> Result<usize, String> {
         }
         prev = sha256_hex(line.as_bytes());
         n += 1;
+        hashes.insert(n, prev.clone());
+        hashes.remove(&n.saturating_sub(4096));
     }
     let head_file = head_path(path);
     let head = std::fs::read_to_string(&head_file).map_err(|e| {
@@ -274,6 +426,13 @@ pub fn verify_chain(path: &Path) -> Result<usize, String> {
     })?;
     if head != head_line(n as u64, &prev) {
         let named: u64 = head.split(' ').next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        let named_hash = head.trim().split(' ').nth(1).unwrap_or_default();
+        if named < n as u64 && hashes.get(&(named as usize)).is_some_and(|h| h == named_hash) {
+            return Err(format!(
+                "the head names record {named}, {} record(s) before the log's end: those chain from it but no head covers them (a crash between the log's flush and the head's update leaves this; the broker rolls the head forward when it next opens the log)",
+                n as u64 - named
+            ));
+        }
         return Err(format!(
             "the log ends at record {n} but its head names record {named} with another hash: the last record(s) were changed or removed"
         ));
@@ -342,5 +501,103 @@ mod tests {
         // the twin: the untouched log verifies
         std::fs::write(&path, &original).unwrap();
         assert_eq!(verify_chain(&path), Ok(4));
+    }
+
+    fn rec(d: Outcome) -> AuditRecord {
+        AuditRecord { decision: d, ..Default::default() }
+    }
+
+    /// A crash between the log's flush and the head's update leaves the head behind: `verify`
+    /// says so (not "changed or removed"), and opening rolls the head forward so the chain goes
+    /// on unbroken (review C20, fault B1). Twin: a head naming a record the log does not hold
+    /// (the last record edited) refuses to open.
+    #[tokio::test]
+    async fn a_head_behind_the_log_is_rolled_forward_and_a_forged_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        log.append(rec(Outcome::Allow), true).await.unwrap();
+        let head_after_one = std::fs::read(head_path(&path)).unwrap();
+        log.append(rec(Outcome::Allow), true).await.unwrap();
+        drop(log);
+        std::fs::write(head_path(&path), &head_after_one).unwrap();
+        assert!(
+            verify_chain(&path).is_err_and(|e| e.contains("1 record(s) before the log's end")),
+            "{:?}",
+            verify_chain(&path)
+        );
+        let log = AuditLog::open(&path).unwrap();
+        assert_eq!(verify_chain(&path), Ok(2));
+        log.append(rec(Outcome::Deny), true).await.unwrap();
+        assert_eq!(verify_chain(&path), Ok(3));
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("\"deny\"", "\"allow\"", 1)).unwrap();
+        let refused = AuditLog::open(&path).map(|_| ()).map_err(|e| e.to_string());
+        assert!(refused.as_ref().is_err_and(|e| e.contains("refusing to append")), "{refused:?}");
+    }
+
+    /// A partial last line (a write cut short) is cut at open, and by the writer before its next
+    /// batch if it appears while running: the next record starts on its own line (review C4,
+    /// fault B5).
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_before_anything_else_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        log.append(rec(Outcome::Allow), true).await.unwrap();
+        let torn = || {
+            let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+            f.write_all(b"{\"time\":\"2026-12-03T00:00:00Z\",\"assertion_expires_a").unwrap();
+        };
+        torn();
+        log.append(rec(Outcome::Allow), true).await.unwrap();
+        assert_eq!(verify_chain(&path), Ok(2));
+        drop(log);
+        torn();
+        let log = AuditLog::open(&path).unwrap();
+        log.append(rec(Outcome::Deny), true).await.unwrap();
+        assert_eq!(verify_chain(&path), Ok(3));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        );
+    }
+
+    /// A log deleted or renamed (rotated) while serving is noticed at the next write: records
+    /// go to a new file at the path, which verifies on its own (fault B6); the renamed one keeps
+    /// what was written before.
+    #[tokio::test]
+    async fn a_deleted_or_rotated_log_is_followed_to_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        log.append(rec(Outcome::Allow), true).await.unwrap();
+        std::fs::rename(&path, dir.path().join("r.jsonl.1")).unwrap();
+        log.append(rec(Outcome::Allow), true).await.unwrap();
+        assert_eq!(verify_chain(&path), Ok(1));
+        assert_eq!(std::fs::read_to_string(dir.path().join("r.jsonl.1")).unwrap().lines().count(), 1);
+        std::fs::remove_file(&path).unwrap();
+        log.append(rec(Outcome::Deny), true).await.unwrap();
+        log.append(rec(Outcome::Deny), true).await.unwrap();
+        assert_eq!(verify_chain(&path), Ok(2));
+        assert!(log.ready());
+    }
+
+    /// The log and its head are never opened through a symlink (review C13).
+    #[test]
+    fn a_symlinked_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim.txt");
+        std::fs::write(&target, "precious").unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(AuditLog::open(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, head_path(&path)).unwrap();
+        assert!(AuditLog::open(&path).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
     }
 }

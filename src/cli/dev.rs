@@ -32,11 +32,29 @@ pub(super) async fn dev(listen: &str) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let dir = std::env::temp_dir().join(format!("ephemera-dev-{}", std::process::id()));
+    // A new directory of our own, with a name nobody can predict (review C13): created 0700,
+    // refused if it exists; the demo JWKS is a new file in it.
+    let suffix = match crate::ids::random_id(9) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("ephemera-dev-{}-{suffix}", std::process::id()));
     let jwks_file = dir.join("demo-jwks.json");
     let audit = dir.join("audit.jsonl");
-    let written =
-        std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&jwks_file, demo.signer.jwks().to_string()));
+    let written = {
+        use std::io::Write;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&jwks_file)?
+                .write_all(demo.signer.jwks().to_string().as_bytes())
+        })
+    };
     if let Err(e) = written {
         eprintln!("error: {}: {e}", dir.display());
         return ExitCode::from(EXIT_FAILURE);

@@ -47,7 +47,8 @@ impl Evaluator {
                 );
                 Arc::new(MemoryStore::new(*max_entries))
             }
-            _ => open_state(&config, clock.now())?,
+            StateBackend::Memory { max_entries } => Arc::new(MemoryStore::new(*max_entries)),
+            StateBackend::Redis { .. } => open_state(&config, clock.now())?,
         };
         Evaluator::with_state(config, clock, state)
     }
