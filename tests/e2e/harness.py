@@ -140,6 +140,35 @@ def race(brokers: list, token: str, presentations: int = 40) -> list:
     return results
 
 
+# ------------------------------------------------------------------------------------------------
+# the Redis state store's epoch (test_replicas.py, test_redis_topologies.py)
+
+# The epoch a test writes into a Redis before a broker first connects, so the store looks
+# established (it has been in use for a long time). The broker only sets the marker when it is
+# absent (`SET NX` at connect, or the mark script), so it keeps this one.
+REDIS_ESTABLISHED_EPOCH = 1
+# The default `leeway` of an OIDC provider (src/config/defaults.rs), seconds.
+DEFAULT_LEEWAY = 60
+
+
+def redis_epoch_key(prefix: str = "eph") -> str:
+    """The broker's epoch marker (src/state/redis.rs: `{key_prefix}:meta:epoch`, whole UNIX seconds)."""
+    return "{" + prefix + "}:meta:epoch"
+
+
+def first_iat_accepted_after(epoch: int, leeway: int = DEFAULT_LEEWAY) -> int:
+    """The earliest `iat` the epoch guard accepts after the marker was (re)created at `epoch`: an
+    assertion is refused `replay_state_reset` while `iat - leeway - 1 < epoch` (review S2/B3)."""
+    return epoch + leeway + 1
+
+
+def wait_until_presentable(iat: int, leeway: int = DEFAULT_LEEWAY) -> None:
+    """Polls the clock until an assertion issued at `iat` is no longer "issued in the future"
+    (the verifier refuses `iat > now + leeway`)."""
+    wait_until(lambda: int(time.time()) + leeway >= iat, timeout=leeway + 5, interval=0.02,
+               what=f"iat {iat} within the leeway of the clock")
+
+
 def find_binary() -> Path:
     candidates = []
     if os.environ.get("EPHEMERA_BIN"):

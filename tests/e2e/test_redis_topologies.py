@@ -27,7 +27,6 @@ import ipaddress
 import shutil
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 import jwt
@@ -37,7 +36,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from harness import Broker, broker_config, free_port, provider, race, require_peer, role, wait_until
+from harness import (REDIS_ESTABLISHED_EPOCH, Broker, broker_config, first_iat_accepted_after, free_port, provider,
+                     race, redis_epoch_key, require_peer, role, wait_until, wait_until_presentable)
 
 CLI_TIMEOUT = 30
 
@@ -253,6 +253,16 @@ class Store:
     def dbsizes(self) -> dict[str, int]:
         return {n.addr: int(n.cli("DBSIZE")) for n in self.nodes}
 
+    def seed_epoch(self, prefix: str = "eph"):
+        """An old epoch marker (overwriting any): the store looks established. The broker creates
+        the marker only when it is absent, and refuses assertions issued within its leeway + 1 s
+        of a marker it creates (review S2/B3): a test on an empty store would start with that
+        refusal. Tests of a store that lost its data flush it afterwards."""
+        assert self.home.cli("SET", redis_epoch_key(prefix), str(REDIS_ESTABLISHED_EPOCH)) == "OK"
+
+    def epoch(self, prefix: str = "eph") -> int:
+        return int(self.home.cli("GET", redis_epoch_key(prefix)))
+
 
 def cluster_store(cluster: Cluster, prefix: str = "eph") -> Store:
     home = cluster.owner(prefix)
@@ -266,7 +276,8 @@ def store(request) -> Store:
     else:
         node, files = request.getfixturevalue("redis_tls")
         s = Store("tls", node.url, {"SSL_CERT_FILE": str(files.ca)}, [node], node)
-    s.flushall()  # each test starts on an empty store (the modules' servers outlive a test)
+    s.flushall()  # each test starts on an empty store (the modules' servers outlive a test) ...
+    s.seed_epoch()  # ... that has served for a long time
     return s
 
 
@@ -343,20 +354,27 @@ def test_a_store_that_lost_its_data_does_not_reopen_replays(store, replicas, moc
     r = b.exchange(token)
     assert r.status == 400 and r.reason == "token_replayed", r
 
-    # the new epoch starts at the second of the first mark after the loss: let that second be
-    # later than the token's iat (a poll on the clock, not a timed wait)
-    wait_until(lambda: int(time.time()) > issued, 3, what="a second later than the token's iat")
     store.flushall()  # the used mark and the epoch marker are gone
     assert sum(store.dbsizes().values()) == 0
+    # The new epoch starts at the first mark after the loss, in or after the token's iat second;
+    # the guard refuses `iat - leeway - 1 < epoch` (review S2/B3), so even a loss in the token's
+    # own second does not reopen it.
     r = b.exchange(token)
     assert r.status == 400 and r.reason == "replay_state_reset", r
-    epoch = int(store.home.cli("GET", "{eph}:meta:epoch"))
-    assert epoch > issued
+    epoch = store.epoch()
+    assert epoch >= issued
     r = a.exchange(token)
     assert r.status == 400 and r.reason == "replay_state_reset", r
-    # twin: assertions issued from the new epoch on are accepted, on either replica
-    assert a.exchange(mock_issuer.token()).status == 200
-    assert b.exchange(mock_issuer.token()).status == 200
+    # the cost: an assertion issued now, within the leeway of the new epoch, is refused too
+    soon = a.exchange(mock_issuer.token())
+    assert soon.status == 400 and soon.reason == "replay_state_reset", soon
+    # twin: assertions issued after the new epoch by more than the leeway are accepted, on either
+    # replica (an issuer clock ahead, inside the leeway, stands in for a minute's wait)
+    later = first_iat_accepted_after(epoch)
+    wait_until_presentable(later)
+    assert a.exchange(mock_issuer.token(iat=later)).status == 200
+    assert b.exchange(mock_issuer.token(iat=later)).status == 200
+    assert store.epoch() == epoch
 
 
 # ---- cluster: one hash slot ---------------------------------------------------------------------
@@ -370,6 +388,7 @@ def test_every_key_of_the_broker_is_in_its_tags_hash_slot(redis_cluster, replica
     tag = prefix or "eph"
     s = cluster_store(redis_cluster, tag)
     s.flushall()
+    s.seed_epoch(tag)
     state = {"key_prefix": prefix} if prefix else {}
     a, b = replicas(s, **state)
     token = mock_issuer.token()
@@ -394,6 +413,8 @@ def test_a_replica_given_a_non_owner_cluster_node_fails_closed(redis_cluster, re
     owner node's URL is served."""
     s = cluster_store(redis_cluster)
     s.flushall()
+    s.seed_epoch()
+    seeded = s.dbsizes()  # the epoch marker on the owner, nothing elsewhere
     other = next(n for n in s.nodes if n is not s.home)
     moved = other.cli("GET", "{eph}:meta:epoch")
     assert moved.startswith("MOVED ") and s.home.addr in moved, f"{other.addr} should redirect the slot: {moved!r}"
@@ -415,7 +436,9 @@ def test_a_replica_given_a_non_owner_cluster_node_fails_closed(redis_cluster, re
     detail = a.audit_record(r.decision_id)["detail"]
     assert f"Moved: {redis_cluster.slot('eph')} {s.home.addr}" in detail, detail
     assert not [rec for rec in a.audit() if rec["decision"] == "allow"]
-    assert sum(s.dbsizes().values()) == 0  # nothing was written anywhere in the cluster
+    # nothing was written anywhere in the cluster: only the marker the test set, unchanged
+    assert s.dbsizes() == seeded and sum(seeded.values()) == 1, (s.dbsizes(), seeded)
+    assert s.epoch() == REDIS_ESTABLISHED_EPOCH
 
 
 # ---- TLS: the server's certificate is verified ---------------------------------------------
@@ -425,6 +448,7 @@ def test_a_rediss_server_whose_ca_is_not_trusted_fails_closed(redis_tls, replica
     node, files = redis_tls
     s = Store("tls", node.url, {"SSL_CERT_FILE": str(files.ca)}, [node], node)
     s.flushall()
+    s.seed_epoch()
     (trusted,) = replicas(s, 1)
     (untrusted,) = replicas(s, 1, env={"SSL_CERT_FILE": str(files.other_ca)})
     r = untrusted.exchange(mock_issuer.token())

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import jwt
@@ -17,17 +18,26 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from harness import Broker, broker_config, ci_strict, free_port, provider, race, role, wait_next_second, wait_until
+from harness import (REDIS_ESTABLISHED_EPOCH, Broker, broker_config, ci_strict, first_iat_accepted_after, free_port,
+                     provider, race, redis_epoch_key, role, wait_next_second, wait_until, wait_until_presentable)
 
 
 class RedisServer:
-    """A real redis-server on a free port, without persistence, that tests kill and restart."""
+    """A real redis-server on a free port, without persistence, that tests kill and restart.
+
+    It starts established: its epoch marker is an old time (`seed_epoch`), as in a store that has
+    served for a long time. The broker creates the marker only when it is absent, and refuses
+    assertions issued within its leeway + 1 s of a marker it creates (review S2/B3), so a test on an
+    empty Redis would start with that refusal. A restart (`kill`, `start`) loses everything,
+    marker included: the tests of a Redis that lost its data; `seed_epoch` after it stands for a
+    Redis that came back with its data."""
 
     def __init__(self, workdir: Path):
         self.port = free_port()
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
         self.start()
+        self.seed_epoch()
 
     @property
     def url(self) -> str:
@@ -47,6 +57,35 @@ class RedisServer:
                 return s.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+    def command(self, *args) -> str | int | None:
+        """One command over RESP (a simple, integer or bulk reply; nil is None); an error reply fails."""
+        words = [str(a).encode() for a in args]
+        payload = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(payload)
+            f = s.makefile("rb")
+            line = f.readline().rstrip(b"\r\n")
+            kind, rest = line[:1], line[1:].decode()
+            if kind == b"+":
+                return rest
+            if kind == b":":
+                return int(rest)
+            if kind == b"$":
+                n = int(rest)
+                return None if n < 0 else f.read(n + 2)[:-2].decode()
+            raise AssertionError(f"redis {args[0]}: {line!r}")
+
+    def seed_epoch(self, prefix: str = "eph"):
+        """An old epoch marker (overwriting any): the store looks established."""
+        assert self.command("SET", redis_epoch_key(prefix), REDIS_ESTABLISHED_EPOCH) == "OK"
+
+    def epoch(self, prefix: str = "eph") -> int | None:
+        v = self.command("GET", redis_epoch_key(prefix))
+        return None if v is None else int(v)
+
+    def flushall(self):
+        assert self.command("FLUSHALL") == "OK"
 
     def kill(self):
         if self.proc:
@@ -126,6 +165,9 @@ def test_redis_down_fails_closed_and_recovers_without_restart(replicas, mock_iss
     audit = [rec for rec in a.audit() if rec.get("reason") == "replay_store_unavailable"]
     assert audit and all(rec["decision"] == "deny" for rec in audit)
     redis_server.start()
+    # it comes back with its data, as a Redis with persistence does: the epoch marker is there
+    # (one restarted without it lost its data: test_a_redis_that_lost_its_data_does_not_reopen_replays)
+    redis_server.seed_epoch()
     wait_until(lambda: a.get("/readyz").status_code == 200, 15, what="readiness back")
     wait_until(lambda: a.exchange(mock_issuer.token()).status == 200, 15, what="exchanges back")
     assert b.exchange(mock_issuer.token()).status == 200
@@ -142,11 +184,12 @@ def test_a_broker_started_while_redis_is_down_runs_unready_and_becomes_ready(rep
     refused = a.exchange(mock_issuer.token())
     assert refused.status == 503 and refused.reason == "replay_store_unavailable", refused
     redis_server.start()
+    # It comes back with its data (the marker overwritten, so even a connection the broker made
+    # in between does not count). An empty Redis at the first connection is a new epoch:
+    # test_a_first_start_on_an_empty_redis_refuses_assertions_issued_within_the_leeway.
+    redis_server.seed_epoch()
     wait_until(lambda: a.get("/readyz").status_code == 200, 15, what="readiness once Redis is up")
     assert a.get("/readyz").json() == {"state": True, "audit": True}
-    # The first connection started the epoch (at the latest when /readyz answered 200); a token
-    # signed after that answer has an iat in or after the epoch's second, so it is not refused as
-    # issued before it.
     ok = a.exchange(mock_issuer.token())
     assert ok.status == 200, ok
     assert a.alive()
@@ -175,16 +218,13 @@ def test_a_full_memory_store_fails_closed(broker_factory, mock_issuer):
 def test_a_redis_that_lost_its_data_does_not_reopen_replays(replicas, mock_issuer, redis_server):
     (a,) = replicas(1)
     token = mock_issuer.token()
+    iat = jwt.decode(token, options={"verify_signature": False})["iat"]
     assert a.exchange(token).status == 200
     redis_server.kill()
     redis_server.start()  # no persistence: used ids and the epoch marker are gone
-    # The epoch is whole seconds and an assertion issued in the second the new epoch starts is
-    # still accepted (`iat < epoch` is refused; the security review's finding, issue 14): waiting
-    # until the clock is past the replayed token's iat second makes its iat certainly older than
-    # the new epoch. (Waiting for "early in a second" was not enough: a restart within the
-    # token's own second let the replay through, about 1 run in 5 under load.)
-    iat = jwt.decode(token, options={"verify_signature": False})["iat"]
-    wait_until(lambda: int(time.time()) > iat, timeout=5, interval=0.02, what="a second after the token's iat")
+    # The new epoch starts at the first mark after the loss, in or after the token's iat second;
+    # the guard refuses `iat - leeway - 1 < epoch` (review S2/B3), so the replay is refused even in
+    # the token's own second (which `iat < epoch` let through, about 1 run in 5 under load).
     r = None
     # The connection manager reconnects on its own, with a backoff: a bounded retry (50 x 0.2 s)
     # on the one answer that means "not reconnected yet". Any other answer ends the loop and is
@@ -195,8 +235,109 @@ def test_a_redis_that_lost_its_data_does_not_reopen_replays(replicas, mock_issue
             break
         time.sleep(0.2)
     assert r.status == 400 and r.reason == "replay_state_reset", r
-    wait_next_second()
-    assert a.exchange(mock_issuer.token()).status == 200  # issued after the new epoch
+    epoch = redis_server.epoch()
+    assert epoch is not None and epoch >= iat, (epoch, iat)
+    assert f"reset at {epoch};" in r.description and "leeway" in r.description, r
+    # The cost: an assertion issued now, within the leeway of the new epoch, is refused too ...
+    soon = a.exchange(mock_issuer.token())
+    assert soon.status == 400 and soon.reason == "replay_state_reset", soon
+    # ... and the twin: one issued after the epoch by more than the leeway is accepted (an issuer
+    # clock ahead, inside the leeway, stands in for a minute's wait), once.
+    later = first_iat_accepted_after(epoch)
+    wait_until_presentable(later)
+    fresh = mock_issuer.token(iat=later)
+    assert a.exchange(fresh).status == 200
+    again = a.exchange(fresh)
+    assert again.status == 400 and again.reason == "token_replayed", again
+
+
+def test_a_first_start_on_an_empty_redis_refuses_assertions_issued_within_the_leeway(
+        replicas, mock_issuer, redis_server):
+    """README: the first start against an empty Redis is an epoch like any reset (the broker cannot
+    tell an empty Redis from one that lost its data): assertions issued within leeway + 1 s of it
+    are refused `replay_state_reset`; clients retry with a fresh assertion. The twin: the first
+    `iat` past the leeway is accepted, and the one before it is not."""
+    redis_server.flushall()  # empty: no marker
+    (a,) = replicas(1)
+    assert a.get("/readyz").status_code == 200  # connected: the marker is set (SET NX at connect)
+    epoch = redis_server.epoch()
+    assert epoch is not None and epoch > REDIS_ESTABLISHED_EPOCH
+    now = a.exchange(mock_issuer.token())
+    later = first_iat_accepted_after(epoch)
+    wait_until_presentable(later)
+    edge = a.exchange(mock_issuer.token(iat=later - 1))
+    past = a.exchange(mock_issuer.token(iat=later))
+    figures = {"iat=now": now.status, "iat=epoch+leeway": edge.status, "iat=epoch+leeway+1": past.status}
+    print(f"first start on an empty Redis (epoch {epoch}, leeway 60 s): answers by iat {figures}")
+    for r in (now, edge):
+        assert r.status == 400 and r.reason == "replay_state_reset", r
+        assert f"reset at {epoch};" in r.description, r
+    assert past.status == 200, past
+    assert redis_server.epoch() == epoch  # the marker is kept, not moved by the refusals
+
+
+# ---- review S2 / fault review B3: the epoch compared with the leeway -------------------------
+
+
+def test_b3_a_wipe_in_the_tokens_iat_second_does_not_reopen_its_replay(replicas, mock_issuer, redis_server):
+    """Fault review B3 (same second): a token issued, used and wiped (FLUSHALL) within one
+    wall-clock second, then replayed, was accepted (10 of 10) under `iat < epoch`. Each try starts
+    on an established store; the try counts only if the new epoch is the token's iat second, and
+    at least one must be (else the case did not happen)."""
+    (a,) = replicas(1)
+    tries = []
+    for _ in range(5):
+        redis_server.seed_epoch()
+        t = wait_next_second()
+        token = mock_issuer.token(iat=t, nbf=t)
+        first = a.exchange(token)
+        assert first.status == 200, first
+        redis_server.flushall()
+        replay = a.exchange(token)
+        tries.append((replay, redis_server.epoch() == t))
+    by_status = dict(Counter(f"{r.status} {r.reason}" for r, _ in tries))
+    same = sum(1 for _, s in tries if s)
+    print(f"B3 same second: {len(tries)} replays after FLUSHALL, answers by status {by_status}, "
+          f"{same} with the new epoch in the token's iat second")
+    assert same >= 1, "no try wiped the store within the token's iat second"
+    for r, _ in tries:
+        assert r.status == 400 and r.reason == "replay_state_reset", r
+    # the twin: after that reset, an assertion issued past epoch + leeway is accepted, once
+    epoch = redis_server.epoch()
+    later = first_iat_accepted_after(epoch)
+    wait_until_presentable(later)
+    fresh = mock_issuer.token(iat=later)
+    ok = a.exchange(fresh)
+    assert ok.status == 200, ok
+    again = a.exchange(fresh)
+    assert again.status == 400 and again.reason == "token_replayed", again
+
+
+def test_b3_an_issuer_clock_ahead_within_the_leeway_does_not_reopen_a_replay(replicas, mock_issuer, redis_server):
+    """Fault review B3 (issuer ahead): a token with `iat = now + 30` (accepted: inside the 60 s
+    leeway) was used, Redis was flushed, and the replay 1 s later was accepted, because the new
+    epoch (now + 1) was before its iat."""
+    (a,) = replicas(1)
+    issued = int(time.time()) + 30
+    token = mock_issuer.token(iat=issued, nbf=None)
+    first = a.exchange(token)
+    assert first.status == 200, first
+    before = a.exchange(token)  # the twin, before the wipe: the used mark refuses it
+    assert before.status == 400 and before.reason == "token_replayed", before
+    flushed = int(time.time())
+    redis_server.flushall()
+    wait_until(lambda: int(time.time()) > flushed, 3, interval=0.02, what="a second after the wipe")
+    replay = a.exchange(token)
+    epoch = redis_server.epoch()
+    print(f"B3 issuer clock 30 s ahead: first {first.status}, replay {before.status} {before.reason}, "
+          f"replay after FLUSHALL {replay.status} {replay.reason} (epoch {epoch}, iat {issued})")
+    assert epoch is not None and epoch < issued  # the case: the new epoch is before the token's iat
+    assert replay.status == 400 and replay.reason == "replay_state_reset", replay
+    # the twin: an assertion issued past the new epoch + leeway is accepted
+    later = first_iat_accepted_after(epoch)
+    wait_until_presentable(later)
+    ok = a.exchange(mock_issuer.token(iat=later, nbf=None))
+    assert ok.status == 200, ok
 
 
 def test_graceful_shutdown_under_load_leaves_no_allow_without_its_audit_record(ephemera_bin, tmp_path, mock_issuer):
