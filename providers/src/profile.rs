@@ -271,7 +271,9 @@ impl Profile {
     /// The largest `exp - iat` this platform's tokens should have.
     pub fn default_max_lifetime(self) -> u64 {
         match self {
-            Profile::GithubActions | Profile::Gcp => 3600,
+            // GitHub-hosted runners have issued 6 h tokens (exp - iat = 21,600 s, nbf = iat - 300)
+            Profile::GithubActions => 6 * 3600,
+            Profile::Gcp => 3600,
             Profile::Gitlab | Profile::Kubernetes | Profile::Oidc => 24 * 3600,
             Profile::Nitro | Profile::Ec2Iid | Profile::X509Pop => 300,
         }

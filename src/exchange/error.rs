@@ -29,7 +29,9 @@ pub enum ExchangeError {
     NoLifetimeLeft { exp: i64, now: i64 },
     #[error("assertion already used")]
     Replayed,
-    #[error("the broker's replay memory was reset at {since}; present an assertion issued after it by more than the provider's leeway")]
+    #[error(
+        "the broker's replay memory was reset at {since}; present an assertion issued after it by more than the provider's leeway"
+    )]
     ReplayStateReset { since: i64 },
     #[error("{0}")]
     State(StateError),

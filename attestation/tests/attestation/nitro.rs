@@ -716,26 +716,43 @@ fn pcr_edit(m: &mut [(Value, Value)], f: impl FnOnce(&mut Vec<(Value, Value)>)) 
     f(p);
 }
 
+/// The NSM has signed payloads written as an indefinite-length map (`0xbf … 0xff`) with
+/// `public_key` and `nonce` as CBOR null (documents seen in 2026): they verify like the definite
+/// form, as AWS's own verification accepts them; so does an indefinite-length outer array. The
+/// twin: the indefinite bytes under a signature made over the definite ones are refused.
 #[test]
-fn indefinite_lengths_are_refused_even_when_signed() {
+fn indefinite_length_documents_as_the_nsm_signs_them_verify() {
     let chain = TestChain::new();
     let mut v = chain.verifier();
     v.require_nonce = false;
-    let definite = encode(&Value::Map(payload(&chain, T0 as u64 * 1000, None)));
-    // The same map as an indefinite-length map: 0xbf, the entries, 0xff. Signed properly.
+    let fields = payload(&chain, T0 as u64 * 1000, None);
+    assert!(fields.iter().any(|(k, v)| *k == Value::Text("public_key".into()) && *v == Value::Null));
+    assert!(fields.iter().any(|(k, v)| *k == Value::Text("nonce".into()) && *v == Value::Null));
+    let definite = encode(&Value::Map(fields));
     assert_eq!(definite[0], 0xa9, "nine entries");
     let mut indefinite = vec![0xbf];
     indefinite.extend_from_slice(&definite[1..]);
     indefinite.push(0xff);
-    let doc = sign_raw(indefinite, vec![0xa1, 0x01, 0x38, 0x22], &chain.leaf.key);
-    assert_slug(v.verify(&doc, T0), "attestation_malformed");
-    // and at the COSE level: an indefinite-length outer array
+    let header = vec![0xa1, 0x01, 0x38, 0x22];
+    let doc = sign_raw(indefinite.clone(), header.clone(), &chain.leaf.key);
+    let e = v.verify(&doc, T0).unwrap();
+    let d = v.verify(&sign_raw(definite.clone(), header.clone(), &chain.leaf.key), T0).unwrap();
+    assert_eq!((e.subject(), e.attributes()), (d.subject(), d.attributes()));
+    assert_eq!(e.attributes()["public_key_present"], serde_json::json!(false));
+    assert_eq!(e.attributes()["nonce_present"], serde_json::json!(false));
+    // an indefinite-length outer array around a good document
     let good = sign(&chain, payload(&chain, T0 as u64 * 1000, None));
-    v.verify(&good, T0).unwrap();
     let mut outer = vec![0x9f];
     outer.extend_from_slice(&good[1..]);
     outer.push(0xff);
-    assert_slug(v.verify(&outer, T0), "attestation_malformed");
+    v.verify(&outer, T0).unwrap();
+    // the twin: the signature covers the payload bytes as written
+    let signed_definite = sign_raw(definite, header, &chain.leaf.key);
+    let Value::Array(mut parts) = ciborium::de::from_reader::<Value, _>(&signed_definite[..]).unwrap() else {
+        panic!("a COSE array")
+    };
+    parts[2] = Value::Bytes(indefinite);
+    assert_slug(v.verify(&encode(&Value::Array(parts)), T0), "signature_invalid");
 }
 
 #[test]
