@@ -20,7 +20,9 @@ pub(crate) fn init_tracing(json: bool) {
             filter = filter.add_directive(d);
         }
     }
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written (stderr on a full disk) is dropped: reporting it would
+    // panic in `eprintln!` and take the request (or the audit writer) down with it.
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
     let _ = if json { b.json().try_init() } else { b.try_init() };
 }
 
