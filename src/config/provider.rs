@@ -84,6 +84,9 @@ pub(super) fn build(
     let before = errs.len();
     if p.name.is_empty() {
         errs.push(format!("{key}.name: must not be empty"));
+    } else if !p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        // (the name is the namespace of revocation keys, `task:NAME:ID`: no `:` in it)
+        errs.push(format!("{key}.name: letters, digits, `-`, `_` and `.` only"));
     }
     let profile = Profile::parse(&p.profile).map_err(|e| errs.push(format!("{key}.profile: {e}"))).ok();
     if let Some(profile) = profile.filter(|p| p.is_attestation()) {

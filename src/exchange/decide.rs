@@ -56,8 +56,8 @@ async fn revocations(
     now: i64,
 ) -> Result<Vec<String>, ExchangeError> {
     let keys = [
-        RevocationKey::Task(workload.task.clone()),
-        RevocationKey::Subject(workload.subject.clone()),
+        RevocationKey::Task { provider: role.provider.name.clone(), task: workload.task.clone() },
+        RevocationKey::Subject { provider: role.provider.name.clone(), subject: workload.subject.clone() },
         RevocationKey::Role(role.name.clone()),
         RevocationKey::Issuer(iss.to_owned()),
     ]

@@ -53,6 +53,7 @@ impl Broker {
             issued_at: now,
             expires_at: exp,
             issuer: facts.issuer.clone(),
+            provider: role.provider.name.clone(),
         };
         // Without a nonce to take, the grant goes into the inventory with the replay mark (one
         // round trip); with one, only once the nonce has been taken, so no refused exchange

@@ -82,6 +82,10 @@ impl Broker {
                 let kinds = ["task", "jti", "subject", "role", "issuer"];
                 let given: Vec<(&str, &String)> = kinds.iter().filter_map(|k| form.get(*k).map(|v| (*k, v))).collect();
                 match given.as_slice() {
+                    [(kind @ ("task" | "subject"), value)] if !value.is_empty() => {
+                        let provider = self.namespace(form)?;
+                        format!("{kind}:{provider}:{value}")
+                    }
                     [(kind, value)] if !value.is_empty() => format!("{kind}:{value}"),
                     _ => return Err(invalid("give exactly one of task, jti, subject, role, issuer")),
                 }
@@ -94,7 +98,7 @@ impl Broker {
                     Err(e) => Err(e),
                 };
                 match task {
-                    Ok(task) => RevocationKey::Task(task).to_string(),
+                    Ok((provider, task)) => RevocationKey::Task { provider, task }.to_string(),
                     Err(e) => return Err(self.refuse_error(&config, rec, e).await),
                 }
             }
@@ -102,7 +106,7 @@ impl Broker {
         match self.evaluator.state.revoke(&key, now + REVOCATION_TTL, now).await {
             Ok(()) => {
                 tracing::info!(key = %key, "revoked");
-                let task = key.strip_prefix("task:").map(str::to_owned);
+                let task = key.strip_prefix("task:").and_then(|t| t.split_once(':')).map(|(_, t)| t.to_owned());
                 self.audit_revocation(format!("revoked `{key}`"), task, now).await;
                 Ok(Revoked { revoked: key, until: now + REVOCATION_TTL })
             }
@@ -117,7 +121,7 @@ impl Broker {
         form: &HashMap<String, String>,
         now: i64,
         rec: &mut AuditRecord,
-    ) -> Result<String, ExchangeError> {
+    ) -> Result<(String, String), ExchangeError> {
         let task = form.get("task").cloned().ok_or(ExchangeError::InvalidRequest(RequestProblem::TaskRequired))?;
         let mut exchange_form: Vec<(&str, &str)> =
             form.iter().filter(|(k, _)| k.as_str() != "task").map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -131,9 +135,21 @@ impl Broker {
         if allowed.workload().task != task {
             return Err(ExchangeError::TaskMismatch);
         }
-        let (_, _, _, facts, _, _) = allowed.into_parts();
+        let (role, _, _, facts, _, _) = allowed.into_parts();
         self.spend(&facts.replay_id, facts.replay_until, now, facts.used_since, None).await?;
-        Ok(task)
+        Ok((role.provider.name.clone(), task))
+    }
+
+    /// The provider whose namespace an admin's `task` or `subject` revocation is in: the form's
+    /// `provider`, which must be configured, or the only provider there is.
+    fn namespace(&self, form: &HashMap<String, String>) -> Result<String, Refusal> {
+        let config = self.config();
+        match (form.get("provider"), config.providers.as_slice()) {
+            (Some(name), providers) if providers.iter().any(|p| &p.name == name) => Ok(name.clone()),
+            (Some(name), _) => Err(invalid(&format!("no provider `{}`", escape_untrusted(name, 64)))),
+            (None, [only]) => Ok(only.name.clone()),
+            (None, _) => Err(invalid("name the provider whose task or subject this is (`provider`)")),
+        }
     }
 
     async fn audit_revocation(&self, detail: String, task: Option<String>, now: i64) {
@@ -200,8 +216,8 @@ impl Broker {
         }
         let revocation_keys = [
             RevocationKey::Jti(s("jti")),
-            RevocationKey::Task(s("task")),
-            RevocationKey::Subject(s("sub")),
+            RevocationKey::Task { provider: s("provider"), task: s("task") },
+            RevocationKey::Subject { provider: s("provider"), subject: s("sub") },
             RevocationKey::Role(s("role")),
             RevocationKey::Issuer(s("src_iss")),
         ]

@@ -285,6 +285,7 @@ mod tests {
             issued_at: 0,
             expires_at,
             issuer: "https://issuer.example".into(),
+            provider: "p".into(),
         }
     }
 

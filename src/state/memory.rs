@@ -271,6 +271,7 @@ mod tests {
             issued_at: 0,
             expires_at,
             issuer: String::new(),
+            provider: String::new(),
         };
         s.record_grant_now(&grant("a", 100), 0).unwrap();
         s.record_grant_now(&grant("b", 200), 0).unwrap();

@@ -45,6 +45,9 @@ pub struct Grant {
     /// The assertion's issuer (a revocation by `issuer` ends the grant).
     #[serde(default)]
     pub issuer: String,
+    /// The provider that verified the assertion: the namespace of its task and subject.
+    #[serde(default)]
+    pub provider: String,
 }
 
 impl Grant {
@@ -53,20 +56,24 @@ impl Grant {
     pub fn revocation_keys(&self) -> [RevocationKey; 5] {
         [
             RevocationKey::Jti(self.id.clone()),
-            RevocationKey::Task(self.task.clone()),
-            RevocationKey::Subject(self.subject.clone()),
+            RevocationKey::Task { provider: self.provider.clone(), task: self.task.clone() },
+            RevocationKey::Subject { provider: self.provider.clone(), subject: self.subject.clone() },
             RevocationKey::Role(self.role.clone()),
             RevocationKey::Issuer(self.issuer.clone()),
         ]
     }
 }
 
-/// What a revocation names, as stored: `task:ID`, `jti:ID`, `subject:S`, `role:R`, `issuer:I`.
+/// What a revocation names, as stored: `task:PROVIDER:ID`, `jti:ID`, `subject:PROVIDER:S`,
+/// `role:R`, `issuer:I`. Tasks and subjects are the provider's own strings (a generic OIDC
+/// provider's task is the token's `jti`, which its issuer chooses freely): each lives in its
+/// provider's namespace, so one provider's workload can never end another's task (review C3).
+/// Provider names cannot hold `:`, so the key reads one way only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevocationKey {
-    Task(String),
+    Task { provider: String, task: String },
     Jti(String),
-    Subject(String),
+    Subject { provider: String, subject: String },
     Role(String),
     Issuer(String),
 }
@@ -74,9 +81,9 @@ pub enum RevocationKey {
 impl std::fmt::Display for RevocationKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RevocationKey::Task(v) => write!(f, "task:{v}"),
+            RevocationKey::Task { provider, task } => write!(f, "task:{provider}:{task}"),
             RevocationKey::Jti(v) => write!(f, "jti:{v}"),
-            RevocationKey::Subject(v) => write!(f, "subject:{v}"),
+            RevocationKey::Subject { provider, subject } => write!(f, "subject:{provider}:{subject}"),
             RevocationKey::Role(v) => write!(f, "role:{v}"),
             RevocationKey::Issuer(v) => write!(f, "issuer:{v}"),
         }

@@ -343,7 +343,10 @@ async fn each_revocation_key_ends_what_it_names_for_twelve_hours() {
         let (named, unrelated) = (sign(&h, &named), sign(&h, &unrelated));
         assert!(active(&h, &named).await && active(&h, &unrelated).await, "{kind}");
         let answer = revoke(&h, kind, value).await;
-        assert_eq!(answer, json!({"revoked": format!("{kind}:{value}"), "until": T0 + REVOCATION_TTL}));
+        // a task or subject is in its provider's namespace (the only provider here: `ci`)
+        let key =
+            if matches!(kind, "task" | "subject") { format!("{kind}:ci:{value}") } else { format!("{kind}:{value}") };
+        assert_eq!(answer, json!({"revoked": key, "until": T0 + REVOCATION_TTL}));
         assert!(!active(&h, &named).await, "{kind}: the named credential is revoked");
         assert!(active(&h, &unrelated).await, "{kind}: the twin that differs in that key is not");
         h.clock.0.store(T0 + REVOCATION_TTL, Ordering::SeqCst);
@@ -366,7 +369,7 @@ async fn a_revocation_is_audited() {
     let recs: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(recs.len(), 2, "{log}");
     let version = h.broker.config().version.clone();
-    for (rec, key, task) in [(&recs[0], "task:run-42", Some("run-42")), (&recs[1], "role:deploy", None)] {
+    for (rec, key, task) in [(&recs[0], "task:ci:run-42", Some("run-42")), (&recs[1], "role:deploy", None)] {
         assert_eq!(rec["decision"], "revoke");
         assert_eq!(rec["ts"], T0 + 7);
         assert_eq!(rec["time"], ephemera::clock::rfc3339(T0 + 7));
@@ -395,7 +398,7 @@ async fn revoke_takes_exactly_one_key_from_an_admin() {
     assert_eq!((status, www.as_deref()), (StatusCode::UNAUTHORIZED, Some("Bearer")));
     let token = sign(&h, &claims(&h, 300));
     assert!(active(&h, &token).await);
-    assert_eq!(revoke(&h, "task", "run-42").await["revoked"], "task:run-42");
+    assert_eq!(revoke(&h, "task", "run-42").await["revoked"], "task:ci:run-42");
     assert!(!active(&h, &token).await);
 }
 
@@ -430,6 +433,7 @@ async fn grants_filter_by_role() {
         issued_at: at,
         expires_at: T0 + 600,
         issuer: String::new(),
+        provider: "ci".into(),
     };
     let gone = ephemera::state::Grant { expires_at: T0 - 1, ..grant("g0", "deploy", T0 - 9) };
     let last_second = ephemera::state::Grant { expires_at: T0, ..grant("g4", "deploy", T0) };
