@@ -424,6 +424,7 @@ fn store_bytes_per_exchange() -> Option<String> {
             issued_at: 0,
             expires_at: 900,
             issuer: String::new(),
+            provider: "gh".into(),
         };
         rt.block_on(store.mark_used(id, 3600, 0, 0, Some(&grant))).unwrap();
     }
