@@ -31,6 +31,8 @@ pub(super) const DEFAULT_OIDC_LEEWAY_SECS: u64 = 60;
 pub(super) const MAX_OIDC_LEEWAY_SECS: u64 = 300;
 /// `providers.leeway` of an attestation provider, seconds.
 pub(super) const DEFAULT_ATTESTATION_LEEWAY_SECS: u64 = 5;
+/// The largest `max_age` of an attestation document (review C19).
+pub(super) const MAX_ATTESTATION_AGE_SECS: u64 = 3600;
 /// The longest `roles.max_ttl` (and so any credential), seconds.
 pub(super) const MAX_ROLE_TTL_SECS: u64 = 12 * 3600;
 /// The shortest admin credential accepted (`admin.token_file`), characters.

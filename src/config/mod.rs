@@ -260,6 +260,40 @@ credential = { kind = "jwt", audience = "https://partner.example" }
         assert_eq!(c.providers[0].rules.leeway, 30);
     }
 
+    /// Attestation leeway and max_age are bounded as OIDC leeway is (review C19): ten years of
+    /// leeway would accept certificates long expired. The twin: values inside the bounds load.
+    #[test]
+    fn attestation_leeway_and_max_age_are_bounded() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("attestation/fuzz/aws_nitro_root_g1.pem");
+        let nitro = |extra: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:8080\"\nissuer = \"https://broker.example.com\"\n[audit]\npath = \"a.jsonl\"\n\
+                 [[providers]]\nname = \"enclave\"\nprofile = \"nitro\"\nroot_cert_file = \"{}\"\n{extra}\n",
+                root.display()
+            )
+        };
+        let errs = |extra: &str| load(&nitro(extra)).err().map(|e| e.0).unwrap_or_default();
+        assert!(errs("leeway = \"3650d\"").iter().any(|e| e.contains("leeway: at most 5m")));
+        assert!(errs("max_age = \"3650d\"").iter().any(|e| e.contains("max_age: at most 1h")));
+        assert!(load(&nitro("leeway = \"5m\"\nmax_age = \"1h\"")).is_ok());
+    }
+
+    /// `allow_insecure_issuer` waives the https scheme only, never the profile's issuer shape
+    /// (review C18).
+    #[test]
+    fn allow_insecure_issuer_waives_only_the_scheme() {
+        let gcp = |issuer: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:8080\"\nissuer = \"https://broker.example.com\"\n[audit]\npath = \"a.jsonl\"\n\
+                 [[providers]]\nname = \"g\"\nprofile = \"gcp\"\nissuer = \"{issuer}\"\naudiences = [\"x\"]\nallow_insecure_issuer = true\n"
+            )
+        };
+        let errs = load(&gcp("https://accounts.google.com.evil.example")).err().map(|e| e.0).unwrap_or_default();
+        assert!(errs.iter().any(|e| e.contains("providers[0] (`g`).issuer")), "{errs:?}");
+        let twin = load(&gcp("https://accounts.google.com")).err().map(|e| e.0).unwrap_or_default();
+        assert!(twin.is_empty(), "{twin:?}");
+    }
+
     #[test]
     fn bench_switches_need_the_bench_build() {
         let c = load(GOOD).unwrap_or_else(|e| panic!("{e}"));

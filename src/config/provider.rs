@@ -115,11 +115,16 @@ pub(super) fn build(
     if rules.leeway > MAX_OIDC_LEEWAY_SECS {
         errs.push(format!("{key}.leeway: at most 5m"));
     }
+    // `allow_insecure_issuer` waives the https scheme only, never the profile's issuer shape: the
+    // issuer is checked as if it were https (review C18).
     if let Some(profile) = profile
         && let Err(e) = profile.check_issuer(&p.issuer)
-        && !p.allow_insecure_issuer
     {
-        errs.push(format!("{key}.issuer: `{}` {e} (profile `{}`)", p.issuer, profile.name()));
+        let as_https = p.issuer.strip_prefix("http://").map(|rest| format!("https://{rest}"));
+        let waived = p.allow_insecure_issuer && as_https.is_some_and(|i| profile.check_issuer(&i).is_ok());
+        if !waived {
+            errs.push(format!("{key}.issuer: `{}` {e} (profile `{}`)", p.issuer, profile.name()));
+        }
     }
     let default_lifetime = profile.map_or(rules.max_lifetime, Profile::default_max_lifetime);
     rules.max_lifetime = opt_secs(&format!("{key}.max_token_lifetime"), &p.max_token_lifetime, default_lifetime, errs);
@@ -219,6 +224,11 @@ fn build_attestation(
     // Parsed once, for the verifier and the rules alike (a bad value is one problem).
     let leeway =
         p.leeway.as_deref().and_then(|l| parse_duration(&format!("{key}.leeway"), l, errs)).map(|d| d.as_secs());
+    // Bounded as for OIDC: a leeway of years would accept certificates long expired and keep
+    // replay marks as long (review C19).
+    if leeway.is_some_and(|l| l > MAX_OIDC_LEEWAY_SECS) {
+        errs.push(format!("{key}.leeway: at most 5m"));
+    }
     let (verifier, issuer) = match profile {
         Profile::Nitro => {
             let Some(file) = &p.root_cert_file else {
@@ -237,6 +247,9 @@ fn build_attestation(
                     if let Some(age) =
                         p.max_age.as_deref().and_then(|a| parse_duration(&format!("{key}.max_age"), a, errs))
                     {
+                        if age.as_secs() > MAX_ATTESTATION_AGE_SECS {
+                            errs.push(format!("{key}.max_age: at most 1h"));
+                        }
                         v.max_age_secs = age.as_secs();
                     }
                     v.require_nonce = p.require_nonce.unwrap_or(true);

@@ -1,7 +1,7 @@
 //! Strict by default: the findings on a role at load. An error refuses the config; a warning is
 //! printed by `check` and logged at every start.
 
-use super::matcher::{Condition, Matcher};
+use super::matcher::Condition;
 use ephemera_providers::profile::Profile;
 use serde::Serialize;
 
@@ -52,13 +52,22 @@ pub(super) fn lint(role: &str, profile: Profile, conditions: &[Condition], allow
                     "pins `repository` by name only: a deleted and re-created repository of that name would inherit this trust; pin `repository_id` (or `repository_owner_id` too)",
                 ));
             }
-            if !named("ref") && !named("environment") && !named("event_name") && !named("job_workflow_ref") {
-                out.push(finding(
-                    role,
-                    Severity::Warning,
-                    "any_trigger",
-                    "no `ref`, `environment`, `event_name` or `job_workflow_ref` condition: any branch, pull request or trigger of the repository may use this role",
-                ));
+            // `ref` alone does not say which trigger: `pull_request_target`, `workflow_run`,
+            // `issue_comment` and `schedule` runs carry the default branch's ref while running
+            // code a fork may influence (review C11).
+            if !named("environment") && !named("event_name") && !named("job_workflow_ref") {
+                let (code, text) = if named("ref") {
+                    (
+                        "ref_any_trigger",
+                        "`ref` without `event_name` or `environment`: pull_request_target, workflow_run, issue_comment and schedule runs carry the default branch's ref too; pin `event_name` (e.g. `push`) or an `environment`",
+                    )
+                } else {
+                    (
+                        "any_trigger",
+                        "no `ref`, `environment`, `event_name` or `job_workflow_ref` condition: any branch, pull request or trigger of the repository may use this role",
+                    )
+                };
+                out.push(finding(role, Severity::Warning, code, text));
             }
             (
                 pinned("repository_id") || pinned("repository"),
@@ -72,6 +81,15 @@ pub(super) fn lint(role: &str, profile: Profile, conditions: &[Condition], allow
                     Severity::Warning,
                     "name_only_identity",
                     "pins `project_path` by name only: pin `project_id`, which cannot be re-registered",
+                ));
+            }
+            // GitLab's `ref` is the bare name: a branch and a tag of the same name both match it
+            if named("ref") && !named("ref_type") {
+                out.push(finding(
+                    role,
+                    Severity::Warning,
+                    "ref_without_type",
+                    "`ref` without `ref_type`: a tag of the same name matches too (any developer may push an unprotected tag); pin `ref_type` (and `ref_protected = \"true\"`)",
                 ));
             }
             (pinned("project_id") || pinned("project_path"), "`project_id` (or `project_path`) with an exact value")
@@ -90,7 +108,7 @@ pub(super) fn lint(role: &str, profile: Profile, conditions: &[Condition], allow
             let pcrs: Vec<&Condition> =
                 conditions.iter().filter(|c| c.claim.starts_with("pcr") && c.matcher.is_exact()).collect();
             for c in &pcrs {
-                if let Matcher::Exact(v) = &c.matcher {
+                for v in c.matcher.exact_values() {
                     if v.len() != 96 || !v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
                         out.push(finding(
                             role,

@@ -37,6 +37,16 @@ impl Matcher {
         }
     }
 
+    /// The exact values this matcher accepts, every alternative of a list included (a lint
+    /// that checks values must see them all, review C10).
+    pub(super) fn exact_values(&self) -> Vec<&str> {
+        match self {
+            Matcher::Exact(v) => vec![v.as_str()],
+            Matcher::Glob(_) => vec![],
+            Matcher::AnyOf(m) => m.iter().flat_map(Matcher::exact_values).collect(),
+        }
+    }
+
     pub(super) fn describe(&self) -> String {
         match self {
             Matcher::Exact(s) | Matcher::Glob(s) => s.clone(),

@@ -372,6 +372,10 @@ async fn zero_and_malformed_pcr_pins_are_refused_at_load() {
         (format!("{{ pcr0 = \"{good}\", pcr8 = \"{zero}\" }}"), "", "pcr_zero"),
         (format!("{{ pcr0 = \"{}\" }}", &good[..94]), "", "pcr_invalid"),
         (format!("{{ pcr0 = \"{}\" }}", good.to_uppercase()), "", "pcr_invalid"),
+        // a list is checked value by value: a zero or malformed alternative is refused (C10)
+        (format!("{{ pcr8 = [\"{zero}\"] }}"), "", "pcr_zero"),
+        (format!("{{ pcr8 = [\"NOT-HEX\", \"{zero}\"] }}"), "", "pcr_invalid"),
+        (format!("{{ pcr0 = [\"{good}\", \"{zero}\"] }}"), "", "pcr_zero"),
         ("{ module_id = \"i-0ec0e572c8263d8ff-enc0185c4fd382eeb25\" }".to_owned(), "", "policy_unscoped"),
         ("{}".to_owned(), "", "policy_unscoped"),
     ] {
@@ -379,6 +383,8 @@ async fn zero_and_malformed_pcr_pins_are_refused_at_load() {
         let err = err.unwrap_or_else(|| panic!("{conditions} {extra}: loaded"));
         assert!(err.contains(why), "{conditions}: expected {why}: {err}");
     }
+    // the twin: a list of good values is a pin
+    assert!(nitro_config(&corpus, "", &format!("conditions = {{ pcr0 = [\"{good}\"] }}")).is_ok());
     // the incorrect-PCRs spec, as written (zeros and text that is not hex), is refused at load too
     let (_, spec) = specs(&corpus)
         .into_iter()

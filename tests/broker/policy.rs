@@ -108,16 +108,27 @@ fn strict_by_default_each_profile_must_pin_the_workload() {
         assert!(errors(&role("gh", c)).contains("policy_unscoped"), "{c}");
     }
     // ... accepted with allow_broad, which stays a warning
-    let broad = role("gh", r#"repository = "acme/*", ref = "refs/heads/main""#)
+    let broad = role("gh", r#"repository = "acme/*", ref = "refs/heads/main", event_name = "push""#)
         .replace("max_ttl", "allow_broad = true\nmax_ttl");
     assert_eq!(warnings(&broad), ["allow_broad"]);
     // pinned by immutable id: no finding; by name only: a warning naming re-registration
-    assert!(warnings(&role("gh", r#"repository_id = "123456789", ref = "refs/heads/main""#)).is_empty());
-    assert_eq!(warnings(&role("gh", r#"repository = "acme/app", ref = "refs/heads/main""#)), ["name_only_identity"]);
+    let push = r#"ref = "refs/heads/main", event_name = "push""#;
+    assert!(warnings(&role("gh", &format!(r#"repository_id = "123456789", {push}"#))).is_empty());
+    assert_eq!(warnings(&role("gh", &format!(r#"repository = "acme/app", {push}"#))), ["name_only_identity"]);
     assert_eq!(warnings(&role("gh", r#"repository_id = "123456789""#)), ["any_trigger"]);
+    // `ref` alone does not pin the trigger: pull_request_target and workflow_run carry the
+    // default branch's ref (review C11); `event_name` or an `environment` does
+    assert_eq!(warnings(&role("gh", r#"repository_id = "123456789", ref = "refs/heads/main""#)), ["ref_any_trigger"]);
+    assert!(
+        warnings(&role("gh", r#"repository_id = "123456789", ref = "refs/heads/main", environment = "prod""#))
+            .is_empty()
+    );
     // GitLab, Kubernetes, GCP, generic OIDC
     assert!(errors(&role("gl", r#"ref = "main""#)).contains("policy_unscoped"));
     assert!(warnings(&role("gl", r#"project_id = "2""#)).is_empty());
+    // GitLab's `ref` is the bare name: without `ref_type` a tag of that name matches (C11)
+    assert_eq!(warnings(&role("gl", r#"project_id = "2", ref = "main""#)), ["ref_without_type"]);
+    assert!(warnings(&role("gl", r#"project_id = "2", ref = "main", ref_type = "branch""#)).is_empty());
     assert!(errors(&role("k8s", r#"namespace = "ci""#)).contains("policy_unscoped"));
     assert!(warnings(&role("k8s", r#"namespace = "ci", service_account = "deployer""#)).is_empty());
     assert!(errors(&role("google", r#"project_id = "p""#)).contains("policy_unscoped"));
