@@ -51,6 +51,24 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return v4_public(v4);
             }
             let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+            // Prefixes that reach IPv4 hosts (review S1): NAT64 (64:ff9b::/96, the embedded
+            // address is the last 32 bits) and 6to4 (2002::/16, bits 16–47) are judged by the
+            // IPv4 address inside; IPv4-compatible (::/96), the local-use NAT64 prefix
+            // 64:ff9b:1::/48, Teredo (2001::/32) and site-local (fec0::/10) are never public.
+            if seg[0] == 0x0064 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
+                return v4_public(embedded(seg[6], seg[7]));
+            }
+            if seg[0] == 0x2002 {
+                return v4_public(embedded(seg[1], seg[2]));
+            }
+            if seg[..6] == [0, 0, 0, 0, 0, 0]
+                || (seg[0] == 0x0064 && seg[1] == 0xff9b && seg[2] == 1)
+                || (seg[0] == 0x2001 && seg[1] == 0)
+                || (seg[0] & 0xffc0) == 0xfec0
+            {
+                return false;
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
@@ -133,10 +151,27 @@ mod tests {
             "fd00::1",
             "::ffff:10.0.0.1",
             "::ffff:127.0.0.1",
+            "64:ff9b::a00:5",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::1",
+            "2002:7f00:1::1",
+            "2002:a00:5::1",
+            "::7f00:1",
+            "::5db8:d822",
+            "2001::1",
+            "fec0::1",
         ] {
             assert!(!is_public(ip(p)), "{p}");
         }
-        for p in ["93.184.216.34", "140.82.112.3", "2606:4700::1111", "::ffff:93.184.216.34"] {
+        // the twins: the same prefixes around a public IPv4 address are public
+        for p in [
+            "93.184.216.34",
+            "140.82.112.3",
+            "2606:4700::1111",
+            "::ffff:93.184.216.34",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ] {
             assert!(is_public(ip(p)), "{p}");
         }
     }

@@ -114,19 +114,33 @@ impl Config {
     }
 }
 
+/// A TOML error as its line, column and message, never the source line it quotes: that line may
+/// hold a secret (a Redis URL's password), and a refused reload is logged (review C17).
+fn toml_error(e: &toml::de::Error, text: &str) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or_default();
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("TOML parse error at line {line}, column {column}: {}", e.message().trim())
+        }
+        None => format!("TOML parse error: {}", e.message().trim()),
+    }
+}
+
 impl Config {
     /// Reads and checks a config file. Relative paths in it are relative to the file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
         let raw: RawConfig = toml::from_str(&text)
-            .map_err(|e| ConfigErrors(vec![format!("{}: {}", path.display(), e.to_string().trim())]))?;
+            .map_err(|e| ConfigErrors(vec![format!("{}: {}", path.display(), toml_error(&e, &text))]))?;
         Config::from_raw(raw, path.parent().unwrap_or(Path::new("."))).map(|c| c.versioned(&text))
     }
 
     /// Checks a config held in memory (`ephemera dev`'s); `base` resolves relative paths. Its
     /// version is that of the text, as for a file.
     pub fn from_text(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string().trim().to_owned()]))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(&e, text)]))?;
         Config::from_raw(raw, base).map(|c| c.versioned(text))
     }
 
@@ -292,6 +306,17 @@ credential = { kind = "jwt", audience = "https://partner.example" }
         assert!(errs.iter().any(|e| e.contains("providers[0] (`g`).issuer")), "{errs:?}");
         let twin = load(&gcp("https://accounts.google.com")).err().map(|e| e.0).unwrap_or_default();
         assert!(twin.is_empty(), "{twin:?}");
+    }
+
+    /// A syntax error names its line and column, never the line's text (which may hold a
+    /// secret, review C17).
+    #[test]
+    fn a_toml_error_never_quotes_the_source_line() {
+        let text =
+            format!("{GOOD}\n[state]\nbackend = \"redis\"\nurl = \"redis://:S3cretRedisPassw0rd@127.0.0.1:6379\",\n");
+        let err = Config::from_text(&text, Path::new(".")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("TOML parse error at line") && err.contains("column"), "{err}");
+        assert!(!err.contains("S3cret"), "{err}");
     }
 
     #[test]

@@ -210,6 +210,28 @@ async fn an_active_answer_is_never_cached() {
     assert_eq!(resp.headers().get(header::CACHE_CONTROL).map(|v| v.to_str().unwrap()), Some("no-store"));
 }
 
+/// The `Bearer` scheme is matched case-insensitively (RFC 9110 11.1, review S5); the credential
+/// itself is not. Twin: a wrong credential in any case is 401.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let h = harness().await;
+    let token = sign(&h, &claims(&h, 300));
+    for (scheme, credential, want) in [
+        ("bearer", ADMIN, StatusCode::OK),
+        ("BEARER", ADMIN, StatusCode::OK),
+        ("Bearer", ADMIN, StatusCode::OK),
+        ("bearer", "not-the-admin-credential-at-all-000", StatusCode::UNAUTHORIZED),
+    ] {
+        let body = form_urlencoded::Serializer::new(String::new()).append_pair("token", &token).finish();
+        let req = Request::post("/v1/introspect")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::AUTHORIZATION, format!("{scheme} {credential}"))
+            .body(Body::from(body))
+            .unwrap();
+        assert_eq!(h.router.clone().oneshot(req).await.unwrap().status(), want, "{scheme}");
+    }
+}
+
 #[tokio::test]
 async fn a_forged_signature_is_inactive() {
     let h = harness().await;
