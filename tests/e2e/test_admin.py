@@ -272,16 +272,42 @@ def test_revoke_by_issuer(adm):
 def test_revoke_by_task_as_admin(adm):
     task = f"{GH_REPOSITORY_ID}/301/1"
     ended, other_run = adm.credential(run_id="301"), adm.credential(run_id="302")
+    # the same task string from the second provider (its issuer mints the same repository id)
+    same_task_gh2 = adm.credential("other", mock=adm.mock2, run_id="301")
     assert verify_broker_jwt(adm.broker, ended)["task"] == task
-    r = adm.revoke(task=task)  # an admin needs no assertion of the task
-    assert r.status_code == 200 and r.json()["revoked"] == f"task:{task}", r.text
+    assert verify_broker_jwt(adm.broker, same_task_gh2)["task"] == task
+    r = adm.revoke(task=task, provider="gh")  # an admin needs no assertion of the task
+    assert r.status_code == 200 and r.json()["revoked"] == f"task:gh:{task}", r.text
     assert adm.active(ended) is False
     refused = adm.broker.exchange(adm.assertion(run_id="301"), role="deploy2")  # any role
     assert refused.status == 400 and refused.reason == "policy_denied", refused
-    assert f"revoked (task:{task})" in refused.description, refused
-    # the twins: another run of the same repository
+    assert f"revoked (task:gh:{task})" in refused.description, refused
+    # the twins: another run of the same repository, and the same task string in provider gh2
+    # (a task lives in its provider's namespace, review C3)
     assert adm.active(other_run) is True
     assert adm.active(adm.credential(run_id="302")) is True
+    assert adm.active(same_task_gh2) is True
+    assert adm.active(adm.credential("other", mock=adm.mock2, run_id="301")) is True
+
+
+@pytest.mark.parametrize("kind", ["task", "subject"])
+def test_an_admin_task_or_subject_revocation_names_a_configured_provider(adm, kind):
+    """Two providers: a `task` or `subject` revocation must say whose (`provider`), and the
+    provider must be configured; the twin names one and is stored in its namespace."""
+    credential = adm.credential("other", mock=adm.mock2, run_id="303")
+    value = verify_broker_jwt(adm.broker, credential)["task" if kind == "task" else "sub"]
+    for form, description in [
+        ({kind: value}, "request_invalid: name the provider whose task or subject this is (`provider`)"),
+        ({kind: value, "provider": "nope"}, "request_invalid: no provider `nope`"),
+        ({kind: value, "provider": ""}, "request_invalid: no provider ``"),
+    ]:
+        r = adm.revoke(**form)
+        assert r.status_code == 400, (form, r.text)
+        assert r.json() == {"error": "invalid_request", "error_description": description}, (form, r.text)
+    assert adm.active(credential) is True  # nothing was revoked by the refusals
+    r = adm.revoke(**{kind: value, "provider": "gh2"})
+    assert r.status_code == 200 and r.json()["revoked"] == f"{kind}:gh2:{value}", r.text
+    assert adm.active(credential) is False
 
 
 @pytest.mark.parametrize("form", [{}, {"task": "x", "jti": "y"}, {"role": ""}, {"nope": "x"}])

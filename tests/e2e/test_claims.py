@@ -33,6 +33,7 @@ from harness import (
     HTTP_TIMEOUT,
     ID_TOKEN,
     PARTNER,
+    REDIS_ESTABLISHED_EPOCH,
     STARTUP_TIMEOUT,
     Broker,
     Canary,
@@ -46,6 +47,7 @@ from harness import (
     good_claims,
     provider,
     read_audit,
+    redis_epoch_key,
     require_peer,
     role,
     run_cli,
@@ -548,6 +550,13 @@ def test_an_exchange_makes_two_redis_round_trips(ephemera_bin, tmp_path, mock_is
                 return False
 
         wait_until(up, 15, what="redis-server up")
+        # an established store (its epoch marker long past), as in test_replicas.py: a first start
+        # on an empty Redis would refuse assertions issued within the leeway (review S2/B3)
+        key = redis_epoch_key().encode()
+        epoch = str(REDIS_ESTABLISHED_EPOCH).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT) as s:
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(epoch), epoch))
+            assert s.recv(16).startswith(b"+OK")
         workdir = tmp_path / "broker"
         cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], [role()],
                             server={"signing_key_file": str(pem_key(tmp_path / "broker-key.pem"))})
@@ -698,4 +707,4 @@ def test_revoke_with_another_tasks_assertion_is_task_mismatch(broker_factory, mo
     assert body["error_description"].split(":", 1)[0] == "task_mismatch", body
     assert r.headers.get("Cache-Control") == "no-store"
     r = revoke(task, mine)
-    assert r.status_code == 200 and r.json()["revoked"] == f"task:{task}", r.text
+    assert r.status_code == 200 and r.json()["revoked"] == f"task:github:{task}", r.text

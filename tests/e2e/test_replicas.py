@@ -468,12 +468,13 @@ def test_a_task_ended_on_one_replica_is_refused_on_the_other(github_replicas, mo
     r = a.http.post(a.url + "/v1/revoke", timeout=10, data={
         "task": "123456/7/1", "subject_token": mock_issuer.token(**github_claims("7")),
         "subject_token_type": "urn:ietf:params:oauth:token-type:id_token", "audience": "deploy"})
-    assert r.status_code == 200 and r.json()["revoked"] == "task:123456/7/1", r.text
+    # (the key is in the workload's provider's namespace, review C3)
+    assert r.status_code == 200 and r.json()["revoked"] == "task:gh:123456/7/1", r.text
 
     # on the other replica, at once: a new assertion of that task is refused, the old JWT is inactive
     again = b.exchange(mock_issuer.token(**github_claims("7")))
     assert again.status == 400 and again.reason == "policy_denied", again
-    assert "revoked (task:123456/7/1)" in again.description
+    assert "revoked (task:gh:123456/7/1)" in again.description, again
     assert introspect(b, jwt_1).json() == {"active": False}
     # twin: another run of the same repository is unaffected
     assert b.exchange(mock_issuer.token(**github_claims("8"))).status == 200
@@ -487,13 +488,15 @@ def test_incident_revocation_by_subject_and_the_grant_inventory(github_replicas,
     assert listed.status_code == 200
     grants = listed.json()["grants"]
     assert [g["task"] for g in grants] == ["123456/21/1"] and grants[0]["role"] == "deploy"
+    assert grants[0]["provider"] == "gh", grants
     assert_unauthorized(b.http.get(b.url + "/v1/grants", timeout=10))
-    # incident response: revoke the whole repository's workload identity
+    # incident response: revoke the whole repository's workload identity (one provider
+    # configured: `provider` may be left out, the key is in its namespace)
     subject = grants[0]["subject"]
     r = b.http.post(b.url + "/v1/revoke", data={"subject": subject}, headers=admin(), timeout=10)
-    assert r.status_code == 200, r.text
+    assert r.status_code == 200 and r.json()["revoked"] == f"subject:gh:{subject}", r.text
     refused = a.exchange(mock_issuer.token(**github_claims("22")))
-    assert refused.status == 400 and "revoked (subject:" in refused.description, refused
+    assert refused.status == 400 and f"revoked (subject:gh:{subject})" in refused.description, refused
     assert introspect(a, ok.json["access_token"]).json() == {"active": False}
 
 

@@ -32,10 +32,11 @@ from harness import (
     cloud_role,
     github_claims,
     github_provider,
+    first_iat_accepted_after,
     run_cli,
     verify_broker_jwt,
-    wait_next_second,
     wait_until,
+    wait_until_presentable,
 )
 from test_admin import JWT_CREDENTIAL, Admin, admin
 from test_dev import DevBroker
@@ -115,6 +116,17 @@ def reset_state(broker, redis_server, probe: str, before: list[str]) -> Resp:
     return r
 
 
+def claims_after_the_epoch(redis_server, mock, **overrides) -> dict:
+    """GitHub-shaped claims issued after the store's new epoch by more than the leeway (the epoch
+    guard refuses `iat - leeway - 1 < epoch`, review S2/B3), once such an `iat` is presentable
+    (an issuer clock ahead, inside the leeway, stands in for a minute's wait)."""
+    epoch = redis_server.epoch()
+    assert epoch is not None, "no epoch marker after the reset"
+    iat = first_iat_accepted_after(epoch)
+    wait_until_presentable(iat)
+    return github_claims(mock.issuer, iat=iat, nbf=iat, exp=iat + 300, **overrides)
+
+
 def test_revoke_by_an_assertion_from_before_a_state_reset_is_replay_state_reset(redis_broker, mock_issuer,
                                                                                redis_server):
     b, mock = redis_broker, mock_issuer
@@ -128,9 +140,9 @@ def test_revoke_by_an_assertion_from_before_a_state_reset_is_replay_state_reset(
     r = revoke_by_assertion(b.url, old, task_of(claims))
     assert r.status == 400 and r.error == "invalid_request", r
     assert r.description.startswith("replay_state_reset:"), r
-    # and nothing was revoked: a fresh assertion of that task still exchanges
-    wait_next_second()
-    ok = b.exchange(mock.sign(github_claims(mock.issuer, run_id=claims["run_id"])))
+    # and nothing was revoked: a fresh assertion of that task (issued in the new epoch) still
+    # exchanges
+    ok = b.exchange(mock.sign(claims_after_the_epoch(redis_server, mock, run_id=claims["run_id"])))
     assert ok.status == 200, ok
 
 
@@ -139,13 +151,12 @@ def test_revoke_by_an_assertion_from_after_a_state_reset_ends_its_task(redis_bro
     b, mock = redis_broker, mock_issuer
     ref = reset_state(b, redis_server, mock.sign(github_claims(mock.issuer)), [])
     assert ref.status == 400 and ref.reason == "replay_state_reset", ref
-    wait_next_second()
-    claims = github_claims(mock.issuer)
+    claims = claims_after_the_epoch(redis_server, mock)
     r = revoke_by_assertion(b.url, mock.sign(claims), task_of(claims))
-    assert r.status == 200 and r.json["revoked"] == f"task:{task_of(claims)}", r
-    refused = b.exchange(mock.sign(github_claims(mock.issuer, run_id=claims["run_id"])))
+    assert r.status == 200 and r.json["revoked"] == f"task:gh:{task_of(claims)}", r
+    refused = b.exchange(mock.sign(claims_after_the_epoch(redis_server, mock, run_id=claims["run_id"])))
     assert refused.status == 400 and refused.reason == "policy_denied", refused
-    assert f"revoked (task:{task_of(claims)})" in refused.description, refused
+    assert f"revoked (task:gh:{task_of(claims)})" in refused.description, refused
 
 
 # ---- bug 3: dev audit records carry the config version ---------------------------------------------
@@ -202,8 +213,11 @@ def revoke_one_of_two(adm, key: str) -> tuple[str, str]:
     assert gone_claims["task"] == f"{GH_REPOSITORY_ID}/501/1"
     value = {"task": gone_claims["task"], "jti": gone_claims["jti"], "subject": gone_claims["sub"], "role": "deploy2",
              "issuer": adm.mock2.issuer}[key]
-    r = adm.revoke(**{key: value})
-    assert r.status_code == 200 and r.json()["revoked"] == f"{key}:{value}", r.text
+    # a task or subject is in its provider's namespace, and the admin names the provider (review C3)
+    namespaced = key in ("task", "subject")
+    r = adm.revoke(**{key: value}, **({"provider": "gh"} if namespaced else {}))
+    assert r.status_code == 200 and r.json()["revoked"] == (f"{key}:gh:{value}" if namespaced else f"{key}:{value}"), \
+        r.text
     assert adm.active(gone) is False and adm.active(kept) is True
     return gone_claims["jti"], verify_broker_jwt(adm.broker, kept)["jti"]
 
@@ -302,7 +316,7 @@ def test_refused_revokes_and_a_good_one_form_one_verified_chain(adm, ephemera_bi
     answers = [refused_revoke(adm, case)[0] for case in REFUSALS]
     claims = github_claims(adm.mock.issuer)
     ok = revoke_by_assertion(adm.url, adm.mock.sign(claims), task_of(claims))
-    assert ok.status == 200 and ok.json["revoked"] == f"task:{task_of(claims)}", ok
+    assert ok.status == 200 and ok.json["revoked"] == f"task:gh:{task_of(claims)}", ok
     adm.revoked.append(ok.json["revoked"])
     res = run_cli(ephemera_bin, ["audit", "verify", str(adm.broker.audit_path)])
     assert res.returncode == 0, res
@@ -320,11 +334,12 @@ def test_a_good_revoke_by_assertion_writes_its_revoke_record(adm, ephemera_bin):
     claims = github_claims(adm.mock.issuer)
     before = adm.broker.audit()
     ok = revoke_by_assertion(adm.url, adm.mock.sign(claims), task_of(claims))
-    assert ok.status == 200 and ok.json["revoked"] == f"task:{task_of(claims)}", ok
+    assert ok.status == 200 and ok.json["revoked"] == f"task:gh:{task_of(claims)}", ok
     adm.revoked.append(ok.json["revoked"])
     new = adm.broker.audit()[len(before):]
+    # the detail names the namespaced key; the record's `task` is the bare task
     assert [(r["decision"], r["task"], r["detail"]) for r in new] == \
-        [("revoke", task_of(claims), f"revoked `task:{task_of(claims)}`")], new
+        [("revoke", task_of(claims), f"revoked `task:gh:{task_of(claims)}`")], new
     res = run_cli(ephemera_bin, ["audit", "verify", str(adm.broker.audit_path)])
     assert res.returncode == 0, res
     assert adm.broker.exchange(adm.assertion(run_id=claims["run_id"])).reason == "policy_denied"
