@@ -28,7 +28,8 @@ fn open_state(config: &Config, now: i64) -> Result<Arc<dyn StateStore>, String> 
             Arc::new(FileStore::open(path, *max_entries, now, audited).map_err(|e| format!("state file {e}"))?)
         }
         StateBackend::Redis { url, timeout, prefix } => {
-            Arc::new(crate::state::redis::RedisStore::new(url, *timeout, prefix)?)
+            let audited = std::fs::metadata(&config.audit_path).is_ok_and(|m| m.len() > 0);
+            Arc::new(crate::state::redis::RedisStore::new(url, *timeout, prefix, !audited)?)
         }
     })
 }

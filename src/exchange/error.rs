@@ -159,6 +159,9 @@ impl ExchangeError {
             ExchangeError::NoLifetimeLeft { .. } => (Rejected, "invalid_request", "token_expired"),
             ExchangeError::Replayed => (Rejected, "invalid_request", "token_replayed"),
             ExchangeError::ReplayStateReset { .. } => (Rejected, "invalid_request", "replay_state_reset"),
+            ExchangeError::State(StateError::RevocationsLost(_)) => {
+                (Unavailable, "temporarily_unavailable", "revocations_unverified")
+            }
             ExchangeError::State(_) => (Unavailable, "temporarily_unavailable", "replay_store_unavailable"),
             ExchangeError::Audit(_) => (Unavailable, "temporarily_unavailable", "audit_unavailable"),
             ExchangeError::Mint(_) => (Unavailable, "temporarily_unavailable", "mint_failed"),
@@ -175,6 +178,9 @@ impl ExchangeError {
             },
         };
         let description = match self {
+            ExchangeError::State(StateError::RevocationsLost(_)) => format!(
+                "{reason}: the shared state lost its data; nothing is allowed until an admin has re-asserted the revocations"
+            ),
             ExchangeError::State(_) => format!("{reason}: the replay store cannot answer now; try again"),
             _ => oauth_charset(&format!("{reason}: {self}")),
         };

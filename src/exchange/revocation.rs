@@ -49,6 +49,12 @@ pub struct Revoked {
     pub until: i64,
 }
 
+/// The state reset an admin confirmed: its epoch.
+#[derive(Debug, Serialize)]
+pub struct ConfirmedReset {
+    pub confirmed: i64,
+}
+
 /// Cached issuer keys forgotten: the provider, and whether it had keys cached.
 #[derive(Debug, Serialize)]
 pub struct FlushedKeys {
@@ -190,6 +196,27 @@ impl Broker {
         tracing::warn!(provider = %provider.name, cached, "issuer keys flushed");
         self.audit_revocation(format!("flushed the cached keys of provider `{}`", provider.name), None, now).await;
         Ok(FlushedKeys { flushed: provider.name.clone(), cached })
+    }
+
+    /// An admin confirms that the revocations lost with the shared state (a Redis that lost its
+    /// data) have been re-asserted: every broker answers revocations, and so exchanges, again.
+    /// Audited.
+    pub async fn confirm_state_reset(&self) -> Result<ConfirmedReset, Refusal> {
+        let now = self.evaluator.now();
+        match self.evaluator.state.confirm_reset(now).await {
+            Ok(Some(epoch)) => {
+                tracing::warn!(epoch, "revocations confirmed after a state reset");
+                self.audit_revocation(
+                    format!("confirmed that the revocations lost with the state are re-asserted (epoch {epoch})"),
+                    None,
+                    now,
+                )
+                .await;
+                Ok(ConfirmedReset { confirmed: epoch })
+            }
+            Ok(None) => Err(invalid("this state backend keeps its revocations: there is nothing to confirm")),
+            Err(_) => Err(unavailable("the confirmation could not be stored")),
+        }
     }
 
     /// RFC 7662 on a broker JWT (`token` in the form).

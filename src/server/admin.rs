@@ -73,6 +73,20 @@ pub(super) async fn flush_keys(State(app): State<Arc<App>>, headers: HeaderMap, 
     }
 }
 
+/// `POST /v1/state/confirm` (admin): the revocations lost with the shared state are re-asserted.
+pub(super) async fn confirm_state(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    if !is_admin(&app, &headers) {
+        return unauthorized();
+    }
+    if body.is_err() {
+        return too_large();
+    }
+    match app.broker.confirm_state_reset().await {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(r) => refused(&r),
+    }
+}
+
 /// `POST /v1/introspect` (RFC 7662), for authenticated callers.
 pub(super) async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     if !is_admin(&app, &headers) {

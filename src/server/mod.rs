@@ -76,6 +76,7 @@ pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Ro
     let admin = Router::new()
         .route("/v1/grants", read(get(admin::grants)))
         .route("/v1/keys/flush", form(post(admin::flush_keys)))
+        .route("/v1/state/confirm", form(post(admin::confirm_state)))
         .with_state(app.clone());
     let limits = |r: Router| {
         r.layer(DefaultBodyLimit::max(max_body)).layer(

@@ -17,6 +17,12 @@ pub enum StateError {
     Unavailable(String),
     #[error("replay store is full ({0} live entries); refusing rather than forgetting")]
     Full(usize),
+    /// The shared state lost its data at this epoch, revocations with it: none is answered
+    /// until an admin has re-asserted them and confirmed.
+    #[error(
+        "the shared state lost its data (epoch {0}); revocations are not answered until an admin re-asserts them and confirms (POST /v1/state/confirm)"
+    )]
+    RevocationsLost(String),
 }
 
 /// What marking an assertion as used found.
@@ -122,4 +128,10 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     fn revoke<'a>(&'a self, key: &'a str, until: i64, now: i64) -> StateFuture<'a, ()>;
     /// Which of `keys` are revoked now.
     fn revoked<'a>(&'a self, keys: &'a [String], now: i64) -> StateFuture<'a, Vec<String>>;
+    /// An admin confirms that the revocations lost with the shared state have been re-asserted:
+    /// revocations are answered again, under the store's epoch (returned; `None` for a store
+    /// whose revocations survive on their own and never need this).
+    fn confirm_reset(&self, _now: i64) -> StateFuture<'_, Option<i64>> {
+        Box::pin(async { Ok(None) })
+    }
 }

@@ -20,14 +20,26 @@ use redis::aio::ConnectionManager;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
+// KEYS: epoch marker, used key, grant key, grant index, mark counter.
+// ARGV: now, used PXAT ms, used_since, grant body, grant PXAT ms, grant score, grant id, the
+// highest counter this broker has seen.
+// The counter grows with every mark; one below what a broker has seen means the data was rolled
+// back (a restore from an older snapshot, a failover to a lagging replica: review B4), which is
+// a loss like any other: a new epoch starts, and the counter is set past what was seen.
 const MARK_SCRIPT: &str = r#"
+local seq = tonumber(redis.call('GET', KEYS[5]) or '0')
+local rolled_back = seq < tonumber(ARGV[8])
 local epoch = redis.call('GET', KEYS[1])
-if not epoch then
+if not epoch or rolled_back then
   redis.call('SET', KEYS[1], ARGV[1])
   epoch = ARGV[1]
+  if rolled_back then
+    redis.call('SET', KEYS[5], ARGV[8])
+  end
 end
+seq = redis.call('INCR', KEYS[5])
 if tonumber(ARGV[3]) < tonumber(epoch) then
-  return {2, epoch}
+  return {2, epoch, seq}
 end
 if redis.call('SET', KEYS[2], '1', 'NX', 'PXAT', ARGV[2]) then
   if ARGV[4] ~= '' then
@@ -35,9 +47,9 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'PXAT', ARGV[2]) then
     redis.call('ZADD', KEYS[4], ARGV[6], ARGV[7])
     redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1])
   end
-  return {1, epoch}
+  return {1, epoch, seq}
 end
-return {0, epoch}
+return {0, epoch, seq}
 "#;
 
 /// The Redis state store.
@@ -47,6 +59,13 @@ pub struct RedisStore {
     timeout: Duration,
     prefix: String,
     mark: redis::Script,
+    /// The highest mark counter this broker has seen (rollback detection).
+    seen_seq: std::sync::atomic::AtomicI64,
+    /// The epoch marker this broker last knew to hold with its revocations.
+    seen_epoch: std::sync::Mutex<Option<String>>,
+    /// Nothing was ever granted beside this broker (its audit log is empty): a store without
+    /// revocation confirmation is taken as new.
+    first_deployment: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -66,7 +85,7 @@ fn unavailable(e: impl std::fmt::Display) -> StateError {
 impl RedisStore {
     /// A store for `url` (`redis://` or `rediss://`); connects lazily, so the broker starts (not
     /// ready) while Redis is down.
-    pub fn new(url: &str, timeout: Duration, prefix: &str) -> Result<Self, String> {
+    pub fn new(url: &str, timeout: Duration, prefix: &str, first_deployment: bool) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("state.url: {e}"))?;
         Ok(RedisStore {
             client,
@@ -74,6 +93,9 @@ impl RedisStore {
             timeout,
             prefix: prefix.to_owned(),
             mark: redis::Script::new(MARK_SCRIPT),
+            seen_seq: std::sync::atomic::AtomicI64::new(0),
+            seen_epoch: std::sync::Mutex::new(None),
+            first_deployment,
         })
     }
 
@@ -98,6 +120,25 @@ impl RedisStore {
                 .query_async(&mut c)
                 .await
                 .map_err(unavailable)?;
+            // What this broker takes the store to be: its epoch, whose revocations it trusts
+            // (a store with no confirmation yet, first deployment or older brokers, is taken as
+            // whole at this epoch).
+            let epoch: Option<String> =
+                redis::cmd("GET").arg(self.key("meta", "epoch")).query_async(&mut c).await.map_err(unavailable)?;
+            // A broker with a past (its audit log has records) never confirms a store it finds
+            // empty: that store lost its data; only a first deployment takes it as whole.
+            if let Some(e) = epoch.as_ref().filter(|_| self.first_deployment) {
+                let _: Option<String> = redis::cmd("SET")
+                    .arg(self.key("meta", "revocations"))
+                    .arg(e)
+                    .arg("NX")
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            if let Ok(mut seen) = self.seen_epoch.lock() {
+                *seen = epoch;
+            }
             Ok::<_, StateError>(c)
         });
         match tokio::time::timeout(self.timeout * 2, fut).await {
@@ -105,6 +146,22 @@ impl RedisStore {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(StateError::Unavailable("connect timed out".into())),
         }
+    }
+
+    /// Revocations are trusted only under the epoch they were confirmed for (review C5): a store
+    /// whose marker is gone or changed since this broker last saw it lost its data, revocations
+    /// with it, and answers nothing about them until an admin has re-asserted them and confirmed
+    /// (`POST /v1/state/confirm`), for every broker at once.
+    fn revocations_hold(&self, epoch: Option<&str>, confirmed: Option<&str>) -> Result<(), StateError> {
+        let lost = |since: &str| StateError::RevocationsLost(since.to_owned());
+        let Some(epoch) = epoch else { return Err(lost("unknown")) };
+        if confirmed == Some(epoch) {
+            if let Ok(mut seen) = self.seen_epoch.lock() {
+                *seen = Some(epoch.to_owned());
+            }
+            return Ok(());
+        }
+        Err(lost(epoch))
     }
 
     async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, StateError> {
@@ -184,8 +241,13 @@ impl StateStore for RedisStore {
                 return Ok(vec![]);
             }
             let mut c = self.conn().await?;
-            let full: Vec<String> = keys.iter().map(|k| self.key("revoked", k)).collect();
-            let found: Vec<Option<String>> = self.bounded(redis::cmd("MGET").arg(&full).query_async(&mut c)).await?;
+            let mut full: Vec<String> = vec![self.key("meta", "epoch"), self.key("meta", "revocations")];
+            full.extend(keys.iter().map(|k| self.key("revoked", k)));
+            let mut found: Vec<Option<String>> =
+                self.bounded(redis::cmd("MGET").arg(&full).query_async(&mut c)).await?;
+            let (epoch, confirmed) = (found.first().cloned().flatten(), found.get(1).cloned().flatten());
+            self.revocations_hold(epoch.as_deref(), confirmed.as_deref())?;
+            let found = found.split_off(2);
             Ok(keys.iter().zip(found).filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect())
         })
     }
@@ -207,17 +269,34 @@ impl StateStore for RedisStore {
             let mut inv = self.mark.prepare_invoke();
             inv.key(self.key("meta", "epoch")).key(self.key("used", id));
             inv.key(self.key("grant", grant.map_or("-", |g| g.id.as_str()))).key(self.key("meta", "grants"));
+            inv.key(self.key("meta", "seq"));
             // Epoch and issue times in whole seconds (NumericDate): an assertion issued in the
             // second the epoch began is accepted.
             inv.arg(now).arg(until.max(now + 1) * 1000).arg(issued_at);
             let grant_exp = grant.map_or(now + 1, |g| g.expires_at.max(now + 1));
             inv.arg(body).arg(grant_exp * 1000).arg(grant_exp).arg(grant.map_or("", |g| g.id.as_str()));
-            let (code, epoch): (i64, i64) = self.bounded(inv.invoke_async(&mut c)).await?;
+            inv.arg(self.seen_seq.load(std::sync::atomic::Ordering::Relaxed));
+            let (code, epoch, seq): (i64, i64, i64) = self.bounded(inv.invoke_async(&mut c)).await?;
+            self.seen_seq.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
             Ok(match code {
                 1 => Mark::Fresh,
                 2 => Mark::EpochReset { since: epoch },
                 _ => Mark::AlreadyUsed,
             })
+        })
+    }
+
+    fn confirm_reset(&self, now: i64) -> StateFuture<'_, Option<i64>> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            // only the loss the operator saw: the marker must still be that epoch
+            // the marker is set if it is gone (no mark has run since the loss), then confirmed
+            let script = redis::Script::new(
+                "redis.call('SET', KEYS[1], ARGV[1], 'NX') local e = redis.call('GET', KEYS[1]) redis.call('SET', KEYS[2], e) return tonumber(e)",
+            );
+            let mut inv = script.prepare_invoke();
+            inv.key(self.key("meta", "epoch")).key(self.key("meta", "revocations")).arg(now.to_string());
+            self.bounded(inv.invoke_async(&mut c)).await
         })
     }
 

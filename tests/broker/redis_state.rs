@@ -60,7 +60,7 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
     fn store(&self) -> RedisStore {
-        RedisStore::new(&self.url(), Duration::from_millis(300), "test").unwrap()
+        RedisStore::new(&self.url(), Duration::from_millis(300), "test", true).unwrap()
     }
 }
 
@@ -249,4 +249,90 @@ async fn every_key_expires_exactly_when_it_should() {
         store.revoked(&["task:run-1".into(), "task:other".into()], t + 43_200).await,
         Ok(vec!["task:run-1".into()])
     );
+}
+
+/// Runs one command on the test Redis directly (what an operator or a fault does to it).
+async fn redis_cmd(redis: &Redis, args: &[&str]) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let _: redis::Value = cmd.query_async(&mut c).await.unwrap();
+}
+
+/// Revocations vanish with a Redis that lost its data (FLUSHALL): the broker then answers
+/// nothing about revocations (so no exchange passes) until an admin has re-asserted them and
+/// confirmed, rather than allowing what was revoked (review C5). The twin: before the loss, and
+/// after the confirmation, revocations are answered.
+#[tokio::test]
+async fn revocations_lost_with_the_data_fail_closed_until_confirmed() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let store = redis.store();
+    let t = now();
+    let keys = vec!["subject:ci:svc".to_owned(), "role:deploy".to_owned()];
+    store.revoke("subject:ci:svc", t + 3600, t).await.unwrap();
+    assert_eq!(store.revoked(&keys, t).await, Ok(vec!["subject:ci:svc".to_owned()]));
+    redis_cmd(&redis, &["FLUSHALL"]).await;
+    assert!(matches!(store.revoked(&keys, t).await, Err(StateError::RevocationsLost(_))));
+    // a mark alone (which restarts the epoch marker) does not make revocations trustworthy
+    assert!(matches!(store.mark_used("m", t + 300, t, t - 100, None).await, Ok(Mark::EpochReset { .. })));
+    assert!(store.revoked(&keys, t).await.is_err());
+    // the operator re-asserts what was revoked, then confirms; every broker answers again
+    store.revoke("subject:ci:svc", t + 3600, t).await.unwrap();
+    let epoch = store.confirm_reset(t).await.unwrap();
+    assert!(epoch.is_some());
+    assert_eq!(store.revoked(&keys, t).await, Ok(vec!["subject:ci:svc".to_owned()]));
+    let other = redis.store();
+    assert_eq!(other.revoked(&keys, t).await, Ok(vec!["subject:ci:svc".to_owned()]));
+}
+
+/// A broker with a past (`first_deployment = false`: its audit log has records) never takes an
+/// empty store as new: its revocations are refused until confirmed. The twin: a first
+/// deployment on an empty store answers at once.
+#[tokio::test]
+async fn a_broker_with_a_past_does_not_take_an_empty_store_as_new() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let t = now();
+    let keys = vec!["role:deploy".to_owned()];
+    let old = RedisStore::new(&redis.url(), Duration::from_millis(300), "test", false).unwrap();
+    assert!(old.revoked(&keys, t).await.is_err());
+    let first = redis.store();
+    assert_eq!(first.revoked(&keys, t).await, Ok(vec![]));
+    assert_eq!(old.revoked(&keys, t).await, Ok(vec![]), "confirmed by the first deployment's start");
+}
+
+/// A Redis rolled back to an older snapshot keeps its epoch marker but loses the marks made
+/// since (review B4): the mark counter, lower than a broker has seen, gives it away; a new epoch
+/// starts, so a replay of an assertion used after the snapshot is refused. The twin: without the
+/// rollback the same id is `AlreadyUsed`, and an assertion issued after the new epoch is fresh.
+#[tokio::test]
+async fn a_rollback_to_an_older_snapshot_is_detected_by_the_mark_counter() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let store = redis.store();
+    let t = now();
+    // (issued after the epoch this first start sets, so they are not refused for it)
+    let iat = t + 2;
+    assert_eq!(store.mark_used("before", t + 300, t, iat, None).await, Ok(Mark::Fresh));
+    assert_eq!(store.mark_used("after-snapshot", t + 300, t, iat, None).await, Ok(Mark::Fresh));
+    assert_eq!(store.mark_used("after-snapshot", t + 300, t, iat, None).await, Ok(Mark::AlreadyUsed));
+    // the restore: the counter and the later mark as they were at the snapshot, the marker kept
+    redis_cmd(&redis, &["SET", "{test}:meta:seq", "1"]).await;
+    redis_cmd(&redis, &["DEL", "{test}:used:after-snapshot"]).await;
+    let later = t + 5;
+    let reset = store.mark_used("after-snapshot", t + 300, later, iat, None).await;
+    assert_eq!(reset, Ok(Mark::EpochReset { since: later }));
+    let next = store.mark_used("new", later + 300, later, later, None).await;
+    assert_eq!(next, Ok(Mark::Fresh));
+    assert_eq!(store.mark_used("new", later + 300, later, later, None).await, Ok(Mark::AlreadyUsed));
 }
