@@ -397,6 +397,22 @@ impl AuditLog {
     }
 }
 
+/// The revocations the log at `path` records (`revoked `KEY``), each with when it was made: the
+/// durable copy the file state store re-asserts from when its own file was lost.
+pub fn revocations(path: &Path) -> Vec<(String, i64)> {
+    let Ok(f) = File::open(path) else { return Vec::new() };
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| l.contains("\"decision\":\"revoke\""))
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l).ok()?;
+            let key = v.get("detail")?.as_str()?.strip_prefix("revoked `")?.strip_suffix('`')?.to_owned();
+            Some((key, v.get("ts")?.as_i64()?))
+        })
+        .collect()
+}
+
 /// Checks a log's hash chain and head; returns the number of records, or what is broken.
 pub fn verify_chain(path: &Path) -> Result<usize, String> {
     let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -599,5 +615,28 @@ mod tests {
         std::os::unix::fs::symlink(&target, head_path(&path)).unwrap();
         assert!(AuditLog::open(&path).is_err());
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+    }
+
+    /// The revocations a log records are read back with when they were made (what the file
+    /// state store re-asserts after losing its file); other records are not revocations.
+    #[tokio::test]
+    async fn revocations_are_read_back_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        let revoke = |detail: &str, ts: i64| AuditRecord {
+            decision: Outcome::Revoke,
+            detail: Some(detail.to_owned()),
+            ts,
+            ..Default::default()
+        };
+        log.append(revoke("revoked `subject:gh:repo:acme/app`", 100), true).await.unwrap();
+        log.append(AuditRecord { detail: Some("revoked `role:x`".into()), ..rec(Outcome::Deny) }, true).await.unwrap();
+        log.append(revoke("flushed the cached keys of provider `gh`", 120), true).await.unwrap();
+        log.append(revoke("revoked `task:gh:1/2/3`", 130), true).await.unwrap();
+        assert_eq!(
+            revocations(&path),
+            vec![("subject:gh:repo:acme/app".to_owned(), 100), ("task:gh:1/2/3".to_owned(), 130)]
+        );
     }
 }

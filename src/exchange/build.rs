@@ -25,7 +25,15 @@ fn open_state(config: &Config, now: i64) -> Result<Arc<dyn StateStore>, String> 
         }
         StateBackend::File { path, max_entries } => {
             let audited = std::fs::metadata(&config.audit_path).is_ok_and(|m| m.len() > 0);
-            Arc::new(FileStore::open(path, *max_entries, now, audited).map_err(|e| format!("state file {e}"))?)
+            let from_audit = || {
+                crate::audit::revocations(&config.audit_path)
+                    .into_iter()
+                    .map(|(key, at)| (key, at + super::REVOCATION_TTL))
+                    .collect()
+            };
+            Arc::new(
+                FileStore::open(path, *max_entries, now, audited, from_audit).map_err(|e| format!("state file {e}"))?,
+            )
         }
         StateBackend::Redis { url, timeout, prefix } => {
             let audited = std::fs::metadata(&config.audit_path).is_ok_and(|m| m.len() > 0);

@@ -89,8 +89,16 @@ fn unavailable(e: impl std::fmt::Display) -> StateError {
 impl FileStore {
     /// Opens (or creates) the state file at `path` and reloads its live entries as of `now`.
     /// `lost_if_new`: whether a new file means state was lost (the audit log already has
-    /// records); the store then starts an epoch at `now`.
-    pub fn open(path: &Path, max_entries: usize, now: i64, lost_if_new: bool) -> Result<FileStore, String> {
+    /// records); the store then starts an epoch at `now` and re-asserts the revocations
+    /// `revocations` gives (`(key, until)`, read from the audit log: review C5), so what was
+    /// revoked stays revoked.
+    pub fn open(
+        path: &Path,
+        max_entries: usize,
+        now: i64,
+        lost_if_new: bool,
+        revocations: impl FnOnce() -> Vec<(String, i64)>,
+    ) -> Result<FileStore, String> {
         let existed = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
         let db = Database::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
@@ -107,6 +115,14 @@ impl FileStore {
                     epoch = Some(now);
                 }
                 let mut live = txn.open_table(LIVE).map_err(|e| fail(&e))?;
+                if !existed && lost_if_new {
+                    let again = revocations();
+                    tracing::warn!(path = %path.display(), revocations = again.len(), "revocations re-asserted from the audit log");
+                    for (key, until) in again.iter().filter(|(_, until)| *until >= now) {
+                        live.insert((*until, row(REVOKED, key.as_bytes()).as_slice()), &[][..])
+                            .map_err(|e| fail(&e))?;
+                    }
+                }
                 live.retain_in(..(now, &[][..]), |_, _| false).map_err(|e| fail(&e))?;
                 for entry in live.iter().map_err(|e| fail(&e))? {
                     let (k, v) = entry.map_err(|e| fail(&e))?;
@@ -301,7 +317,7 @@ mod tests {
         let path = dir.path().join("state.redb");
         let rt = rt();
         {
-            let s = FileStore::open(&path, 100, 0, false).unwrap();
+            let s = FileStore::open(&path, 100, 0, false, Vec::new).unwrap();
             rt.block_on(async {
                 assert_eq!(s.mark_used("a", 100, 0, 0, Some(&grant("g1", 100))).await, Ok(Mark::Fresh));
                 assert_eq!(s.mark_used("short", 5, 0, 0, None).await, Ok(Mark::Fresh));
@@ -311,7 +327,7 @@ mod tests {
                 s.revoke("task:x", 200, 0).await.unwrap();
             });
         }
-        let s = FileStore::open(&path, 100, 10, false).unwrap();
+        let s = FileStore::open(&path, 100, 10, false, Vec::new).unwrap();
         rt.block_on(async {
             assert_eq!(s.mark_used("a", 100, 10, 0, None).await, Ok(Mark::AlreadyUsed), "replay after restart");
             assert_eq!(s.mark_used("short", 100, 10, 0, None).await, Ok(Mark::Fresh), "expired before the restart");
@@ -324,7 +340,7 @@ mod tests {
         });
         drop(s);
         // the twin: past their ends, nothing is reloaded
-        let s = FileStore::open(&path, 100, 1_000, false).unwrap();
+        let s = FileStore::open(&path, 100, 1_000, false, Vec::new).unwrap();
         rt.block_on(async {
             assert_eq!(s.mark_used("a", 2_000, 1_000, 0, None).await, Ok(Mark::Fresh));
             assert_eq!(s.revoked(&["task:x".to_owned()], 1_000).await, Ok(vec![]));
@@ -339,14 +355,20 @@ mod tests {
     fn a_new_file_after_a_loss_starts_an_epoch() {
         let dir = tempfile::tempdir().unwrap();
         let rt = rt();
-        let first = FileStore::open(&dir.path().join("first.redb"), 100, 50, false).unwrap();
+        let first = FileStore::open(&dir.path().join("first.redb"), 100, 50, false, Vec::new).unwrap();
         assert_eq!(rt.block_on(first.mark_used("a", 100, 50, 10, None)), Ok(Mark::Fresh));
         let path = dir.path().join("lost.redb");
-        let s = FileStore::open(&path, 100, 50, true).unwrap();
+        let s = FileStore::open(&path, 100, 50, true, || {
+            vec![("subject:p:s".to_owned(), 100), ("role:gone".to_owned(), 40)]
+        })
+        .unwrap();
         assert_eq!(rt.block_on(s.mark_used("a", 100, 50, 49, None)), Ok(Mark::EpochReset { since: 50 }));
         assert_eq!(rt.block_on(s.mark_used("b", 100, 50, 50, None)), Ok(Mark::Fresh));
+        // what the audit log says was revoked is revoked again; what has ended is not
+        let keys = vec!["subject:p:s".to_owned(), "role:gone".to_owned()];
+        assert_eq!(rt.block_on(s.revoked(&keys, 50)), Ok(vec!["subject:p:s".to_owned()]));
         drop(s);
-        let s = FileStore::open(&path, 100, 60, true).unwrap();
+        let s = FileStore::open(&path, 100, 60, true, Vec::new).unwrap();
         assert_eq!(rt.block_on(s.mark_used("c", 100, 60, 49, None)), Ok(Mark::EpochReset { since: 50 }));
     }
 
@@ -355,7 +377,7 @@ mod tests {
     fn one_process_per_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
-        let _s = FileStore::open(&path, 100, 0, false).unwrap();
-        assert!(FileStore::open(&path, 100, 0, false).is_err());
+        let _s = FileStore::open(&path, 100, 0, false, Vec::new).unwrap();
+        assert!(FileStore::open(&path, 100, 0, false, Vec::new).is_err());
     }
 }
