@@ -41,6 +41,16 @@ pub(crate) enum HttpRejection {
     BodyTooLarge,
     NotFound,
     Unauthorized,
+    /// The body did not arrive within the header read timeout (a slow-body client, review C21).
+    SlowBody,
+    /// The request was not answered within the backstop (`request_timeout` + 30 s).
+    Timeout,
+    /// Too many connections open, from this address or in all (review C21).
+    TooManyConnections,
+    /// What the HTTP parser refused before any route saw it (fault review B7).
+    MalformedHttp,
+    /// Headers over the HTTP parser's own bounds (64 KiB, 256 headers).
+    HeadersOverParserLimit,
 }
 
 impl HttpRejection {
@@ -62,6 +72,17 @@ impl HttpRejection {
             BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "request_too_large", Class::TooLarge),
             NotFound => (StatusCode::NOT_FOUND, "invalid_request", "not_found", Class::Rejected),
             Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_client", "unauthorized", Class::Rejected),
+            SlowBody => (StatusCode::REQUEST_TIMEOUT, "invalid_request", "request_timeout", Class::Rejected),
+            Timeout => {
+                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "request_timeout", Class::Unavailable)
+            }
+            TooManyConnections => {
+                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "too_many_connections", Class::Unavailable)
+            }
+            MalformedHttp => (StatusCode::BAD_REQUEST, "invalid_request", "request_invalid", Class::Rejected),
+            HeadersOverParserLimit => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "invalid_request", "request_too_large", Class::TooLarge)
+            }
         }
     }
 
@@ -81,6 +102,11 @@ impl HttpRejection {
             HttpRejection::BodyTooLarge => "request body over the size limit".into(),
             HttpRejection::NotFound => "no such route".into(),
             HttpRejection::Unauthorized => "an admin bearer credential is required".into(),
+            HttpRejection::SlowBody => "the request body did not arrive in time".into(),
+            HttpRejection::Timeout => "the request was not answered in time; try again".into(),
+            HttpRejection::TooManyConnections => "too many open connections; retry later".into(),
+            HttpRejection::MalformedHttp => "not a well-formed HTTP/1.1 request".into(),
+            HttpRejection::HeadersOverParserLimit => "request headers over 64 KiB or 256 fields".into(),
         }
     }
 

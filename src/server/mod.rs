@@ -16,6 +16,7 @@
 //! | `error.rs` | refusal → status code and RFC 6749 body, the one mapping |
 
 mod admin;
+mod conn;
 pub(crate) mod demo;
 mod error;
 mod limits;
@@ -28,7 +29,7 @@ pub(crate) use limits::RateLimiter;
 use crate::exchange::Broker;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::routing::{MethodRouter, any, get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -117,8 +118,15 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // A backstop only: the token endpoint answers its own timeouts (audited, RFC 6749 JSON).
     let backstop = request_timeout + Duration::from_secs(30);
-    let router =
-        router.layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, backstop));
+    let router = router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            match tokio::time::timeout(backstop, next.run(req)).await {
+                Ok(r) => r,
+                Err(_) => error::reject(limits::HttpRejection::Timeout),
+            }
+        },
+    ));
+    let connections = Arc::new(conn::Connections::default());
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -134,14 +142,33 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // Past either cap the connection gets its 503 and is closed at once, before it
+                // can hold anything (review C21).
+                let Some(admitted) = conn::Connections::admit(&connections, peer.ip()) else {
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        let mut stream = stream;
+                        let answer = conn::raw_response(limits::HttpRejection::TooManyConnections);
+                        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&answer)).await;
+                    });
+                    continue;
+                };
                 let svc = router.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ClientAddr(peer));
                     req
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();
-                builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout).max_buf_size(64 * 1024).keep_alive(true);
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)));
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_read_timeout)
+                    .max_buf_size(64 * 1024)
+                    .max_headers(256)
+                    .writev(false)
+                    .keep_alive(true);
+                let io = TokioIo::new(conn::JsonErrors::new(stream));
+                let conn = graceful.watch(builder.serve_connection(io, TowerToHyperService::new(svc)));
                 tokio::spawn(async move {
+                    let _admitted = admitted;
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }

@@ -6,11 +6,12 @@ use super::error::{no_store, refused, rejected};
 use super::limits::{HttpRejection, POST, headers_too_large, is_form};
 use super::{App, ClientAddr};
 use crate::ids::random_id;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What the transport refuses before the form is read, in the order it is checked.
 fn rejection(
@@ -19,7 +20,6 @@ fn rejection(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    body_read: bool,
 ) -> Result<(), HttpRejection> {
     if client.is_some_and(|c| !app.limiter.admit(c.0.ip())) {
         Err(HttpRejection::RateLimited)
@@ -32,10 +32,19 @@ fn rejection(
         Err(HttpRejection::QueryString)
     } else if !is_form(headers) {
         Err(HttpRejection::NotForm)
-    } else if !body_read {
-        Err(HttpRejection::BodyTooLarge)
     } else {
         Ok(())
+    }
+}
+
+/// The body, read only once the transport has admitted the request (the rate limit first, so a
+/// client over its rate holds no connection waiting for a body), within the body size limit and
+/// the header read timeout (a slow body is answered 408, not held: review C21).
+async fn read_body(body: Body, limit: usize, within: Duration) -> Result<Bytes, HttpRejection> {
+    match tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(HttpRejection::BodyTooLarge),
+        Err(_) => Err(HttpRejection::SlowBody),
     }
 }
 
@@ -45,14 +54,22 @@ pub(super) async fn token(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> Response {
     // A request id correlates logs; without randomness it is empty, and the exchange, which
     // cannot draw its decision id either, is refused (`randomness_unavailable`).
     let request_id = random_id(12).unwrap_or_default();
     let client = client.map(|c| c.0);
-    let form = rejection(&app, client, &method, &uri, &headers, body.is_ok())
-        .and(body.map_err(|_| HttpRejection::BodyTooLarge));
+    let mut body_left = true;
+    let form = match rejection(&app, client, &method, &uri, &headers) {
+        Ok(()) => {
+            let s = &app.broker.config().server;
+            let read = read_body(body, s.max_body_size, s.header_read_timeout).await;
+            body_left = read.is_err();
+            read
+        }
+        Err(r) => Err(r),
+    };
     let mut resp = match form {
         Err(r) => rejected(r, &app.broker.refuse(r.refusal(), &request_id).await),
         Ok(form) => match app.broker.exchange(&form, &request_id).await {
@@ -62,6 +79,11 @@ pub(super) async fn token(
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    // A body left unread (refused before it was read) ends the connection: the client must not
+    // send its next request after bytes the server never consumed.
+    if body_left {
+        resp.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }
