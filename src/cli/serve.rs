@@ -103,6 +103,18 @@ pub(super) async fn serve(
     if let Some(path) = config_path {
         tokio::spawn(reload_on_sighup(broker.clone(), path));
     }
+    {
+        // counted refusals (429s) become one audit record per interval
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs(crate::exchange::COUNTED_REFUSALS_EVERY as u64);
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                broker.write_counted(broker.evaluator().now()).await;
+            }
+        });
+    }
     let extra = extra.map(|(d, c)| crate::server::demo::routes(d, c));
     let admin_listen = broker.config().admin_listen;
     let (public, admin) = crate::server::routers(broker, extra);

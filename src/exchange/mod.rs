@@ -66,7 +66,13 @@ pub struct Broker {
     evaluator: Evaluator,
     audit: AuditLog,
     minters: Minters,
+    /// Refusals counted rather than recorded one by one (a flood of 429s must not fill the disk
+    /// that allow records need: review C7): how many since when.
+    counted: std::sync::Mutex<(i64, u64)>,
 }
+
+/// How often counted refusals are written as one record.
+pub const COUNTED_REFUSALS_EVERY: i64 = 10;
 
 impl Evaluator {
     /// The config in force now (one snapshot: use it for the whole of one exchange).
@@ -247,14 +253,52 @@ impl Broker {
 
     /// Audits a refusal the server found before any form was read (rate, size, method, media
     /// type, query string) and describes it at the config's disclosure level, like any other.
-    pub async fn refuse(&self, refusal: Refusal, request_id: &str) -> Refusal {
+    pub async fn refuse(&self, mut refusal: Refusal, request_id: &str) -> Refusal {
         let now = self.evaluator.clock.now();
         let config = self.config();
+        // A client over its rate is counted, not recorded: one record per interval says how many
+        // (the rate limit bounds what one client can write; its overflow writes nothing).
+        if refusal.reason == "rate_limited" {
+            if let Ok(mut c) = self.counted.lock() {
+                if c.1 == 0 {
+                    c.0 = now;
+                }
+                c.1 += 1;
+            }
+            if self.counted.lock().is_ok_and(|c| now - c.0 >= COUNTED_REFUSALS_EVERY) {
+                self.write_counted(now).await;
+            }
+            refusal.description = disclose(&config, &refusal, || refusal.description.clone());
+            return refusal;
+        }
         let (rec, _) = self.draft(&config, request_id, now);
         // (what failed is all the description says: `reason` discloses it too)
         let public = disclose(&config, &refusal, || refusal.description.clone());
         let detail = Some(refusal.description.clone());
         self.deny(&config, rec, refusal, detail, public).await
+    }
+
+    /// Writes the refusals counted since the last such record as one `deny` record (reason
+    /// `rate_limited`, the count in its detail). The server calls it every
+    /// [`COUNTED_REFUSALS_EVERY`] seconds; nothing is written when none were counted.
+    pub async fn write_counted(&self, now: i64) {
+        let (since, n) = match self.counted.lock() {
+            Ok(mut c) if c.1 > 0 => std::mem::replace(&mut *c, (now, 0)),
+            _ => return,
+        };
+        let config = self.config();
+        let (mut rec, _) = self.draft(&config, "", now);
+        rec.decision = Outcome::Deny;
+        rec.reason = Some("rate_limited");
+        rec.detail = Some(format!(
+            "{n} request(s) refused rate_limited since {} (counted, not recorded one by one)",
+            rfc3339(since)
+        ));
+        if config.safety.audit
+            && let Err(e) = self.audit.append(rec, false).await
+        {
+            tracing::error!(error = %e, "audit write failed for counted refusals");
+        }
     }
 
     /// The audit record of one exchange, before anything is known of it, and whether its

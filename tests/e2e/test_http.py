@@ -541,3 +541,32 @@ def test_a_404_keeps_a_keep_alive_connection_whose_body_comes_late(broker):
 
     assert two_requests("/nowhere") == [b"404", b"200"]
     assert two_requests("/v1/token") == [b"400", b"200"]
+
+
+def test_a_429_flood_is_counted_not_recorded_line_by_line(broker_factory, mock_issuer):
+    """Security review C7: every 429 was an audit line (1.4 MB/s from one client until the disk
+    was full). Now refusals over the rate are counted and written as one `rate_limited` record per
+    interval (10 s); what the rate admits is recorded as before. The twin: the admitted requests'
+    records are all there, one each."""
+    b = broker_factory(issuer=mock_issuer, server={"rate_limit_per_second": 1, "rate_limit_burst": 2})
+    answers = [b.post_token(form("not-a-token")) for _ in range(300)]
+    by_status: dict[int, int] = {}
+    for a in answers:
+        by_status[a.status] = by_status.get(a.status, 0) + 1
+    limited = [a for a in answers if a.status == 429]
+    print(f"\nanswers by status: {by_status}; audit records right after: {len(b.audit())}")
+    assert len(limited) >= 250, by_status
+    assert all(a.reason == "rate_limited" and a.decision_id is None for a in limited), limited[:3]
+    admitted = [a for a in answers if a.status != 429]
+    recs = b.audit()
+    # one record per admitted request, none per refused one (a counted record may have come)
+    per_request = [r for r in recs if r.get("reason") != "rate_limited"]
+    assert len(per_request) == len(admitted), (len(per_request), len(admitted))
+
+    def counted():
+        rs = [r for r in b.audit() if r.get("reason") == "rate_limited"]
+        n = sum(int(r["detail"].split(" ")[0]) for r in rs)
+        return rs if n == len(limited) else None
+    rs = wait_until(counted, timeout=30, interval=0.5, what="the counted rate_limited record")
+    assert all(r["decision"] == "deny" and "counted, not recorded one by one" in r["detail"] for r in rs), rs
+    assert len(rs) <= 4, rs
