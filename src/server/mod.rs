@@ -45,6 +45,7 @@ use tower::ServiceExt;
 struct App {
     broker: Arc<Broker>,
     limiter: RateLimiter,
+    nonces: nonce::NonceBudget,
 }
 
 /// The client's address, set per connection by the accept loop.
@@ -73,7 +74,7 @@ pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Ro
     let s = &config.server;
     let max_body = s.max_body_size;
     let limiter = RateLimiter::new(s.rate_limit_per_second, s.rate_limit_burst);
-    let app = Arc::new(App { broker, limiter });
+    let app = Arc::new(App { broker, limiter, nonces: nonce::NonceBudget::default() });
     let admin = Router::new()
         .route("/v1/grants", read(get(admin::grants)))
         .route("/v1/keys/flush", form(post(admin::flush_keys)))

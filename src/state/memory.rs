@@ -12,6 +12,7 @@ struct Inner {
     used: HashMap<UsedKey, i64>,
     by_expiry: BinaryHeap<Reverse<(i64, UsedKey)>>,
     nonces: HashMap<String, (i64, String)>,
+    nonces_by_expiry: BinaryHeap<Reverse<(i64, String)>>,
     grants: HashMap<String, super::Grant>,
     grants_by_expiry: BinaryHeap<Reverse<(i64, String)>>,
     revoked: HashMap<String, i64>,
@@ -151,13 +152,15 @@ impl MemoryStore {
 
     pub(super) fn put_nonce_now(&self, nonce: &str, binding: &str, until: i64, now: i64) -> Result<(), StateError> {
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
-        if g.nonces.len() > self.max_entries / 10 {
-            g.nonces.retain(|_, (exp, _)| *exp >= now);
-            if g.nonces.len() > self.max_entries / 10 {
-                return Err(StateError::Full(g.nonces.len()));
-            }
+        let inner = &mut *g;
+        // the expired ones leave by the heap: the cost is their number, never the table's size
+        // (a full table scanned on every request under this lock was review C6)
+        purge(&mut inner.nonces, &mut inner.nonces_by_expiry, now, |(exp, _)| *exp);
+        if inner.nonces.len() > self.max_entries / 10 {
+            return Err(StateError::Full(inner.nonces.len()));
         }
-        g.nonces.insert(nonce.to_owned(), (until, binding.to_owned()));
+        inner.nonces.insert(nonce.to_owned(), (until, binding.to_owned()));
+        inner.nonces_by_expiry.push(Reverse((until, nonce.to_owned())));
         Ok(())
     }
 

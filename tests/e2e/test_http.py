@@ -570,3 +570,28 @@ def test_a_429_flood_is_counted_not_recorded_line_by_line(broker_factory, mock_i
     rs = wait_until(counted, timeout=30, interval=0.5, what="the counted rate_limited record")
     assert all(r["decision"] == "deny" and "counted, not recorded one by one" in r["detail"] for r in rs), rs
     assert len(rs) <= 4, rs
+
+
+def test_one_client_cannot_exhaust_the_nonce_table(broker_factory, mock_issuer):
+    """Security review C6: the outstanding-nonce cap was global, so one client (17 addresses at
+    the default size) could take every nonce and stop every attestation exchange. Now one client
+    address holds at most 64 outstanding nonces; another client is still served (the twin)."""
+    import http.client
+    b = broker_factory(issuer=mock_issuer, server={"rate_limit_per_second": 0})
+    port = int(b.url.rsplit(":", 1)[1])
+
+    def nonce_from(source: str) -> int:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT, source_address=(source, 0))
+        c.request("POST", "/v1/nonce", body=b"", headers={"Content-Length": "0"})
+        r = c.getresponse()
+        body = json.loads(r.read())
+        c.close()
+        assert ("nonce" in body) == (r.status == 200), body
+        if r.status != 200:
+            assert body["error_description"].startswith("rate_limited: too many outstanding nonces"), body
+        return r.status
+
+    first = [nonce_from("127.0.0.1") for _ in range(70)]
+    print(f"\n127.0.0.1: {first.count(200)} nonces, then {first.count(429)} x 429")
+    assert first[:64] == [200] * 64 and set(first[64:]) == {429}, first
+    assert nonce_from("127.0.0.2") == 200
