@@ -63,29 +63,6 @@ impl NonceBudget {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_client_cannot_hold_more_than_its_share() {
-        let b = NonceBudget::default();
-        let a: IpAddr = "192.0.2.7".parse().unwrap();
-        for _ in 0..NONCES_PER_CLIENT {
-            assert!(b.admit(a));
-        }
-        assert!(!b.admit(a), "over its share");
-        assert!(b.admit("192.0.2.9".parse().unwrap()), "another client still gets nonces");
-        // an IPv6 /64 is one client
-        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
-        for i in 0..NONCES_PER_CLIENT {
-            assert!(b.admit(v6(&format!("2001:db8:1:2::{:x}", i + 1))));
-        }
-        assert!(!b.admit(v6("2001:db8:1:2::ffff")));
-        assert!(b.admit(v6("2001:db8:1:3::1")), "the next /64 is another client");
-    }
-}
-
 pub(super) async fn nonce(
     State(app): State<Arc<App>>,
     client: Option<axum::Extension<ClientAddr>>,
@@ -122,5 +99,28 @@ pub(super) async fn nonce(
     match app.broker.issue_nonce(&body).await {
         Ok(n) => no_store(axum::Json(n).into_response()),
         Err(e) => refused(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_client_cannot_hold_more_than_its_share() {
+        let b = NonceBudget::default();
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..NONCES_PER_CLIENT {
+            assert!(b.admit(a));
+        }
+        assert!(!b.admit(a), "over its share");
+        assert!(b.admit("192.0.2.9".parse().unwrap()), "another client still gets nonces");
+        // an IPv6 /64 is one client
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        for i in 0..NONCES_PER_CLIENT {
+            assert!(b.admit(v6(&format!("2001:db8:1:2::{:x}", i + 1))));
+        }
+        assert!(!b.admit(v6("2001:db8:1:2::ffff")));
+        assert!(b.admit(v6("2001:db8:1:3::1")), "the next /64 is another client");
     }
 }
