@@ -156,6 +156,27 @@ def redis_epoch_key(prefix: str = "eph") -> str:
     return "{" + prefix + "}:meta:epoch"
 
 
+def redis_confirmed_key(prefix: str = "eph") -> str:
+    """The epoch whose revocations an admin (or a first deployment) confirmed (src/state/redis.rs:
+    `{key_prefix}:meta:revocations`, review C5). Revocations are answered only while it equals the
+    epoch marker; otherwise every exchange is 503 `revocations_unverified` until
+    `POST /v1/state/confirm`."""
+    return "{" + prefix + "}:meta:revocations"
+
+
+def redis_seq_key(prefix: str = "eph") -> str:
+    """The mark counter (src/state/redis.rs: `{key_prefix}:meta:seq`, INCR by every mark): a value
+    below the highest a broker has seen is a rollback, a new epoch (fault review B4)."""
+    return "{" + prefix + "}:meta:seq"
+
+
+def confirm_state(broker, admin_token: str) -> requests.Response:
+    """`POST /v1/state/confirm` (admin bearer, empty form body): the revocations lost with the
+    shared state are re-asserted; answers `{"confirmed": EPOCH}` (review C5)."""
+    return broker.http.post(broker.url + "/v1/state/confirm", headers={"Authorization": f"Bearer {admin_token}"},
+                            timeout=HTTP_TIMEOUT)
+
+
 def first_iat_accepted_after(epoch: int, leeway: int = DEFAULT_LEEWAY) -> int:
     """The earliest `iat` the epoch guard accepts after the marker was (re)created at `epoch`: an
     assertion is refused `replay_state_reset` while `iat - leeway - 1 < epoch` (review S2/B3)."""

@@ -2,8 +2,10 @@
 several replicas"): a Redis Cluster of three local redis-server processes (`--cluster-enabled yes`,
 joined by `redis-cli --cluster create`), and a TLS-only redis-server (`rediss://`, rustls) whose
 certificate a test CA signed. Against each: single use across two replicas, one winner among
-concurrent presentations, and the epoch guard after FLUSHALL, each with its passing twin.
-test_replicas.py runs the same properties against a standalone plaintext server.
+concurrent presentations, and the epoch guard after FLUSHALL (revocations unverified until an
+admin confirms, review C5), each with its passing twin. On the cluster, the acceptance of issue 14:
+two replicas given the node that owns the `{eph}` slot share single use, revocations and the grant
+inventory. test_replicas.py runs the same properties against a standalone plaintext server.
 
 How the broker trusts a private CA for `rediss://`: the redis crate's rustls connector loads its
 roots with rustls-native-certs, which reads `SSL_CERT_FILE` (and then only it) when that is set.
@@ -27,8 +29,10 @@ import ipaddress
 import shutil
 import subprocess
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
 import jwt
 import pytest
 from cryptography import x509
@@ -36,10 +40,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from harness import (REDIS_ESTABLISHED_EPOCH, Broker, broker_config, first_iat_accepted_after, free_port, provider,
-                     race, redis_epoch_key, require_peer, role, wait_until, wait_until_presentable)
+from harness import (DEFAULT_SUB, REDIS_ESTABLISHED_EPOCH, Broker, broker_config, confirm_state,
+                     first_iat_accepted_after, free_port, provider, race, redis_confirmed_key, redis_epoch_key,
+                     require_peer, role, wait_next_second, wait_until, wait_until_presentable)
 
 CLI_TIMEOUT = 30
+ADMIN_TOKEN = "admin-" + "y" * 40
+# a second workload (its own subject and role), to show what a subject revocation spares
+OTHER_SUB = "repo:acme/other:ref:refs/heads/main"
+OTHER_ROLE = role("other", "mock", conditions={"sub": OTHER_SUB, "repository": "acme/other", "ref": "refs/heads/main"})
+
+
+def answer(r) -> str:
+    """An answer for the figures: its status, and its reason slug when it has one."""
+    return f"{r.status} {r.reason}" if r.reason else str(r.status)
 
 
 def need_redis_tools():
@@ -254,14 +268,23 @@ class Store:
         return {n.addr: int(n.cli("DBSIZE")) for n in self.nodes}
 
     def seed_epoch(self, prefix: str = "eph"):
-        """An old epoch marker (overwriting any): the store looks established. The broker creates
-        the marker only when it is absent, and refuses assertions issued within its leeway + 1 s
-        of a marker it creates (review S2/B3): a test on an empty store would start with that
-        refusal. Tests of a store that lost its data flush it afterwards."""
+        """An old epoch marker and its revocations confirmed (overwriting any): the store looks
+        established. The broker creates the marker only when it is absent, and refuses assertions
+        issued within its leeway + 1 s of a marker it creates (review S2/B3): a test on an empty
+        store would start with that refusal. Revocations are answered only while the confirmed
+        epoch is the marker (review C5). Tests of a store that lost its data flush it afterwards."""
         assert self.home.cli("SET", redis_epoch_key(prefix), str(REDIS_ESTABLISHED_EPOCH)) == "OK"
+        assert self.home.cli("SET", redis_confirmed_key(prefix), str(REDIS_ESTABLISHED_EPOCH)) == "OK"
 
-    def epoch(self, prefix: str = "eph") -> int:
-        return int(self.home.cli("GET", redis_epoch_key(prefix)))
+    def _int(self, key: str) -> int | None:
+        v = self.home.cli("GET", key)
+        return int(v) if v else None  # redis-cli prints nil as an empty line
+
+    def epoch(self, prefix: str = "eph") -> int | None:
+        return self._int(redis_epoch_key(prefix))
+
+    def confirmed(self, prefix: str = "eph") -> int | None:
+        return self._int(redis_confirmed_key(prefix))
 
 
 def cluster_store(cluster: Cluster, prefix: str = "eph") -> Store:
@@ -292,14 +315,18 @@ def shared_signing_key(tmp_path: Path) -> str:
 @pytest.fixture
 def replicas(ephemera_bin, tmp_path, mock_issuer, request):
     made: list[Broker] = []
+    admin_file = tmp_path / "admin.token"
+    admin_file.write_text(ADMIN_TOKEN)
 
-    def make(store: Store, n: int = 2, *, env: dict | None = None, url: str | None = None, **state) -> list[Broker]:
+    def make(store: Store, n: int = 2, *, env: dict | None = None, url: str | None = None,
+             roles: list | None = None, **state) -> list[Broker]:
         for _ in range(n):
             workdir = tmp_path / f"replica{len(made)}"
-            cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], [role("deploy", "mock")],
+            cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], roles or [role("deploy", "mock")],
                                 server={"rate_limit_per_second": 0, "signing_key_file": shared_signing_key(tmp_path),
                                         "issuer": "http://127.0.0.1/ephemera"})
             cfg["state"] = {"backend": "redis", "url": url or store.url, "command_timeout": "2s", **state}
+            cfg["admin"] = {"token_file": str(admin_file)}
             made.append(Broker(ephemera_bin, workdir, cfg, env=store.env if env is None else env))
         return made[-n:]
 
@@ -345,6 +372,12 @@ def test_concurrent_presentations_across_replicas_have_exactly_one_success(store
     assert pair == [200, 200]
 
 
+def assert_revocations_unverified(r):
+    """README error table: 503 `temporarily_unavailable`, `revocations_unverified` (review C5)."""
+    assert r.status == 503 and r.error == "temporarily_unavailable" and r.reason == "revocations_unverified", r
+    assert r.headers.get("Retry-After") and "access_token" not in r.text, r
+
+
 def test_a_store_that_lost_its_data_does_not_reopen_replays(store, replicas, mock_issuer):
     a, b = replicas(store)
     token = mock_issuer.token()
@@ -354,17 +387,28 @@ def test_a_store_that_lost_its_data_does_not_reopen_replays(store, replicas, moc
     r = b.exchange(token)
     assert r.status == 400 and r.reason == "token_replayed", r
 
-    store.flushall()  # the used mark and the epoch marker are gone
+    store.flushall()  # the used mark, the revocations and the epoch marker are gone
     assert sum(store.dbsizes().values()) == 0
-    # The new epoch starts at the first mark after the loss, in or after the token's iat second;
-    # the guard refuses `iat - leeway - 1 < epoch` (review S2/B3), so even a loss in the token's
-    # own second does not reopen it.
-    r = b.exchange(token)
-    assert r.status == 400 and r.reason == "replay_state_reset", r
-    epoch = store.epoch()
+    # Revocations are lost with the data (review C5): nothing is allowed on either replica, the
+    # replay and a fresh assertion alike, until an admin has re-asserted them and confirmed.
+    lost = [b.exchange(token), a.exchange(token), a.exchange(mock_issuer.token()), b.exchange(mock_issuer.token())]
+    figures = {"before confirm": dict(Counter(answer(r) for r in lost))}
+    for r in lost:
+        assert_revocations_unverified(r)
+    assert store.epoch() is None  # refused before the mark: nothing was written
+    # The confirmation (on one replica, for both) starts the new epoch, in or after the token's
+    # iat second; the guard refuses `iat - leeway - 1 < epoch` (review S2/B3). It is made in a
+    # fresh second and each replica marks in it (see test_replicas.confirm: on ephemera d2a54b8 a
+    # replica's first mark a second after the confirmation starts another epoch, a known gap).
+    wait_next_second()
+    c = confirm_state(b, ADMIN_TOKEN)
+    assert c.status_code == 200, c.text
+    epoch = c.json()["confirmed"]
+    after = [b.exchange(token), a.exchange(token)]
+    assert (store.epoch(), store.confirmed()) == (epoch, epoch)
     assert epoch >= issued
-    r = a.exchange(token)
-    assert r.status == 400 and r.reason == "replay_state_reset", r
+    for r in after:
+        assert r.status == 400 and r.reason == "replay_state_reset", r
     # the cost: an assertion issued now, within the leeway of the new epoch, is refused too
     soon = a.exchange(mock_issuer.token())
     assert soon.status == 400 and soon.reason == "replay_state_reset", soon
@@ -372,8 +416,11 @@ def test_a_store_that_lost_its_data_does_not_reopen_replays(store, replicas, moc
     # replica (an issuer clock ahead, inside the leeway, stands in for a minute's wait)
     later = first_iat_accepted_after(epoch)
     wait_until_presentable(later)
-    assert a.exchange(mock_issuer.token(iat=later)).status == 200
-    assert b.exchange(mock_issuer.token(iat=later)).status == 200
+    ok = [a.exchange(mock_issuer.token(iat=later)), b.exchange(mock_issuer.token(iat=later))]
+    figures["after confirm"] = dict(Counter(answer(r) for r in [*after, soon]))
+    figures["iat=epoch+leeway+1"] = [r.status for r in ok]
+    print(f"{store.name}: a store that lost its data (epoch {epoch}): answers by status {figures}")
+    assert [r.status for r in ok] == [200, 200], ok
     assert store.epoch() == epoch
 
 
@@ -436,9 +483,93 @@ def test_a_replica_given_a_non_owner_cluster_node_fails_closed(redis_cluster, re
     detail = a.audit_record(r.decision_id)["detail"]
     assert f"Moved: {redis_cluster.slot('eph')} {s.home.addr}" in detail, detail
     assert not [rec for rec in a.audit() if rec["decision"] == "allow"]
-    # nothing was written anywhere in the cluster: only the marker the test set, unchanged
-    assert s.dbsizes() == seeded and sum(seeded.values()) == 1, (s.dbsizes(), seeded)
+    # nothing was written anywhere in the cluster: only the marker and its confirmation the test
+    # set, unchanged
+    assert s.dbsizes() == seeded and sum(seeded.values()) == 2, (s.dbsizes(), seeded)
     assert s.epoch() == REDIS_ESTABLISHED_EPOCH
+
+
+# ---- cluster: the acceptance of issue 14 ------------------------------------------------------
+
+
+def grant_ids(broker) -> set[str]:
+    r = broker.http.get(broker.url + "/v1/grants", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return {g["id"] for g in r.json()["grants"]}
+
+
+def credential_id(resp) -> str:
+    return jwt.decode(resp.json["access_token"], options={"verify_signature": False})["jti"]
+
+
+def test_cluster_two_replicas_share_single_use_revocations_and_grants(redis_cluster, replicas, mock_issuer):
+    """Issue 14: "prove it with a three-primary cluster started on loopback by the test command
+    (redis-cli --cluster create), single use and revocations across two replicas on it". Both
+    replicas are given the node that owns the `{eph}` slot (the client is not cluster-aware):
+    a token used on one is refused `token_replayed` on the other, of concurrent presentations over
+    both exactly one wins, an admin revocation made on replica 2 refuses the subject on replica 1
+    (another subject is served: the twin), and the grants made on either are listed by the other."""
+    s = cluster_store(redis_cluster)
+    s.flushall()
+    s.seed_epoch()
+    assert len(s.nodes) == 3 and redis_cluster.ok()
+    one, two = replicas(s, roles=[role("deploy", "mock"), OTHER_ROLE])
+    assert one.config["state"]["url"] == two.config["state"]["url"] == redis_cluster.owner("eph").url
+    figures = {}
+
+    # single use across the replicas, both ways
+    used_on_one, used_on_two = mock_issuer.token(), mock_issuer.token()
+    first = [one.exchange(used_on_one), two.exchange(used_on_two)]
+    replayed = [two.exchange(used_on_one), one.exchange(used_on_two)]
+    figures["used, then replayed on the other"] = dict(Counter(answer(r) for r in replayed))
+    assert [r.status for r in first] == [200, 200], first
+    for r in replayed:
+        assert r.status == 400 and r.reason == "token_replayed", r
+
+    # concurrent presentations over both: exactly one wins
+    results = race([one, two], mock_issuer.token())
+    figures["one token, 40 concurrent presentations"] = dict(Counter(answer(r) for r in results))
+    assert [r.status for r in results].count(200) == 1, figures
+    assert all(r.status == 400 and r.reason == "token_replayed" for r in results if r.status != 200), results
+
+    # the grant inventory: what either replica granted, the other lists
+    granted_on_one = one.exchange(other_token(mock_issuer), role="other")
+    granted_on_two = two.exchange(mock_issuer.token())
+    assert granted_on_one.status == 200 and granted_on_two.status == 200, (granted_on_one, granted_on_two)
+    listed_by_two, listed_by_one = grant_ids(two), grant_ids(one)
+    figures["grants listed (by replica 1, by replica 2)"] = [len(listed_by_one), len(listed_by_two)]
+    assert credential_id(granted_on_one) in listed_by_two and credential_id(granted_on_two) in listed_by_one
+    assert listed_by_one == listed_by_two and len(listed_by_one) == 5, (listed_by_one, listed_by_two)
+
+    # an admin revocation on replica 2 refuses the subject on replica 1, at once
+    r = two.http.post(two.url + "/v1/revoke", data={"subject": DEFAULT_SUB},
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    assert r.status_code == 200 and r.json()["revoked"] == f"subject:mock:{DEFAULT_SUB}", r.text
+    refused = one.exchange(mock_issuer.token())
+    spared = one.exchange(other_token(mock_issuer), role="other")
+    figures["after revoking the subject on replica 2, on replica 1"] = {
+        "revoked subject": f"{refused.status} {refused.reason}", "other subject": spared.status}
+    print(f"Redis Cluster, 3 primaries, both replicas on {s.home.addr} (slot {redis_cluster.slot('eph')}): {figures}")
+    assert refused.status == 400 and refused.reason == "policy_denied", refused
+    assert f"revoked (subject:mock:{DEFAULT_SUB})" in refused.description, refused
+    assert spared.status == 200, spared
+    # its grants leave the active inventory on both replicas
+    assert credential_id(granted_on_two) not in active_grant_ids(one) | active_grant_ids(two)
+    assert credential_id(granted_on_one) in active_grant_ids(one) & active_grant_ids(two)
+    # everything is on the owner node: the other two primaries hold nothing
+    others = {addr: n for addr, n in s.dbsizes().items() if addr != s.home.addr}
+    assert set(others.values()) == {0}, others
+
+
+def other_token(mock_issuer, **claims) -> str:
+    return mock_issuer.token(sub=OTHER_SUB, repository="acme/other", **claims)
+
+
+def active_grant_ids(broker) -> set[str]:
+    r = broker.http.get(broker.url + "/v1/grants", params={"active": "true"},
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return {g["id"] for g in r.json()["grants"]}
 
 
 # ---- TLS: the server's certificate is verified ---------------------------------------------
