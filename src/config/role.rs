@@ -102,6 +102,12 @@ pub(super) fn build_all(
             conditions,
             policy: r.policy.clone(),
             allow_broad: r.allow_broad,
+            trust_anchors: match &provider.kind {
+                super::ProviderKind::Attestation { verifier: ephemera_attestation::Verifier::X509(v) } => {
+                    v.anchor_count()
+                }
+                _ => 0,
+            },
         };
         match engine.compile(spec) {
             Ok((policy, found)) => {

@@ -252,6 +252,7 @@ impl Broker {
         match self.evaluator.state.revoked(&revocation_keys, now).await {
             Ok(r) if r.is_empty() => {}
             Ok(_) => return Ok(Introspection::Inactive),
+            Err(e @ crate::state::StateError::RevocationsLost(_)) => return Err(ExchangeError::State(e).refusal()),
             Err(_) => return Err(unavailable("try again")),
         }
         let mut out = json!({"active": true, "token_type": "Bearer"});
@@ -276,7 +277,17 @@ impl Broker {
             let mut kept = Vec::with_capacity(list.len());
             for g in list {
                 let keys = g.revocation_keys().map(|k| k.to_string());
-                if self.evaluator.state.revoked(&keys, now).await.map_err(|_| cannot())?.is_empty() {
+                if self
+                    .evaluator
+                    .state
+                    .revoked(&keys, now)
+                    .await
+                    .map_err(|e| match e {
+                        crate::state::StateError::RevocationsLost(_) => ExchangeError::State(e).refusal(),
+                        _ => cannot(),
+                    })?
+                    .is_empty()
+                {
                     kept.push(g);
                 }
             }

@@ -24,6 +24,8 @@ pub struct RoleSpec {
     pub policy: Option<String>,
     /// Accept a role that does not pin the workload's identity.
     pub allow_broad: bool,
+    /// How many trust anchors the provider has (x509-pop; 0 otherwise).
+    pub trust_anchors: usize,
 }
 
 /// A role compiled into its own Cedar slice (its policies and the guardrails).
@@ -125,7 +127,7 @@ impl PolicyEngine {
         if !errs.is_empty() {
             return Err(errs);
         }
-        let findings = lint(&spec.name, profile, &conditions, spec.allow_broad);
+        let findings = lint(&spec.name, profile, &conditions, spec.allow_broad, spec.trust_anchors);
         let uid = EntityUid::from_type_name_and_id(self.role_type.clone(), EntityId::new(&spec.name));
         Ok((
             CompiledRole { name: spec.name, profile, provider: spec.provider, conditions, policies: set, uid },

@@ -38,7 +38,13 @@ fn finding(role: &str, severity: Severity, code: &'static str, message: impl Int
 }
 
 /// Strict by default: a role must pin the workload's identity for its profile with exact values.
-pub(super) fn lint(role: &str, profile: Profile, conditions: &[Condition], allow_broad: bool) -> Vec<Finding> {
+pub(super) fn lint(
+    role: &str,
+    profile: Profile,
+    conditions: &[Condition],
+    allow_broad: bool,
+    trust_anchors: usize,
+) -> Vec<Finding> {
     let pinned = |claim: &str| conditions.iter().any(|c| c.claim == claim && c.matcher.is_exact());
     let named = |claim: &str| conditions.iter().any(|c| c.claim == claim);
     let mut out = Vec::new();
@@ -129,10 +135,22 @@ pub(super) fn lint(role: &str, profile: Profile, conditions: &[Condition], allow
             (!pcrs.is_empty(), "a PCR (`pcr0`, `pcr1`, `pcr2`, `pcr8` …) with an exact, non-zero value")
         }
         Profile::Ec2Iid => (pinned("accountId"), "`accountId` with an exact value"),
-        Profile::X509Pop => (
-            pinned("spiffe_id") || pinned("subject_cn") || pinned("subject_dn"),
-            "`spiffe_id` (or `subject_cn`, `subject_dn`) with an exact value",
-        ),
+        Profile::X509Pop => {
+            // Any configured anchor may issue any name or SPIFFE ID: with several, the role says
+            // which CA issues its workload (review C9).
+            if trust_anchors > 1 && !pinned("anchor_sha256") {
+                out.push(finding(
+                    role,
+                    Severity::Error,
+                    "anchor_unpinned",
+                    format!("the provider trusts {trust_anchors} anchors and any of them may issue any SPIFFE ID or name: pin `anchor_sha256` (the SHA-256 of the issuing CA's DER certificate)"),
+                ));
+            }
+            (
+                pinned("spiffe_id") || pinned("subject_cn") || pinned("subject_dn"),
+                "`spiffe_id` (or `subject_cn`, `subject_dn`) with an exact value",
+            )
+        }
     };
     match (ok, allow_broad) {
         (true, _) => {}

@@ -82,7 +82,7 @@ pub(super) async fn confirm_state(State(app): State<Arc<App>>, headers: HeaderMa
         return too_large();
     }
     match app.broker.confirm_state_reset().await {
-        Ok(r) => axum::Json(r).into_response(),
+        Ok(r) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(r)).into_response(),
         Err(r) => refused(&r),
     }
 }

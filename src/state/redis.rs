@@ -22,20 +22,21 @@ use tokio::sync::OnceCell;
 
 // KEYS: epoch marker, used key, grant key, grant index, mark counter.
 // ARGV: now, used PXAT ms, used_since, grant body, grant PXAT ms, grant score, grant id, the
-// highest counter this broker has seen.
-// The counter grows with every mark; one below what a broker has seen means the data was rolled
-// back (a restore from an older snapshot, a failover to a lagging replica: review B4), which is
-// a loss like any other: a new epoch starts, and the counter is set past what was seen.
+// highest counter this broker has seen, the epoch it last saw.
+// The counter grows with every mark and revocation; one below what a broker has seen, under the
+// epoch it saw, means the data was rolled back (a restore from an older snapshot, a failover to a
+// lagging replica: review B4), which is a loss like any other: a new epoch starts. (Under another
+// epoch the loss is known already; the counter is only lifted past what was seen.)
 const MARK_SCRIPT: &str = r#"
 local seq = tonumber(redis.call('GET', KEYS[5]) or '0')
-local rolled_back = seq < tonumber(ARGV[8])
 local epoch = redis.call('GET', KEYS[1])
+local rolled_back = epoch and epoch == ARGV[9] and seq < tonumber(ARGV[8])
 if not epoch or rolled_back then
   redis.call('SET', KEYS[1], ARGV[1])
   epoch = ARGV[1]
-  if rolled_back then
-    redis.call('SET', KEYS[5], ARGV[8])
-  end
+end
+if seq < tonumber(ARGV[8]) then
+  redis.call('SET', KEYS[5], ARGV[8])
 end
 seq = redis.call('INCR', KEYS[5])
 if tonumber(ARGV[3]) < tonumber(epoch) then
@@ -152,12 +153,30 @@ impl RedisStore {
     /// whose marker is gone or changed since this broker last saw it lost its data, revocations
     /// with it, and answers nothing about them until an admin has re-asserted them and confirmed
     /// (`POST /v1/state/confirm`), for every broker at once.
-    fn revocations_hold(&self, epoch: Option<&str>, confirmed: Option<&str>) -> Result<(), StateError> {
+    /// `seen` is the highest counter this broker had seen when it sent the read (loaded before:
+    /// a concurrent request's later mark must not look like a rollback).
+    fn revocations_hold(
+        &self,
+        epoch: Option<&str>,
+        confirmed: Option<&str>,
+        seq: Option<&str>,
+        seen: i64,
+    ) -> Result<(), StateError> {
         let lost = |since: &str| StateError::RevocationsLost(since.to_owned());
         let Some(epoch) = epoch else { return Err(lost("unknown")) };
+        // a counter below what this broker has seen, under the epoch it saw: rolled back (B4)
+        let seq: i64 = seq.and_then(|s| s.parse().ok()).unwrap_or(0);
+        let seen_epoch = self.seen_epoch.lock().ok().and_then(|e| e.clone());
+        if seen_epoch.as_deref() == Some(epoch) && seq < seen {
+            return Err(lost(epoch));
+        }
         if confirmed == Some(epoch) {
-            if let Ok(mut seen) = self.seen_epoch.lock() {
-                *seen = Some(epoch.to_owned());
+            // a confirmed epoch this broker had not seen: its counter starts from the store's
+            if let Ok(mut known) = self.seen_epoch.lock()
+                && known.as_deref() != Some(epoch)
+            {
+                *known = Some(epoch.to_owned());
+                self.seen_seq.store(seq, std::sync::atomic::Ordering::SeqCst);
             }
             return Ok(());
         }
@@ -225,13 +244,20 @@ impl StateStore for RedisStore {
     fn revoke<'a>(&'a self, key: &'a str, until: i64, now: i64) -> StateFuture<'a, ()> {
         Box::pin(async move {
             let mut c = self.conn().await?;
-            let cmd = redis::cmd("SET")
+            // the counter moves with a revocation too, so a rollback that loses it is seen (B4)
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("SET")
                 .arg(self.key("revoked", key))
                 .arg(now)
                 .arg("PXAT")
                 .arg(until.max(now + 1) * 1000)
-                .clone();
-            self.bounded(cmd.query_async::<()>(&mut c)).await
+                .ignore()
+                .cmd("INCR")
+                .arg(self.key("meta", "seq"));
+            let (seq,): (i64,) = self.bounded(pipe.query_async(&mut c)).await?;
+            self.seen_seq.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
         })
     }
 
@@ -241,13 +267,14 @@ impl StateStore for RedisStore {
                 return Ok(vec![]);
             }
             let mut c = self.conn().await?;
-            let mut full: Vec<String> = vec![self.key("meta", "epoch"), self.key("meta", "revocations")];
+            let seen = self.seen_seq.load(std::sync::atomic::Ordering::SeqCst);
+            let mut full: Vec<String> =
+                vec![self.key("meta", "epoch"), self.key("meta", "revocations"), self.key("meta", "seq")];
             full.extend(keys.iter().map(|k| self.key("revoked", k)));
             let mut found: Vec<Option<String>> =
                 self.bounded(redis::cmd("MGET").arg(&full).query_async(&mut c)).await?;
-            let (epoch, confirmed) = (found.first().cloned().flatten(), found.get(1).cloned().flatten());
-            self.revocations_hold(epoch.as_deref(), confirmed.as_deref())?;
-            let found = found.split_off(2);
+            let head: Vec<Option<String>> = found.drain(..3).collect();
+            self.revocations_hold(head[0].as_deref(), head[1].as_deref(), head[2].as_deref(), seen)?;
             Ok(keys.iter().zip(found).filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect())
         })
     }
@@ -276,6 +303,7 @@ impl StateStore for RedisStore {
             let grant_exp = grant.map_or(now + 1, |g| g.expires_at.max(now + 1));
             inv.arg(body).arg(grant_exp * 1000).arg(grant_exp).arg(grant.map_or("", |g| g.id.as_str()));
             inv.arg(self.seen_seq.load(std::sync::atomic::Ordering::Relaxed));
+            inv.arg(self.seen_epoch.lock().ok().and_then(|e| e.clone()).unwrap_or_default());
             let (code, epoch, seq): (i64, i64, i64) = self.bounded(inv.invoke_async(&mut c)).await?;
             self.seen_seq.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
             Ok(match code {
@@ -289,13 +317,29 @@ impl StateStore for RedisStore {
     fn confirm_reset(&self, now: i64) -> StateFuture<'_, Option<i64>> {
         Box::pin(async move {
             let mut c = self.conn().await?;
-            // only the loss the operator saw: the marker must still be that epoch
-            // the marker is set if it is gone (no mark has run since the loss), then confirmed
+            // A store that holds (marker confirmed, counter not behind) stays as it is. After a
+            // loss, one confirmation starts a new epoch now, confirmed, with the counter past what
+            // this broker has seen: replays of anything used before are refused by the epoch, and
+            // no later mark takes the lower counter for another rollback.
             let script = redis::Script::new(
-                "redis.call('SET', KEYS[1], ARGV[1], 'NX') local e = redis.call('GET', KEYS[1]) redis.call('SET', KEYS[2], e) return tonumber(e)",
+                r#"
+local epoch = redis.call('GET', KEYS[1])
+local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
+if epoch and redis.call('GET', KEYS[2]) == epoch and seq >= tonumber(ARGV[2]) then
+  return tonumber(epoch)
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1])
+if seq < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[3], ARGV[2])
+end
+return tonumber(ARGV[1])
+"#,
             );
+            let seen = self.seen_seq.load(std::sync::atomic::Ordering::SeqCst);
             let mut inv = script.prepare_invoke();
-            inv.key(self.key("meta", "epoch")).key(self.key("meta", "revocations")).arg(now.to_string());
+            inv.key(self.key("meta", "epoch")).key(self.key("meta", "revocations")).key(self.key("meta", "seq"));
+            inv.arg(now.to_string()).arg(seen);
             self.bounded(inv.invoke_async(&mut c)).await
         })
     }
@@ -303,8 +347,19 @@ impl StateStore for RedisStore {
     fn ready(&self) -> StateFuture<'_, ()> {
         Box::pin(async move {
             let mut c = self.conn().await?;
-            let pong: String = self.bounded(redis::cmd("PING").query_async(&mut c)).await?;
-            if pong == "PONG" { Ok(()) } else { Err(StateError::Unavailable("unexpected PING answer".into())) }
+            // ready means able to decide: revocations that cannot be trusted are not ready
+            let seen = self.seen_seq.load(std::sync::atomic::Ordering::SeqCst);
+            let mut head: Vec<Option<String>> = self
+                .bounded(
+                    redis::cmd("MGET")
+                        .arg(self.key("meta", "epoch"))
+                        .arg(self.key("meta", "revocations"))
+                        .arg(self.key("meta", "seq"))
+                        .query_async(&mut c),
+                )
+                .await?;
+            head.resize(3, None);
+            self.revocations_hold(head[0].as_deref(), head[1].as_deref(), head[2].as_deref(), seen)
         })
     }
 
