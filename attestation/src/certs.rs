@@ -103,13 +103,60 @@ pub(crate) fn verify_path(
     time: UnixTime,
     revocation: Option<webpki::RevocationOptions<'_>>,
     pinned: &str,
-) -> Result<Vec<Vec<u8>>, AttestationError> {
+) -> Result<(Vec<Vec<u8>>, usize), AttestationError> {
     let leaf_der = CertificateDer::from(leaf);
     let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| map_webpki(e, pinned))?;
     let path = ee
         .verify_for_usage(algs, anchors, intermediates, time, webpki::KeyUsage::client_auth(), revocation, None)
         .map_err(|e| map_webpki(e, pinned))?;
-    Ok(path.intermediate_certificates().map(|c| c.der().to_vec()).collect())
+    // which of `anchors` ended the path (the same subject and key)
+    let end = path.anchor();
+    let anchor = anchors
+        .iter()
+        .position(|a| a.subject == end.subject && a.subject_public_key_info == end.subject_public_key_info)
+        .unwrap_or(0);
+    Ok((path.intermediate_certificates().map(|c| c.der().to_vec()).collect(), anchor))
+}
+
+/// A distinguished name as RFC 4514 text (in the certificate's RDN order, `, ` between RDNs and
+/// `+` inside a multi-valued one), every value escaped (`,+"\<>;=`, a leading `#` or space, a
+/// trailing space), so a value can never read as more of the name: `CN=deployer\, O\=Acme Prod`
+/// is one CN, `CN=deployer, O=Acme Prod` two attributes (review C8). `None` for a value that is
+/// not a string, or holds a control or look-alike character.
+pub(crate) fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> Option<String> {
+    let mut rdns = Vec::new();
+    for rdn in name.iter_rdn() {
+        let mut parts = Vec::new();
+        for atv in rdn.iter() {
+            let oid = atv.attr_type();
+            let key = x509_parser::objects::oid2abbrev(oid, x509_parser::objects::oid_registry())
+                .map(str::to_owned)
+                .unwrap_or_else(|_| oid.to_id_string());
+            parts.push(format!("{key}={}", escape_dn_value(checked(atv.as_str().ok()?)?)));
+        }
+        rdns.push(parts.join("+"));
+    }
+    Some(rdns.join(", "))
+}
+
+/// A certificate-derived string, if it holds no control or look-alike character.
+pub(crate) fn checked(s: &str) -> Option<&str> {
+    (!s.chars().any(ephemera_untrusted::is_hidden_char)).then_some(s)
+}
+
+fn escape_dn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// RFC 7638 thumbprint of an EC (P-256/384/521), RSA or Ed25519 SubjectPublicKeyInfo, or None
@@ -181,20 +228,30 @@ pub(crate) fn serial_hex(cert: &X509Certificate<'_>) -> String {
     if s.is_empty() { "00".to_owned() } else { hex(s) }
 }
 
-/// Policy attributes of a certificate: subject and issuer DNs and their common fields, SANs,
-/// the SPIFFE ID, serial and validity.
-pub(crate) fn attributes(cert: &X509Certificate<'_>) -> Map<String, Value> {
+/// Policy attributes of a certificate: subject and issuer DNs (RFC 4514, [`rfc4514`]) and their
+/// common fields, SANs, the SPIFFE ID, serial and validity. `None` for names that could be read
+/// two ways: a control or look-alike character anywhere, or a list member (a CN, an O, a SAN)
+/// holding `,`, which joins list members in policy text (review C8).
+pub(crate) fn attributes(cert: &X509Certificate<'_>) -> Option<Map<String, Value>> {
     let mut m = Map::new();
-    let strings = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| -> Value {
-        Value::Array(it.filter_map(|a| a.as_str().ok()).map(|s| Value::String(s.to_owned())).collect())
+    let strings = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| -> Option<Value> {
+        let mut out = Vec::new();
+        for a in it {
+            let s = checked(a.as_str().ok()?)?;
+            if s.contains(',') {
+                return None;
+            }
+            out.push(Value::String(s.to_owned()));
+        }
+        Some(Value::Array(out))
     };
     let subject = cert.subject();
-    m.insert("subject_dn".into(), Value::String(subject.to_string()));
-    m.insert("subject_cn".into(), strings(&mut subject.iter_common_name()));
-    m.insert("subject_o".into(), strings(&mut subject.iter_organization()));
-    m.insert("subject_ou".into(), strings(&mut subject.iter_organizational_unit()));
-    m.insert("subject_c".into(), strings(&mut subject.iter_country()));
-    m.insert("issuer_dn".into(), Value::String(cert.issuer().to_string()));
+    m.insert("subject_dn".into(), Value::String(rfc4514(subject)?));
+    m.insert("subject_cn".into(), strings(&mut subject.iter_common_name())?);
+    m.insert("subject_o".into(), strings(&mut subject.iter_organization())?);
+    m.insert("subject_ou".into(), strings(&mut subject.iter_organizational_unit())?);
+    m.insert("subject_c".into(), strings(&mut subject.iter_country())?);
+    m.insert("issuer_dn".into(), Value::String(rfc4514(cert.issuer())?));
     m.insert("serial".into(), Value::String(serial_hex(cert)));
     m.insert("not_before".into(), Value::from(cert.validity().not_before.timestamp()));
     m.insert("not_after".into(), Value::from(cert.validity().not_after.timestamp()));
@@ -202,8 +259,12 @@ pub(crate) fn attributes(cert: &X509Certificate<'_>) -> Map<String, Value> {
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
             match name {
-                x509_parser::extensions::GeneralName::DNSName(d) => dns.push(Value::String((*d).to_owned())),
-                x509_parser::extensions::GeneralName::URI(u) => uris.push(Value::String((*u).to_owned())),
+                x509_parser::extensions::GeneralName::DNSName(d) => {
+                    dns.push(Value::String(checked(d).filter(|d| !d.contains(','))?.to_owned()))
+                }
+                x509_parser::extensions::GeneralName::URI(u) => {
+                    uris.push(Value::String(checked(u).filter(|u| !u.contains(','))?.to_owned()))
+                }
                 _ => {}
             }
         }
@@ -215,5 +276,5 @@ pub(crate) fn attributes(cert: &X509Certificate<'_>) -> Map<String, Value> {
     }
     m.insert("dns_sans".into(), Value::Array(dns));
     m.insert("uri_sans".into(), Value::Array(uris));
-    m
+    Some(m)
 }

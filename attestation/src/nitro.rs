@@ -179,7 +179,7 @@ impl NitroVerifier {
             fields.cabundle.iter().skip(1).map(|c| CertificateDer::from(c.as_slice())).collect();
         let doc_time =
             rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_millis(fields.timestamp_ms));
-        let path = certs::verify_path(
+        let (path, _) = certs::verify_path(
             &fields.certificate,
             &intermediates,
             &[anchor],

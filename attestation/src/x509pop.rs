@@ -20,7 +20,7 @@
 
 use crate::AttestationKind;
 use crate::certs;
-use crate::error::{AttestationError, ChainProblem, PopProblem};
+use crate::error::{AttestationError, ChainProblem, Malformed, PopProblem};
 use crate::evidence::{Evidence, KeyBinding};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -46,6 +46,7 @@ pub const ATTRIBUTES: &[&str] = &[
     "uri_sans",
     "alg",
     "chain_len",
+    "anchor_sha256",
 ];
 
 /// The `typ` of a proof: nothing else the broker accepts or issues carries it.
@@ -128,6 +129,11 @@ pub struct PopVerifier {
 }
 
 impl PopVerifier {
+    /// How many trust anchors it has (with more than one, roles must pin `anchor_sha256`).
+    pub fn anchor_count(&self) -> usize {
+        self.anchors.len()
+    }
+
     /// A verifier for `audience` trusting `anchors` (DER certificates).
     pub fn new(anchors: Vec<CertificateDer<'static>>, audience: impl Into<String>) -> Result<Self, AttestationError> {
         if anchors.is_empty() {
@@ -267,7 +273,7 @@ impl PopVerifier {
                 .with_status_policy(webpki::UnknownStatusPolicy::Allow)
                 .build()
         });
-        let path = certs::verify_path(
+        let (path, anchor) = certs::verify_path(
             leaf_der,
             &intermediates,
             &anchors,
@@ -330,7 +336,13 @@ impl PopVerifier {
             return Err(AttestationError::Pop(PopProblem::IatTooOld { iat, now, max: self.max_age_secs }));
         }
 
-        let mut attributes = certs::attributes(leaf);
+        let mut attributes =
+            certs::attributes(leaf).ok_or(AttestationError::Malformed(Malformed::Field("certificate names")))?;
+        // Which configured anchor issued it: with several, a role pins its CA (review C9: any
+        // anchor could otherwise issue any SPIFFE ID or name).
+        if let Some(a) = self.anchors.get(anchor) {
+            attributes.insert("anchor_sha256".into(), certs::hex(&certs::sha256(a.as_ref())).into());
+        }
         attributes.insert("alg".into(), alg.name().into());
         attributes.insert("chain_len".into(), ders.len().into());
         let subject = match attributes.get("spiffe_id").and_then(Value::as_str) {

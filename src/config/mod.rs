@@ -292,6 +292,30 @@ credential = { kind = "jwt", audience = "https://partner.example" }
         assert!(load(&nitro("leeway = \"5m\"\nmax_age = \"1h\"")).is_ok());
     }
 
+    /// An x509-pop provider with several trust anchors: any of them could issue any SPIFFE ID or
+    /// name, so each role pins the CA that issues its workload (`anchor_sha256`, review C9). The
+    /// twins: pinned, it loads; with one anchor, no pin is needed.
+    #[test]
+    fn several_trust_anchors_need_the_anchor_pinned() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let pop = |anchors: &str, conditions: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:8080\"\nissuer = \"https://broker.example.com\"\n[audit]\npath = \"a.jsonl\"\n\
+                 [[providers]]\nname = \"pki\"\nprofile = \"x509-pop\"\ntrust_anchor_files = [{anchors}]\n\
+                 [[roles]]\nname = \"r\"\nprovider = \"pki\"\nmax_ttl = \"5m\"\nconditions = {{ {conditions} }}\n\
+                 credential = {{ kind = \"jwt\", audience = \"https://partner.example\" }}\n"
+            )
+        };
+        let a = format!("\"{}\"", dir.join("x509-pop-ca.example.pem").display());
+        let b = format!("\"{}\"", dir.join("AWS_NitroEnclaves_Root-G1.pem").display());
+        let spiffe = "spiffe_id = \"spiffe://example.org/ns/prod/sa/payments\"";
+        let errs = Config::from_text(&pop(&format!("{a}, {b}"), spiffe), Path::new(".")).err().map(|e| e.to_string());
+        assert!(errs.as_deref().is_some_and(|e| e.contains("anchor_unpinned")), "{errs:?}");
+        let pinned = format!("{spiffe}, anchor_sha256 = \"{}\"", "ab".repeat(32));
+        assert!(Config::from_text(&pop(&format!("{a}, {b}"), &pinned), Path::new(".")).is_ok());
+        assert!(Config::from_text(&pop(&a, spiffe), Path::new(".")).is_ok());
+    }
+
     /// `allow_insecure_issuer` waives the https scheme only, never the profile's issuer shape
     /// (review C18).
     #[test]

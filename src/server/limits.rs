@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Most bytes of request headers accepted on the token and nonce endpoints.
 pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -119,6 +119,53 @@ impl HttpRejection {
     pub(crate) fn saying(self, detail: &str) -> Refusal {
         let (_, error, reason, class) = self.parts();
         Refusal::new(class, error, reason, detail)
+    }
+}
+
+/// A request body, read within the body size limit and `within` (the header read timeout): a
+/// slow body is answered 408, not held (review C21); a body that is not well-formed (bad chunked
+/// encoding) is a 400, one over the limit a 413.
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    within: Duration,
+) -> Result<axum::body::Bytes, HttpRejection> {
+    match tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            let mut over = false;
+            while let Some(s) = source {
+                // (http-body-util's LengthLimitError says exactly this)
+                over |= s.to_string() == "length limit exceeded";
+                source = s.source();
+            }
+            Err(if over { HttpRejection::BodyTooLarge } else { HttpRejection::MalformedHttp })
+        }
+        Err(_) => Err(HttpRejection::SlowBody),
+    }
+}
+
+/// Every route but `/v1/token` (which admits a request first and reads its own body) gets its
+/// body read here, before the route runs, within the same bounds: no route holds a connection for
+/// a body that trickles (fault review, slow bodies on the admin and nonce routes).
+pub(crate) async fn read_body_first(
+    limit: usize,
+    within: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if req.uri().path() == "/v1/token" {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match read_body(body, limit, within).await {
+        Ok(bytes) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(r) => {
+            let mut resp = super::error::reject(r);
+            resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            resp
+        }
     }
 }
 

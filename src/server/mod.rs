@@ -73,6 +73,7 @@ pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Ro
     let config = broker.config();
     let s = &config.server;
     let max_body = s.max_body_size;
+    let body_within = s.header_read_timeout;
     let limiter = RateLimiter::new(s.rate_limit_per_second, s.rate_limit_burst);
     let app = Arc::new(App { broker, limiter, nonces: nonce::NonceBudget::default() });
     let admin = Router::new()
@@ -81,12 +82,14 @@ pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Ro
         .route("/v1/state/confirm", form(post(admin::confirm_state)))
         .with_state(app.clone());
     let limits = |r: Router| {
-        r.layer(DefaultBodyLimit::max(max_body)).layer(
-            tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
+        r.layer(DefaultBodyLimit::max(max_body))
+            .layer(axum::middleware::from_fn(move |req, next| {
+                limits::read_body_first(max_body, body_within, req, next)
+            }))
+            .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
                 header::AUTHORIZATION,
                 header::COOKIE,
-            ]),
-        )
+            ]))
     };
     let mut r = Router::new()
         .route("/v1/token", any(token::token))

@@ -3,15 +3,14 @@
 //! pipeline's; the form goes to the pipeline as it came.
 
 use super::error::{no_store, refused, rejected};
-use super::limits::{HttpRejection, POST, headers_too_large, is_form};
+use super::limits::{HttpRejection, POST, headers_too_large, is_form, read_body};
 use super::{App, ClientAddr};
 use crate::ids::random_id;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// What the transport refuses before the form is read, in the order it is checked.
 fn rejection(
@@ -34,17 +33,6 @@ fn rejection(
         Err(HttpRejection::NotForm)
     } else {
         Ok(())
-    }
-}
-
-/// The body, read only once the transport has admitted the request (the rate limit first, so a
-/// client over its rate holds no connection waiting for a body), within the body size limit and
-/// the header read timeout (a slow body is answered 408, not held: review C21).
-async fn read_body(body: Body, limit: usize, within: Duration) -> Result<Bytes, HttpRejection> {
-    match tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(_)) => Err(HttpRejection::BodyTooLarge),
-        Err(_) => Err(HttpRejection::SlowBody),
     }
 }
 

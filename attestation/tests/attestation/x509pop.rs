@@ -482,3 +482,66 @@ fn configuration_is_checked() {
     let root = Spec::ca("Root", &PKCS_ECDSA_P256_SHA256).self_signed();
     assert_slug(PopVerifier::new(vec![root.der.into()], ""), "config_invalid");
 }
+
+/// A proof by a leaf with this subject, under the test PKI's issuing CA.
+fn proof_for(pki: &Pki, dn: Vec<(rcgen::DnType, &'static str)>) -> String {
+    let leaf = Spec { dn, sans: vec![], ..leaf_spec(&PKCS_ECDSA_P256_SHA256) }.issued_by(&pki.intermediate);
+    sign("ES256", &leaf.key, &header("ES256", &[leaf.der.clone(), pki.intermediate.der.clone()]), &claims(&[1; 32], T0))
+}
+
+/// Review C8: a CN of `deployer, O=Acme Prod` rendered exactly like `CN=deployer` + `O=Acme Prod`,
+/// so a role pinned to that DN admitted an impostor whose CA let it choose its CN. Names are now
+/// RFC 4514 with every special character escaped, and a name a policy could read two ways (a list
+/// member holding `,`, a control or look-alike character) is refused. The twin: the real
+/// two-attribute name renders as before.
+#[test]
+fn names_render_one_way_only() {
+    let pki = Pki::new(&PKCS_ECDSA_P256_SHA256);
+    let v = pki.verifier();
+    let real = v
+        .verify(
+            &proof_for(
+                &pki,
+                vec![(rcgen::DnType::CommonName, "deployer"), (rcgen::DnType::OrganizationName, "Acme Prod")],
+            ),
+            T0,
+        )
+        .unwrap();
+    assert_eq!(real.subject(), "CN=deployer, O=Acme Prod");
+    assert_slug(
+        v.verify(&proof_for(&pki, vec![(rcgen::DnType::CommonName, "deployer, O=Acme Prod")]), T0),
+        "attestation_malformed",
+    );
+    // escaped where the value holds a DN special character that is not a list separator
+    let plus = v.verify(&proof_for(&pki, vec![(rcgen::DnType::CommonName, "a+b=c;<d>\"e\"")]), T0).unwrap();
+    assert_eq!(plus.subject(), r#"CN=a\+b\=c\;\<d\>\"e\""#);
+    assert_eq!(plus.attributes()["subject_cn"], json!(["a+b=c;<d>\"e\""]));
+    let edges = v.verify(&proof_for(&pki, vec![(rcgen::DnType::CommonName, "#lead and trail ")]), T0).unwrap();
+    assert_eq!(edges.subject(), r"CN=\#lead and trail\ ");
+    for hidden in ["deploy\u{200b}er", "deployer\n", "dep\u{202e}loyer"] {
+        assert_slug(v.verify(&proof_for(&pki, vec![(rcgen::DnType::CommonName, hidden)]), T0), "attestation_malformed");
+    }
+}
+
+/// Review C9: with several trust anchors, any of them could issue any SPIFFE ID. The evidence now
+/// names the anchor that ended the path (`anchor_sha256`), so a role can pin its CA (and the lint
+/// requires it when a provider has more than one anchor). The twin: each CA's leaf names its own.
+#[test]
+fn the_evidence_names_the_anchor_that_issued_it() {
+    let prod = Pki::new(&PKCS_ECDSA_P256_SHA256);
+    let dev = Pki::new(&PKCS_ECDSA_P256_SHA256);
+    let both = PopVerifier::new(vec![prod.root.der.clone().into(), dev.root.der.clone().into()], AUD).unwrap();
+    assert_eq!(both.anchor_count(), 2);
+    let hex = |d: &[u8]| {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, d)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let from_dev = both.verify(&proof(&dev, "ES256", &[1; 32]), T0).unwrap();
+    assert_eq!(from_dev.attributes()["spiffe_id"], SPIFFE, "the same SPIFFE ID from either CA");
+    assert_eq!(from_dev.attributes()["anchor_sha256"], hex(&dev.root.der));
+    let from_prod = both.verify(&proof(&prod, "ES256", &[2; 32]), T0).unwrap();
+    assert_eq!(from_prod.attributes()["anchor_sha256"], hex(&prod.root.der));
+}
