@@ -269,8 +269,10 @@ impl PopVerifier {
             ders.iter().skip(1).map(|d| CertificateDer::from(d.as_slice())).collect();
         let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
         let revocation = webpki::RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
+            // a CRL past its nextUpdate is not evidence of anything now (review S8)
             b.with_depth(webpki::RevocationCheckDepth::Chain)
                 .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                .with_expiration_policy(webpki::ExpirationPolicy::Enforce)
                 .build()
         });
         let (path, anchor) = certs::verify_path(

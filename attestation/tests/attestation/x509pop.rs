@@ -302,6 +302,18 @@ fn revoked_serials_and_crls() {
     .signed_by(&pki.intermediate.issuer())
     .unwrap();
     pki.verifier().with_crls(&[empty.der().to_vec()]).unwrap().verify(&token, T0).unwrap();
+    // a CRL past its nextUpdate says nothing about now: refused, not used forever (review S8)
+    let stale = rcgen::CertificateRevocationListParams {
+        this_update: time::OffsetDateTime::from_unix_timestamp(T0 - 86_400).unwrap(),
+        next_update: time::OffsetDateTime::from_unix_timestamp(T0 - 1).unwrap(),
+        crl_number: rcgen::SerialNumber::from(3u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&pki.intermediate.issuer())
+    .unwrap();
+    assert_slug(pki.verifier().with_crls(&[stale.der().to_vec()]).unwrap().verify(&token, T0), "chain_invalid");
     assert_slug(pki.verifier().with_crls(&[vec![0x30, 0x00]]), "config_invalid");
 }
 
