@@ -24,6 +24,8 @@ struct IssuerState {
     status: u16,
     redirect_to: Option<String>,
     huge: bool,
+    /// Accept and read, then never answer (a hung issuer).
+    hang: bool,
     counts: HashMap<String, usize>,
 }
 
@@ -56,6 +58,11 @@ async fn start_issuer() -> (String, Shared) {
                 let n = sock.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]);
                 let path = req.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                if st.lock().unwrap().hang {
+                    *st.lock().unwrap().counts.entry(path.clone()).or_default() += 1;
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    return;
+                }
                 let (status, headers, body) = {
                     let mut s = st.lock().unwrap();
                     *s.counts.entry(path.clone()).or_default() += 1;
@@ -238,4 +245,49 @@ async fn lying_discovery_redirects_and_huge_bodies_are_refused() {
     // twin: the same server, honest, works
     let (base, _) = start_issuer().await;
     assert!(cache(settings()).keys_for("p", &source(&base), Some("k1"), T0).await.is_ok());
+}
+
+/// Fault review test 4b: once the keys are due by age, a hung issuer made every request of its
+/// provider wait the whole fetch timeout. Now the refresh runs on its own and the request
+/// verifies with the keys at hand (within the stale window) after a short wait; the refresh is
+/// still single-flight. (The bound below only tells a short wait from the 60 s fetch timeout.)
+#[tokio::test]
+async fn a_hung_issuer_does_not_hold_up_requests_whose_keys_are_at_hand() {
+    let (base, st) = start_issuer().await;
+    let mut s = settings();
+    s.limits.total_timeout = std::time::Duration::from_secs(60);
+    let c = cache(s);
+    let src = source(&base);
+    c.keys_for("p", &src, Some("k1"), T0).await.unwrap();
+    st.lock().unwrap().hang = true;
+    for now in [T0 + 301, T0 + 302, T0 + 340] {
+        let keys = tokio::time::timeout(std::time::Duration::from_secs(20), c.keys_for("p", &src, Some("k1"), now))
+            .await
+            .expect("the request waited for the hung fetch")
+            .unwrap();
+        assert!(keys.has_kid("k1"));
+    }
+    // one fetch is hanging; the later requests (inside the cooldown) started none
+    assert_eq!(count(&st, "/.well-known/openid-configuration"), 2);
+    // the twin: a kid the keys at hand lack must wait for the refresh (nothing else can verify)
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(2), c.keys_for("p", &src, Some("k2"), T0 + 400)).await;
+    assert!(waited.is_err(), "an unknown kid waits for the issuer");
+}
+
+/// Fault review test 4a: an unknown kid while the issuer could not be reached got `unknown_key`, a
+/// refusal that looks permanent. It is `keys_unavailable` (retryable) now; the twin: with the
+/// issuer healthy, an unknown kid gets the keys (which lack it: the caller says `unknown_key`).
+#[tokio::test]
+async fn an_unknown_kid_after_a_failed_refresh_is_unavailable_not_unknown() {
+    let (base, st) = start_issuer().await;
+    let c = cache(settings());
+    let src = source(&base);
+    c.keys_for("p", &src, Some("k1"), T0).await.unwrap();
+    assert!(!c.keys_for("p", &src, Some("k9"), T0 + 60).await.unwrap().has_kid("k9"));
+    st.lock().unwrap().status = 500;
+    let err = c.keys_for("p", &src, Some("k9"), T0 + 120).await.unwrap_err();
+    assert_eq!(err.slug(), "keys_unavailable", "{err}");
+    // inside the cooldown, still unavailable (no fetch), and a known kid is served as before
+    assert_eq!(c.keys_for("p", &src, Some("k9"), T0 + 121).await.unwrap_err().slug(), "keys_unavailable");
+    assert!(c.keys_for("p", &src, Some("k1"), T0 + 121).await.unwrap().has_kid("k1"));
 }

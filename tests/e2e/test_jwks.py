@@ -246,12 +246,18 @@ def test_outage_stale_keys_then_503_then_recovery(broker_factory, mock_issuer):
     assert r.status == 200, f"stale keys should still serve during the outage: {r}"
     wait_until(lambda: "issuer key refresh failed" in stale.stderr(), timeout=10,
                what="a logged refresh failure")
-    # an unknown kid during the outage is refused as such, not 503: the keys are still usable
-    assert_reject(stale.exchange(attacker.sign(good_claims(mock_issuer.issuer))), "unknown_key")
+    # an unknown kid during the outage is 503 keys_unavailable, retryable: the broker could not
+    # ask the issuer whether the key exists (fault review, test 4a: it was a permanent-looking
+    # unknown_key); the twin after the issuer is back: unknown_key
+    r = stale.exchange(attacker.sign(good_claims(mock_issuer.issuer)))
+    assert_unavailable(r, "the issuer could not be asked")
 
     mock_issuer.revive()
     recovers(closed, stock.pop())
     assert stale.exchange(stock.pop()).status == 200
+    wait_until(lambda: (lambda r: r if r.reason == "unknown_key" else None)(
+        stale.exchange(attacker.sign(good_claims(mock_issuer.issuer)))), timeout=10, interval=0.5,
+        what="unknown_key once the issuer answers again")
     assert closed.proc.poll() is None and stale.proc.poll() is None
 
 
