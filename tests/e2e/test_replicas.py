@@ -298,18 +298,22 @@ def assert_revocations_unverified(r):
 
 
 def confirm(broker) -> int:
-    """The admin's confirmation, in a fresh second; the confirmed epoch (the marker's value).
-
-    In a fresh second because the first mark after the confirmation must come in the
-    confirmation's second for it to hold on ephemera d2a54b8: the mark counter was lost with the
-    data, so that mark takes the loss for a rollback and starts another epoch
-    (test_c5_a_confirmation_holds_when_the_first_mark_after_it_comes_a_second_later, a known gap)."""
-    wait_next_second()
+    """The admin's confirmation (`POST /v1/state/confirm`); the confirmed epoch (the marker's
+    value). One suffices, whenever the next mark comes (before beb62dc the first mark a second
+    later took the lost counter for a rollback and started another, unconfirmed, epoch:
+    test_c5_a_confirmation_holds_when_the_first_mark_after_it_comes_a_second_later)."""
     r = confirm_state(broker, ADMIN_TOKEN)
     assert r.status_code == 200, r.text
+    assert r.headers.get("Cache-Control") == "no-store", dict(r.headers)
     body = r.json()
     assert set(body) == {"confirmed"} and isinstance(body["confirmed"], int), body
     return body["confirmed"]
+
+
+def assert_unready(broker):
+    """`/readyz` 503 while the store's revocations cannot be trusted (review C5, B4)."""
+    r = broker.get("/readyz")
+    assert r.status_code == 503 and r.json() == {"state": False, "audit": True}, r.text
 
 
 def assert_confirm_audited(broker, epoch: int):
@@ -331,10 +335,12 @@ def test_a_redis_that_lost_its_data_does_not_reopen_replays(replicas, mock_issue
     figures = {"before confirm": dict(Counter(answer(r) for r in lost))}
     for r in lost:
         assert_revocations_unverified(r)
+    assert_unready(a)  # not ready: it cannot decide
     assert redis_server.epoch() is None  # refused before the mark: no marker was set
     epoch = confirm(a)
     assert_confirm_audited(a, epoch)
     assert (redis_server.epoch(), redis_server.confirmed()) == (epoch, epoch)
+    assert a.get("/readyz").status_code == 200  # the twin: ready once confirmed
     # The new epoch starts at the confirmation, in or after the token's iat second; the guard
     # refuses `iat - leeway - 1 < epoch` (review S2/B3), so the replay is refused even in the
     # token's own second.
@@ -412,22 +418,29 @@ def test_a_broker_with_a_past_does_not_take_an_empty_redis_as_new(ephemera_bin, 
         redis_server.start()  # the data is gone while no broker runs
         second = Broker(ephemera_bin, tmp_path / "run1", cfg)  # the same config: the same audit log
         runs.append(second)
-        assert second.get("/readyz").status_code == 200  # connected: it set the marker (SET NX) ...
-        epoch = redis_server.epoch()
-        assert epoch is not None and redis_server.confirmed() is None, (epoch, redis_server.confirmed())  # ... only
-        later = first_iat_accepted_after(epoch)
-        wait_until_presentable(later)
-        # past the new epoch's leeway: only the (lost) revocation could refuse it
-        revoked = second.exchange(other_token(mock_issuer, iat=later), role="other")
+        # connected (it set the marker, SET NX), not ready: the marker is not confirmed
+        assert_unready(second)
+        marker = redis_server.epoch()
+        assert marker is not None and redis_server.confirmed() is None, (marker, redis_server.confirmed())
+        # past that marker's leeway: only the (lost) revocation could refuse it
+        past = first_iat_accepted_after(marker)
+        wait_until_presentable(past)
+        revoked = second.exchange(other_token(mock_issuer, iat=past), role="other")
         replay = second.exchange(used)
         print(f"a broker with a past on an empty Redis: before confirm, the revoked subject "
               f"{revoked.status} {revoked.reason}, a replay {replay.status} {replay.reason}")
         assert_revocations_unverified(revoked)
         assert_revocations_unverified(replay)
         assert admin_revoke_subject(second, OTHER_SUB).status_code == 200  # re-asserted
-        assert confirm(second) == epoch
+        assert_revocations_unverified(second.exchange(mock_issuer.token(iat=past)))  # not yet confirmed
+        # the confirmation starts a new epoch now (the unconfirmed marker is not kept)
+        epoch = confirm(second)
+        assert epoch >= marker and (redis_server.epoch(), redis_server.confirmed()) == (epoch, epoch)
+        assert second.get("/readyz").status_code == 200
         r = second.exchange(used)
         assert r.status == 400 and r.reason == "replay_state_reset", r
+        later = first_iat_accepted_after(epoch)
+        wait_until_presentable(later)
         assert_revoked(second.exchange(other_token(mock_issuer, iat=later), role="other"), OTHER_SUB)
         ok = second.exchange(mock_issuer.token(iat=later))
         assert ok.status == 200, ok
@@ -499,7 +512,7 @@ def test_b3_an_issuer_clock_ahead_within_the_leeway_does_not_reopen_a_replay(rep
     redis_server.flushall()
     lost = a.exchange(token)
     assert_revocations_unverified(lost)
-    epoch = confirm(a)  # in a second after the wipe
+    epoch = confirm(a)
     replay = a.exchange(token)
     print(f"B3 issuer clock 30 s ahead: first {first.status}, replay {before.status} {before.reason}, "
           f"replay after FLUSHALL {lost.status} {lost.reason}, after confirm {replay.status} {replay.reason} "
@@ -637,13 +650,13 @@ def test_confirm_is_refused_by_a_backend_that_keeps_its_revocations(broker_facto
 
 def test_b4_a_restore_from_an_older_snapshot_does_not_reopen_a_replay(replicas, mock_issuer, redis_server):
     """Fault review B4 with a real RDB file: SAVE, exchange T, `kill -9` Redis, restart from
-    dump.rdb, replay T: it was granted again (200): the snapshot kept the epoch marker, so
-    nothing saw that every mark since the snapshot was gone. Now the mark counter in the
-    snapshot is below what the broker has seen: a new epoch, and T is refused. The verdict needs
-    no confirmation (the snapshot holds the marker and its confirmation); after it, the rollback
-    is a loss like any other (revocations made since the snapshot are gone too): 503
-    `revocations_unverified` until an admin confirms, then assertions issued past the new epoch +
-    leeway are served."""
+    dump.rdb, replay T: it was granted again (200): the snapshot kept the epoch marker and its
+    confirmation, so nothing saw that every mark since the snapshot was gone. Now the revocation
+    lookup reads the mark counter too: below what the broker has seen under that epoch, the store
+    rolled back, a loss like any other (revocations made since the snapshot are gone too): every
+    exchange is 503 `revocations_unverified` and `/readyz` 503 at once, before any mark. One
+    confirmation starts a new epoch; then T's replay is `replay_state_reset`, and assertions issued
+    past the new epoch + leeway are served."""
     (a,) = replicas(1)
     before = mock_issuer.token()
     assert a.exchange(before).status == 200
@@ -651,24 +664,31 @@ def test_b4_a_restore_from_an_older_snapshot_does_not_reopen_a_replay(replicas, 
     snapshot_seq = redis_server.seq()
     t = mock_issuer.token()
     assert a.exchange(t).status == 200
+    seen = redis_server.seq()
+    assert seen > snapshot_seq, (seen, snapshot_seq)
     redis_server.kill()  # SIGKILL: no save at shutdown
     redis_server.start()  # loads dump.rdb
-    restored = (redis_server.epoch(), redis_server.confirmed(), redis_server.seq())
-    replay = wait_reconnected(a, t)
-    epoch = redis_server.epoch()
-    answers = {"replay of T": f"{replay.status} {replay.reason}"}
-    assert replay.status == 400 and replay.reason == "replay_state_reset", replay
     # what the snapshot held: the marker, its confirmation, and the counter as of the SAVE
+    restored = (redis_server.epoch(), redis_server.confirmed(), redis_server.seq())
     assert restored == (REDIS_ESTABLISHED_EPOCH, REDIS_ESTABLISHED_EPOCH, snapshot_seq), (restored, snapshot_seq)
-    assert epoch is not None and epoch > REDIS_ESTABLISHED_EPOCH, epoch
-    assert f"reset at {epoch};" in replay.description, replay
-    lost = a.exchange(before)
-    answers["replay of the snapshot's token"] = f"{lost.status} {lost.reason}"
-    assert_revocations_unverified(lost)
-    assert confirm(a) == epoch
-    again = a.exchange(t)
-    answers["replay of T after confirm"] = f"{again.status} {again.reason}"
-    assert again.status == 400 and again.reason == "replay_state_reset", again
+    lost = [wait_reconnected(a, t), a.exchange(before), a.exchange(mock_issuer.token())]
+    answers = {"after the restore (T, the snapshot's token, a fresh one)": [answer(r) for r in lost]}
+    for r in lost:
+        assert_revocations_unverified(r)
+    assert_unready(a)
+    # refused before the mark: the restored store is untouched
+    assert (redis_server.epoch(), redis_server.confirmed(), redis_server.seq()) == restored
+    epoch = confirm(a)  # one confirmation: a new epoch, the counter lifted to what was seen
+    assert epoch > REDIS_ESTABLISHED_EPOCH, epoch
+    assert_confirm_audited(a, epoch)
+    assert (redis_server.epoch(), redis_server.confirmed()) == (epoch, epoch)
+    assert redis_server.seq() >= seen, (redis_server.seq(), seen)
+    assert a.get("/readyz").status_code == 200
+    again = [a.exchange(t), a.exchange(before)]
+    answers["after confirm (T, the snapshot's token)"] = [answer(r) for r in again]
+    for r in again:
+        assert r.status == 400 and r.reason == "replay_state_reset", r
+        assert f"reset at {epoch};" in r.description, r
     # the twin: an assertion issued past the new epoch + leeway is served, once
     later = first_iat_accepted_after(epoch)
     wait_until_presentable(later)
@@ -679,48 +699,130 @@ def test_b4_a_restore_from_an_older_snapshot_does_not_reopen_a_replay(replicas, 
     assert ok.status == 200, ok
     r = a.exchange(fresh)
     assert r.status == 400 and r.reason == "token_replayed", r
-    assert redis_server.epoch() == epoch
+    assert redis_server.epoch() == epoch  # the confirmed epoch holds (no second rollback)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ephemera d2a54b8: the mark counter {eph}:meta:seq is lost with the data; the first mark after "
-    "the confirmation finds it below what the broker has seen, takes the loss for a rollback "
-    "(src/state/redis.rs MARK_SCRIPT) and starts another epoch, which is not confirmed: every "
-    "exchange is 503 revocations_unverified again until a second confirmation"))
 def test_c5_a_confirmation_holds_when_the_first_mark_after_it_comes_a_second_later(
         replicas, mock_issuer, redis_server):
+    """A regression test (a strict xfail on d2a54b8): the mark counter is lost with the data, and
+    the first mark a second after the confirmation took the loss for a rollback and started
+    another epoch, not confirmed: 503 again until a second confirmation. One confirmation holds."""
     (a,) = replicas(1)
     assert a.exchange(mock_issuer.token()).status == 200
     redis_server.flushall()
     assert_revocations_unverified(a.exchange(mock_issuer.token()))
     epoch = confirm(a)
     wait_until(lambda: int(time.time()) > epoch, 3, interval=0.02, what="a second after the confirmation")
-    soon = a.exchange(mock_issuer.token())
+    soon = a.exchange(mock_issuer.token())  # the first mark after the confirmation
     assert soon.status == 400 and soon.reason == "replay_state_reset", soon
-    assert redis_server.epoch() == epoch, "the confirmed epoch was replaced"
+    assert f"reset at {epoch};" in soon.description, soon
+    assert (redis_server.epoch(), redis_server.confirmed()) == (epoch, epoch), "the confirmed epoch was replaced"
+    assert a.get("/readyz").status_code == 200
     later = first_iat_accepted_after(epoch)
     wait_until_presentable(later)
     ok = a.exchange(mock_issuer.token(iat=later))
     assert ok.status == 200, ok
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ephemera d2a54b8: a revocation does not move the mark counter, so a restore from a snapshot "
-    "taken before it, with no mark since, looks whole: the revocation is gone and the subject is "
-    "served (src/state/redis.rs revoke)"))
 def test_b4_a_revocation_made_after_the_snapshot_does_not_vanish_on_a_restore(replicas, mock_issuer, redis_server):
+    """A regression test (a strict xfail on d2a54b8, where a revocation did not move the mark
+    counter, so a restore from a snapshot taken before it, with no mark since, looked whole and
+    the revoked subject was served). Now the revocation moves the counter: after the restore the
+    revoked subject is refused (503 `revocations_unverified`, as everything else) until the
+    operator has re-asserted it and confirmed; then it is `policy_denied` again."""
     a = two_workload_replica(replicas)
     assert a.exchange(mock_issuer.token()).status == 200
     redis_server.save()
+    snapshot_seq = redis_server.seq()
     assert admin_revoke_subject(a, DEFAULT_SUB).status_code == 200
+    assert redis_server.seq() > snapshot_seq  # the revocation moved the counter
     assert_revoked(a.exchange(mock_issuer.token()))  # the twin, before the restore
+    revoked_key = "{eph}:revoked:subject:mock:" + DEFAULT_SUB
+    assert redis_server.command("GET", revoked_key) is not None
     redis_server.kill()
     redis_server.start()  # from the snapshot, which predates the revocation
-    answers = [wait_reconnected(a, mock_issuer.token()), a.exchange(mock_issuer.token())]
-    print(f"a revoked subject after a restore from a snapshot older than the revocation: "
-          f"{[f'{r.status} {r.reason}' for r in answers]}")
-    for r in answers:
-        assert r.status != 200 and r.reason in ("revocations_unverified", "policy_denied", "replay_state_reset"), r
+    assert redis_server.command("GET", revoked_key) is None  # the revocation is gone with it
+    lost = [wait_reconnected(a, mock_issuer.token()), a.exchange(other_token(mock_issuer), role="other")]
+    figures = {"after the restore (revoked subject, other)": [answer(r) for r in lost]}
+    for r in lost:
+        assert_revocations_unverified(r)
+    assert_unready(a)
+    assert admin_revoke_subject(a, DEFAULT_SUB).status_code == 200  # the operator re-asserts it
+    epoch = confirm(a)
+    assert (redis_server.epoch(), redis_server.confirmed()) == (epoch, epoch)
+    # (The re-assertion moved the counter back to what the broker had seen, so the confirmation
+    # may find the store whole and keep the old epoch: the only write lost was that revocation.
+    # When marks were lost too, that hides them:
+    # test_b4_re_asserting_revocations_after_a_restore_does_not_hide_the_rollback.)
+    later = max(first_iat_accepted_after(epoch), int(time.time()))
+    wait_until_presentable(later)
+    revoked = a.exchange(mock_issuer.token(iat=later))
+    spared = a.exchange(other_token(mock_issuer, iat=later), role="other")
+    figures["after re-assert and confirm (revoked subject, other)"] = [answer(revoked), answer(spared)]
+    print(f"a revocation made after the snapshot, restore: answers {figures}")
+    assert_revoked(revoked)
+    assert spared.status == 200, spared
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ephemera beb62dc: a revocation INCRs the mark counter without looking at it "
+    "(src/state/redis.rs revoke), so re-asserting revocations after a restore, as the operator is "
+    "told to, lifts the counter back to what the broker has seen: the store looks whole before any "
+    "confirmation, the replay of an assertion used since the snapshot is served (200), and the "
+    "confirmation finds nothing to do (no new epoch)"))
+def test_b4_re_asserting_revocations_after_a_restore_does_not_hide_the_rollback(
+        replicas, mock_issuer, redis_server):
+    """After a restore from an older snapshot the operator re-asserts the revocations, then
+    confirms (README). One mark was lost (T's); one revocation re-asserted brings the counter back
+    to what the broker saw. Until the confirmation everything must stay 503
+    `revocations_unverified`, and T's replay must never be served. The twin without a
+    re-assertion: test_b4_a_restore_from_an_older_snapshot_does_not_reopen_a_replay."""
+    a = two_workload_replica(replicas)
+    assert a.exchange(mock_issuer.token()).status == 200
+    redis_server.save()
+    t = mock_issuer.token()
+    assert a.exchange(t).status == 200
+    redis_server.kill()
+    redis_server.start()  # from the snapshot: T's mark is gone
+    assert_revocations_unverified(wait_reconnected(a, mock_issuer.token()))
+    assert admin_revoke_subject(a, OTHER_SUB).status_code == 200  # the operator re-asserts
+    replay = a.exchange(t)
+    print(f"after a restore and one re-asserted revocation, not confirmed: T's replay {answer(replay)}, "
+          f"/readyz {a.get('/readyz').status_code}")
+    assert_revocations_unverified(replay)
+    assert_unready(a)
+    epoch = confirm(a)
+    assert epoch > REDIS_ESTABLISHED_EPOCH, "the confirmation kept the rolled-back epoch"
+    r = a.exchange(t)
+    assert r.status == 400 and r.reason == "replay_state_reset", r
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ephemera beb62dc: each replica compares the counter with the highest value it has seen itself "
+    "(src/state/redis.rs revocations_hold, seen_seq); a replica that made no write since the snapshot "
+    "takes the restored store as whole: it serves the replay of an assertion used on another replica "
+    "since the snapshot and a subject revoked on another replica since (200)"))
+def test_b4_a_rollback_is_seen_by_a_replica_that_did_not_see_the_lost_writes(replicas, mock_issuer, redis_server):
+    """Two replicas; after the snapshot, A exchanges T and revokes a subject; Redis is restored
+    from the snapshot. B (its own last write is in the snapshot) must not serve T's replay nor the
+    revoked subject. The twin on the replica that made those writes:
+    test_b4_a_restore_from_an_older_snapshot_does_not_reopen_a_replay and
+    test_b4_a_revocation_made_after_the_snapshot_does_not_vanish_on_a_restore."""
+    a, b = replicas(2, roles=[role("deploy", "mock"), OTHER_ROLE])
+    assert a.exchange(mock_issuer.token()).status == 200
+    assert b.exchange(mock_issuer.token()).status == 200
+    redis_server.save()
+    t = mock_issuer.token()
+    assert a.exchange(t).status == 200
+    assert admin_revoke_subject(a, OTHER_SUB).status_code == 200
+    assert_revoked(b.exchange(other_token(mock_issuer), role="other"), OTHER_SUB)  # before the restore
+    redis_server.kill()
+    redis_server.start()
+    on_b = [wait_reconnected(b, t), b.exchange(other_token(mock_issuer), role="other")]
+    print(f"replica B after a restore that lost A's writes (T's replay, the revoked subject): "
+          f"{[answer(r) for r in on_b]}")
+    for r in on_b:
+        assert_revocations_unverified(r)
 
 
 def test_graceful_shutdown_under_load_leaves_no_allow_without_its_audit_record(ephemera_bin, tmp_path, mock_issuer):

@@ -30,6 +30,7 @@ from harness import (
     Resp,
     check_error_hygiene,
     cloud_role,
+    confirm_state,
     github_claims,
     github_provider,
     first_iat_accepted_after,
@@ -86,34 +87,38 @@ redis_server = test_replicas.redis_server
 
 @pytest.fixture
 def redis_broker(broker_factory, mock_issuer, redis_server, tmp_path):
-    """One broker on redis-server (no persistence), a GitHub-profile provider and role `deploy`."""
+    """One broker on redis-server (no persistence), a GitHub-profile provider and role `deploy`,
+    and the admin credential (to confirm the state after a reset)."""
+    (tmp_path / "admin.token").write_text(test_replicas.ADMIN_TOKEN)
     return broker_factory(
         providers=[github_provider("gh", mock_issuer.issuer)],
         roles=[cloud_role("deploy", "gh", JWT_CREDENTIAL)],
         server={"rate_limit_per_second": 0, "signing_key_file": shared_signing_key(tmp_path)},
-        extra_config={"state": {"backend": "redis", "url": redis_server.url, "command_timeout": "2s"}},
+        extra_config={"state": {"backend": "redis", "url": redis_server.url, "command_timeout": "2s"},
+                      "admin": {"token_file": str(tmp_path / "admin.token")}},
     )
 
 
-def reset_state(broker, redis_server, probe: str, before: list[str]) -> Resp:
-    """Restarts redis-server without its data, waits until the clock is past the iat second of
-    `probe` and of every assertion in `before` (so each is certainly older than the new epoch; see
-    test_replicas.py), then presents `probe`, an assertion issued before the restart and never
-    used, at /v1/token until the broker is back on Redis; returns that answer. Its mark is the
-    first after the restart, so the new epoch starts then. The reconnect is awaited with a bounded
-    retry on the one answer that means "not reconnected yet"; the answer that ends the loop is the
-    caller's to assert."""
+def reset_state(broker, redis_server, probe: str) -> Resp:
+    """Restarts redis-server without its data; presents `probe`, an assertion issued before the
+    restart and never used, at /v1/token until the broker is back on Redis (a bounded retry on the
+    one answer that means "not reconnected yet"): the revocations are lost with the data, so it is
+    503 `revocations_unverified` (review C5). Then the admin confirms, which starts the new epoch
+    at that moment, after every assertion issued before (the guard refuses
+    `iat - leeway - 1 < epoch`). Returns the answer to `probe` presented again, the caller's to
+    assert."""
     redis_server.kill()
     redis_server.start()
-    latest = max(jwt.decode(t, options={"verify_signature": False})["iat"] for t in [probe, *before])
-    wait_until(lambda: int(time.time()) > latest, timeout=5, interval=0.02, what="a second after the last iat")
     r = None
     for _ in range(50):
         r = broker.exchange(probe)
         if r.reason != "replay_store_unavailable":
             break
         time.sleep(0.2)
-    return r
+    assert (r.status, r.reason) == (503, "revocations_unverified"), r
+    c = confirm_state(broker, test_replicas.ADMIN_TOKEN)
+    assert c.status_code == 200 and c.json() == {"confirmed": redis_server.epoch()}, c.text
+    return broker.exchange(probe)
 
 
 def claims_after_the_epoch(redis_server, mock, **overrides) -> dict:
@@ -134,7 +139,7 @@ def test_revoke_by_an_assertion_from_before_a_state_reset_is_replay_state_reset(
     old = mock.sign(claims)
     probe = mock.sign(github_claims(mock.issuer, run_id=claims["run_id"]))
     # the token route's answer for such an assertion (the reference)
-    ref = reset_state(b, redis_server, probe, [old])
+    ref = reset_state(b, redis_server, probe)
     assert (ref.status, ref.error, ref.reason) == (400, "invalid_request", "replay_state_reset"), ref
     # the revoke route answers the same
     r = revoke_by_assertion(b.url, old, task_of(claims))
@@ -149,7 +154,7 @@ def test_revoke_by_an_assertion_from_before_a_state_reset_is_replay_state_reset(
 def test_revoke_by_an_assertion_from_after_a_state_reset_ends_its_task(redis_broker, mock_issuer, redis_server):
     # the twin: after the same reset, an assertion issued in the new epoch ends its task
     b, mock = redis_broker, mock_issuer
-    ref = reset_state(b, redis_server, mock.sign(github_claims(mock.issuer)), [])
+    ref = reset_state(b, redis_server, mock.sign(github_claims(mock.issuer)))
     assert ref.status == 400 and ref.reason == "replay_state_reset", ref
     claims = claims_after_the_epoch(redis_server, mock)
     r = revoke_by_assertion(b.url, mock.sign(claims), task_of(claims))
