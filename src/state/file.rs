@@ -231,14 +231,13 @@ impl StateStore for FileStore {
         grant: Option<&'a Grant>,
     ) -> StateFuture<'a, Mark> {
         Box::pin(async move {
-            let mark = self.memory.mark(id, until, now, used_since)?;
+            let mark = self.memory.mark_with_grant(id, until, now, used_since, grant)?;
             if mark != Mark::Fresh {
                 return Ok(mark);
             }
             let mut writes =
                 vec![Write::Put { until, key: row(USED, &super::memory::used_key(id)), value: Vec::new() }];
             if let Some(g) = grant {
-                self.memory.record_grant_now(g, now)?;
                 writes.push(grant_write(g)?);
             }
             self.persist(writes, now).await?;
@@ -246,7 +245,10 @@ impl StateStore for FileStore {
         })
     }
     fn ready(&self) -> StateFuture<'_, ()> {
-        Box::pin(async move { self.persist(Vec::new(), i64::MIN).await })
+        Box::pin(async move {
+            self.memory.ready().await?;
+            self.persist(Vec::new(), i64::MIN).await
+        })
     }
     fn put_nonce<'a>(&'a self, nonce: &'a str, binding: &'a str, until: i64, now: i64) -> StateFuture<'a, ()> {
         Box::pin(async move {

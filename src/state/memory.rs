@@ -90,7 +90,22 @@ impl MemoryStore {
 
     /// Marks `id` used until `until`; `used_since` is the earliest moment the assertion could
     /// have been used (see [`StateStore::mark_used`]).
+    #[cfg(test)]
     pub(super) fn mark(&self, id: &str, until: i64, now: i64, used_since: i64) -> Result<Mark, StateError> {
+        self.mark_with_grant(id, until, now, used_since, None)
+    }
+
+    /// Marks `id` used and, for a fresh mark, records `grant`, under one lock: a replay is called
+    /// a replay whatever the room, and a grant that has no room refuses before anything is spent
+    /// (review S6).
+    pub(super) fn mark_with_grant(
+        &self,
+        id: &str,
+        until: i64,
+        now: i64,
+        used_since: i64,
+        grant: Option<&super::Grant>,
+    ) -> Result<Mark, StateError> {
         if let Some(since) = self.epoch
             && used_since < since
         {
@@ -105,6 +120,14 @@ impl MemoryStore {
         }
         if inner.used.len() >= self.max_entries {
             return Err(StateError::Full(inner.used.len()));
+        }
+        if let Some(g) = grant {
+            purge(&mut inner.grants, &mut inner.grants_by_expiry, now, |x| x.expires_at);
+            if inner.grants.len() >= self.max_entries {
+                return Err(StateError::Full(inner.grants.len()));
+            }
+            inner.grants.insert(g.id.clone(), g.clone());
+            inner.grants_by_expiry.push(Reverse((g.expires_at, g.id.clone())));
         }
         inner.used.insert(key, until);
         inner.by_expiry.push(Reverse((until, key)));
@@ -224,15 +247,17 @@ impl StateStore for MemoryStore {
         used_since: i64,
         grant: Option<&'a super::Grant>,
     ) -> StateFuture<'a, Mark> {
-        let r = self.mark(id, until, now, used_since);
-        let r = match (r, grant) {
-            (Ok(Mark::Fresh), Some(g)) => self.record_grant_now(g, now).map(|()| Mark::Fresh),
-            (r, _) => r,
-        };
+        let r = self.mark_with_grant(id, until, now, used_since, grant);
         Box::pin(async move { r })
     }
+    /// Not ready when full: every fresh exchange would be refused, so a load balancer should
+    /// send them elsewhere (fault review, test 9).
     fn ready(&self) -> StateFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
+        let r =
+            self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into())).and_then(|g| {
+                if g.used.len() >= self.max_entries { Err(StateError::Full(g.used.len())) } else { Ok(()) }
+            });
+        Box::pin(async move { r })
     }
 }
 
@@ -349,5 +374,32 @@ mod tests {
         // at 63, n6 is past: purged, the table is back at its bound, which is still room
         assert_eq!(s.put_nonce_now("n7", "", 180, 63), Ok(()));
         assert_eq!(s.take_nonce_now("n5", 63), Ok(Some(String::new())));
+    }
+
+    /// A full grant table refuses before the mark: the assertion is not spent (review S6); and a
+    /// full store is not ready. The twins: with room, the mark and the grant are made; emptier,
+    /// ready.
+    #[test]
+    fn a_full_grant_table_refuses_before_spending() {
+        let s = MemoryStore::new(1);
+        let grant = |id: &str| crate::state::Grant {
+            id: id.into(),
+            subject: "s".into(),
+            task: "t".into(),
+            role: "r".into(),
+            kind: "jwt".into(),
+            issued_at: 0,
+            expires_at: 100,
+            issuer: String::new(),
+            provider: String::new(),
+        };
+        assert!(ready(s.ready()).is_ok());
+        assert_eq!(ready(s.mark_used("a", 100, 0, 0, Some(&grant("g1")))), Ok(Mark::Fresh));
+        assert_eq!(ready(s.ready()), Err(StateError::Full(1)));
+        let s2 = MemoryStore::new(2);
+        s2.record_grant_now(&grant("g0"), 0).unwrap();
+        s2.record_grant_now(&grant("g1"), 0).unwrap();
+        assert_eq!(ready(s2.mark_used("b", 100, 0, 0, Some(&grant("g2")))), Err(StateError::Full(2)));
+        assert_eq!(s2.mark("b", 100, 1, i64::MIN), Ok(Mark::Fresh), "b was not spent by the refusal");
     }
 }

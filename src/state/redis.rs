@@ -178,6 +178,9 @@ impl RedisStore {
                 *known = Some(epoch.to_owned());
                 self.seen_seq.store(seq, std::sync::atomic::Ordering::SeqCst);
             }
+            // every read teaches this broker the counter, so it sees a rollback of writes other
+            // replicas made (not only its own)
+            self.seen_seq.fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
             return Ok(());
         }
         Err(lost(epoch))
@@ -244,19 +247,25 @@ impl StateStore for RedisStore {
     fn revoke<'a>(&'a self, key: &'a str, until: i64, now: i64) -> StateFuture<'a, ()> {
         Box::pin(async move {
             let mut c = self.conn().await?;
-            // the counter moves with a revocation too, so a rollback that loses it is seen (B4)
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("SET")
-                .arg(self.key("revoked", key))
-                .arg(now)
-                .arg("PXAT")
-                .arg(until.max(now + 1) * 1000)
-                .ignore()
-                .cmd("INCR")
-                .arg(self.key("meta", "seq"));
-            let (seq,): (i64,) = self.bounded(pipe.query_async(&mut c)).await?;
-            self.seen_seq.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+            // The counter moves with a revocation too, so a rollback that loses it is seen (B4);
+            // but never up from below what this broker has seen: re-asserting revocations after a
+            // rollback must not carry the counter back over it and hide the loss.
+            let script = redis::Script::new(
+                r#"
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+if seq >= tonumber(ARGV[3]) then
+  seq = redis.call('INCR', KEYS[2])
+end
+return seq
+"#,
+            );
+            let seen = self.seen_seq.load(std::sync::atomic::Ordering::SeqCst);
+            let mut inv = script.prepare_invoke();
+            inv.key(self.key("revoked", key)).key(self.key("meta", "seq"));
+            inv.arg(now).arg(until.max(now + 1) * 1000).arg(seen);
+            let seq: i64 = self.bounded(inv.invoke_async(&mut c)).await?;
+            self.seen_seq.fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         })
     }

@@ -764,15 +764,9 @@ def test_b4_a_revocation_made_after_the_snapshot_does_not_vanish_on_a_restore(re
     assert spared.status == 200, spared
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ephemera beb62dc: a revocation INCRs the mark counter without looking at it "
-    "(src/state/redis.rs revoke), so re-asserting revocations after a restore, as the operator is "
-    "told to, lifts the counter back to what the broker has seen: the store looks whole before any "
-    "confirmation, the replay of an assertion used since the snapshot is served (200), and the "
-    "confirmation finds nothing to do (no new epoch)"))
 def test_b4_re_asserting_revocations_after_a_restore_does_not_hide_the_rollback(
         replicas, mock_issuer, redis_server):
-    """After a restore from an older snapshot the operator re-asserts the revocations, then
+    """(A regression test: a strict xfail on beb62dc, fixed since.) After a restore from an older snapshot the operator re-asserts the revocations, then
     confirms (README). One mark was lost (T's); one revocation re-asserted brings the counter back
     to what the broker saw. Until the confirmation everything must stay 503
     `revocations_unverified`, and T's replay must never be served. The twin without a
@@ -797,13 +791,8 @@ def test_b4_re_asserting_revocations_after_a_restore_does_not_hide_the_rollback(
     assert r.status == 400 and r.reason == "replay_state_reset", r
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ephemera beb62dc: each replica compares the counter with the highest value it has seen itself "
-    "(src/state/redis.rs revocations_hold, seen_seq); a replica that made no write since the snapshot "
-    "takes the restored store as whole: it serves the replay of an assertion used on another replica "
-    "since the snapshot and a subject revoked on another replica since (200)"))
 def test_b4_a_rollback_is_seen_by_a_replica_that_did_not_see_the_lost_writes(replicas, mock_issuer, redis_server):
-    """Two replicas; after the snapshot, A exchanges T and revokes a subject; Redis is restored
+    """(A regression test: a strict xfail on beb62dc, fixed since.) Two replicas; after the snapshot, A exchanges T and revokes a subject; Redis is restored
     from the snapshot. B (its own last write is in the snapshot) must not serve T's replay nor the
     revoked subject. The twin on the replica that made those writes:
     test_b4_a_restore_from_an_older_snapshot_does_not_reopen_a_replay and
