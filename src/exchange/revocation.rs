@@ -274,6 +274,11 @@ impl Broker {
             list.retain(|g| g.role == role);
         }
         if active {
+            // "in force" needs revocations that can be trusted, even for an empty inventory
+            self.evaluator.state.revoked(&[], now).await.map_err(|e| match e {
+                crate::state::StateError::RevocationsLost(_) => ExchangeError::State(e).refusal(),
+                _ => cannot(),
+            })?;
             let mut kept = Vec::with_capacity(list.len());
             for g in list {
                 let keys = g.revocation_keys().map(|k| k.to_string());
