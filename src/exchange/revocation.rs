@@ -19,12 +19,14 @@ use super::error::{Class, ExchangeError, Refusal};
 use super::request::{GRANT_TOKEN_EXCHANGE, RequestProblem, parse_form};
 use crate::audit::{AuditRecord, Outcome};
 use crate::clock::rfc3339;
+use crate::config::Config;
 use crate::ids::random_id;
 use crate::state::{Grant, RevocationKey};
 use ephemera_providers::error::escape_untrusted;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What the broker's own keys sign with (the JWK's `alg` pins each key to one of them).
 const BROKER_ALGORITHMS: [ephemera_providers::Algorithm; 2] =
@@ -83,6 +85,8 @@ impl Broker {
     /// revocation is audited and described like a refused exchange.
     pub async fn revoke(&self, by: RevokeBy, form: &HashMap<String, String>) -> Result<Revoked, Refusal> {
         let now = self.evaluator.now();
+        // a workload's refusal after its assertion was spent is audited under its decision id
+        let mut spent: Option<(Arc<Config>, AuditRecord)> = None;
         let key = match by {
             RevokeBy::Admin => {
                 let kinds = ["task", "jti", "subject", "role", "issuer"];
@@ -99,12 +103,21 @@ impl Broker {
             RevokeBy::Assertion => {
                 let config = self.config();
                 let (mut rec, ids) = self.draft(&config, &random_id(12).unwrap_or_default(), now);
+                // bounded like an exchange: an issuer slow to answer does not hold the request
+                let limit = config.server.request_timeout;
                 let task = match ids.map_err(ExchangeError::Randomness) {
-                    Ok(()) => self.own_task(form, now, &mut rec).await,
+                    Ok(()) => match tokio::time::timeout(limit, self.own_task(form, now, &mut rec)).await {
+                        Ok(t) => t,
+                        Err(_) => Err(ExchangeError::Timeout(limit.as_secs())),
+                    },
                     Err(e) => Err(e),
                 };
                 match task {
-                    Ok((provider, task)) => RevocationKey::Task { provider, task }.to_string(),
+                    Ok((provider, task)) => {
+                        let key = RevocationKey::Task { provider, task }.to_string();
+                        spent = Some((config, rec));
+                        key
+                    }
                     Err(e) => return Err(self.refuse_error(&config, rec, e).await),
                 }
             }
@@ -116,7 +129,11 @@ impl Broker {
                 self.audit_revocation(format!("revoked `{key}`"), task, now).await;
                 Ok(Revoked { revoked: key, until: now + REVOCATION_TTL })
             }
-            Err(_) => Err(unavailable("the revocation could not be stored")),
+            Err(e) => match spent {
+                // the workload's assertion is spent: its refusal is on the record (review S5)
+                Some((config, rec)) => Err(self.refuse_error(&config, rec, ExchangeError::State(e)).await),
+                None => Err(unavailable("the revocation could not be stored")),
+            },
         }
     }
 

@@ -3,9 +3,9 @@
 //! HTTP only: authentication by the admin bearer credential, then the broker's operations
 //! (`exchange/revocation.rs`, where what each does is described).
 
-use super::App;
 use super::error::{refused, reject};
 use super::limits::HttpRejection;
+use super::{App, ClientAddr};
 use crate::exchange::{Introspection, RevokeBy, parse_admin_form};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -14,6 +14,24 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The admin routes are rate limited per client like the token route, and a failed admin
+/// authentication is logged with the client's address (review S5); the rest is `is_admin`.
+fn admitted(
+    app: &App,
+    client: Option<&axum::Extension<ClientAddr>>,
+    headers: &HeaderMap,
+) -> Result<bool, HttpRejection> {
+    if client.is_some_and(|c| !app.limiter.admit(c.0.0.ip())) {
+        return Err(HttpRejection::RateLimited);
+    }
+    let admin = is_admin(app, headers);
+    if !admin && headers.contains_key(header::AUTHORIZATION) {
+        let from = client.map(|c| c.0.0.ip().to_string()).unwrap_or_default();
+        tracing::warn!(client = %from, "admin authentication failed");
+    }
+    Ok(admin)
+}
 
 fn is_admin(app: &App, headers: &HeaderMap) -> bool {
     let presented = headers
@@ -38,13 +56,22 @@ fn unauthorized() -> Response {
 
 /// `POST /v1/revoke`: an admin names one key; a workload without the admin credential ends its
 /// own task with a fresh assertion of it.
-pub(super) async fn revoke(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn revoke(
+    State(app): State<Arc<App>>,
+    client: Option<axum::Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let admin = match admitted(&app, client.as_ref(), &headers) {
+        Ok(a) => a,
+        Err(r) => return reject(r),
+    };
     let Ok(body) = body else { return too_large() };
     let form = match parse_admin_form(&body) {
         Ok(f) => f,
         Err(r) => return refused(&r),
     };
-    let by = if is_admin(&app, &headers) {
+    let by = if admin {
         RevokeBy::Admin
     } else if form.contains_key("subject_token") {
         RevokeBy::Assertion
@@ -58,9 +85,16 @@ pub(super) async fn revoke(State(app): State<Arc<App>>, headers: HeaderMap, body
 }
 
 /// `POST /v1/keys/flush` (admin): `provider=NAME` forgets that provider's cached issuer keys.
-pub(super) async fn flush_keys(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    if !is_admin(&app, &headers) {
-        return unauthorized();
+pub(super) async fn flush_keys(
+    State(app): State<Arc<App>>,
+    client: Option<axum::Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match admitted(&app, client.as_ref(), &headers) {
+        Ok(true) => {}
+        Ok(false) => return unauthorized(),
+        Err(r) => return reject(r),
     }
     let Ok(body) = body else { return too_large() };
     let form = match parse_admin_form(&body) {
@@ -74,9 +108,16 @@ pub(super) async fn flush_keys(State(app): State<Arc<App>>, headers: HeaderMap, 
 }
 
 /// `POST /v1/state/confirm` (admin): the revocations lost with the shared state are re-asserted.
-pub(super) async fn confirm_state(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    if !is_admin(&app, &headers) {
-        return unauthorized();
+pub(super) async fn confirm_state(
+    State(app): State<Arc<App>>,
+    client: Option<axum::Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match admitted(&app, client.as_ref(), &headers) {
+        Ok(true) => {}
+        Ok(false) => return unauthorized(),
+        Err(r) => return reject(r),
     }
     if body.is_err() {
         return too_large();
@@ -88,9 +129,16 @@ pub(super) async fn confirm_state(State(app): State<Arc<App>>, headers: HeaderMa
 }
 
 /// `POST /v1/introspect` (RFC 7662), for authenticated callers.
-pub(super) async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    if !is_admin(&app, &headers) {
-        return unauthorized();
+pub(super) async fn introspect(
+    State(app): State<Arc<App>>,
+    client: Option<axum::Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match admitted(&app, client.as_ref(), &headers) {
+        Ok(true) => {}
+        Ok(false) => return unauthorized(),
+        Err(r) => return reject(r),
     }
     let Ok(body) = body else { return too_large() };
     let form = match parse_admin_form(&body) {
@@ -110,11 +158,14 @@ pub(super) async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap, 
 /// `GET /v1/grants[?role=R][&active=true]` (admin).
 pub(super) async fn grants(
     State(app): State<Arc<App>>,
+    client: Option<axum::Extension<ClientAddr>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if !is_admin(&app, &headers) {
-        return unauthorized();
+    match admitted(&app, client.as_ref(), &headers) {
+        Ok(true) => {}
+        Ok(false) => return unauthorized(),
+        Err(r) => return reject(r),
     }
     let active = q.get("active").is_some_and(|v| v == "true");
     match app.broker.grants(q.get("role").map(String::as_str), active).await {
