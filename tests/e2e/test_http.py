@@ -595,3 +595,23 @@ def test_one_client_cannot_exhaust_the_nonce_table(broker_factory, mock_issuer):
     print(f"\n127.0.0.1: {first.count(200)} nonces, then {first.count(429)} x 429")
     assert first[:64] == [200] * 64 and set(first[64:]) == {429}, first
     assert nonce_from("127.0.0.2") == 200
+
+
+def test_admin_routes_are_rate_limited_and_failed_authentication_is_logged(broker_factory, mock_issuer, tmp_path):
+    """Security review S5: the admin routes had no rate limit and a failed admin authentication
+    left no trace. Now they share the client's rate (429 JSON) and each failure is logged with the
+    client's address. The twin: under the rate, the right bearer is answered (401 without it)."""
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("admin-" + "z" * 40)
+    b = broker_factory(issuer=mock_issuer, server={"rate_limit_per_second": 1, "rate_limit_burst": 3},
+                       extra_config={"admin": {"token_file": str(token_file)}})
+    wrong = {"Authorization": "Bearer not-the-admin-credential-000000000000"}
+    answers = [requests.post(b.url + "/v1/introspect", data={"token": "x"}, headers=wrong, timeout=HTTP_TIMEOUT)
+               for _ in range(12)]
+    statuses = [a.status_code for a in answers]
+    print(f"\nintrospect with a wrong bearer x12: {statuses}")
+    assert statuses[0] == 401 and 429 in statuses, statuses
+    limited = next(a for a in answers if a.status_code == 429)
+    assert limited.json()["error_description"].startswith("rate_limited: "), limited.text
+    assert "admin authentication failed" in b.stderr() and "127.0.0.1" in b.stderr()
+    assert "not-the-admin-credential" not in b.stderr()
