@@ -231,12 +231,24 @@ impl KeyCache {
             kid.map(str::to_owned),
             now,
         ));
-        let joined = match at_hand {
-            Some(keys) => match tokio::time::timeout(STALE_WAIT, refresh).await {
+        let joined = match (at_hand, cached) {
+            (Some(keys), _) => match tokio::time::timeout(STALE_WAIT, refresh).await {
                 Ok(joined) => joined,
                 Err(_) => return Ok(keys),
             },
-            None => refresh.await,
+            // Keys were had before but cannot serve this token (past the stale window, or its
+            // kid is not among them): wait a little for the issuer, then answer `keys_unavailable`
+            // (retryable) while the refresh goes on; never queue behind a hung fetch.
+            (None, Some(_)) => match tokio::time::timeout(REFRESH_WAIT, refresh).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    return Err(VerifyError::KeysUnavailable(
+                        "the issuer is slow to answer a key refresh; retry".into(),
+                    ));
+                }
+            },
+            // nothing cached yet: the first fetch is waited for (the request timeout bounds it)
+            (None, None) => refresh.await,
         };
         match joined {
             Ok(Some(snap)) => snap.usable_for(kid, now, s),
@@ -248,6 +260,9 @@ impl KeyCache {
 /// How long a request waits for a refresh that is due by age before it verifies with the keys
 /// at hand (the refresh goes on).
 pub const STALE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a request that needs a refresh (an unknown kid, keys past the stale window) waits for
+/// the issuer before it is answered `keys_unavailable` (the refresh goes on).
+pub const REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One refresh of `key`, single-flight under moka's per-key lock; the snapshot it leaves.
 #[allow(clippy::too_many_arguments)]
