@@ -65,6 +65,7 @@ pub(super) async fn serve(
     };
     let listen = config.server.listen;
     let (hrt, rt, drain) = (config.server.header_read_timeout, config.server.request_timeout, Duration::from_secs(30));
+    let trusted = config.server.trusted_proxies.clone();
     let broker = match Broker::build(config, clock, audit, None).await {
         Ok(b) => Arc::new(b),
         Err(e) => {
@@ -122,7 +123,7 @@ pub(super) async fn serve(
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(listen = %addr, "admin routes listening apart");
-                tokio::spawn(crate::server::serve(l, admin, hrt, rt, drain));
+                tokio::spawn(crate::server::serve(l, admin, hrt, rt, drain, trusted.clone()));
             }
             Err(e) => {
                 eprintln!("error: cannot listen on {addr} (admin.listen): {e}");
@@ -130,7 +131,7 @@ pub(super) async fn serve(
             }
         }
     }
-    match crate::server::serve(listener, public, hrt, rt, drain).await {
+    match crate::server::serve(listener, public, hrt, rt, drain, trusted).await {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {
             eprintln!("error: {e}");

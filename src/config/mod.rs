@@ -94,7 +94,7 @@ impl Config {
     /// settings its file no longer says (review C14).
     pub fn restart_needed_for(&self, new: &Config) -> Vec<&'static str> {
         let (a, b) = (&self.server, &new.server);
-        let fixed: [(&'static str, bool); 14] = [
+        let fixed: [(&'static str, bool); 15] = [
             ("server.listen", a.listen != b.listen),
             ("server.signing_key_file", a.signing_key_file != b.signing_key_file),
             ("server.publish_key_files", a.publish_key_files != b.publish_key_files),
@@ -103,6 +103,7 @@ impl Config {
             ("server.request_timeout", a.request_timeout != b.request_timeout),
             ("server.rate_limit_per_second", a.rate_limit_per_second != b.rate_limit_per_second),
             ("server.rate_limit_burst", a.rate_limit_burst != b.rate_limit_burst),
+            ("server.trusted_proxies", a.trusted_proxies != b.trusted_proxies),
             ("admin.listen", self.admin_listen != new.admin_listen),
             ("audit.path", self.audit_path != new.audit_path),
             ("state", self.state != new.state),

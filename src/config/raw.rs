@@ -60,6 +60,9 @@ pub struct RawServer {
     pub rate_limit_per_second: Option<u32>,
     pub rate_limit_burst: Option<u32>,
     pub detail: Option<String>,
+    /// Load balancers whose `X-Forwarded-For` names the client (addresses or CIDR blocks).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Deserialize)]

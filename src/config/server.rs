@@ -92,6 +92,20 @@ pub struct ServerSettings {
     pub rate_limit_burst: u32,
     /// What a denial tells the caller; the audit always has everything.
     pub disclosure: Disclosure,
+    /// Load balancers (address, prefix length) whose `X-Forwarded-For` names the client: rate
+    /// limits and nonce budgets then count the client, not the balancer (review S4).
+    pub trusted_proxies: Vec<(std::net::IpAddr, u8)>,
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32` or a single address (its full length).
+fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a.parse::<std::net::IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
+        None => (s.parse::<std::net::IpAddr>().ok()?, None),
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    (len <= max).then_some((addr, len))
 }
 
 /// What a denial reveals to the caller.
@@ -136,6 +150,17 @@ impl ServerSettings {
             )),
             rate_limit_per_second: raw.rate_limit_per_second.unwrap_or(DEFAULT_RATE_PER_SECOND),
             rate_limit_burst: raw.rate_limit_burst.unwrap_or(DEFAULT_RATE_BURST),
+            trusted_proxies: raw
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| {
+                    let parsed = parse_cidr(p);
+                    if parsed.is_none() {
+                        errs.push(format!("server.trusted_proxies: `{p}` is not an address or CIDR block"));
+                    }
+                    parsed
+                })
+                .collect(),
             disclosure: match raw.detail.as_deref() {
                 None | Some("full") => Disclosure::Full,
                 Some("reason") => Disclosure::Reason,

@@ -59,6 +59,40 @@ impl Drop for Admitted {
     }
 }
 
+/// Is `ip` in one of `blocks` (address, prefix length)?
+fn within(ip: IpAddr, blocks: &[(IpAddr, u8)]) -> bool {
+    blocks.iter().any(|(net, len)| match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(*n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(*n) & mask
+        }
+        _ => false,
+    })
+}
+
+/// The client a request is counted against: the peer, or, when the peer is a trusted proxy, the
+/// right-most address of `X-Forwarded-For` that is not one (each proxy appends the address it
+/// saw; what is left of the first untrusted one was written by the client and proves nothing).
+/// Review S4.
+pub(super) fn client_of(peer: IpAddr, headers: &axum::http::HeaderMap, trusted: &[(IpAddr, u8)]) -> IpAddr {
+    if trusted.is_empty() || !within(peer, trusted) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|h| h.trim().parse::<IpAddr>())
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    hops.into_iter().rev().find(|h| !within(*h, trusted)).unwrap_or(peer)
+}
+
 /// A whole HTTP/1.1 response for `rejection`, as bytes (for a connection no route will see).
 pub(super) fn raw_response(rejection: HttpRejection) -> Vec<u8> {
     let r = rejection.refusal();
@@ -188,6 +222,20 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"], "invalid_request");
         assert!(v["error_description"].as_str().unwrap().starts_with("request_invalid: "));
+    }
+
+    #[test]
+    fn the_client_behind_a_trusted_proxy_is_the_last_untrusted_hop() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted = vec![(ip("10.0.0.0"), 8)];
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.1.2.3".parse().unwrap());
+        assert_eq!(client_of(ip("10.0.0.9"), &h, &trusted), ip("203.0.113.7"));
+        // an untrusted peer's header is ignored (the twin), and so is a header that does not parse
+        assert_eq!(client_of(ip("198.51.100.1"), &h, &trusted), ip("198.51.100.1"));
+        h.insert("x-forwarded-for", "not-an-address".parse().unwrap());
+        assert_eq!(client_of(ip("10.0.0.9"), &h, &trusted), ip("10.0.0.9"));
+        assert_eq!(client_of(ip("10.0.0.9"), &h, &[]), ip("10.0.0.9"));
     }
 
     #[test]

@@ -169,6 +169,18 @@ pub(crate) async fn read_body_first(
     }
 }
 
+/// The client an address is counted as: itself, or its /64 for IPv6 (one host has many).
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let mut seg = v6.segments();
+            seg[4..].fill(0);
+            IpAddr::V6(seg.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// Token buckets per client address on `/v1/token`. Bounded: past `max_clients` tracked
 /// addresses, idle buckets are dropped; if none is idle, new clients are refused (429) rather
 /// than letting the table grow.
@@ -195,6 +207,8 @@ impl RateLimiter {
         if self.per_second <= 0.0 {
             return true;
         }
+        // an IPv6 host holds a whole /64: it is one client (review S4)
+        let ip = client_key(ip);
         let now = Instant::now();
         let Ok(mut map) = self.buckets.lock() else { return false };
         if map.len() >= self.max_clients && !map.contains_key(&ip) {

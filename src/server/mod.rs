@@ -119,7 +119,9 @@ pub async fn serve(
     header_read_timeout: Duration,
     request_timeout: Duration,
     drain: Duration,
+    trusted_proxies: Vec<(std::net::IpAddr, u8)>,
 ) -> std::io::Result<()> {
+    let trusted = Arc::new(trusted_proxies);
     // A backstop only: the token endpoint answers its own timeouts (audited, RFC 6749 JSON).
     let backstop = request_timeout + Duration::from_secs(30);
     let router = router.layer(axum::middleware::from_fn(
@@ -157,8 +159,10 @@ pub async fn serve(
                     });
                     continue;
                 };
+                let trusted = trusted.clone();
                 let svc = router.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
+                    let client = conn::client_of(peer.ip(), req.headers(), &trusted);
+                    req.extensions_mut().insert(ClientAddr(SocketAddr::new(client, peer.port())));
                     req
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();

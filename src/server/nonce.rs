@@ -4,6 +4,7 @@
 //! caller thinks it named one, so both are refused as on `/v1/token`.
 
 use super::error::{no_store, refused, reject, rejected};
+use super::limits::client_key;
 use super::limits::{HttpRejection, POST, headers_too_large, is_form};
 use super::{App, ClientAddr};
 use axum::body::Bytes;
@@ -25,18 +26,6 @@ const MAX_TRACKED: usize = 100_000;
 #[derive(Debug, Default)]
 pub(super) struct NonceBudget {
     issued: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
-}
-
-/// The client a nonce is counted against: the address, or its /64 for IPv6 (one host has many).
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => {
-            let mut seg = v6.segments();
-            seg[4..].fill(0);
-            IpAddr::V6(seg.into())
-        }
-        v4 => v4,
-    }
 }
 
 impl NonceBudget {
