@@ -231,6 +231,9 @@ pub enum RawCredential {
         policy_arns: Vec<String>,
         /// Scope-down IAM statements, a JSON array, instead of "what the role allows".
         session_policy: Option<String>,
+        /// The session may assume other roles (off: their sessions would outlive the deadline).
+        #[serde(default)]
+        allow_role_chaining: bool,
     },
     Gcp {
         service_account: String,

@@ -146,6 +146,7 @@ fn credential(key: &str, c: &RawCredential, errs: &mut Vec<String>) -> Option<Cr
             external_id,
             policy_arns,
             session_policy,
+            allow_role_chaining,
         } => {
             let parts: Vec<&str> = role_arn.splitn(6, ':').collect();
             let arn_ok = parts.len() == 6
@@ -193,6 +194,7 @@ fn credential(key: &str, c: &RawCredential, errs: &mut Vec<String>) -> Option<Cr
                 external_id: external_id.clone(),
                 policy_arns: policy_arns.clone(),
                 statements,
+                allow_role_chaining: *allow_role_chaining,
             })
         }
         RawCredential::Gcp { service_account, scopes, delegates } => {

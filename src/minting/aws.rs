@@ -34,6 +34,9 @@ pub struct AwsRole {
     pub policy_arns: Vec<String>,
     /// Scope-down statements (a JSON array of IAM statements) instead of "allow what the role allows".
     pub statements: Option<Vec<Value>>,
+    /// The session may assume other roles (`sts:AssumeRole*`). Off by default: a chained
+    /// session would outlive the deadline (up to an hour), and so the assertion (review S7).
+    pub allow_role_chaining: bool,
 }
 
 /// What one AssumeRole call carries.
@@ -65,13 +68,17 @@ pub fn request(aws: &AwsRole, g: &super::GrantFacts<'_>) -> Result<AssumeRequest
             tags.push((key.clone(), v));
         }
     }
-    let source_identity = sts_name(&g.workload.subject, 64);
+    let source_identity = source_identity(g.provider, &g.workload.subject);
     Ok(AssumeRequest {
         role_arn: aws.role_arn.clone(),
         session_name: sts_name(&format!("{}/{}", g.role, g.workload.task), 64),
         source_identity: if source_identity.len() < 2 { format!("{source_identity}--") } else { source_identity },
         duration_seconds: duration_for(g.lifetime),
-        policy: session_policy(aws.statements.as_deref(), &crate::clock::rfc3339(g.now + g.lifetime)),
+        policy: session_policy(
+            aws.statements.as_deref(),
+            &crate::clock::rfc3339(g.now + g.lifetime),
+            aws.allow_role_chaining,
+        ),
         tags,
         transitive_tag_keys: aws.transitive_tag_keys.clone(),
         external_id: aws.external_id.clone(),
@@ -138,6 +145,26 @@ pub fn sts_name(raw: &str, max: usize) -> String {
     format!("{}-{hash}", &clean[..max - hash.len() - 1])
 }
 
+/// `SourceIdentity`: `PROVIDER=` and the workload's subject in STS's characters. When a character
+/// had to be replaced (or the whole is over 64), a hash of the provider and the original subject
+/// follows: two subjects never map to one identity, and two providers' subjects stay apart (`=`
+/// is not in provider names): review S3. It persists through role chaining and into CloudTrail and
+/// `aws:SourceIdentity` conditions.
+pub fn source_identity(provider: &str, subject: &str) -> String {
+    let clean: String = subject.chars().map(|c| if sts_charset(c) { c } else { '-' }).collect();
+    let whole = format!("{provider}={clean}");
+    if clean == subject && whole.len() <= 64 {
+        return whole;
+    }
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(provider.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(subject.as_bytes());
+    let hash = ephemera_providers::verify::hex(&ctx.finish().as_ref()[..4]);
+    let head: String = whole.chars().take(64 - hash.len() - 1).collect();
+    format!("{head}-{hash}")
+}
+
 /// STS's session tag rules: key 1–128, value 0–256 characters of letters, digits, spaces and
 /// `_.:/=+-@`. A claim that does not fit is an error, never truncated.
 pub fn check_tag(key: &str, value: &str) -> Result<(), AwsError> {
@@ -158,8 +185,9 @@ pub fn check_tag(key: &str, value: &str) -> Result<(), AwsError> {
 }
 
 /// The inline session policy: allow what the role (or its scope-down statements) allows, deny
-/// everything after `deadline`.
-pub fn session_policy(statements: Option<&[Value]>, deadline_rfc3339: &str) -> String {
+/// everything after `deadline`, and, unless `chaining`, deny assuming another role, whose session
+/// the deadline would not bind.
+pub fn session_policy(statements: Option<&[Value]>, deadline_rfc3339: &str, chaining: bool) -> String {
     let mut stmts: Vec<Value> = match statements {
         Some(s) => s.to_vec(),
         None => vec![json!({"Sid": "EphemeraWithinRole", "Effect": "Allow", "Action": "*", "Resource": "*"})],
@@ -171,6 +199,14 @@ pub fn session_policy(statements: Option<&[Value]>, deadline_rfc3339: &str) -> S
         "Resource": "*",
         "Condition": {"DateGreaterThan": {"aws:CurrentTime": deadline_rfc3339}},
     }));
+    if !chaining {
+        stmts.push(json!({
+            "Sid": "EphemeraNoChaining",
+            "Effect": "Deny",
+            "Action": ["sts:AssumeRole", "sts:AssumeRoleWithWebIdentity", "sts:AssumeRoleWithSAML", "sts:GetFederationToken"],
+            "Resource": "*",
+        }));
+    }
     json!({"Version": "2012-10-17", "Statement": stmts}).to_string()
 }
 
@@ -355,6 +391,18 @@ mod tests {
     #[test]
     fn names_are_deterministic_sts_safe_and_bounded() {
         assert_eq!(sts_name("repo:acme@987654/app@123456789", 64), "repo-acme@987654-app@123456789");
+        // SourceIdentity: the provider, and a hash when a character was replaced (review S3): a
+        // GitHub subject and an oidc `sub` that would read the same stay apart
+        let gh = source_identity("github", "repo:acme@1/app@2");
+        let partner = source_identity("partner", "repo-acme@1-app@2");
+        assert_eq!(partner, "partner=repo-acme@1-app@2");
+        assert!(
+            gh.starts_with("github=repo-acme@1-app@2-") && gh.len() == "github=repo-acme@1-app@2-".len() + 8,
+            "{gh}"
+        );
+        assert_ne!(source_identity("partner", &gh["github=".len()..]), gh);
+        assert_ne!(source_identity("github", "repo:acme@1/app@2"), source_identity("github", "repo/acme@1:app@2"));
+        assert!(source_identity("p", &"x".repeat(200)).len() <= 64);
         let long = format!("repo:acme/{}", "x".repeat(100));
         let a = sts_name(&long, 64);
         assert_eq!(a.len(), 64);
@@ -393,11 +441,18 @@ mod tests {
 
     #[test]
     fn session_policy_denies_after_the_deadline() {
-        let p: Value = serde_json::from_str(&session_policy(None, "2026-11-23T00:02:00Z")).unwrap();
+        let p: Value = serde_json::from_str(&session_policy(None, "2026-11-23T00:02:00Z", false)).unwrap();
         let deny = &p["Statement"][1];
         assert_eq!(deny["Effect"], "Deny");
         assert_eq!(deny["Condition"]["DateGreaterThan"]["aws:CurrentTime"], "2026-11-23T00:02:00Z");
         assert_eq!(p["Statement"][0]["Effect"], "Allow");
+        // no chaining into a role whose session the deadline would not bind (review S7)...
+        let no_chain = &p["Statement"][2];
+        assert_eq!((no_chain["Sid"].as_str(), no_chain["Effect"].as_str()), (Some("EphemeraNoChaining"), Some("Deny")));
+        assert!(no_chain["Action"].as_array().unwrap().contains(&json!("sts:AssumeRole")));
+        // ...unless the role allows it, in so many words
+        let chaining: Value = serde_json::from_str(&session_policy(None, "2026-11-23T00:02:00Z", true)).unwrap();
+        assert_eq!(chaining["Statement"].as_array().unwrap().len(), 2);
         assert_eq!(duration_for(120), 900);
         assert_eq!(duration_for(3600), 3600);
     }

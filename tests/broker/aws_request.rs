@@ -217,6 +217,7 @@ fn workload(claims: &Map<String, Value>) -> Workload {
 
 fn aws_role(endpoint: &str) -> AwsRole {
     AwsRole {
+        allow_role_chaining: false,
         role_arn: ROLE_ARN.into(),
         region: None,
         endpoint_url: Some(endpoint.into()),
@@ -296,15 +297,19 @@ async fn the_request_carries_attribution_the_deadline_policy_and_the_shortest_du
     assert_eq!(name, expected_session);
     assert!(name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c)));
     assert_eq!(build(&role, &claims, 120).unwrap().session_name, name, "deterministic");
-    // SourceIdentity: the workload by immutable ids (owner@id/name@id), not the `sub` string.
-    assert_eq!(r.field("SourceIdentity").as_deref(), Some("repo-acme@987654-app@123456789"));
+    // SourceIdentity: the workload by immutable ids (owner@id/name@id), not the `sub` string, in
+    // its provider's namespace, with a hash since `:` and `/` were replaced (review S3).
+    let si = r.field("SourceIdentity").unwrap();
+    assert!(si.starts_with("gha=repo-acme@987654-app@123456789-") && si.len() == 43, "{si}");
     // 120 s of authority still gets STS's minimum of 900 s: the policy ends the authority.
     assert_eq!(r.field("DurationSeconds").as_deref(), Some("900"));
 
     let policy: Value = serde_json::from_str(&r.field("Policy").unwrap()).unwrap();
     assert_eq!(policy["Version"], "2012-10-17");
     let stmts = policy["Statement"].as_array().unwrap();
-    assert_eq!(stmts.len(), 2, "{policy}");
+    // allow within the role, deny after the deadline, deny chaining into another role (S7)
+    assert_eq!(stmts.len(), 3, "{policy}");
+    assert_eq!(stmts[2]["Sid"], "EphemeraNoChaining");
     assert_eq!(stmts[0], json!({"Sid": "EphemeraWithinRole", "Effect": "Allow", "Action": "*", "Resource": "*"}));
     assert_eq!(
         stmts[1],
@@ -385,7 +390,7 @@ async fn scope_down_statements_replace_the_allow_and_keep_the_deadline() {
     minter().assume(&role, &req).await.unwrap();
     let policy: Value = serde_json::from_str(&sts.only_request().field("Policy").unwrap()).unwrap();
     let stmts = policy["Statement"].as_array().unwrap();
-    assert_eq!(stmts.len(), 2);
+    assert_eq!(stmts.len(), 3);
     assert_eq!(stmts[0], read);
     assert!(!policy.to_string().contains("EphemeraWithinRole"), "the role-wide allow is gone: {policy}");
     assert_eq!(stmts[1]["Effect"], "Deny");

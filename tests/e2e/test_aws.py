@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import pytest
 
@@ -123,7 +124,10 @@ def test_exchange_mints_a_session_boto3_uses_with_the_derived_session_name(broke
     assert sent["Action"] == "AssumeRole" and sent["Version"] == "2011-06-15"
     assert sent["RoleArn"] == AWS_ROLE_ARN
     assert sent["RoleSessionName"] == expected
-    assert sent["SourceIdentity"] == f"repo-acme@{claims['repository_owner_id']}-app@{claims['repository_id']}"
+    # the workload in its provider's namespace; a hash follows since `:` and `/` were replaced (S3)
+    si = sent["SourceIdentity"]
+    assert re.fullmatch(f"github=repo-acme@{claims['repository_owner_id']}-app@{claims['repository_id']}-[0-9a-f]{{8}}",
+                        si), si
     assert sent["ExternalId"] == "ephemera-e2e"
     # 300 s of authority still asks STS for its minimum of 900 s: the policy ends the authority
     assert sent["DurationSeconds"] == "900"
@@ -132,6 +136,10 @@ def test_exchange_mints_a_session_boto3_uses_with_the_derived_session_name(broke
         {"Sid": "EphemeraWithinRole", "Effect": "Allow", "Action": "*", "Resource": "*"},
         {"Sid": "EphemeraDeadline", "Effect": "Deny", "Action": "*", "Resource": "*",
          "Condition": {"DateGreaterThan": {"aws:CurrentTime": creds["Expiration"]}}},
+        # no chaining into a role whose session the deadline would not bind (review S7)
+        {"Sid": "EphemeraNoChaining", "Effect": "Deny", "Resource": "*",
+         "Action": ["sts:AssumeRole", "sts:AssumeRoleWithWebIdentity", "sts:AssumeRoleWithSAML",
+                    "sts:GetFederationToken"]},
     ]}
     # tags in the mapping's (sorted) order, values from the claims as signed
     tags = [(sent[f"Tags.member.{n}.Key"], sent[f"Tags.member.{n}.Value"]) for n in range(1, 5)]
