@@ -161,9 +161,11 @@ impl ServerSettings {
                     parsed
                 })
                 .collect(),
+            // `reason` by default: the expected values of a role's conditions are not told to
+            // anyone holding an issuer-signed token (review C16); `full` says so in the config
             disclosure: match raw.detail.as_deref() {
-                None | Some("full") => Disclosure::Full,
-                Some("reason") => Disclosure::Reason,
+                Some("full") => Disclosure::Full,
+                None | Some("reason") => Disclosure::Reason,
                 Some("none") => Disclosure::None,
                 Some(other) => {
                     errs.push(format!("server.detail: `{other}` is not one of full, reason, none"));

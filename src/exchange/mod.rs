@@ -357,6 +357,8 @@ fn disclose(config: &Config, refusal: &Refusal, reason_only: impl FnOnce() -> St
     match config.server.disclosure {
         Disclosure::Full => refusal.description.clone(),
         Disclosure::Reason => reason_only(),
+        // a role that does not exist reads like one that refuses: names cannot be probed
+        Disclosure::None if refusal.reason == "unknown_role" => "policy_denied".to_owned(),
         Disclosure::None => refusal.reason.to_owned(),
     }
 }

@@ -81,6 +81,7 @@ pub(crate) fn config_toml(
 [server]
 listen = "{listen}"
 issuer = "{broker_issuer}"
+detail = "full"                 # a newcomer sees why a denial is one (serve defaults to "reason")
 
 [state]
 backend = "memory"

@@ -733,8 +733,11 @@ def broker_config(workdir: Path, providers: list[dict], roles: list[dict], *,
                   jwks: dict | None = None, server: dict | None = None,
                   port: int | None = None) -> dict:
     port = port or free_port()
-    srv = {"listen": f"127.0.0.1:{port}", "issuer": f"http://127.0.0.1:{port}"}
+    # `detail = "full"` (the tests read expected-vs-got descriptions); serve's default is
+    # "reason": pass {"detail": None} to leave the key out
+    srv = {"listen": f"127.0.0.1:{port}", "issuer": f"http://127.0.0.1:{port}", "detail": "full"}
     srv.update(server or {})
+    srv = {k: v for k, v in srv.items() if v is not None}
     cfg: dict = {
         "server": srv,
         "state": {"backend": "memory"},

@@ -328,14 +328,15 @@ def test_a_lint_warning_is_printed_by_check_and_logged_at_every_start(broker_fac
         again = broker_factory(providers=[github_provider("github", mock_issuer.issuer)], roles=[gh_role(conditions)])
         return r.stdout, findings(b), findings(again)
 
-    by_name = {"repository": "acme/app", "ref": "refs/heads/main"}
+    # (`event_name` beside `ref`: `ref` alone draws ref_any_trigger, review C11)
+    by_name = {"repository": "acme/app", "ref": "refs/heads/main", "event_name": "push"}
     out, first, second = run(by_name)
     assert "warning: role `gh-deploy`: name_only_identity: pins `repository` by name only" in out, out
     for logged in (first, second):
         assert [(f["role"], f["code"]) for f in logged] == [("gh-deploy", "name_only_identity")], logged
         assert all("pins `repository` by name only" in f["detail"] for f in logged), logged
     # the twin: pinned by id, nothing to warn about
-    out, first, second = run({"repository_id": "123456789", "ref": "refs/heads/main"})
+    out, first, second = run({"repository_id": "123456789", "ref": "refs/heads/main", "event_name": "push"})
     assert "warning" not in out and out.startswith("ok: 1 provider(s), 1 role(s)"), out
     assert first == second == []
 
@@ -349,7 +350,7 @@ def test_raw_cedar_is_not_analysed_for_a_pin(ephemera_bin, tmp_path, variant):
     """README 262-263: "A role that does not pin its workload is refused with `policy_unscoped`
     unless it says `allow_broad = true` ... Raw Cedar is not analysed: the role's conditions must
     pin the identity"."""
-    conditions = {"ref": "refs/heads/main"}
+    conditions = {"ref": "refs/heads/main", "event_name": "push"}
     extra = {"policy": RAW_PIN}
     if variant == "allow_broad":
         extra["allow_broad"] = True

@@ -1,6 +1,6 @@
 """What a denial reveals to the caller: `[server] detail` (README "What a denial reveals").
 
-`"full"` (the default) gives every failed check with expected vs got; `"reason"` the reason slug
+`"full"` gives every failed check with expected vs got; `"reason"` the reason slug
 and what failed, without values; `"none"` the slug only. Every answer keeps its `(decision ID)`,
 and the audit record always has the full detail."""
 
@@ -60,7 +60,8 @@ def test_detail_mode_decides_what_a_denial_reveals(broker_factory, mock_issuer, 
     # "none" answers `policy_denied (decision …)` without a colon, which the teardown's audit
     # invariant (reason = text before the first colon) cannot read: this test checks every answer
     # against its audit record itself, in every mode.
-    server = {} if mode == "full" else {"detail": mode}  # full is the default: no key at all
+    # "reason" is serve's default (review C16): no key at all
+    server = {"detail": None} if mode == "reason" else {"detail": mode}
     b = broker_factory(issuer=mock_issuer, server=server, check_invariants=False)
     for reason, r, values in refusals(b, mock_issuer):
         desc = r.description
