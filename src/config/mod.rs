@@ -19,7 +19,7 @@ mod server;
 pub use provider::{Provider, ProviderKind};
 pub use raw::*;
 pub use role::Role;
-pub use server::{AdminToken, Disclosure, Safety, ServerSettings, StateBackend};
+pub use server::{AdminToken, Disclosure, Introspector, Safety, ServerSettings, StateBackend};
 
 use crate::policy::{Finding, PolicyEngine};
 use ephemera_providers::cache::CacheSettings;
@@ -52,6 +52,8 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// Where the admin routes listen, when apart.
     pub admin_listen: Option<SocketAddr>,
+    /// Partners' credentials for introspection only, each limited to its audiences.
+    pub introspectors: Vec<server::Introspector>,
     /// Both on, except in a `bench-knobs` build whose config says otherwise.
     pub safety: Safety,
 }
@@ -166,7 +168,7 @@ impl Config {
         let cache = server::cache_settings(&raw.jwks, &mut errs);
         let providers = provider::build_all(&raw.providers, &server.issuer, &resolve, &mut errs);
         let engine = role::engine(&raw, &mut errs);
-        let (admin_token, admin_listen) = server::admin(&raw.admin, &resolve, &mut errs);
+        let (admin_token, admin_listen, introspectors) = server::admin(&raw.admin, &resolve, &mut errs);
         let (roles, findings) = role::build_all(&raw, &providers, engine.as_ref(), &mut errs);
         if matches!(state, StateBackend::Redis { .. }) && server.signing_key_file.is_none() {
             errs.push("server.signing_key_file: required with the redis backend: replicas must sign with one key, or partners (and introspection) meet tokens their JWKS does not verify".into());
@@ -187,6 +189,7 @@ impl Config {
                 gcp_iam_url: raw.gcp.iam_credentials_url.clone(),
                 admin_token,
                 admin_listen,
+                introspectors,
                 safety,
             }),
             _ => Err(ConfigErrors(errs)),

@@ -36,6 +36,19 @@ pub struct RawAdmin {
     pub token_file: Option<PathBuf>,
     /// Serve the admin routes on this address only (default: beside the others).
     pub listen: Option<String>,
+    /// Partners' credentials for `/v1/introspect` only, each for tokens of its audiences only.
+    #[serde(default)]
+    pub introspectors: Vec<RawIntrospector>,
+}
+
+/// `[[admin.introspectors]]`: a partner that may introspect, and nothing else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospector {
+    /// A file holding its bearer credential (32+ characters).
+    pub token_file: PathBuf,
+    /// The broker JWT audiences it may see active; any other token is `{"active": false}` to it.
+    pub audiences: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -242,34 +242,56 @@ pub(super) fn cache_settings(j: &RawJwks, errs: &mut Vec<String>) -> CacheSettin
 }
 
 /// `[admin]`: the admin credential and where the admin routes listen.
+/// A partner's introspection credential and the audiences it may see (review C12: partners
+/// need not hold the admin credential, which also revokes and lists every grant).
+#[derive(Debug, Clone)]
+pub struct Introspector {
+    pub token: AdminToken,
+    pub audiences: Vec<String>,
+}
+
+fn bearer_file(key: &str, path: &Path, errs: &mut Vec<String>) -> Option<AdminToken> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().len() >= MIN_ADMIN_TOKEN_CHARS => {
+            Some(AdminToken(secrecy::SecretString::from(t.trim().to_owned())))
+        }
+        Ok(_) => {
+            errs.push(format!(
+                "{key}: {}: the credential must be at least {MIN_ADMIN_TOKEN_CHARS} characters",
+                path.display()
+            ));
+            None
+        }
+        Err(e) => {
+            errs.push(format!("{key}: {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
 pub(super) fn admin(
     raw: &RawAdmin,
     resolve: &dyn Fn(&Path) -> PathBuf,
     errs: &mut Vec<String>,
-) -> (Option<AdminToken>, Option<SocketAddr>) {
-    let token = match raw.token_file.as_deref().map(resolve) {
-        None => None,
-        Some(path) => match std::fs::read_to_string(&path) {
-            Ok(t) if t.trim().len() >= MIN_ADMIN_TOKEN_CHARS => {
-                Some(AdminToken(secrecy::SecretString::from(t.trim().to_owned())))
-            }
-            Ok(_) => {
-                errs.push(format!(
-                    "admin.token_file: {}: the credential must be at least {MIN_ADMIN_TOKEN_CHARS} characters",
-                    path.display()
-                ));
-                None
-            }
-            Err(e) => {
-                errs.push(format!("admin.token_file: {}: {e}", path.display()));
-                None
-            }
-        },
-    };
+) -> (Option<AdminToken>, Option<SocketAddr>, Vec<Introspector>) {
+    let token = raw.token_file.as_deref().map(resolve).and_then(|p| bearer_file("admin.token_file", &p, errs));
     let listen = raw.listen.as_deref().and_then(|l| {
         l.parse::<SocketAddr>().map_err(|e| errs.push(format!("admin.listen: `{l}` is not an address ({e})"))).ok()
     });
-    (token, listen)
+    let introspectors = raw
+        .introspectors
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let key = format!("admin.introspectors[{i}]");
+            if r.audiences.is_empty() || r.audiences.iter().any(String::is_empty) {
+                errs.push(format!("{key}.audiences: at least one non-empty audience is required"));
+            }
+            let token = bearer_file(&format!("{key}.token_file"), &resolve(&r.token_file), errs)?;
+            Some(Introspector { token, audiences: r.audiences.clone() })
+        })
+        .collect();
+    (token, listen, introspectors)
 }
 
 /// `[bench]`: accepted only by a `bench-knobs` build.

@@ -237,7 +237,13 @@ impl Broker {
     }
 
     /// RFC 7662 on a broker JWT (`token` in the form).
-    pub async fn introspect(&self, form: &HashMap<String, String>) -> Result<Introspection, Refusal> {
+    /// `audiences`: what the caller may see (a partner's introspection credential: tokens for its
+    /// audiences only; any other is inactive to it); `None` for the admin credential.
+    pub async fn introspect(
+        &self,
+        form: &HashMap<String, String>,
+        audiences: Option<&[String]>,
+    ) -> Result<Introspection, Refusal> {
         let Some(token) = form.get("token") else {
             return Err(invalid("`token` is required"));
         };
@@ -257,6 +263,16 @@ impl Broker {
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
         if s("iss") != config.server.issuer || exp <= now {
             return Ok(Introspection::Inactive);
+        }
+        if let Some(mine) = audiences {
+            let aud: Vec<&str> = match claims.get("aud") {
+                Some(Value::String(a)) => vec![a.as_str()],
+                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            if !aud.iter().any(|a| mine.iter().any(|m| m == a)) {
+                return Ok(Introspection::Inactive);
+            }
         }
         let revocation_keys = [
             RevocationKey::Jti(s("jti")),

@@ -25,21 +25,30 @@ fn admitted(
     if client.is_some_and(|c| !app.limiter.admit(c.0.0.ip())) {
         return Err(HttpRejection::RateLimited);
     }
-    let admin = is_admin(app, headers);
-    if !admin && headers.contains_key(header::AUTHORIZATION) {
+    Ok(is_admin(app, headers))
+}
+
+/// 401, and a log line naming the client when a credential was presented and matched nothing.
+fn refused_credential(client: Option<&axum::Extension<ClientAddr>>, headers: &HeaderMap) -> Response {
+    if headers.contains_key(header::AUTHORIZATION) {
         let from = client.map(|c| c.0.0.ip().to_string()).unwrap_or_default();
         tracing::warn!(client = %from, "admin authentication failed");
     }
-    Ok(admin)
+    unauthorized()
 }
 
-fn is_admin(app: &App, headers: &HeaderMap) -> bool {
-    let presented = headers
+/// The bearer credential presented, if any (empty when none).
+fn presented(headers: &HeaderMap) -> &str {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         // the scheme is case-insensitive (RFC 9110 11.1; review S5)
         .and_then(|v| v.get(..7).filter(|s| s.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..]))
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn is_admin(app: &App, headers: &HeaderMap) -> bool {
+    let presented = presented(headers);
     app.broker.config().admin_token.as_ref().is_some_and(|t| !presented.is_empty() && t.matches(presented))
 }
 
@@ -76,7 +85,7 @@ pub(super) async fn revoke(
     } else if form.contains_key("subject_token") {
         RevokeBy::Assertion
     } else {
-        return unauthorized();
+        return refused_credential(client.as_ref(), &headers);
     };
     match app.broker.revoke(by, &form).await {
         Ok(r) => (axum::http::StatusCode::OK, axum::Json(r)).into_response(),
@@ -93,7 +102,7 @@ pub(super) async fn flush_keys(
 ) -> Response {
     match admitted(&app, client.as_ref(), &headers) {
         Ok(true) => {}
-        Ok(false) => return unauthorized(),
+        Ok(false) => return refused_credential(client.as_ref(), &headers),
         Err(r) => return reject(r),
     }
     let Ok(body) = body else { return too_large() };
@@ -116,7 +125,7 @@ pub(super) async fn confirm_state(
 ) -> Response {
     match admitted(&app, client.as_ref(), &headers) {
         Ok(true) => {}
-        Ok(false) => return unauthorized(),
+        Ok(false) => return refused_credential(client.as_ref(), &headers),
         Err(r) => return reject(r),
     }
     if body.is_err() {
@@ -128,24 +137,34 @@ pub(super) async fn confirm_state(
     }
 }
 
-/// `POST /v1/introspect` (RFC 7662), for authenticated callers.
+/// `POST /v1/introspect` (RFC 7662): the admin credential sees every broker JWT; a partner's
+/// introspection credential (`[[admin.introspectors]]`) sees those of its audiences only, and can
+/// do nothing else (review C12).
 pub(super) async fn introspect(
     State(app): State<Arc<App>>,
     client: Option<axum::Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match admitted(&app, client.as_ref(), &headers) {
-        Ok(true) => {}
-        Ok(false) => return unauthorized(),
+    let admin = match admitted(&app, client.as_ref(), &headers) {
+        Ok(a) => a,
         Err(r) => return reject(r),
-    }
+    };
+    let config = app.broker.config();
+    let partner = if admin {
+        None
+    } else {
+        match config.introspectors.iter().find(|i| i.token.matches(presented(&headers))) {
+            Some(i) => Some(i.audiences.as_slice()),
+            None => return refused_credential(client.as_ref(), &headers),
+        }
+    };
     let Ok(body) = body else { return too_large() };
     let form = match parse_admin_form(&body) {
         Ok(f) => f,
         Err(r) => return refused(&r),
     };
-    match app.broker.introspect(&form).await {
+    match app.broker.introspect(&form, partner).await {
         Ok(Introspection::Inactive) => axum::Json(json!({"active": false})).into_response(),
         // (who holds what, now: never to be cached by a proxy between the partner and the broker)
         Ok(Introspection::Active(claims)) => {
@@ -164,7 +183,7 @@ pub(super) async fn grants(
 ) -> Response {
     match admitted(&app, client.as_ref(), &headers) {
         Ok(true) => {}
-        Ok(false) => return unauthorized(),
+        Ok(false) => return refused_credential(client.as_ref(), &headers),
         Err(r) => return reject(r),
     }
     let active = q.get("active").is_some_and(|v| v == "true");

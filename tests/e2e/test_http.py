@@ -615,3 +615,36 @@ def test_admin_routes_are_rate_limited_and_failed_authentication_is_logged(broke
     assert limited.json()["error_description"].startswith("rate_limited: "), limited.text
     assert "admin authentication failed" in b.stderr() and "127.0.0.1" in b.stderr()
     assert "not-the-admin-credential" not in b.stderr()
+
+
+def test_a_partner_introspects_its_own_audience_and_nothing_else(broker_factory, mock_issuer, tmp_path):
+    """Security review C12: introspection needed the one admin credential, which also revokes
+    anything and lists every grant. A partner's credential ([[admin.introspectors]]) introspects
+    broker JWTs of its audiences only (others are inactive to it) and is refused every other
+    admin route. The twin: the admin credential sees both tokens active."""
+    from harness import PARTNER, role
+    admin_file, partner_file = tmp_path / "admin.token", tmp_path / "partner.token"
+    admin_file.write_text("admin-" + "a" * 40)
+    partner_file.write_text("partner-" + "p" * 40)
+    other = dict(role("other", "mock"), credential={"kind": "jwt", "audience": "https://someone-else.example"})
+    b = broker_factory(issuer=mock_issuer, roles=[role("deploy", "mock"), other], extra_config={"admin": {
+        "token_file": str(admin_file),
+        "introspectors": [{"token_file": str(partner_file), "audiences": [PARTNER]}]}})
+    mine = b.exchange(mock_issuer.token()).json["access_token"]
+    theirs = b.exchange(mock_issuer.token(), role="other").json["access_token"]
+    as_partner = {"Authorization": "Bearer " + partner_file.read_text()}
+    as_admin = {"Authorization": "Bearer " + admin_file.read_text()}
+
+    def active(token, headers):
+        r = requests.post(b.url + "/v1/introspect", data={"token": token}, headers=headers, timeout=HTTP_TIMEOUT)
+        assert r.status_code == 200, r.text
+        return r.json()["active"]
+    assert active(mine, as_partner) is True
+    assert active(theirs, as_partner) is False
+    assert active(mine, as_admin) is True and active(theirs, as_admin) is True
+    # nothing but introspection
+    r = requests.post(b.url + "/v1/revoke", data={"role": "deploy"}, headers=as_partner, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client", r.text
+    r = requests.get(b.url + "/v1/grants", headers=as_partner, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 401, r.text
+    assert active(mine, as_partner) is True, "the refused revoke changed nothing"
