@@ -61,6 +61,8 @@ pub struct FileStore {
     path: PathBuf,
     tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Did the last commit succeed? (readiness, without a commit of its own)
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Closing waits for the writer to finish what it was given and release the file, so the same
@@ -160,11 +162,13 @@ impl FileStore {
         }
         tracing::info!(path = %path.display(), live = rows.len(), "state file opened");
         let (tx, rx) = std::sync::mpsc::channel();
+        let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let h = healthy.clone();
         let writer = std::thread::Builder::new()
             .name("state-writer".into())
-            .spawn(move || writer(db, rx))
+            .spawn(move || writer(db, rx, h))
             .map_err(|e| e.to_string())?;
-        Ok(FileStore { memory, path: path.to_path_buf(), tx: Mutex::new(Some(tx)), writer: Some(writer) })
+        Ok(FileStore { memory, path: path.to_path_buf(), tx: Mutex::new(Some(tx)), writer: Some(writer), healthy })
     }
 
     /// Makes `writes` durable; returns once they are committed.
@@ -202,7 +206,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<(), String> {
     txn.commit().map_err(|e| e.to_string())
 }
 
-fn writer(db: Database, rx: std::sync::mpsc::Receiver<Job>) {
+fn writer(db: Database, rx: std::sync::mpsc::Receiver<Job>, healthy: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < BATCH {
@@ -212,6 +216,7 @@ fn writer(db: Database, rx: std::sync::mpsc::Receiver<Job>) {
             }
         }
         let result = commit(&db, &jobs);
+        healthy.store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "state file write failed");
         }
@@ -245,9 +250,15 @@ impl StateStore for FileStore {
         })
     }
     fn ready(&self) -> StateFuture<'_, ()> {
+        // (no commit of its own: a readiness probe is not worth an fsync)
         Box::pin(async move {
             self.memory.ready().await?;
-            self.persist(Vec::new(), i64::MIN).await
+            let running = self.writer.as_ref().is_some_and(|w| !w.is_finished());
+            if running && self.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err(unavailable("the last write to the state file failed"))
+            }
         })
     }
     fn put_nonce<'a>(&'a self, nonce: &'a str, binding: &'a str, until: i64, now: i64) -> StateFuture<'a, ()> {
