@@ -662,8 +662,8 @@ async fn an_iid_is_single_use_and_its_credential_capped() {
 }
 
 /// ATTACKS 39: single use per (instanceId, pendingTime). An IID is valid for the instance's
-/// whole life; the broker remembers it only until the evidence's `not_after` (now + the 300 s
-/// credential cap) + leeway, so the same stolen IID mints again five minutes later.
+/// whole life, so the broker remembers it a year, far past the 300 s credential cap: the same
+/// stolen IID does not mint again five minutes later.
 #[tokio::test]
 async fn an_iid_is_still_refused_after_the_credential_cap() {
     let dir = tempfile::tempdir().unwrap();
