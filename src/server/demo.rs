@@ -139,8 +139,9 @@ pub(crate) fn routes(demo: DemoIssuer, clock: Arc<dyn crate::clock::Clock>) -> R
         "subject_types_supported": ["public"],
     });
     Router::new()
-        .route("/demo/.well-known/openid-configuration", get(move || async move { axum::Json(disco) }))
-        .route("/demo/jwks", get(move || async move { axum::Json(jwks) }))
-        .route("/demo/token", post(demo_token))
+        // (every other method: the 405 JSON of the broker's own routes, fault review B7)
+        .route("/demo/.well-known/openid-configuration", super::read(get(move || async move { axum::Json(disco) })))
+        .route("/demo/jwks", super::read(get(move || async move { axum::Json(jwks) })))
+        .route("/demo/token", super::form(post(demo_token)))
         .with_state(Arc::new((demo, clock)))
 }

@@ -53,12 +53,12 @@ struct App {
 pub struct ClientAddr(pub SocketAddr);
 
 /// A route that is read: any other method is a 405 naming `GET,HEAD`, as RFC 6749 JSON.
-fn read(route: MethodRouter<Arc<App>>) -> MethodRouter<Arc<App>> {
+fn read<S: Clone + Send + Sync + 'static>(route: MethodRouter<S>) -> MethodRouter<S> {
     route.fallback(|| error::method_not_allowed(limits::GET))
 }
 
 /// A route that takes a form: any other method is a 405 naming `POST`, as RFC 6749 JSON.
-fn form(route: MethodRouter<Arc<App>>) -> MethodRouter<Arc<App>> {
+fn form<S: Clone + Send + Sync + 'static>(route: MethodRouter<S>) -> MethodRouter<S> {
     route.fallback(|| error::method_not_allowed(limits::POST))
 }
 

@@ -138,3 +138,18 @@ def test_dev_printed_curl_works(dev):
     assert '"access_token"' in out.stdout, out
     out = subprocess.run(["bash", "-c", lines[1]], capture_output=True, text=True, timeout=60)
     assert "policy_denied" in out.stdout, out
+
+
+@pytest.mark.parametrize("method,path,allow", [
+    ("PUT", "/demo/jwks", "GET,HEAD"), ("POST", "/demo/.well-known/openid-configuration", "GET,HEAD"),
+    ("GET", "/demo/token", "POST"), ("DELETE", "/demo/token", "POST"),
+])
+def test_dev_demo_routes_answer_a_wrong_method_in_json(dev, method, path, allow):
+    """Fault review B7: the demo routes answered a wrong method with an empty 405. Now the same
+    RFC 6749 JSON 405 as the broker's own routes; the twin: the right method works."""
+    r = requests.request(method, dev.url + path, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 405 and r.headers.get("Allow") == allow, (r.status_code, r.headers, r.text)
+    assert r.json()["error"] == "invalid_request" and r.json()["error_description"].startswith("method_not_allowed")
+    right = requests.request("GET" if allow.startswith("GET") else "POST", dev.url + path, data="{}" if allow == "POST" else None,
+                             timeout=HTTP_TIMEOUT)
+    assert right.status_code == 200, right.text
