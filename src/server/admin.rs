@@ -28,6 +28,16 @@ fn admitted(
     Ok(is_admin(app, headers))
 }
 
+/// The refusal of a request to an admin-only route, if it is one: over the rate (429) or without
+/// the admin credential (401).
+fn admin_only(app: &App, client: Option<&axum::Extension<ClientAddr>>, headers: &HeaderMap) -> Option<Response> {
+    match admitted(app, client, headers) {
+        Ok(true) => None,
+        Ok(false) => Some(refused_credential(client, headers)),
+        Err(r) => Some(reject(r)),
+    }
+}
+
 /// 401, and a log line naming the client when a credential was presented and matched nothing.
 fn refused_credential(client: Option<&axum::Extension<ClientAddr>>, headers: &HeaderMap) -> Response {
     if headers.contains_key(header::AUTHORIZATION) {
@@ -100,10 +110,8 @@ pub(super) async fn flush_keys(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match admitted(&app, client.as_ref(), &headers) {
-        Ok(true) => {}
-        Ok(false) => return refused_credential(client.as_ref(), &headers),
-        Err(r) => return reject(r),
+    if let Some(refusal) = admin_only(&app, client.as_ref(), &headers) {
+        return refusal;
     }
     let Ok(body) = body else { return too_large() };
     let form = match parse_admin_form(&body) {
@@ -123,10 +131,8 @@ pub(super) async fn confirm_state(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match admitted(&app, client.as_ref(), &headers) {
-        Ok(true) => {}
-        Ok(false) => return refused_credential(client.as_ref(), &headers),
-        Err(r) => return reject(r),
+    if let Some(refusal) = admin_only(&app, client.as_ref(), &headers) {
+        return refusal;
     }
     if body.is_err() {
         return too_large();
@@ -181,10 +187,8 @@ pub(super) async fn grants(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    match admitted(&app, client.as_ref(), &headers) {
-        Ok(true) => {}
-        Ok(false) => return refused_credential(client.as_ref(), &headers),
-        Err(r) => return reject(r),
+    if let Some(refusal) = admin_only(&app, client.as_ref(), &headers) {
+        return refusal;
     }
     let active = q.get("active").is_some_and(|v| v == "true");
     match app.broker.grants(q.get("role").map(String::as_str), active).await {

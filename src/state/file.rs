@@ -305,17 +305,7 @@ mod tests {
     use super::*;
 
     fn grant(id: &str, expires_at: i64) -> Grant {
-        Grant {
-            id: id.into(),
-            subject: "s".into(),
-            task: "t".into(),
-            role: "r".into(),
-            kind: "jwt".into(),
-            issued_at: 0,
-            expires_at,
-            issuer: "https://issuer.example".into(),
-            provider: "p".into(),
-        }
+        Grant::for_test(id, expires_at)
     }
 
     fn rt() -> tokio::runtime::Runtime {

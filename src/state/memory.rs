@@ -290,17 +290,7 @@ mod tests {
     #[test]
     fn grants_leave_when_they_expire() {
         let s = MemoryStore::new(2);
-        let grant = |id: &str, expires_at: i64| crate::state::Grant {
-            id: id.into(),
-            subject: "s".into(),
-            task: "t".into(),
-            role: "r".into(),
-            kind: "jwt".into(),
-            issued_at: 0,
-            expires_at,
-            issuer: String::new(),
-            provider: String::new(),
-        };
+        let grant = crate::state::Grant::for_test;
         s.record_grant_now(&grant("a", 100), 0).unwrap();
         s.record_grant_now(&grant("b", 200), 0).unwrap();
         assert_eq!(s.record_grant_now(&grant("c", 300), 50), Err(StateError::Full(2)));
@@ -382,17 +372,7 @@ mod tests {
     #[test]
     fn a_full_grant_table_refuses_before_spending() {
         let s = MemoryStore::new(1);
-        let grant = |id: &str| crate::state::Grant {
-            id: id.into(),
-            subject: "s".into(),
-            task: "t".into(),
-            role: "r".into(),
-            kind: "jwt".into(),
-            issued_at: 0,
-            expires_at: 100,
-            issuer: String::new(),
-            provider: String::new(),
-        };
+        let grant = |id: &str| crate::state::Grant::for_test(id, 100);
         assert!(ready(s.ready()).is_ok());
         assert_eq!(ready(s.mark_used("a", 100, 0, 0, Some(&grant("g1")))), Ok(Mark::Fresh));
         assert_eq!(ready(s.ready()), Err(StateError::Full(1)));

@@ -57,6 +57,22 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// A grant of nobody in particular, for the stores' own tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str, expires_at: i64) -> Grant {
+        Grant {
+            id: id.into(),
+            subject: "s".into(),
+            task: "t".into(),
+            role: "r".into(),
+            kind: "jwt".into(),
+            issued_at: 0,
+            expires_at,
+            issuer: "https://issuer.example".into(),
+            provider: "p".into(),
+        }
+    }
+
     /// The revocation keys that end this grant: its `jti`, task, subject, role and issuer (the
     /// keys introspection checks).
     pub fn revocation_keys(&self) -> [RevocationKey; 5] {
