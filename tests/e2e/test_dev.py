@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import shutil
+import stat
 import subprocess
 import time
 
@@ -153,3 +155,20 @@ def test_dev_demo_routes_answer_a_wrong_method_in_json(dev, method, path, allow)
     right = requests.request("GET" if allow.startswith("GET") else "POST", dev.url + path, data="{}" if allow == "POST" else None,
                              timeout=HTTP_TIMEOUT)
     assert right.status_code == 200, right.text
+
+
+def test_dev_works_in_a_new_private_directory_of_its_own(dev):
+    """Security review C13: `dev` used `$TMPDIR/ephemera-dev-<pid>`, accepted it if it existed and
+    followed symlinks in it, so a local user could pre-create it and make `dev` overwrite files.
+    Now the directory has an unpredictable name, is created new with mode 0700, and the demo JWKS
+    is a new file in it. The twin: the audit log is written there as before."""
+    m = re.search(r"Audit log: (\S+)", dev.stderr())
+    assert m, dev.stderr()
+    audit = pathlib.Path(m.group(1))
+    d = audit.parent
+    assert d.parent == dev.tmp, d
+    assert re.fullmatch(rf"ephemera-dev-{dev.proc.pid}-[A-Za-z0-9_-]{{12}}", d.name), d.name
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700, oct(d.stat().st_mode)
+    assert not (d / "demo-jwks.json").is_symlink() and (d / "demo-jwks.json").is_file()
+    # a directory at the old predictable name is not used (nothing was written into it)
+    assert not (dev.tmp / f"ephemera-dev-{dev.proc.pid}").exists()
