@@ -19,6 +19,7 @@
 //! other routes call.
 
 mod build;
+mod counted;
 mod decide;
 mod error;
 mod grant;
@@ -66,13 +67,11 @@ pub struct Broker {
     evaluator: Evaluator,
     audit: AuditLog,
     minters: Minters,
-    /// Refusals counted rather than recorded one by one (a flood of 429s must not fill the disk
-    /// that allow records need: review C7): how many since when.
-    counted: std::sync::Mutex<(i64, u64)>,
+    /// Refusals counted rather than recorded one by one (`counted.rs`).
+    counted: counted::Counted,
 }
 
-/// How often counted refusals are written as one record.
-pub const COUNTED_REFUSALS_EVERY: i64 = 10;
+pub use counted::COUNTED_REFUSALS_EVERY;
 
 impl Evaluator {
     /// The config in force now (one snapshot: use it for the whole of one exchange).
@@ -259,13 +258,7 @@ impl Broker {
         // A client over its rate is counted, not recorded: one record per interval says how many
         // (the rate limit bounds what one client can write; its overflow writes nothing).
         if refusal.reason == "rate_limited" {
-            if let Ok(mut c) = self.counted.lock() {
-                if c.1 == 0 {
-                    c.0 = now;
-                }
-                c.1 += 1;
-            }
-            if self.counted.lock().is_ok_and(|c| now - c.0 >= COUNTED_REFUSALS_EVERY) {
+            if self.counted.count(refusal.reason, now) {
                 self.write_counted(now).await;
             }
             refusal.description = disclose(&config, &refusal, || refusal.description.clone());
@@ -278,26 +271,25 @@ impl Broker {
         self.deny(&config, rec, refusal, detail, public).await
     }
 
-    /// Writes the refusals counted since the last such record as one `deny` record (reason
-    /// `rate_limited`, the count in its detail). The server calls it every
-    /// [`COUNTED_REFUSALS_EVERY`] seconds; nothing is written when none were counted.
+    /// Writes the refusals counted since the last such records as one `deny` record per reason
+    /// (the count in its detail). The server calls it every [`COUNTED_REFUSALS_EVERY`] seconds;
+    /// nothing is written when none were counted.
     pub async fn write_counted(&self, now: i64) {
-        let (since, n) = match self.counted.lock() {
-            Ok(mut c) if c.1 > 0 => std::mem::replace(&mut *c, (now, 0)),
-            _ => return,
-        };
+        let Some((since, by_reason)) = self.counted.take(now) else { return };
         let config = self.config();
-        let (mut rec, _) = self.draft(&config, "", now);
-        rec.decision = Outcome::Deny;
-        rec.reason = Some("rate_limited");
-        rec.detail = Some(format!(
-            "{n} request(s) refused rate_limited since {} (counted, not recorded one by one)",
-            rfc3339(since)
-        ));
-        if config.safety.audit
-            && let Err(e) = self.audit.append(rec, false).await
-        {
-            tracing::error!(error = %e, "audit write failed for counted refusals");
+        for (reason, n) in by_reason {
+            let (mut rec, _) = self.draft(&config, "", now);
+            rec.decision = Outcome::Deny;
+            rec.reason = Some(reason);
+            rec.detail = Some(format!(
+                "{n} request(s) refused {reason} since {} (counted, not recorded one by one)",
+                rfc3339(since)
+            ));
+            if config.safety.audit
+                && let Err(e) = self.audit.append(rec, false).await
+            {
+                tracing::error!(error = %e, "audit write failed for counted refusals");
+            }
         }
     }
 
@@ -331,8 +323,20 @@ impl Broker {
         detail: Option<String>,
         public: String,
     ) -> Refusal {
-        let decision_id = rec.decision_id.clone();
+        let mut decision_id = rec.decision_id.clone();
         let request_id = rec.request_id.clone();
+        // past the budget of deny records, a refusal is counted (a flood never writes a line
+        // each); its answer then names no decision: there is no record to find by it
+        let detail = match detail {
+            Some(_) if !self.counted.may_record() => {
+                if self.counted.count(refusal.reason, rec.ts) {
+                    self.write_counted(rec.ts).await;
+                }
+                decision_id.clear();
+                None
+            }
+            d => d,
+        };
         if let Some(detail) = detail {
             rec.decision = Outcome::Deny;
             rec.reason = Some(refusal.reason);

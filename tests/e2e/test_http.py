@@ -648,3 +648,26 @@ def test_a_partner_introspects_its_own_audience_and_nothing_else(broker_factory,
     r = requests.get(b.url + "/v1/grants", headers=as_partner, timeout=HTTP_TIMEOUT)
     assert r.status_code == 401, r.text
     assert active(mine, as_partner) is True, "the refused revoke changed nothing"
+
+
+def test_a_malformed_flood_is_counted_past_the_deny_budget(broker_factory, mock_issuer):
+    """Security review C7 / issue 14: a flood of malformed requests within the rate limit still
+    wrote one audit line each. Deny records now draw on a budget (bursts of 200, 100 a second);
+    past it a refusal is counted (its answer names no decision) and one record per reason says how
+    many. The twin: the first refusals are recorded one by one, each found by its decision id."""
+    b = broker_factory(issuer=mock_issuer, server={"rate_limit_per_second": 0})
+    answers = [b.post_token(form("not-a-token")) for _ in range(800)]
+    assert all(a.status == 400 and a.reason == "malformed_token" for a in answers), answers[:3]
+    recorded = [a for a in answers if a.decision_id]
+    counted = [a for a in answers if not a.decision_id]
+    print(f"\n800 malformed: {len(recorded)} recorded one by one, {len(counted)} counted")
+    assert 200 <= len(recorded) < 800 and counted, (len(recorded), len(counted))
+    assert b.audit_record(recorded[0].decision_id)["reason"] == "malformed_token"
+
+    def counted_records():
+        rs = [r for r in b.audit() if "counted, not recorded one by one" in r.get("detail", "")]
+        n = sum(int(r["detail"].split(" ")[0]) for r in rs)
+        return rs if n == len(counted) else None
+    rs = wait_until(counted_records, timeout=30, interval=0.5, what="the counted malformed_token record")
+    assert all(r["reason"] == "malformed_token" and r["decision"] == "deny" for r in rs), rs
+    assert len(b.audit()) == len(recorded) + len(rs)
