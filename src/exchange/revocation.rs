@@ -76,6 +76,15 @@ fn unavailable(detail: &str) -> Refusal {
     Refusal::new(Class::Unavailable, "temporarily_unavailable", "replay_store_unavailable", detail)
 }
 
+/// A revocation lookup that failed: revocations lost with the shared state say so
+/// (`revocations_unverified`, as an exchange would); any other failure is `otherwise`.
+fn lookup_failed(e: crate::state::StateError, otherwise: impl FnOnce() -> Refusal) -> Refusal {
+    match e {
+        crate::state::StateError::RevocationsLost(_) => ExchangeError::State(e).refusal(),
+        _ => otherwise(),
+    }
+}
+
 fn invalid(detail: &str) -> Refusal {
     Refusal::new(Class::Rejected, "invalid_request", "request_invalid", detail)
 }
@@ -285,8 +294,7 @@ impl Broker {
         match self.evaluator.state.revoked(&revocation_keys, now).await {
             Ok(r) if r.is_empty() => {}
             Ok(_) => return Ok(Introspection::Inactive),
-            Err(e @ crate::state::StateError::RevocationsLost(_)) => return Err(ExchangeError::State(e).refusal()),
-            Err(_) => return Err(unavailable("try again")),
+            Err(e) => return Err(lookup_failed(e, || unavailable("try again"))),
         }
         let mut out = json!({"active": true, "token_type": "Bearer"});
         for k in ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "role", "task", "provider", "src_iss"] {
@@ -308,24 +316,11 @@ impl Broker {
         }
         if active {
             // "in force" needs revocations that can be trusted, even for an empty inventory
-            self.evaluator.state.revoked(&[], now).await.map_err(|e| match e {
-                crate::state::StateError::RevocationsLost(_) => ExchangeError::State(e).refusal(),
-                _ => cannot(),
-            })?;
+            self.evaluator.state.revoked(&[], now).await.map_err(|e| lookup_failed(e, cannot))?;
             let mut kept = Vec::with_capacity(list.len());
             for g in list {
                 let keys = g.revocation_keys().map(|k| k.to_string());
-                if self
-                    .evaluator
-                    .state
-                    .revoked(&keys, now)
-                    .await
-                    .map_err(|e| match e {
-                        crate::state::StateError::RevocationsLost(_) => ExchangeError::State(e).refusal(),
-                        _ => cannot(),
-                    })?
-                    .is_empty()
-                {
+                if self.evaluator.state.revoked(&keys, now).await.map_err(|e| lookup_failed(e, cannot))?.is_empty() {
                     kept.push(g);
                 }
             }
