@@ -122,16 +122,19 @@ impl Snapshot {
 }
 
 /// Keys of every provider, shared by all requests.
-pub struct KeyCache {
+pub struct KeyCache(Arc<Shared>);
+
+/// What a cache and the refreshes it runs on their own share.
+struct Shared {
     cache: Cache<String, Arc<Snapshot>>,
     http: reqwest::Client,
     settings: CacheSettings,
-    fetches: Arc<AtomicU64>,
+    fetches: AtomicU64,
 }
 
 impl std::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyCache").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("KeyCache").field("settings", &self.0.settings).finish_non_exhaustive()
     }
 }
 
@@ -153,28 +156,28 @@ impl KeyCache {
     }
 
     pub fn new(settings: CacheSettings, http: reqwest::Client) -> Self {
-        KeyCache {
+        KeyCache(Arc::new(Shared {
             cache: Cache::builder().max_capacity(10_000).build(),
             http,
             settings,
-            fetches: Arc::new(AtomicU64::new(0)),
-        }
+            fetches: AtomicU64::new(0),
+        }))
     }
 
     /// How many fetch rounds (discovery + JWKS) this cache has started.
     pub fn fetch_count(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
+        self.0.fetches.load(Ordering::Relaxed)
     }
 
     pub fn settings(&self) -> &CacheSettings {
-        &self.settings
+        &self.0.settings
     }
 
     /// Forgets the keys of `source` now (incident response, or a source a reload dropped): the
     /// next token of it fetches afresh, whatever the cooldown. Returns whether keys were cached.
     pub async fn flush(&self, source: &KeySource) -> bool {
         match source.cache_key() {
-            Some(key) => self.cache.remove(&key).await.is_some(),
+            Some(key) => self.0.cache.remove(&key).await.is_some(),
             None => false,
         }
     }
@@ -183,9 +186,10 @@ impl KeyCache {
     /// config's sources).
     pub async fn retain(&self, keep: &[&KeySource]) {
         let keep: std::collections::HashSet<String> = keep.iter().filter_map(|s| s.cache_key()).collect();
-        let gone: Vec<Arc<String>> = self.cache.iter().map(|(k, _)| k).filter(|k| !keep.contains(k.as_str())).collect();
+        let gone: Vec<Arc<String>> =
+            self.0.cache.iter().map(|(k, _)| k).filter(|k| !keep.contains(k.as_str())).collect();
         for key in gone {
-            self.cache.invalidate(key.as_str()).await;
+            self.0.cache.invalidate(key.as_str()).await;
         }
     }
 
@@ -208,8 +212,8 @@ impl KeyCache {
             KeySource::Pinned(keys) => return Ok(keys.clone()),
             other => other.cache_key().unwrap_or_default(),
         };
-        let s = &self.settings;
-        let cached = self.cache.get(&key).await;
+        let s = &self.0.settings;
+        let cached = self.0.cache.get(&key).await;
         if let Some(snap) = &cached
             && (!snap.needs_refresh(kid, now) || !snap.may_attempt(now, s))
         {
@@ -221,10 +225,7 @@ impl KeyCache {
             .and_then(|snap| snap.usable(now, s).ok())
             .filter(|keys| kid.is_none_or(|k| keys.has_kid(k)));
         let refresh = tokio::spawn(refresh(
-            self.cache.clone(),
-            self.http.clone(),
-            self.settings.clone(),
-            self.fetches.clone(),
+            self.0.clone(),
             key,
             source.clone(),
             provider.to_owned(),
@@ -265,12 +266,8 @@ pub const STALE_WAIT: std::time::Duration = std::time::Duration::from_millis(500
 pub const REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One refresh of `key`, single-flight under moka's per-key lock; the snapshot it leaves.
-#[allow(clippy::too_many_arguments)]
 async fn refresh(
-    cache: Cache<String, Arc<Snapshot>>,
-    http: reqwest::Client,
-    s: CacheSettings,
-    fetches: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     key: String,
     source: KeySource,
     provider: String,
@@ -278,8 +275,10 @@ async fn refresh(
     now: i64,
 ) -> Option<Arc<Snapshot>> {
     let kid = kid.as_deref();
-    let (s, source, provider, http, fetches) = (&s, &source, provider.as_str(), &http, &fetches);
-    let result = cache
+    let (s, source, provider, http, fetches) =
+        (&shared.settings, &source, provider.as_str(), &shared.http, &shared.fetches);
+    let result = shared
+        .cache
         .entry(key)
         .and_compute_with(|existing| async move {
             let existing = existing.map(|e| e.into_value());
