@@ -53,6 +53,35 @@ end
 return {0, epoch, seq}
 "#;
 
+/// A revocation: set it, and move the mark counter unless it is behind what this broker has
+/// seen (re-asserting after a rollback must not hide the rollback). KEYS: revoked key, counter.
+/// ARGV: now, PXAT ms, the highest counter seen.
+const REVOKE_SCRIPT: &str = r#"
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+if seq >= tonumber(ARGV[3]) then
+  seq = redis.call('INCR', KEYS[2])
+end
+return seq
+"#;
+
+/// An admin's confirmation after a loss: a store that holds is left as it is; otherwise a new
+/// epoch starts now, confirmed, with the counter past what was seen. KEYS: marker, confirmed
+/// epoch, counter. ARGV: now, the highest counter seen.
+const CONFIRM_SCRIPT: &str = r#"
+local epoch = redis.call('GET', KEYS[1])
+local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
+if epoch and redis.call('GET', KEYS[2]) == epoch and seq >= tonumber(ARGV[2]) then
+  return tonumber(epoch)
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1])
+if seq < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[3], ARGV[2])
+end
+return tonumber(ARGV[1])
+"#;
+
 /// The Redis state store.
 pub struct RedisStore {
     client: redis::Client,
@@ -60,6 +89,8 @@ pub struct RedisStore {
     timeout: Duration,
     prefix: String,
     mark: redis::Script,
+    revoke: redis::Script,
+    confirm: redis::Script,
     /// The highest mark counter this broker has seen (rollback detection).
     seen_seq: std::sync::atomic::AtomicI64,
     /// The epoch marker this broker last knew to hold with its revocations.
@@ -94,6 +125,8 @@ impl RedisStore {
             timeout,
             prefix: prefix.to_owned(),
             mark: redis::Script::new(MARK_SCRIPT),
+            revoke: redis::Script::new(REVOKE_SCRIPT),
+            confirm: redis::Script::new(CONFIRM_SCRIPT),
             seen_seq: std::sync::atomic::AtomicI64::new(0),
             seen_epoch: std::sync::Mutex::new(None),
             first_deployment,
@@ -250,18 +283,8 @@ impl StateStore for RedisStore {
             // The counter moves with a revocation too, so a rollback that loses it is seen (B4);
             // but never up from below what this broker has seen: re-asserting revocations after a
             // rollback must not carry the counter back over it and hide the loss.
-            let script = redis::Script::new(
-                r#"
-redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
-local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
-if seq >= tonumber(ARGV[3]) then
-  seq = redis.call('INCR', KEYS[2])
-end
-return seq
-"#,
-            );
             let seen = self.seen_seq.load(std::sync::atomic::Ordering::SeqCst);
-            let mut inv = script.prepare_invoke();
+            let mut inv = self.revoke.prepare_invoke();
             inv.key(self.key("revoked", key)).key(self.key("meta", "seq"));
             inv.arg(now).arg(until.max(now + 1) * 1000).arg(seen);
             let seq: i64 = self.bounded(inv.invoke_async(&mut c)).await?;
@@ -328,23 +351,8 @@ return seq
             // loss, one confirmation starts a new epoch now, confirmed, with the counter past what
             // this broker has seen: replays of anything used before are refused by the epoch, and
             // no later mark takes the lower counter for another rollback.
-            let script = redis::Script::new(
-                r#"
-local epoch = redis.call('GET', KEYS[1])
-local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
-if epoch and redis.call('GET', KEYS[2]) == epoch and seq >= tonumber(ARGV[2]) then
-  return tonumber(epoch)
-end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[2], ARGV[1])
-if seq < tonumber(ARGV[2]) then
-  redis.call('SET', KEYS[3], ARGV[2])
-end
-return tonumber(ARGV[1])
-"#,
-            );
             let seen = self.seen_seq.load(std::sync::atomic::Ordering::SeqCst);
-            let mut inv = script.prepare_invoke();
+            let mut inv = self.confirm.prepare_invoke();
             inv.key(self.key("meta", "epoch")).key(self.key("meta", "revocations")).key(self.key("meta", "seq"));
             inv.arg(now.to_string()).arg(seen);
             self.bounded(inv.invoke_async(&mut c)).await
