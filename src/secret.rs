@@ -48,6 +48,33 @@ impl std::fmt::Debug for IssuedCredential {
     }
 }
 
+/// A secret shared with a peer (a platform's webhook secret): bytes for an HMAC key, compared in
+/// constant time. `Debug` prints a redaction.
+#[derive(Clone)]
+pub struct SharedSecret(zeroize::Zeroizing<Vec<u8>>);
+
+impl SharedSecret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        SharedSecret(zeroize::Zeroizing::new(bytes))
+    }
+    /// The key bytes, for an HMAC only.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+    /// Constant-time comparison (of SHA-256 digests, so neither content nor length leaks).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        let d = |s: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s).as_ref().to_vec();
+        d(&self.0).ct_eq(&d(presented)).into()
+    }
+}
+
+impl std::fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedSecret([REDACTED])")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,12 @@ pub struct AuditRecord {
     pub assertion_expires_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialRecord>,
+    /// The platform delivery (webhook) that ended a task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<String>,
+    /// The RFC 9396 authorization details granted (an allow record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<serde_json::Value>,
     /// The evidence could be replayed (an EC2 instance identity document).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub replayable: bool,

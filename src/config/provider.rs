@@ -22,6 +22,47 @@ pub struct Provider {
     /// leeway; for OIDC also audiences, algorithms and token limits.
     pub rules: TokenRules,
     pub kind: ProviderKind,
+    /// github-actions, gitlab: the platform's webhook secret (task-end events).
+    pub webhook_secret: Option<crate::secret::SharedSecret>,
+}
+
+/// The shortest webhook secret accepted, bytes.
+const MIN_WEBHOOK_SECRET_BYTES: usize = 16;
+
+/// `webhook_secret_file`: read, trimmed, long enough; only for platforms that send task ends.
+fn webhook_secret(
+    key: &str,
+    p: &RawProvider,
+    profile: Option<Profile>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    errs: &mut Vec<String>,
+) -> Option<crate::secret::SharedSecret> {
+    let file = p.webhook_secret_file.as_ref()?;
+    if !matches!(profile, Some(Profile::GithubActions | Profile::Gitlab)) {
+        errs.push(format!(
+            "{key}.webhook_secret_file: only github-actions and gitlab providers take task-end webhooks"
+        ));
+        return None;
+    }
+    let path = resolve(file);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let trimmed = text.trim();
+            if trimmed.len() < MIN_WEBHOOK_SECRET_BYTES {
+                errs.push(format!(
+                    "{key}.webhook_secret_file: {}: the secret must be at least {MIN_WEBHOOK_SECRET_BYTES} bytes",
+                    path.display()
+                ));
+                return None;
+            }
+            Some(crate::secret::SharedSecret::new(trimmed.as_bytes().to_vec()))
+        }
+        Err(e) => {
+            errs.push(format!("{key}.webhook_secret_file: {}: {e}", path.display()));
+            None
+        }
+    }
 }
 
 /// What verifies a provider's assertions.
@@ -175,10 +216,17 @@ pub(super) fn build(
             jwks_hosts: p.jwks_hosts.clone().unwrap_or_default(),
         }),
     };
+    let webhook_secret = webhook_secret(key, p, profile, resolve, errs);
     if errs.len() > before {
         return None;
     }
-    Some(Provider { name: p.name.clone(), profile: profile?, rules, kind: ProviderKind::Oidc { source: source? } })
+    Some(Provider {
+        name: p.name.clone(),
+        profile: profile?,
+        rules,
+        kind: ProviderKind::Oidc { source: source? },
+        webhook_secret,
+    })
 }
 
 fn read_certs(key: &str, path: &Path, errs: &mut Vec<String>) -> Vec<rustls_pki_types::CertificateDer<'static>> {
@@ -344,5 +392,17 @@ fn build_attestation(
     if errs.len() > before {
         return None;
     }
-    Some(Provider { name: p.name.clone(), profile, rules, kind: ProviderKind::Attestation { verifier } })
+    if p.webhook_secret_file.is_some() {
+        errs.push(format!(
+            "{key}.webhook_secret_file: only github-actions and gitlab providers take task-end webhooks"
+        ));
+        return None;
+    }
+    Some(Provider {
+        name: p.name.clone(),
+        profile,
+        rules,
+        kind: ProviderKind::Attestation { verifier },
+        webhook_secret: None,
+    })
 }

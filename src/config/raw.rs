@@ -51,6 +51,28 @@ pub struct RawIntrospector {
     pub audiences: Vec<String>,
 }
 
+/// `[events]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    /// `[[events.receivers]]`: partners pushed a CAEP `session-revoked` SET (RFC 8935) when a
+    /// broker JWT of their audience is revoked.
+    #[serde(default)]
+    pub receivers: Vec<RawReceiver>,
+}
+
+/// `[[events.receivers]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReceiver {
+    /// The broker-JWT audience whose revocations it is told of.
+    pub audience: String,
+    /// Where SETs are pushed: https, or http on loopback.
+    pub endpoint: String,
+    /// A file holding the bearer credential sent with each push.
+    pub token_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
@@ -193,6 +215,8 @@ pub struct RawProvider {
     pub revoked_serials: Vec<String>,
     /// x509-pop: the `aud` a proof must carry (default: the broker's issuer).
     pub pop_audience: Option<String>,
+    /// github-actions, gitlab: the file holding the platform's webhook secret (task-end events).
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,7 +245,29 @@ pub struct RawRole {
     /// aws-ec2-iid: accept evidence that can be replayed for the instance's life.
     #[serde(default)]
     pub accept_replayable: bool,
+    /// jwt: how many times partners may consume the token (`POST /v1/introspect`, `consume`).
+    pub max_uses: Option<u32>,
+    /// A request without `authorization_details` is refused.
+    #[serde(default)]
+    pub require_authorization_details: bool,
+    /// The RFC 9396 authorization detail types a request may carry.
+    #[serde(default)]
+    pub authorization_details: Vec<RawDetailType>,
     pub credential: RawCredential,
+}
+
+/// `[[roles.authorization_details]]`: one RFC 9396 type a role accepts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDetailType {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The fields a detail of this type may carry besides `type`.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// The fields it must carry.
+    #[serde(default)]
+    pub required: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,6 +293,9 @@ pub enum RawCredential {
         /// The session may assume other roles (off: their sessions would outlive the deadline).
         #[serde(default)]
         allow_role_chaining: bool,
+        /// A revocation denies the task's live sessions at IAM (an inline deny on the role).
+        #[serde(default)]
+        end_sessions_on_revoke: bool,
     },
     Gcp {
         service_account: String,

@@ -26,7 +26,12 @@ pub struct Role {
     pub allow_debug: bool,
     /// The role's conditions and Cedar, compiled.
     pub policy: CompiledRole,
+    /// jwt: how many times partners may consume the token (`None`: no limit).
+    pub max_uses: Option<u32>,
 }
+
+/// The most uses a use-limited role may allow.
+pub(super) const MAX_USES: u32 = 10_000;
 
 /// The policy engine: the schema (with every raw claim any condition reads) and the guardrails.
 pub(super) fn engine(raw: &RawConfig, errs: &mut Vec<String>) -> Option<PolicyEngine> {
@@ -85,6 +90,15 @@ pub(super) fn build_all(
             }
         }
         let Some(credential) = credential(&key, &r.credential, errs) else { continue };
+        if let Some(n) = r.max_uses {
+            if !matches!(credential, CredentialSpec::Jwt { .. }) {
+                errs.push(format!(
+                    "{key}.max_uses: only broker JWTs can be use-limited (partners consume them at /v1/introspect)"
+                ));
+            } else if n == 0 || n > MAX_USES {
+                errs.push(format!("{key}.max_uses: must be between 1 and {MAX_USES}"));
+            }
+        }
         let (Some(provider), Some(max_ttl), Some(engine)) = (provider, max_ttl, engine) else { continue };
         if provider.profile == Profile::Ec2Iid && !r.accept_replayable {
             errs.push(format!(
@@ -117,8 +131,15 @@ pub(super) fn build_all(
                     }
                     findings.push(f);
                 }
-                let role =
-                    Role { name: r.name.clone(), provider, max_ttl, credential, allow_debug: r.allow_debug, policy };
+                let role = Role {
+                    name: r.name.clone(),
+                    provider,
+                    max_ttl,
+                    credential,
+                    allow_debug: r.allow_debug,
+                    policy,
+                    max_uses: r.max_uses,
+                };
                 roles.insert(r.name.clone(), Arc::new(role));
             }
             Err(es) => errs.extend(es.into_iter().map(|e| format!("{key}: {e}"))),
@@ -147,6 +168,7 @@ fn credential(key: &str, c: &RawCredential, errs: &mut Vec<String>) -> Option<Cr
             policy_arns,
             session_policy,
             allow_role_chaining,
+            end_sessions_on_revoke,
         } => {
             let parts: Vec<&str> = role_arn.splitn(6, ':').collect();
             let arn_ok = parts.len() == 6
@@ -195,6 +217,7 @@ fn credential(key: &str, c: &RawCredential, errs: &mut Vec<String>) -> Option<Cr
                 policy_arns: policy_arns.clone(),
                 statements,
                 allow_role_chaining: *allow_role_chaining,
+                end_sessions_on_revoke: *end_sessions_on_revoke,
             })
         }
         RawCredential::Gcp { service_account, scopes, delegates } => {

@@ -75,6 +75,8 @@ pub enum Class {
     Rejected,
     /// The request is bigger than the broker reads (413).
     TooLarge,
+    /// The caller did not prove who it is (401).
+    Unauthenticated,
     /// The assertion is good but not for what it was presented for (403).
     Forbidden,
     /// The broker or a peer cannot answer now; the same request may succeed later (503).

@@ -40,6 +40,7 @@ impl Broker {
                 jti: &jti,
                 now,
                 lifetime,
+                max_uses: role.max_uses,
             },
         )?;
         rec.replayable = facts.replayable;

@@ -22,6 +22,7 @@ mod build;
 mod counted;
 mod decide;
 mod error;
+mod events;
 mod grant;
 mod nonce;
 mod request;
@@ -32,6 +33,7 @@ mod workload;
 
 pub use decide::Allowed;
 pub use error::{Class, ExchangeError, Refusal, oauth_charset};
+pub use events::{Delivery, EventOutcome, Platform};
 pub use nonce::{NONCE_TTL, Nonce};
 pub use request::{
     ATTESTATION_TOKEN_TYPES, ExchangeRequest, GRANT_TOKEN_EXCHANGE, MAX_FORM_FIELDS, RequestProblem,

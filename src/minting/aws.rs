@@ -37,6 +37,8 @@ pub struct AwsRole {
     /// The session may assume other roles (`sts:AssumeRole*`). Off by default: a chained
     /// session would outlive the deadline (up to an hour), and so the assertion (review S7).
     pub allow_role_chaining: bool,
+    /// A revocation denies the task's live sessions at IAM (`minting/aws_end.rs`).
+    pub end_sessions_on_revoke: bool,
 }
 
 /// What one AssumeRole call carries.

@@ -185,6 +185,9 @@ pub(crate) fn claims(audience: &str, g: &super::GrantFacts<'_>) -> Value {
     if let (Some((member, value)), Some(obj)) = (g.cnf, claims.as_object_mut()) {
         obj.insert("cnf".into(), json!({ *member: value }));
     }
+    if let (Some(n), Some(obj)) = (g.max_uses, claims.as_object_mut()) {
+        obj.insert("max_uses".into(), json!(n));
+    }
     claims
 }
 

@@ -87,6 +87,8 @@ pub struct GrantFacts<'a> {
     pub now: i64,
     /// Seconds the credential lives (already bounded by the decision).
     pub lifetime: i64,
+    /// How many times partners may consume it (a broker JWT's `max_uses`).
+    pub max_uses: Option<u32>,
 }
 
 /// A checked request for one credential, built before the assertion is spent; it borrows the

@@ -13,6 +13,7 @@ fn status_for(class: Class) -> StatusCode {
         Class::Rejected => StatusCode::BAD_REQUEST,
         Class::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Class::Forbidden => StatusCode::FORBIDDEN,
+        Class::Unauthenticated => StatusCode::UNAUTHORIZED,
         Class::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Class::UpstreamRefused => StatusCode::BAD_GATEWAY,
     }

@@ -11,6 +11,7 @@
 //! | `token.rs` | `POST /v1/token` |
 //! | `nonce.rs` | `POST /v1/nonce` |
 //! | `admin.rs` | `POST /v1/revoke`, `POST /v1/introspect`, `GET /v1/grants` (admin credential) |
+//! | `events.rs` | `POST /v1/events/github`, `POST /v1/events/gitlab` (platform webhooks) |
 //! | `wellknown.rs` | JWKS, discovery, `/healthz`, `/readyz`, the 404 |
 //! | `limits.rs` | what the transport refuses before a form is read; the rate limiter |
 //! | `error.rs` | refusal → status code and RFC 6749 body, the one mapping |
@@ -19,6 +20,7 @@ mod admin;
 mod conn;
 pub(crate) mod demo;
 mod error;
+mod events;
 mod limits;
 mod nonce;
 mod token;
@@ -96,6 +98,8 @@ pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Ro
         .route("/v1/nonce", any(nonce::nonce))
         .route("/v1/revoke", form(post(admin::revoke)))
         .route("/v1/introspect", form(post(admin::introspect)))
+        .route("/v1/events/github", form(post(events::github)))
+        .route("/v1/events/gitlab", form(post(events::gitlab)))
         .route("/.well-known/jwks.json", read(get(wellknown::jwks)))
         .route("/.well-known/openid-configuration", read(get(wellknown::discovery)))
         .route("/healthz", read(get(wellknown::healthz)))

@@ -31,6 +31,9 @@ const USED: u8 = b'u';
 const GRANT: u8 = b'g';
 const REVOKED: u8 = b'r';
 const NONCE: u8 = b'n';
+/// Uses taken of a use-limited grant: one row per use, the id then `\0` and the count (u32, little
+/// endian), so writes committed in any order leave the highest count.
+const USES: u8 = b'c';
 
 /// Most operations committed together.
 const BATCH: usize = 512;
@@ -151,6 +154,11 @@ impl FileStore {
                     }
                 }
                 REVOKED => load(memory.revoke_now(&String::from_utf8_lossy(id), *until, now))?,
+                USES if id.len() > 5 => {
+                    let (grant, count) = id.split_at(id.len() - 5);
+                    let taken = count[1..].try_into().map(u32::from_le_bytes).unwrap_or(u32::MAX);
+                    load(memory.uses_raw(&String::from_utf8_lossy(grant), taken, *until))?
+                }
                 NONCE => load(memory.put_nonce_now(
                     &String::from_utf8_lossy(id),
                     &String::from_utf8_lossy(value),
@@ -292,6 +300,27 @@ impl StateStore for FileStore {
     }
     fn revoked<'a>(&'a self, keys: &'a [String], now: i64) -> StateFuture<'a, Vec<String>> {
         self.memory.revoked(keys, now)
+    }
+    fn consume<'a>(
+        &'a self,
+        id: &'a str,
+        max: u32,
+        take: bool,
+        until: i64,
+        now: i64,
+        issued_at: i64,
+    ) -> StateFuture<'a, super::Uses> {
+        Box::pin(async move {
+            let (uses, taken) = self.memory.consume_now(id, max, take, until, now, issued_at)?;
+            if let Some(n) = taken {
+                let mut key = row(USES, id.as_bytes());
+                key.push(0);
+                key.extend_from_slice(&n.to_le_bytes());
+                let w = Write::Put { until, key, value: Vec::new() };
+                self.persist(vec![w], now).await?;
+            }
+            Ok(uses)
+        })
     }
 }
 

@@ -16,6 +16,8 @@ struct Inner {
     grants: HashMap<String, super::Grant>,
     grants_by_expiry: BinaryHeap<Reverse<(i64, String)>>,
     revoked: HashMap<String, i64>,
+    /// Uses taken of use-limited grants: grant id → (taken, until).
+    uses: HashMap<String, (u32, i64)>,
 }
 
 /// A used-assertion id as the map holds it: 32 bytes, not a 64-character string (the pipeline's
@@ -197,6 +199,44 @@ impl MemoryStore {
         Ok(g.nonces.remove(nonce).filter(|(exp, _)| *exp >= now))
     }
 
+    /// [`StateStore::consume`] under the lock; `Some(taken)` when a use was taken (what a
+    /// durable store writes).
+    pub(super) fn consume_now(
+        &self,
+        id: &str,
+        max: u32,
+        take: bool,
+        until: i64,
+        now: i64,
+        issued_at: i64,
+    ) -> Result<(super::Uses, Option<u32>), StateError> {
+        if self.epoch.is_some_and(|since| issued_at < since) {
+            return Ok((super::Uses::Lost, None));
+        }
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        g.uses.retain(|_, (_, exp)| *exp >= now);
+        let taken = g.uses.get(id).map_or(0, |(n, _)| *n);
+        if !take {
+            return Ok((super::Uses::Left(max.saturating_sub(taken)), None));
+        }
+        if taken >= max {
+            return Ok((super::Uses::Exhausted, None));
+        }
+        if g.uses.len() >= self.max_entries {
+            return Err(StateError::Full(g.uses.len()));
+        }
+        g.uses.insert(id.to_owned(), (taken + 1, until));
+        Ok((super::Uses::Left(max - taken - 1), Some(taken + 1)))
+    }
+
+    /// Restores a count of uses taken (reloading a durable store).
+    pub(super) fn uses_raw(&self, id: &str, taken: u32, until: i64) -> Result<(), StateError> {
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        let kept = g.uses.entry(id.to_owned()).or_insert((taken, until));
+        kept.0 = kept.0.max(taken);
+        Ok(())
+    }
+
     pub(super) fn revoke_now(&self, key: &str, until: i64, now: i64) -> Result<(), StateError> {
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
         g.revoked.retain(|_, exp| *exp >= now);
@@ -248,6 +288,18 @@ impl StateStore for MemoryStore {
         grant: Option<&'a super::Grant>,
     ) -> StateFuture<'a, Mark> {
         let r = self.mark_with_grant(id, until, now, used_since, grant);
+        Box::pin(async move { r })
+    }
+    fn consume<'a>(
+        &'a self,
+        id: &'a str,
+        max: u32,
+        take: bool,
+        until: i64,
+        now: i64,
+        issued_at: i64,
+    ) -> StateFuture<'a, super::Uses> {
+        let r = self.consume_now(id, max, take, until, now, issued_at).map(|(u, _)| u);
         Box::pin(async move { r })
     }
     /// Not ready when full: every fresh exchange would be refused, so a load balancer should

@@ -37,6 +37,18 @@ pub enum Mark {
     EpochReset { since: i64 },
 }
 
+/// What taking (or counting) a use of a use-limited grant found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uses {
+    /// Uses left: after this one when a use was taken.
+    Left(u32),
+    /// Every use was taken already: none was taken now.
+    Exhausted,
+    /// The store lost its memory after the grant was issued: its count may be lost too, so no
+    /// use is answered (fail closed, as a replay mark would be).
+    Lost,
+}
+
 /// One credential handed out, for the inventory.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Grant {
@@ -144,6 +156,18 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     fn revoke<'a>(&'a self, key: &'a str, until: i64, now: i64) -> StateFuture<'a, ()>;
     /// Which of `keys` are revoked now.
     fn revoked<'a>(&'a self, keys: &'a [String], now: i64) -> StateFuture<'a, Vec<String>>;
+    /// Takes one use of grant `id` (issued at `issued_at`, allowed `max` uses, kept until
+    /// `until`) atomically, or with `take == false` only counts what is left. Exactly `max`
+    /// takes across every replica answer [`Uses::Left`].
+    fn consume<'a>(
+        &'a self,
+        id: &'a str,
+        max: u32,
+        take: bool,
+        until: i64,
+        now: i64,
+        issued_at: i64,
+    ) -> StateFuture<'a, Uses>;
     /// An admin confirms that the revocations lost with the shared state have been re-asserted:
     /// revocations are answered again, under the store's epoch (returned; `None` for a store
     /// whose revocations survive on their own and never need this).

@@ -82,6 +82,29 @@ end
 return tonumber(ARGV[1])
 "#;
 
+/// A use of a use-limited grant. KEYS: epoch marker, uses key, counter. ARGV: allowed uses,
+/// PXAT ms, the grant's issue time, `1` to take a use. Returns the uses left (after this one),
+/// -1 when the store's memory began after the grant was issued (its count may be lost), -2 when
+/// every use was taken.
+const CONSUME_SCRIPT: &str = r#"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch or tonumber(ARGV[3]) < tonumber(epoch) then
+  return -1
+end
+local max = tonumber(ARGV[1])
+local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+if ARGV[4] ~= '1' then
+  return math.max(max - used, 0)
+end
+if used >= max then
+  return -2
+end
+used = redis.call('INCR', KEYS[2])
+redis.call('PEXPIREAT', KEYS[2], ARGV[2])
+redis.call('INCR', KEYS[3])
+return max - used
+"#;
+
 /// The Redis state store.
 pub struct RedisStore {
     client: redis::Client,
@@ -91,6 +114,7 @@ pub struct RedisStore {
     mark: redis::Script,
     revoke: redis::Script,
     confirm: redis::Script,
+    consume: redis::Script,
     /// The highest mark counter this broker has seen (rollback detection).
     seen_seq: std::sync::atomic::AtomicI64,
     /// The epoch marker this broker last knew to hold with its revocations.
@@ -127,6 +151,7 @@ impl RedisStore {
             mark: redis::Script::new(MARK_SCRIPT),
             revoke: redis::Script::new(REVOKE_SCRIPT),
             confirm: redis::Script::new(CONFIRM_SCRIPT),
+            consume: redis::Script::new(CONSUME_SCRIPT),
             seen_seq: std::sync::atomic::AtomicI64::new(0),
             seen_epoch: std::sync::Mutex::new(None),
             first_deployment,
@@ -340,6 +365,29 @@ impl StateStore for RedisStore {
                 1 => Mark::Fresh,
                 2 => Mark::EpochReset { since: epoch },
                 _ => Mark::AlreadyUsed,
+            })
+        })
+    }
+
+    fn consume<'a>(
+        &'a self,
+        id: &'a str,
+        max: u32,
+        take: bool,
+        until: i64,
+        now: i64,
+        issued_at: i64,
+    ) -> StateFuture<'a, super::Uses> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            let mut inv = self.consume.prepare_invoke();
+            inv.key(self.key("meta", "epoch")).key(self.key("uses", id)).key(self.key("meta", "seq"));
+            inv.arg(max).arg(until.max(now + 1) * 1000).arg(issued_at).arg(if take { "1" } else { "0" });
+            let left: i64 = self.bounded(inv.invoke_async(&mut c)).await?;
+            Ok(match left {
+                -1 => super::Uses::Lost,
+                -2 => super::Uses::Exhausted,
+                n => super::Uses::Left(u32::try_from(n).unwrap_or(0)),
             })
         })
     }

@@ -218,6 +218,7 @@ fn workload(claims: &Map<String, Value>) -> Workload {
 fn aws_role(endpoint: &str) -> AwsRole {
     AwsRole {
         allow_role_chaining: false,
+        end_sessions_on_revoke: false,
         role_arn: ROLE_ARN.into(),
         region: None,
         endpoint_url: Some(endpoint.into()),
@@ -249,6 +250,7 @@ fn build(role: &AwsRole, claims: &Map<String, Value>, lifetime: i64) -> Result<A
         jti: "jti",
         now: NOW,
         lifetime,
+        max_uses: None,
     };
     ephemera::minting::aws::request(role, &facts)
 }
