@@ -227,6 +227,7 @@ fn main() {
                     subject_token_type: TOKEN_TYPE_ID_TOKEN.into(),
                     role: "deploy".into(),
                     requested_token_type: None,
+                    authorization_details: None,
                 },
                 |req| {
                     let r = rt.block_on(b.exchange_request(req, "bench"));
@@ -258,6 +259,7 @@ fn main() {
                             subject_token_type: TOKEN_TYPE_ID_TOKEN.into(),
                             role: "deploy".into(),
                             requested_token_type: None,
+                            authorization_details: None,
                         })
                         .collect::<Vec<_>>()
                 },
@@ -299,6 +301,7 @@ fn main() {
                         subject_token_type: TOKEN_TYPE_ID_TOKEN.into(),
                         role: "deploy".into(),
                         requested_token_type: None,
+                        authorization_details: None,
                     },
                     |req| {
                         let i = turn.get();
@@ -334,8 +337,7 @@ fn main() {
                     &workload,
                     verified.claims(),
                     ISSUER,
-                    (now, now, now + 300),
-                    &[],
+                    &ephemera::policy::At { times: (now, now, now + 300), revoked: &[], details: None },
                 );
                 assert!(d.allows(), "{:?}", d.reasons());
             })

@@ -32,7 +32,8 @@ fn closest_roles(
         .values()
         .filter(|r| r.name != trace.role && Some(&r.provider.name) == trace.provider.as_ref())
         .map(|r| {
-            let d = config.engine.decide(&r.policy, w, claims, tok_iss, (trace.now, trace.now, trace.now + 300), &[]);
+            let at = crate::policy::At { times: (trace.now, trace.now, trace.now + 300), revoked: &[], details: None };
+            let d = config.engine.decide(&r.policy, w, claims, tok_iss, &at);
             let failed: Vec<String> = d.conditions.iter().filter(|c| !c.pass).map(|c| c.short()).collect();
             (failed.len(), serde_json::json!({"role": r.name, "allow": d.allows(), "failed": failed}))
         })
@@ -48,6 +49,7 @@ pub(super) async fn explain(
     token_type: TokenTypeArg,
     at: Option<i64>,
     json: bool,
+    details: Option<String>,
 ) -> ExitCode {
     let config = match super::load_config(config) {
         Ok(c) => c,
@@ -104,6 +106,7 @@ pub(super) async fn explain(
                 subject_token_type: subject_token_type.into(),
                 role,
                 requested_token_type: None,
+                authorization_details: details,
             };
             let (trace, result) = evaluator.evaluate(&req, now).await;
             (trace, result.map(|_| ()), claims)
@@ -120,7 +123,7 @@ pub(super) async fn explain(
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            let (trace, result) = evaluator.evaluate_claims(&role, &claims, now).await;
+            let (trace, result) = evaluator.evaluate_claims(&role, &claims, details.as_deref(), now).await;
             (trace, result, claims)
         }
     };
@@ -186,6 +189,9 @@ fn print_trace(t: &Trace, allow: bool, reason: Option<&str>, description: Option
     }
     if let Some(w) = &t.workload {
         outln!("workload {} task {}", w.subject, w.task);
+    }
+    if let Some(d) = &t.authorization_details {
+        outln!("authorization_details {d}");
     }
     if let Some(d) = &t.decision {
         outln!("conditions:");

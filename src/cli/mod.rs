@@ -84,6 +84,9 @@ pub(crate) enum Command {
         /// Print the trace as JSON.
         #[arg(long)]
         json: bool,
+        /// RFC 9396 authorization details (a JSON array), as a request would carry them.
+        #[arg(long)]
+        authorization_details: Option<String>,
     },
     /// Load and check a config; print every problem.
     Check {
@@ -157,14 +160,14 @@ async fn run(cli: Cli) -> ExitCode {
             init_tracing(false);
             dev::dev(&listen).await
         }
-        Command::Explain { config, role, token_file, claims, token_type, at, json } => {
+        Command::Explain { config, role, token_file, claims, token_type, at, json, authorization_details } => {
             init_tracing(false);
             let input = match (token_file, claims) {
                 (Some(t), _) => explain::Input::Token(t),
                 (None, Some(c)) => explain::Input::Claims(c),
                 (None, None) => return ExitCode::from(EXIT_USAGE),
             };
-            explain::explain(&config, role, input, token_type, at, json).await
+            explain::explain(&config, role, input, token_type, at, json, authorization_details).await
         }
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {

@@ -11,7 +11,7 @@ use crate::minting::aws::{AwsRole, check_tag};
 use crate::minting::gcp::GcpRole;
 use crate::policy::{CompiledRole, Finding, Matcher, PolicyEngine, RoleSpec, Severity, Source};
 use ephemera_providers::profile::Profile;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,80 @@ pub struct Role {
     pub policy: CompiledRole,
     /// jwt: how many times partners may consume the token (`None`: no limit).
     pub max_uses: Option<u32>,
+    /// The RFC 9396 authorization details a request may carry.
+    pub details: DetailRules,
+}
+
+/// A role's `authorization_details` declarations.
+#[derive(Debug, Default)]
+pub struct DetailRules {
+    /// A request without details is refused.
+    pub require: bool,
+    /// Type → its rules.
+    pub types: BTreeMap<String, DetailType>,
+}
+
+/// One declared RFC 9396 type.
+#[derive(Debug)]
+pub struct DetailType {
+    /// The fields a detail may carry besides `type`.
+    pub fields: BTreeSet<String>,
+    /// The fields it must carry.
+    pub required: Vec<String>,
+}
+
+/// Every declared type and its fields, over all roles: Cedar's `context.authorization_details`.
+pub(super) fn detail_schema(raw: &RawConfig) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for d in raw.roles.iter().flat_map(|r| &r.authorization_details) {
+        out.entry(d.kind.clone()).or_default().extend(d.fields.iter().cloned());
+    }
+    out
+}
+
+/// A role's `authorization_details` tables, checked.
+fn details(key: &str, r: &super::raw::RawRole, aws: bool, errs: &mut Vec<String>) -> DetailRules {
+    use crate::exchange::AWS_IAM;
+    let mut types = BTreeMap::new();
+    for (i, d) in r.authorization_details.iter().enumerate() {
+        let at = format!("{key}.authorization_details[{i}]");
+        let type_ok = |t: &str| {
+            !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:/-".contains(&b))
+        };
+        let field_ok = |f: &str| {
+            !f.is_empty() && f.len() <= 64 && f != "type" && f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        if !type_ok(&d.kind) {
+            errs.push(format!("{at}.type: 1 to 128 letters, digits and _ . : / - only"));
+        }
+        if types.contains_key(&d.kind) {
+            errs.push(format!("{at}.type: `{}` is declared twice", d.kind));
+        }
+        for f in d.fields.iter().filter(|f| !field_ok(f)) {
+            errs.push(format!("{at}.fields: `{f}`: 1 to 64 letters, digits and _ only, not `type`"));
+        }
+        for f in d.required.iter().filter(|f| !d.fields.contains(f)) {
+            errs.push(format!("{at}.required: `{f}` is not one of its fields"));
+        }
+        if d.kind == AWS_IAM {
+            let mut f = d.fields.clone();
+            f.sort();
+            if !aws {
+                errs.push(format!("{at}.type: `{AWS_IAM}` is for aws roles (it becomes the session policy)"));
+            } else if f != ["actions", "resources"] {
+                errs.push(format!("{at}.fields: `{AWS_IAM}` has exactly the fields actions and resources"));
+            }
+        }
+        let mut required = d.required.clone();
+        if d.kind == AWS_IAM {
+            required = vec!["actions".into(), "resources".into()];
+        }
+        types.insert(d.kind.clone(), DetailType { fields: d.fields.iter().cloned().collect(), required });
+    }
+    if r.require_authorization_details && types.is_empty() {
+        errs.push(format!("{key}.require_authorization_details: the role declares no authorization_details types"));
+    }
+    DetailRules { require: r.require_authorization_details, types }
 }
 
 /// The most uses a use-limited role may allow.
@@ -48,7 +122,7 @@ pub(super) fn engine(raw: &RawConfig, errs: &mut Vec<String>) -> Option<PolicyEn
                 .cloned()
         })
         .collect();
-    match PolicyEngine::new(raw_claims, raw.policy.guardrails.as_deref()) {
+    match PolicyEngine::new(raw_claims, detail_schema(raw), raw.policy.guardrails.as_deref()) {
         Ok(e) => Some(e),
         Err(e) => {
             errs.push(e);
@@ -89,6 +163,8 @@ pub(super) fn build_all(
                 Err(e) => errs.push(format!("{key}.conditions.{claim}: {e}")),
             }
         }
+        let is_aws = matches!(r.credential, RawCredential::Aws { .. });
+        let details = details(&key, r, is_aws, errs);
         let Some(credential) = credential(&key, &r.credential, errs) else { continue };
         if let Some(n) = r.max_uses {
             if !matches!(credential, CredentialSpec::Jwt { .. }) {
@@ -139,6 +215,7 @@ pub(super) fn build_all(
                     allow_debug: r.allow_debug,
                     policy,
                     max_uses: r.max_uses,
+                    details,
                 };
                 roles.insert(r.name.clone(), Arc::new(role));
             }

@@ -2,6 +2,7 @@
 //! and the credential's lifetime. [`Allowed`] is the only way into the grant, and it carries the
 //! lifetime: nothing is read back from the trace.
 
+use super::details::AuthorizationDetails;
 use super::error::ExchangeError;
 use super::trace::Trace;
 use super::workload::{Facts, Subject};
@@ -18,6 +19,18 @@ pub struct Allowed {
     subject: Subject,
     lifetime: i64,
     now: i64,
+    details: Option<AuthorizationDetails>,
+}
+
+/// What a grant is made of: everything the decision allowed.
+pub(super) struct Parts {
+    pub role: Arc<Role>,
+    pub workload: Workload,
+    pub claims: Map<String, Value>,
+    pub facts: Facts,
+    pub lifetime: i64,
+    pub now: i64,
+    pub details: Option<AuthorizationDetails>,
 }
 
 impl Allowed {
@@ -41,9 +54,9 @@ impl Allowed {
         &self.subject.workload
     }
 
-    pub(super) fn into_parts(self) -> (Arc<Role>, Workload, Map<String, Value>, Facts, i64, i64) {
+    pub(super) fn into_parts(self) -> Parts {
         let Subject { role, workload, claims, facts } = self.subject;
-        (role, workload, claims, facts, self.lifetime, self.now)
+        Parts { role, workload, claims, facts, lifetime: self.lifetime, now: self.now, details: self.details }
     }
 }
 
@@ -70,15 +83,20 @@ pub(super) async fn decide(
     state: &dyn StateStore,
     config: &Config,
     subject: Subject,
+    details: Option<&str>,
     now: i64,
     trace: &mut Trace,
 ) -> Result<Allowed, ExchangeError> {
     let role = &subject.role;
+    // what the transaction asks for must be what the role declares, before anything is decided
+    let details = super::details::check(role, details).map_err(ExchangeError::AuthorizationDetails)?;
+    trace.authorization_details = details.as_ref().map(|d| d.granted().clone());
     let (iat, exp) = (subject.facts.issued_at, subject.facts.not_after);
     let iss = subject.claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
     let revoked = revocations(state, role, &subject.workload, iss, now).await?;
-    let decision =
-        config.engine.decide(&role.policy, &subject.workload, &subject.claims, iss, (now, iat, exp), &revoked);
+    let sets = details.as_ref().map(AuthorizationDetails::sets);
+    let at = crate::policy::At { times: (now, iat, exp), revoked: &revoked, details: sets };
+    let decision = config.engine.decide(&role.policy, &subject.workload, &subject.claims, iss, &at);
     trace.decision = Some(decision.clone());
     if !decision.allows() {
         return Err(ExchangeError::Denied { role: role.name.clone(), decision: Box::new(decision) });
@@ -88,5 +106,5 @@ pub(super) async fn decide(
     if lifetime <= 0 {
         return Err(ExchangeError::NoLifetimeLeft { exp, now });
     }
-    Ok(Allowed { subject, lifetime, now })
+    Ok(Allowed { subject, lifetime, now, details })
 }

@@ -53,6 +53,9 @@ pub enum ExchangeError {
     Randomness(crate::ids::RandomnessUnavailable),
     #[error("the assertion belongs to another task")]
     TaskMismatch,
+    /// RFC 9396 §5: details the role does not declare, or malformed.
+    #[error("{0}")]
+    AuthorizationDetails(String),
     /// A cloud refused or could not answer (only [`MintError::Aws`] and [`MintError::Gcp`]).
     #[error("{0}")]
     Upstream(MintError),
@@ -174,6 +177,9 @@ impl ExchangeError {
             ExchangeError::Timeout(_) => (Unavailable, "temporarily_unavailable", "request_timeout"),
             ExchangeError::Randomness(_) => (Unavailable, "temporarily_unavailable", "randomness_unavailable"),
             ExchangeError::TaskMismatch => (Forbidden, "access_denied", "task_mismatch"),
+            ExchangeError::AuthorizationDetails(_) => {
+                (Rejected, "invalid_authorization_details", "authorization_details_invalid")
+            }
             ExchangeError::Upstream(e) => match e.upstream() {
                 Some((_, true)) => (Unavailable, "temporarily_unavailable", "upstream_unavailable"),
                 _ => (UpstreamRefused, "server_error", "upstream_refused"),

@@ -22,7 +22,7 @@ impl Broker {
         allowed: Allowed,
         rec: &mut AuditRecord,
     ) -> Result<TokenResponse, ExchangeError> {
-        let (role, workload, claims, facts, lifetime, now) = allowed.into_parts();
+        let super::decide::Parts { role, workload, claims, facts, lifetime, now, details } = allowed.into_parts();
         let exp = now + lifetime;
         // Without randomness no grant id is made, and the assertion is not spent.
         let jti = random_id(16).map_err(ExchangeError::Randomness)?;
@@ -41,6 +41,7 @@ impl Broker {
                 now,
                 lifetime,
                 max_uses: role.max_uses,
+                details: details.as_ref(),
             },
         )?;
         rec.replayable = facts.replayable;
@@ -77,6 +78,7 @@ impl Broker {
             }
         }
         rec.decision = Outcome::Allow;
+        rec.authorization_details = details.as_ref().map(|d| d.granted().clone());
         rec.credential = Some(CredentialRecord { kind: kind.as_str(), jti: jti.clone(), expires_at: exp });
         // INVARIANT: the allow record is durable before any credential exists outside the broker.
         if config.safety.audit {
@@ -87,7 +89,9 @@ impl Broker {
             self.evaluator.state.record_grant(&grant, now).await.map_err(ExchangeError::State)?;
         }
         match self.minters.mint(plan).await {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                // RFC 9396 §7: the details granted, in the token response
+                resp.authorization_details = details.map(|d| d.granted().clone());
                 tracing::debug!(request_id = %rec.request_id, decision_id = %rec.decision_id, role = %role.name, jti = %jti, expires_in = lifetime, "credential issued");
                 Ok(resp)
             }

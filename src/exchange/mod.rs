@@ -21,6 +21,7 @@
 mod build;
 mod counted;
 mod decide;
+mod details;
 mod error;
 mod events;
 mod grant;
@@ -32,6 +33,7 @@ mod verify;
 mod workload;
 
 pub use decide::Allowed;
+pub use details::{AWS_IAM, AuthorizationDetails, DetailSets};
 pub use error::{Class, ExchangeError, Refusal, oauth_charset};
 pub use events::{Delivery, EventOutcome, Platform};
 pub use nonce::{NONCE_TTL, Nonce};
@@ -108,7 +110,8 @@ impl Evaluator {
         let result = async {
             let verified = verify::verify(&self.keys, config, req, now, &mut trace).await?;
             let subject = workload::workload(verified, now, &mut trace)?;
-            decide::decide(self.state.as_ref(), config, subject, now, &mut trace).await
+            decide::decide(self.state.as_ref(), config, subject, req.authorization_details.as_deref(), now, &mut trace)
+                .await
         }
         .await;
         (trace, result)
@@ -120,6 +123,7 @@ impl Evaluator {
         &self,
         role_name: &str,
         claims: &serde_json::Map<String, serde_json::Value>,
+        details: Option<&str>,
         now: i64,
     ) -> (Trace, Result<(), ExchangeError>) {
         let config = self.config();
@@ -129,7 +133,7 @@ impl Evaluator {
             trace.provider = Some(role.provider.name.clone());
             trace.profile = Some(role.provider.profile.name());
             let subject = workload::from_claims(role, claims, now, &mut trace)?;
-            decide::decide(self.state.as_ref(), &config, subject, now, &mut trace).await.map(|_| ())
+            decide::decide(self.state.as_ref(), &config, subject, details, now, &mut trace).await.map(|_| ())
         }
         .await;
         (trace, result)

@@ -26,6 +26,8 @@ pub struct ExchangeRequest {
     pub subject_token_type: String,
     pub role: String,
     pub requested_token_type: Option<String>,
+    /// RFC 9396 `authorization_details` (JSON text), checked against the role in `details.rs`.
+    pub authorization_details: Option<String>,
 }
 
 /// A malformed request, before any token is looked at.
@@ -98,7 +100,8 @@ pub fn parse_form(body: &[u8]) -> Result<ExchangeRequest, ExchangeError> {
     if requested_token_type.as_deref().is_some_and(|t| t != TOKEN_TYPE_JWT && t != TOKEN_TYPE_ACCESS_TOKEN) {
         return Err(bad(RequestProblem::RequestedTypeUnsupported));
     }
-    Ok(ExchangeRequest { subject_token, subject_token_type, role, requested_token_type })
+    let authorization_details = take("authorization_details");
+    Ok(ExchangeRequest { subject_token, subject_token_type, role, requested_token_type, authorization_details })
 }
 
 /// The form of an admin request (revoke, introspect): names to values, no repeats.

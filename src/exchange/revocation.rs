@@ -167,9 +167,10 @@ impl Broker {
         if allowed.workload().task != task {
             return Err(ExchangeError::TaskMismatch);
         }
-        let (role, _, _, facts, _, _) = allowed.into_parts();
+        let parts = allowed.into_parts();
+        let facts = &parts.facts;
         self.spend(&facts.replay_id, facts.replay_until, now, facts.used_since, None).await?;
-        Ok((role.provider.name.clone(), task))
+        Ok((parts.role.provider.name.clone(), task))
     }
 
     /// The provider whose namespace an admin's `task` or `subject` revocation is in: the form's

@@ -55,6 +55,9 @@ pub struct Trace {
     pub workload: Option<Workload>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
+    /// The RFC 9396 authorization details the request carried, as checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<serde_json::Value>,
     /// Seconds the credential would live.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<i64>,

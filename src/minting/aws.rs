@@ -41,6 +41,9 @@ pub struct AwsRole {
     pub end_sessions_on_revoke: bool,
 }
 
+/// The longest inline session policy STS takes (characters, before its own packing).
+const MAX_SESSION_POLICY_CHARS: usize = 2048;
+
 /// What one AssumeRole call carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssumeRequest {
@@ -71,16 +74,37 @@ pub fn request(aws: &AwsRole, g: &super::GrantFacts<'_>) -> Result<AssumeRequest
         }
     }
     let source_identity = source_identity(g.provider, &g.workload.subject);
+    // A transaction's `aws_iam` details are the session's only Allow (the role's own Deny
+    // statements stay): the session can do that and nothing else the role allows.
+    let scoped = g.details.and_then(|d| d.aws_iam()).map(|(actions, resources)| {
+        let mut stmts = vec![json!({
+            "Sid": "EphemeraAuthorizationDetails",
+            "Effect": "Allow",
+            "Action": actions,
+            "Resource": resources,
+        })];
+        stmts.extend(aws.statements.iter().flatten().filter(|s| s["Effect"] == "Deny").cloned());
+        stmts
+    });
     Ok(AssumeRequest {
         role_arn: aws.role_arn.clone(),
         session_name: sts_name(&format!("{}/{}", g.role, g.workload.task), 64),
         source_identity: if source_identity.len() < 2 { format!("{source_identity}--") } else { source_identity },
         duration_seconds: duration_for(g.lifetime),
-        policy: session_policy(
-            aws.statements.as_deref(),
-            &crate::clock::rfc3339(g.now + g.lifetime),
-            aws.allow_role_chaining,
-        ),
+        policy: {
+            let policy = session_policy(
+                scoped.as_deref().or(aws.statements.as_deref()),
+                &crate::clock::rfc3339(g.now + g.lifetime),
+                aws.allow_role_chaining,
+            );
+            if policy.len() > MAX_SESSION_POLICY_CHARS {
+                return Err(super::MintError::Tag(AwsError::Tag {
+                    key: "authorization_details".into(),
+                    problem: format!("the session policy would be over STS's {MAX_SESSION_POLICY_CHARS} characters"),
+                }));
+            }
+            policy
+        },
         tags,
         transitive_tag_keys: aws.transitive_tag_keys.clone(),
         external_id: aws.external_id.clone(),

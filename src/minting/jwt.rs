@@ -188,6 +188,9 @@ pub(crate) fn claims(audience: &str, g: &super::GrantFacts<'_>) -> Value {
     if let (Some(n), Some(obj)) = (g.max_uses, claims.as_object_mut()) {
         obj.insert("max_uses".into(), json!(n));
     }
+    if let (Some(d), Some(obj)) = (g.details, claims.as_object_mut()) {
+        obj.insert("authorization_details".into(), d.granted().clone());
+    }
     claims
 }
 

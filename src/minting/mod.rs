@@ -89,6 +89,8 @@ pub struct GrantFacts<'a> {
     pub lifetime: i64,
     /// How many times partners may consume it (a broker JWT's `max_uses`).
     pub max_uses: Option<u32>,
+    /// The RFC 9396 authorization details granted (a JWT claim; an AWS session policy).
+    pub details: Option<&'a crate::exchange::AuthorizationDetails>,
 }
 
 /// A checked request for one credential, built before the assertion is spent; it borrows the
@@ -149,6 +151,9 @@ pub struct TokenResponse {
     /// AWS sessions: the credentials in the `credential_process` shape.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialProcess>,
+    /// RFC 9396 §7: the authorization details granted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<serde_json::Value>,
 }
 
 /// AWS's `credential_process` output (`Expiration` is the broker's deadline, so SDKs come back
@@ -207,6 +212,7 @@ impl Minters {
                 token_type: "Bearer",
                 expires_in: lifetime,
                 credentials: None,
+                authorization_details: None,
             }),
             Planned::Aws(role, req) => {
                 let minter = self.aws.as_ref().ok_or(MintError::NotSetUp("AWS"))?;
@@ -224,6 +230,7 @@ impl Minters {
                         session_token: s.session_token,
                         expiration: rfc3339(expires_at),
                     }),
+                    authorization_details: None,
                 })
             }
             Planned::Gcp(role) => {
@@ -235,6 +242,7 @@ impl Minters {
                     token_type: "Bearer",
                     expires_in: lifetime,
                     credentials: None,
+                    authorization_details: None,
                 })
             }
         }

@@ -14,6 +14,15 @@ use ephemera_providers::profile::{Workload, lookup, scalar_text};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 
+/// What a decision is taken at, besides who asks and for what: the times (now, the assertion's
+/// `iat` and `exp`), the revocation keys in force for the workload, and the RFC 9396 details asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    pub times: (i64, i64, i64),
+    pub revoked: &'a [String],
+    pub details: Option<&'a crate::exchange::DetailSets>,
+}
+
 impl PolicyEngine {
     /// Decides `role` for a workload now, with the revocation keys in force for it (`times`:
     /// now, the assertion's `iat` and `exp`). Never fails: an evaluation problem is a deny with
@@ -24,10 +33,10 @@ impl PolicyEngine {
         workload: &Workload,
         claims: &Map<String, Value>,
         iss: &str,
-        times: (i64, i64, i64),
-        revoked: &[String],
+        at: &At<'_>,
     ) -> Decision {
-        let (now, iat, exp) = times;
+        let (now, iat, exp) = at.times;
+        let (revoked, details) = (at.revoked, at.details);
         let results = |fired: &HashSet<String>| -> Vec<ConditionResult> {
             role.conditions
                 .iter()
@@ -104,8 +113,23 @@ impl PolicyEngine {
                 lookup(claims, c).and_then(scalar_text).map(|v| (c.clone(), RestrictedExpression::new_string(v)))
             })
             .collect();
+        // every declared type and field is there (empty sets when not asked for): a policy reads
+        // them without `has`
+        let details = self.details.iter().map(|(t, fields)| {
+            let asked = details.and_then(|d| d.get(t));
+            let f = fields.iter().map(|f| {
+                let values = asked.and_then(|a| a.get(f)).into_iter().flatten();
+                (f.clone(), RestrictedExpression::new_set(values.map(|v| RestrictedExpression::new_string(v.clone()))))
+            });
+            RestrictedExpression::new_record(f).map(|r| (t.clone(), r))
+        });
+        let details = match details.collect::<Result<Vec<_>, _>>().and_then(RestrictedExpression::new_record) {
+            Ok(d) => d,
+            Err(e) => return fail(e.to_string()),
+        };
         let context = match RestrictedExpression::new_record(raw).map_err(|e| e.to_string()).and_then(|claims| {
             Context::from_pairs([
+                ("authorization_details".to_owned(), details),
                 ("now".to_owned(), RestrictedExpression::new_long(now)),
                 ("iat".to_owned(), RestrictedExpression::new_long(iat)),
                 ("exp".to_owned(), RestrictedExpression::new_long(exp)),

@@ -32,7 +32,7 @@ use cedar_policy::{
 use ephemera_attestation::AttestationKind;
 use ephemera_providers::profile::Profile;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 
 mod compile;
@@ -42,6 +42,7 @@ mod lint;
 mod matcher;
 
 pub use compile::{CompiledRole, RoleSpec};
+pub use decide::At;
 pub use decision::{ConditionResult, Decision, Effect, GUARDRAIL_REVOCATION};
 pub use lint::{Finding, Severity};
 pub use matcher::{Condition, Matcher, Source};
@@ -54,6 +55,8 @@ pub struct PolicyEngine {
     schema: Schema,
     guardrails: PolicySet,
     raw_claims: BTreeSet<String>,
+    /// Every declared RFC 9396 type and its fields: `context.authorization_details`.
+    details: BTreeMap<String, BTreeSet<String>>,
     action: EntityUid,
     types: HashMap<Profile, EntityTypeName>,
     /// The principal attribute names of each profile.
@@ -82,7 +85,13 @@ fn type_name(name: &str) -> Result<EntityTypeName, String> {
 
 impl PolicyEngine {
     /// The schema for these raw claim names; `raw_claims` are all claim names conditions read raw.
-    pub fn new(raw_claims: BTreeSet<String>, guardrails: Option<&str>) -> Result<PolicyEngine, String> {
+    /// `details`: every declared authorization detail type and its fields (each a
+    /// `Set<String>` in `context.authorization_details.TYPE.FIELD`, empty when not asked for).
+    pub fn new(
+        raw_claims: BTreeSet<String>,
+        details: BTreeMap<String, BTreeSet<String>>,
+        guardrails: Option<&str>,
+    ) -> Result<PolicyEngine, String> {
         let mut entity_types = Map::new();
         let mut principals = Vec::new();
         for p in Profile::ALL {
@@ -100,6 +109,14 @@ impl PolicyEngine {
             "Role".into(),
             json!({"shape": {"type": "Record", "attributes": {"name": {"type": "String"}, "provider": {"type": "String"}}}}),
         );
+        let detail_attrs: Map<String, Value> = details
+            .iter()
+            .map(|(t, fields)| {
+                let f: Map<String, Value> =
+                    fields.iter().map(|f| (f.clone(), json!({"type": "Set", "element": {"type": "String"}}))).collect();
+                (t.clone(), json!({"type": "Record", "attributes": f}))
+            })
+            .collect();
         let claim_attrs: Map<String, Value> =
             raw_claims.iter().map(|c| (c.clone(), json!({"type": "String", "required": false}))).collect();
         let schema_json = json!({ NS: {
@@ -113,6 +130,7 @@ impl PolicyEngine {
                     "exp": {"type": "Long"},
                     "revoked": {"type": "Boolean"},
                     "claims": {"type": "Record", "attributes": claim_attrs},
+                    "authorization_details": {"type": "Record", "attributes": detail_attrs},
                 }},
             }}},
         }});
@@ -148,6 +166,7 @@ impl PolicyEngine {
             schema,
             guardrails: guard,
             raw_claims,
+            details,
             action,
             types,
             attributes,

@@ -203,6 +203,7 @@ fn request(token: String, token_type: &str) -> ExchangeRequest {
         subject_token_type: token_type.into(),
         role: "r".into(),
         requested_token_type: None,
+        authorization_details: None,
     }
 }
 
@@ -691,6 +692,7 @@ async fn the_nitro_example_admits_the_enclave_it_pins() {
         subject_token_type: NITRO.into(),
         role: "partner-api".into(),
         requested_token_type: None,
+        authorization_details: None,
     };
     let b = broker(load(), Arc::new(FixedClock(d.verify_at)), None).await;
     let (trace, result) = b.evaluate(&req, d.verify_at).await;

@@ -251,6 +251,7 @@ fn build(role: &AwsRole, claims: &Map<String, Value>, lifetime: i64) -> Result<A
         now: NOW,
         lifetime,
         max_uses: None,
+        details: None,
     };
     ephemera::minting::aws::request(role, &facts)
 }

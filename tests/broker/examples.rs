@@ -37,8 +37,7 @@ fn the_deploy_template_refuses_privileged_triggers() {
             &workload,
             &claims,
             iss,
-            (1_800_000_000, 1_800_000_000, 1_800_000_300),
-            &[],
+            &ephemera::policy::At { times: (1_800_000_000, 1_800_000_000, 1_800_000_300), revoked: &[], details: None },
         );
         assert_eq!(d.allows(), allow, "{file}: {}", d.reasons());
     }

@@ -88,7 +88,13 @@ fn decide(config: &Config, claims: &Value) -> Decision {
     let profile: Profile = role.provider.profile;
     let workload = profile.workload_from_claims(&claims, None, "test").unwrap();
     let iss = claims["iss"].as_str().unwrap();
-    config.engine.decide(&role.policy, &workload, &claims, iss, (1_800_000_100, 1_800_000_000, 1_800_000_300), &[])
+    config.engine.decide(
+        &role.policy,
+        &workload,
+        &claims,
+        iss,
+        &ephemera::policy::At { times: (1_800_000_100, 1_800_000_000, 1_800_000_300), revoked: &[], details: None },
+    )
 }
 
 fn with(mut base: Value, key: &str, v: Value) -> Value {

@@ -58,6 +58,7 @@ credential = {{ kind = "jwt", audience = "https://partner.example" }}
         subject_token_type: TOKEN_TYPE_ID_TOKEN.into(),
         role: "r".into(),
         requested_token_type: None,
+        authorization_details: None,
     };
     let (_, result) = broker.evaluate(&req, c.at).await;
     result.map(|_| ()).map_err(|e| e.refusal().description)
