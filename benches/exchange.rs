@@ -427,6 +427,8 @@ fn store_bytes_per_exchange() -> Option<String> {
             expires_at: 900,
             issuer: String::new(),
             provider: "gh".into(),
+            audience: None,
+            session: None,
         };
         rt.block_on(store.mark_used(id, 3600, 0, 0, Some(&grant))).unwrap();
     }

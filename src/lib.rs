@@ -24,6 +24,7 @@ pub mod config;
 pub mod exchange;
 pub(crate) mod ids;
 pub mod minting;
+pub mod notify;
 pub mod policy;
 pub mod secret;
 pub mod server;

@@ -413,7 +413,10 @@ pub fn revocations(path: &Path) -> Vec<(String, i64)> {
         .filter(|l| l.contains("\"decision\":\"revoke\""))
         .filter_map(|l| {
             let v: serde_json::Value = serde_json::from_str(&l).ok()?;
-            let key = v.get("detail")?.as_str()?.strip_prefix("revoked `")?.strip_suffix('`')?.to_owned();
+            // `revoked `KEY``, after what ended it when something did (`task ended (…): revoked `KEY``)
+            let detail = v.get("detail")?.as_str()?;
+            let (_, rest) = detail.split_once("revoked `")?;
+            let key = rest.strip_suffix('`')?.to_owned();
             Some((key, v.get("ts")?.as_i64()?))
         })
         .collect()
@@ -640,9 +643,16 @@ mod tests {
         log.append(AuditRecord { detail: Some("revoked `role:x`".into()), ..rec(Outcome::Deny) }, true).await.unwrap();
         log.append(revoke("flushed the cached keys of provider `gh`", 120), true).await.unwrap();
         log.append(revoke("revoked `task:gh:1/2/3`", 130), true).await.unwrap();
+        log.append(revoke("task ended (github workflow_run completed): revoked `task:gh:4/5/6`", 140), true)
+            .await
+            .unwrap();
         assert_eq!(
             revocations(&path),
-            vec![("subject:gh:repo:acme/app".to_owned(), 100), ("task:gh:1/2/3".to_owned(), 130)]
+            vec![
+                ("subject:gh:repo:acme/app".to_owned(), 100),
+                ("task:gh:1/2/3".to_owned(), 130),
+                ("task:gh:4/5/6".to_owned(), 140)
+            ]
         );
     }
 }

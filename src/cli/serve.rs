@@ -116,6 +116,12 @@ pub(super) async fn serve(
             }
         });
     }
+    {
+        // revocations told to partners and clouds: the durable outbox, every second and at once
+        // after a revocation queued something
+        let broker = broker.clone();
+        tokio::spawn(async move { broker.run_outbox().await });
+    }
     let extra = extra.map(|(d, c)| crate::server::demo::routes(d, c));
     let admin_listen = broker.config().admin_listen;
     let (public, admin) = crate::server::routers(broker, extra);

@@ -11,6 +11,7 @@
 //! | `role.rs` | `[[roles]]`: conditions compiled by `policy`, credentials checked for `minting` |
 
 mod defaults;
+mod events;
 mod provider;
 mod raw;
 mod role;
@@ -54,6 +55,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Partners' credentials for introspection only, each limited to its audiences.
     pub introspectors: Vec<server::Introspector>,
+    /// Partners pushed a SET when a broker JWT of their audience is revoked.
+    pub receivers: Vec<events::Receiver>,
     /// Both on, except in a `bench-knobs` build whose config says otherwise.
     pub safety: Safety,
 }
@@ -173,6 +176,7 @@ impl Config {
         if matches!(state, StateBackend::Redis { .. }) && server.signing_key_file.is_none() {
             errs.push("server.signing_key_file: required with the redis backend: replicas must sign with one key, or partners (and introspection) meet tokens their JWKS does not verify".into());
         }
+        let receivers = events::receivers(&raw.events, &resolve, &mut errs);
         let safety = server::safety(raw.bench, &mut errs);
         match (errs.is_empty(), engine) {
             (true, Some(engine)) => Ok(Config {
@@ -190,6 +194,7 @@ impl Config {
                 admin_token,
                 admin_listen,
                 introspectors,
+                receivers,
                 safety,
             }),
             _ => Err(ConfigErrors(errs)),

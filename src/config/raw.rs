@@ -25,6 +25,9 @@ pub struct RawConfig {
     pub gcp: RawGcp,
     #[serde(default)]
     pub admin: RawAdmin,
+    /// `[events]`: who is told when a grant ends.
+    #[serde(default)]
+    pub events: RawEvents,
     /// Benchmark-only switches; refused unless built with the `bench-knobs` feature.
     pub bench: Option<Safety>,
 }

@@ -61,7 +61,7 @@ pub(super) fn detail_schema(raw: &RawConfig) -> BTreeMap<String, BTreeSet<String
 
 /// A role's `authorization_details` tables, checked.
 fn details(key: &str, r: &super::raw::RawRole, aws: bool, errs: &mut Vec<String>) -> DetailRules {
-    use crate::exchange::AWS_IAM;
+    use crate::minting::aws::AWS_IAM;
     let mut types = BTreeMap::new();
     for (i, d) in r.authorization_details.iter().enumerate() {
         let at = format!("{key}.authorization_details[{i}]");

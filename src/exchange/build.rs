@@ -113,6 +113,13 @@ impl Broker {
         // on first use, so a reload that adds the first AWS or GCP role can mint (review C15).
         let aws = Some(AwsMinter::new());
         let gcp = Some(GcpMinter::new(config.gcp_iam_url.clone())?);
-        Ok(Broker { evaluator, audit, minters: Minters::new(signer, aws, gcp), counted: Default::default() })
+        Ok(Broker {
+            evaluator,
+            audit,
+            minters: Minters::new(signer, aws, gcp),
+            counted: Default::default(),
+            outbox_kick: tokio::sync::Notify::new(),
+            push_client: crate::notify::client(),
+        })
     }
 }

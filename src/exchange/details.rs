@@ -17,11 +17,8 @@ pub(super) const MAX_DETAILS: usize = 8;
 pub(super) const MAX_VALUES: usize = 16;
 /// Longest string in a field, bytes.
 pub(super) const MAX_VALUE_BYTES: usize = 256;
-/// The detail type an AWS role turns into its session policy.
-pub const AWS_IAM: &str = "aws_iam";
-
-/// Per type, per field, the strings granted (several objects of one type merged): Cedar's view.
-pub type DetailSets = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
+pub use crate::minting::aws::AWS_IAM;
+pub use crate::policy::DetailSets;
 
 /// Details checked against the role: only [`check`] makes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,13 +37,6 @@ impl AuthorizationDetails {
     /// What Cedar sees.
     pub fn sets(&self) -> &DetailSets {
         &self.sets
-    }
-
-    /// The IAM actions and resources of the `aws_iam` details, when there are any.
-    pub fn aws_iam(&self) -> Option<(Vec<String>, Vec<String>)> {
-        let t = self.sets.get(AWS_IAM)?;
-        let list = |f: &str| t.get(f).map(|s| s.iter().cloned().collect()).unwrap_or_default();
-        Some((list("actions"), list("resources")))
     }
 }
 

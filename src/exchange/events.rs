@@ -228,14 +228,8 @@ impl Broker {
             Ok(t) => t,
             Err(why) => return Ok(EventOutcome::Ignored { ignored: why }),
         };
-        // a delivery is handled once: remembered like a spent assertion
-        let remembered = format!("delivery:{platform}:{}:{id}", provider.name);
-        let spend = self.evaluator.state.mark_used(&remembered, now + DELIVERY_TTL, now, now, None).await;
-        match spend {
-            Ok(Mark::Fresh | Mark::EpochReset { .. }) => {}
-            Ok(Mark::AlreadyUsed) => return Ok(EventOutcome::Duplicate { duplicate: id.to_owned() }),
-            Err(_) => return Err(unavailable()),
-        }
+        // The revocation first (it is idempotent), the delivery id after: a store that fails in
+        // between leaves the delivery unspent, and the platform's redelivery ends the task.
         let key = RevocationKey::Task { provider: provider.name.clone(), task: task.clone() }.to_string();
         let already = match self.evaluator.state.revoked(std::slice::from_ref(&key), now).await {
             Ok(found) => !found.is_empty(),
@@ -243,6 +237,15 @@ impl Broker {
         };
         if !already {
             self.evaluator.state.revoke(&key, now + REVOCATION_TTL, now).await.map_err(|_| unavailable())?;
+        }
+        // a delivery is handled once: remembered like a spent assertion
+        let remembered = format!("delivery:{platform}:{}:{id}", provider.name);
+        let duplicate = match self.evaluator.state.mark_used(&remembered, now + DELIVERY_TTL, now, now, None).await {
+            Ok(Mark::Fresh | Mark::EpochReset { .. }) => false,
+            Ok(Mark::AlreadyUsed) => true,
+            Err(_) => return Err(unavailable()),
+        };
+        if !already {
             tracing::info!(key = %key, delivery = %id, "task ended by the platform");
             let event = match d.platform {
                 Platform::Github => "workflow_run completed",
@@ -255,7 +258,8 @@ impl Broker {
                 decision_id: random_id(12).unwrap_or_default(),
                 policy_version: config.version.clone(),
                 decision: Outcome::Revoke,
-                detail: Some(format!("revoked `{key}`: task ended ({platform} {event})")),
+                // (`revoked `KEY`` last: the file backend reads revocations back from the log)
+                detail: Some(format!("task ended ({platform} {event}): revoked `{key}`")),
                 provider: Some(provider.name.clone()),
                 task: Some(task.clone()),
                 delivery_id: Some(escape(id)),
@@ -266,6 +270,9 @@ impl Broker {
                 tracing::error!(error = %e, "audit write failed for a task end");
             }
             self.revoked_now(&key, &decision_id, &format!("task ended: {platform} {event}"), now).await;
+        }
+        if duplicate {
+            return Ok(EventOutcome::Duplicate { duplicate: id.to_owned() });
         }
         Ok(EventOutcome::Ended { ended: key, delivery: id.to_owned(), already })
     }

@@ -7,6 +7,7 @@
 
 use super::Broker;
 use super::decide::Allowed;
+use super::details::AuthorizationDetails;
 use super::error::ExchangeError;
 use crate::audit::{AuditRecord, CredentialRecord, Outcome};
 use crate::config::Config;
@@ -41,7 +42,7 @@ impl Broker {
                 now,
                 lifetime,
                 max_uses: role.max_uses,
-                details: details.as_ref(),
+                details: details.as_ref().map(AuthorizationDetails::granted),
             },
         )?;
         rec.replayable = facts.replayable;
@@ -56,6 +57,11 @@ impl Broker {
             expires_at: exp,
             issuer: facts.issuer.clone(),
             provider: role.provider.name.clone(),
+            audience: match &role.credential {
+                crate::minting::CredentialSpec::Jwt { audience } => Some(audience.clone()),
+                _ => None,
+            },
+            session: plan.ending_session().map(str::to_owned),
         };
         // Without a nonce to take, the grant goes into the inventory with the replay mark (one
         // round trip); with one, only once the nonce has been taken, so no refused exchange

@@ -26,6 +26,7 @@ mod error;
 mod events;
 mod grant;
 mod nonce;
+mod push;
 mod request;
 mod revocation;
 mod trace;
@@ -37,6 +38,7 @@ pub use details::{AWS_IAM, AuthorizationDetails, DetailSets};
 pub use error::{Class, ExchangeError, Refusal, oauth_charset};
 pub use events::{Delivery, EventOutcome, Platform};
 pub use nonce::{NONCE_TTL, Nonce};
+pub use push::SESSION_REVOKED;
 pub use request::{
     ATTESTATION_TOKEN_TYPES, ExchangeRequest, GRANT_TOKEN_EXCHANGE, MAX_FORM_FIELDS, RequestProblem,
     TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, parse_admin_form, parse_form,
@@ -73,6 +75,10 @@ pub struct Broker {
     minters: Minters,
     /// Refusals counted rather than recorded one by one (`counted.rs`).
     counted: counted::Counted,
+    /// Wakes the outbox delivery (`push.rs`) when a revocation queued something.
+    outbox_kick: tokio::sync::Notify,
+    /// The client SETs are pushed with.
+    push_client: reqwest::Client,
 }
 
 pub use counted::COUNTED_REFUSALS_EVERY;

@@ -135,7 +135,12 @@ impl Broker {
             Ok(()) => {
                 tracing::info!(key = %key, "revoked");
                 let task = key.strip_prefix("task:").and_then(|t| t.split_once(':')).map(|(_, t)| t.to_owned());
-                self.audit_revocation(format!("revoked `{key}`"), task, now).await;
+                let decision_id = self.audit_revocation(format!("revoked `{key}`"), task, now).await;
+                let reason = match by {
+                    RevokeBy::Admin => "revoked by an admin",
+                    RevokeBy::Assertion => "task ended by the workload",
+                };
+                self.revoked_now(&key, &decision_id, reason, now).await;
                 Ok(Revoked { revoked: key, until: now + REVOCATION_TTL })
             }
             Err(e) => match spent {
@@ -185,13 +190,19 @@ impl Broker {
         }
     }
 
-    /// What follows a revocation stored under `key` (decision `decision_id`, for `reason`):
-    /// the partners and clouds holding credentials it ends are told (`push.rs`).
-    pub(super) async fn revoked_now(&self, key: &str, decision_id: &str, reason: &str, now: i64) {
-        let _ = (key, decision_id, reason, now);
+    /// Audits a revocation (or what follows one); returns the record's decision id.
+    async fn audit_revocation(&self, detail: String, task: Option<String>, now: i64) -> String {
+        self.audit_event(detail, task, None, now).await
     }
 
-    async fn audit_revocation(&self, detail: String, task: Option<String>, now: i64) {
+    /// A `revoke` record: a revocation, a delivery of one, a confirmation; returns its decision id.
+    pub(super) async fn audit_event(
+        &self,
+        detail: String,
+        task: Option<String>,
+        delivery_id: Option<String>,
+        now: i64,
+    ) -> String {
         let rec = AuditRecord {
             time: rfc3339(now),
             ts: now,
@@ -203,11 +214,14 @@ impl Broker {
             reason: None,
             detail: Some(detail),
             task,
+            delivery_id,
             ..Default::default()
         };
+        let decision_id = rec.decision_id.clone();
         if let Err(e) = self.audit.append(rec, true).await {
             tracing::error!(error = %e, "audit write failed for a revocation");
         }
+        decision_id
     }
 
     /// Forgets the cached keys of the provider the form names (`provider=NAME`), so its next

@@ -16,6 +16,8 @@
 //! One concern in one file: everything an STS session needs (its request, names, tags, deadline
 //! policy, error classes, the client) and their tests.
 
+pub mod end;
+
 use crate::secret::IssuedCredential;
 use aws_sdk_sts::error::ProvideErrorMetadata;
 use serde_json::{Value, json};
@@ -39,6 +41,25 @@ pub struct AwsRole {
     pub allow_role_chaining: bool,
     /// A revocation denies the task's live sessions at IAM (`minting/aws_end.rs`).
     pub end_sessions_on_revoke: bool,
+}
+
+/// The RFC 9396 authorization detail type an AWS role turns into its session policy.
+pub const AWS_IAM: &str = "aws_iam";
+
+/// The actions and resources of the `aws_iam` details (checked by the exchange), when any.
+fn aws_iam(details: &Value) -> Option<(Vec<Value>, Vec<Value>)> {
+    let mut found = None;
+    for d in details.as_array()?.iter().filter(|d| d["type"] == AWS_IAM) {
+        let (actions, resources) = found.get_or_insert_with(|| (Vec::new(), Vec::new()));
+        for (field, into) in [("actions", &mut *actions), ("resources", &mut *resources)] {
+            match &d[field] {
+                Value::Array(a) => into.extend(a.iter().cloned()),
+                v @ Value::String(_) => into.push(v.clone()),
+                _ => {}
+            }
+        }
+    }
+    found
 }
 
 /// The longest inline session policy STS takes (characters, before its own packing).
@@ -76,7 +97,7 @@ pub fn request(aws: &AwsRole, g: &super::GrantFacts<'_>) -> Result<AssumeRequest
     let source_identity = source_identity(g.provider, &g.workload.subject);
     // A transaction's `aws_iam` details are the session's only Allow (the role's own Deny
     // statements stay): the session can do that and nothing else the role allows.
-    let scoped = g.details.and_then(|d| d.aws_iam()).map(|(actions, resources)| {
+    let scoped = g.details.and_then(aws_iam).map(|(actions, resources)| {
         let mut stmts = vec![json!({
             "Sid": "EphemeraAuthorizationDetails",
             "Effect": "Allow",
@@ -88,7 +109,11 @@ pub fn request(aws: &AwsRole, g: &super::GrantFacts<'_>) -> Result<AssumeRequest
     });
     Ok(AssumeRequest {
         role_arn: aws.role_arn.clone(),
-        session_name: sts_name(&format!("{}/{}", g.role, g.workload.task), 64),
+        session_name: if aws.end_sessions_on_revoke {
+            ending_session_name(g.provider, &g.workload.task, g.jti)
+        } else {
+            sts_name(&format!("{}/{}", g.role, g.workload.task), 64)
+        },
         source_identity: if source_identity.len() < 2 { format!("{source_identity}--") } else { source_identity },
         duration_seconds: duration_for(g.lifetime),
         policy: {
@@ -152,6 +177,29 @@ impl AwsError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, AwsError::Unavailable { .. })
     }
+}
+
+/// The task's part of the session names of a role that ends sessions on revoke: 16 hex
+/// characters of SHA-256(provider, NUL, task). A deny at IAM matches it (`*:eph-HASH-*`).
+pub fn task_hash(provider: &str, task: &str) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(provider.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(task.as_bytes());
+    ephemera_providers::verify::hex(&ctx.finish().as_ref()[..8])
+}
+
+/// The grant's part: 8 hex characters of SHA-256(jti).
+pub fn grant_hash(jti: &str) -> String {
+    ephemera_providers::verify::hex(
+        &aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jti.as_bytes()).as_ref()[..4],
+    )
+}
+
+/// `eph-TASKHASH-GRANTHASH`: the session name of a role that ends sessions on revoke, which the
+/// session cannot change and an IAM condition on `aws:userid` can match by task or by grant.
+pub fn ending_session_name(provider: &str, task: &str, jti: &str) -> String {
+    format!("eph-{}-{}", task_hash(provider, task), grant_hash(jti))
 }
 
 /// STS's charset for session names and source identities: `[\w+=,.@-]`.

@@ -148,9 +148,21 @@ impl BrokerSigner {
 
     /// Signs `claims` as a compact JWS with `typ: JWT`.
     pub fn sign(&self, claims: &Value) -> Result<IssuedCredential, SignerError> {
+        self.sign_with(&self.header_prefix, claims)
+    }
+
+    /// Signs a Security Event Token (RFC 8417 §2.3: `typ: secevent+jwt`, so no SET can pass for
+    /// a broker JWT, nor the reverse).
+    pub fn sign_set(&self, claims: &Value) -> Result<String, SignerError> {
+        let header = json!({"alg": self.key.algorithm(), "typ": "secevent+jwt", "kid": self.kid}).to_string();
+        let prefix = format!("{}.", URL_SAFE_NO_PAD.encode(header));
+        Ok(self.sign_with(&prefix, claims)?.expose().to_owned())
+    }
+
+    fn sign_with(&self, header_prefix: &str, claims: &Value) -> Result<IssuedCredential, SignerError> {
         let payload = serde_json::to_vec(claims).map_err(|e| SignerError::Sign(e.to_string()))?;
-        let mut token = String::with_capacity(self.header_prefix.len() + payload.len() * 4 / 3 + 8 + 344);
-        token.push_str(&self.header_prefix);
+        let mut token = String::with_capacity(header_prefix.len() + payload.len() * 4 / 3 + 8 + 344);
+        token.push_str(header_prefix);
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
         let failed = |_| SignerError::Sign("the signature could not be computed".into());
         let signature = match &self.key {
@@ -189,7 +201,7 @@ pub(crate) fn claims(audience: &str, g: &super::GrantFacts<'_>) -> Value {
         obj.insert("max_uses".into(), json!(n));
     }
     if let (Some(d), Some(obj)) = (g.details, claims.as_object_mut()) {
-        obj.insert("authorization_details".into(), d.granted().clone());
+        obj.insert("authorization_details".into(), d.clone());
     }
     claims
 }

@@ -90,7 +90,8 @@ pub struct GrantFacts<'a> {
     /// How many times partners may consume it (a broker JWT's `max_uses`).
     pub max_uses: Option<u32>,
     /// The RFC 9396 authorization details granted (a JWT claim; an AWS session policy).
-    pub details: Option<&'a crate::exchange::AuthorizationDetails>,
+    /// (The array as granted, checked by the exchange against the role.)
+    pub details: Option<&'a serde_json::Value>,
 }
 
 /// A checked request for one credential, built before the assertion is spent; it borrows the
@@ -107,6 +108,17 @@ enum Planned<'a> {
     Jwt(serde_json::Value),
     Aws(&'a aws::AwsRole, aws::AssumeRequest),
     Gcp(&'a gcp::GcpRole),
+}
+
+impl MintPlan<'_> {
+    /// An AWS session's name when its role ends sessions on revoke (the inventory keeps it, so a
+    /// revocation can deny that session at IAM).
+    pub fn ending_session(&self) -> Option<&str> {
+        match &self.kind {
+            Planned::Aws(role, req) if role.end_sessions_on_revoke => Some(&req.session_name),
+            _ => None,
+        }
+    }
 }
 
 /// Why a credential could not be planned or minted.
@@ -192,6 +204,11 @@ impl Minters {
         &self.jwt
     }
 
+    /// The AWS client, when this broker has one (ending sessions at IAM).
+    pub fn aws(&self) -> Option<&aws::AwsMinter> {
+        self.aws.as_ref()
+    }
+
     /// Builds and checks the request for a credential, before the assertion is spent.
     pub fn plan<'a>(&self, spec: &'a CredentialSpec, g: &GrantFacts<'_>) -> Result<MintPlan<'a>, MintError> {
         let kind = match spec {
@@ -203,6 +220,8 @@ impl Minters {
     }
 
     /// Mints what the plan says. Runs only after the allow record is durable.
+    ///
+    /// (See [`MintPlan::ending_session`] for what the inventory records first.)
     pub async fn mint(&self, plan: MintPlan<'_>) -> Result<TokenResponse, MintError> {
         let MintPlan { lifetime, expires_at, kind } = plan;
         match kind {

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 pub struct At<'a> {
     pub times: (i64, i64, i64),
     pub revoked: &'a [String],
-    pub details: Option<&'a crate::exchange::DetailSets>,
+    pub details: Option<&'a super::DetailSets>,
 }
 
 impl PolicyEngine {

@@ -49,6 +49,10 @@ pub use matcher::{Condition, Matcher, Source};
 
 const NS: &str = "Ephemera";
 
+/// RFC 9396 authorization details as Cedar sees them: per type, per field, the strings asked
+/// for (several objects of one type merged).
+pub type DetailSets = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
+
 /// The compiled policy world: schema, guardrails, and the names of raw claims policies read.
 #[derive(Debug)]
 pub struct PolicyEngine {

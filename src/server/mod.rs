@@ -12,7 +12,7 @@
 //! | `nonce.rs` | `POST /v1/nonce` |
 //! | `admin.rs` | `POST /v1/revoke`, `POST /v1/introspect`, `GET /v1/grants` (admin credential) |
 //! | `events.rs` | `POST /v1/events/github`, `POST /v1/events/gitlab` (platform webhooks) |
-//! | `wellknown.rs` | JWKS, discovery, `/healthz`, `/readyz`, the 404 |
+//! | `wellknown.rs` | JWKS, OpenID discovery, SSF transmitter metadata, `/healthz`, `/readyz`, the 404 |
 //! | `limits.rs` | what the transport refuses before a form is read; the rate limiter |
 //! | `error.rs` | refusal → status code and RFC 6749 body, the one mapping |
 
@@ -102,6 +102,7 @@ pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Ro
         .route("/v1/events/gitlab", form(post(events::gitlab)))
         .route("/.well-known/jwks.json", read(get(wellknown::jwks)))
         .route("/.well-known/openid-configuration", read(get(wellknown::discovery)))
+        .route("/.well-known/ssf-configuration", read(get(wellknown::ssf_configuration)))
         .route("/healthz", read(get(wellknown::healthz)))
         .route("/readyz", read(get(wellknown::readyz)))
         .with_state(app);

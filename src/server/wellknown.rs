@@ -33,6 +33,23 @@ pub(super) async fn discovery(State(app): State<Arc<App>>) -> Response {
     .into_response()
 }
 
+/// The SSF transmitter metadata (OpenID Shared Signals Framework 1.0 §7.1): the broker pushes
+/// CAEP `session-revoked` SETs (RFC 8935) to the receivers its config names.
+pub(super) async fn ssf_configuration(State(app): State<Arc<App>>) -> Response {
+    let config = app.broker.config();
+    let issuer = &config.server.issuer;
+    let base = issuer.trim_end_matches('/');
+    axum::Json(json!({
+        "spec_version": "1_0",
+        "issuer": issuer,
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "delivery_methods_supported": ["urn:ietf:rfc:8935"],
+        "events_supported": [crate::exchange::SESSION_REVOKED],
+        "authorization_schemes": [{"spec_urn": "urn:ietf:rfc:6750"}],
+    }))
+    .into_response()
+}
+
 pub(super) async fn healthz() -> &'static str {
     "ok"
 }

@@ -34,6 +34,8 @@ const NONCE: u8 = b'n';
 /// Uses taken of a use-limited grant: one row per use, the id then `\0` and the count (u32, little
 /// endian), so writes committed in any order leave the highest count.
 const USES: u8 = b'c';
+/// An outbox item: the payload is its JSON.
+const OUTBOX: u8 = b'o';
 
 /// Most operations committed together.
 const BATCH: usize = 512;
@@ -158,6 +160,11 @@ impl FileStore {
                     let (grant, count) = id.split_at(id.len() - 5);
                     let taken = count[1..].try_into().map(u32::from_le_bytes).unwrap_or(u32::MAX);
                     load(memory.uses_raw(&String::from_utf8_lossy(grant), taken, *until))?
+                }
+                OUTBOX => {
+                    if let Ok(item) = serde_json::from_slice::<super::Outgoing>(value) {
+                        load(memory.outbox_put_now(&item, now))?;
+                    }
                 }
                 NONCE => load(memory.put_nonce_now(
                     &String::from_utf8_lossy(id),
@@ -301,6 +308,27 @@ impl StateStore for FileStore {
     fn revoked<'a>(&'a self, keys: &'a [String], now: i64) -> StateFuture<'a, Vec<String>> {
         self.memory.revoked(keys, now)
     }
+    fn outbox_put<'a>(&'a self, item: &'a super::Outgoing, now: i64) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.memory.outbox_put_now(item, now)?;
+            self.persist(vec![outbox_write(item)?], now).await
+        })
+    }
+    fn outbox_lease(&self, now: i64, lease: i64, max: usize) -> StateFuture<'_, Vec<super::Outgoing>> {
+        Box::pin(async move {
+            let leased = self.memory.outbox_lease_now(now, lease, max)?;
+            // (the lease is kept in memory only: after a restart every item is due at once)
+            Ok(leased)
+        })
+    }
+    fn outbox_done<'a>(&'a self, id: &'a str, now: i64) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(until) = self.memory.outbox_done_now(id)? {
+                self.persist(vec![Write::Delete { until, key: row(OUTBOX, id.as_bytes()) }], now).await?;
+            }
+            Ok(())
+        })
+    }
     fn consume<'a>(
         &'a self,
         id: &'a str,
@@ -322,6 +350,11 @@ impl StateStore for FileStore {
             Ok(uses)
         })
     }
+}
+
+fn outbox_write(item: &super::Outgoing) -> Result<Write, StateError> {
+    let value = serde_json::to_vec(item).map_err(unavailable)?;
+    Ok(Write::Put { until: item.until, key: row(OUTBOX, item.id.as_bytes()), value })
 }
 
 fn grant_write(g: &Grant) -> Result<Write, StateError> {

@@ -18,6 +18,8 @@ struct Inner {
     revoked: HashMap<String, i64>,
     /// Uses taken of use-limited grants: grant id → (taken, until).
     uses: HashMap<String, (u32, i64)>,
+    /// The outbox: id → item.
+    outbox: HashMap<String, super::Outgoing>,
 }
 
 /// A used-assertion id as the map holds it: 32 bytes, not a 64-character string (the pipeline's
@@ -229,6 +231,44 @@ impl MemoryStore {
         Ok((super::Uses::Left(max - taken - 1), Some(taken + 1)))
     }
 
+    /// Puts an item in the outbox; refuses past the entry cap.
+    pub(super) fn outbox_put_now(&self, item: &super::Outgoing, now: i64) -> Result<(), StateError> {
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        g.outbox.retain(|_, o| o.until >= now);
+        if g.outbox.len() >= self.max_entries && !g.outbox.contains_key(&item.id) {
+            return Err(StateError::Full(g.outbox.len()));
+        }
+        g.outbox.insert(item.id.clone(), item.clone());
+        Ok(())
+    }
+
+    /// Leases the items due: each comes back with its old `due`, and is held until `now + lease`.
+    pub(super) fn outbox_lease_now(
+        &self,
+        now: i64,
+        lease: i64,
+        max: usize,
+    ) -> Result<Vec<super::Outgoing>, StateError> {
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        let mut due: Vec<&mut super::Outgoing> = g.outbox.values_mut().filter(|o| o.due <= now).collect();
+        due.sort_by_key(|o| o.due);
+        Ok(due
+            .into_iter()
+            .take(max)
+            .map(|o| {
+                let leased = o.clone();
+                o.due = now + lease;
+                leased
+            })
+            .collect())
+    }
+
+    /// Removes an item; its `until` when it was there.
+    pub(super) fn outbox_done_now(&self, id: &str) -> Result<Option<i64>, StateError> {
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        Ok(g.outbox.remove(id).map(|o| o.until))
+    }
+
     /// Restores a count of uses taken (reloading a durable store).
     pub(super) fn uses_raw(&self, id: &str, taken: u32, until: i64) -> Result<(), StateError> {
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
@@ -300,6 +340,18 @@ impl StateStore for MemoryStore {
         issued_at: i64,
     ) -> StateFuture<'a, super::Uses> {
         let r = self.consume_now(id, max, take, until, now, issued_at).map(|(u, _)| u);
+        Box::pin(async move { r })
+    }
+    fn outbox_put<'a>(&'a self, item: &'a super::Outgoing, now: i64) -> StateFuture<'a, ()> {
+        let r = self.outbox_put_now(item, now);
+        Box::pin(async move { r })
+    }
+    fn outbox_lease(&self, now: i64, lease: i64, max: usize) -> StateFuture<'_, Vec<super::Outgoing>> {
+        let r = self.outbox_lease_now(now, lease, max);
+        Box::pin(async move { r })
+    }
+    fn outbox_done<'a>(&'a self, id: &'a str, _now: i64) -> StateFuture<'a, ()> {
+        let r = self.outbox_done_now(id).map(|_| ());
         Box::pin(async move { r })
     }
     /// Not ready when full: every fresh exchange would be refused, so a load balancer should

@@ -49,6 +49,20 @@ pub enum Uses {
     Lost,
 }
 
+/// A message waiting in the durable outbox: a SET to push, an IAM call to make. Delivered at
+/// least once, by whichever broker leases it when it is due; given up after `until`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Outgoing {
+    pub id: String,
+    /// When it is next tried (UNIX seconds).
+    pub due: i64,
+    /// When it is given up.
+    pub until: i64,
+    pub attempts: u32,
+    /// What to deliver (the outbox's own JSON: `exchange/push.rs`).
+    pub body: serde_json::Value,
+}
+
 /// One credential handed out, for the inventory.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Grant {
@@ -66,6 +80,12 @@ pub struct Grant {
     /// The provider that verified the assertion: the namespace of its task and subject.
     #[serde(default)]
     pub provider: String,
+    /// A broker JWT's audience (who is told when it is revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// An AWS session's name (what a deny at IAM matches), when its role ends sessions on revoke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl Grant {
@@ -82,6 +102,8 @@ impl Grant {
             expires_at,
             issuer: "https://issuer.example".into(),
             provider: "p".into(),
+            audience: None,
+            session: None,
         }
     }
 
@@ -168,6 +190,13 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         now: i64,
         issued_at: i64,
     ) -> StateFuture<'a, Uses>;
+    /// Puts `item` in the outbox (or replaces it: a retry with its new `due`).
+    fn outbox_put<'a>(&'a self, item: &'a Outgoing, now: i64) -> StateFuture<'a, ()>;
+    /// Leases up to `max` items due now: each is returned once and not again before `now +
+    /// lease` (a broker that dies holding one leaves it to be leased again then).
+    fn outbox_lease(&self, now: i64, lease: i64, max: usize) -> StateFuture<'_, Vec<Outgoing>>;
+    /// Removes a delivered (or given up) item.
+    fn outbox_done<'a>(&'a self, id: &'a str, now: i64) -> StateFuture<'a, ()>;
     /// An admin confirms that the revocations lost with the shared state have been re-asserted:
     /// revocations are answered again, under the store's epoch (returned; `None` for a store
     /// whose revocations survive on their own and never need this).

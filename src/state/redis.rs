@@ -105,6 +105,23 @@ redis.call('INCR', KEYS[3])
 return max - used
 "#;
 
+/// Leases the outbox items due. KEYS: the items (hash), their due times (sorted set). ARGV:
+/// now, the lease's end, the most to take. Returns the items' JSON.
+const LEASE_SCRIPT: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local body = redis.call('HGET', KEYS[1], id)
+  if body then
+    redis.call('ZADD', KEYS[2], ARGV[2], id)
+    table.insert(out, body)
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+return out
+"#;
+
 /// The Redis state store.
 pub struct RedisStore {
     client: redis::Client,
@@ -115,6 +132,7 @@ pub struct RedisStore {
     revoke: redis::Script,
     confirm: redis::Script,
     consume: redis::Script,
+    lease: redis::Script,
     /// The highest mark counter this broker has seen (rollback detection).
     seen_seq: std::sync::atomic::AtomicI64,
     /// The epoch marker this broker last knew to hold with its revocations.
@@ -152,6 +170,7 @@ impl RedisStore {
             revoke: redis::Script::new(REVOKE_SCRIPT),
             confirm: redis::Script::new(CONFIRM_SCRIPT),
             consume: redis::Script::new(CONSUME_SCRIPT),
+            lease: redis::Script::new(LEASE_SCRIPT),
             seen_seq: std::sync::atomic::AtomicI64::new(0),
             seen_epoch: std::sync::Mutex::new(None),
             first_deployment,
@@ -389,6 +408,54 @@ impl StateStore for RedisStore {
                 -2 => super::Uses::Exhausted,
                 n => super::Uses::Left(u32::try_from(n).unwrap_or(0)),
             })
+        })
+    }
+
+    fn outbox_put<'a>(&'a self, item: &'a super::Outgoing, _now: i64) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            let body = serde_json::to_string(item).map_err(unavailable)?;
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HSET")
+                .arg(self.key("meta", "outbox"))
+                .arg(&item.id)
+                .arg(body)
+                .ignore()
+                .cmd("ZADD")
+                .arg(self.key("meta", "outbox-due"))
+                .arg(item.due)
+                .arg(&item.id)
+                .ignore();
+            self.bounded(pipe.query_async::<()>(&mut c)).await
+        })
+    }
+
+    fn outbox_lease(&self, now: i64, lease: i64, max: usize) -> StateFuture<'_, Vec<super::Outgoing>> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            let mut inv = self.lease.prepare_invoke();
+            inv.key(self.key("meta", "outbox")).key(self.key("meta", "outbox-due"));
+            inv.arg(now).arg(now + lease).arg(max);
+            let bodies: Vec<String> = self.bounded(inv.invoke_async(&mut c)).await?;
+            Ok(bodies.iter().filter_map(|b| serde_json::from_str(b).ok()).collect())
+        })
+    }
+
+    fn outbox_done<'a>(&'a self, id: &'a str, _now: i64) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HDEL")
+                .arg(self.key("meta", "outbox"))
+                .arg(id)
+                .ignore()
+                .cmd("ZREM")
+                .arg(self.key("meta", "outbox-due"))
+                .arg(id)
+                .ignore();
+            self.bounded(pipe.query_async::<()>(&mut c)).await
         })
     }
 

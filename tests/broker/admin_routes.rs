@@ -456,6 +456,8 @@ async fn grants_filter_by_role() {
         expires_at: T0 + 600,
         issuer: String::new(),
         provider: "ci".into(),
+        audience: None,
+        session: None,
     };
     let gone = ephemera::state::Grant { expires_at: T0 - 1, ..grant("g0", "deploy", T0 - 9) };
     let last_second = ephemera::state::Grant { expires_at: T0, ..grant("g4", "deploy", T0) };

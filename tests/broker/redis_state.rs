@@ -192,6 +192,8 @@ async fn a_fresh_mark_records_its_grant_in_the_same_step() {
         expires_at: t + 300,
         issuer: String::new(),
         provider: "ci".into(),
+        audience: None,
+        session: None,
     };
     assert_eq!(a.mark_used("tok-g", t + 300, t, t, Some(&grant)).await, Ok(Mark::Fresh));
     assert_eq!(b.grants(t).await.unwrap(), vec![grant.clone()]);
@@ -225,6 +227,8 @@ async fn every_key_expires_exactly_when_it_should() {
         expires_at,
         issuer: String::new(),
         provider: "ci".into(),
+        audience: None,
+        session: None,
     };
     assert_eq!(store.mark_used("tok", t + 300, t, t, Some(&grant("g1", t + 900))).await, Ok(Mark::Fresh));
     assert_eq!(store.mark_used("late", t - 10, t, t, Some(&grant("g2", t - 10))).await, Ok(Mark::Fresh));
