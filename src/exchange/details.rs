@@ -133,3 +133,66 @@ fn check_aws(i: usize, fields: &BTreeMap<String, BTreeSet<String>>) -> Result<()
 fn escape(s: &str) -> String {
     ephemera_providers::error::escape_untrusted(s, 64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(toml_roles: &str) -> std::sync::Arc<Role> {
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+issuer = "https://broker.example.com"
+[audit]
+path = "a.jsonl"
+[[providers]]
+name = "p"
+profile = "oidc"
+issuer = "https://ci.example.com"
+audiences = ["x"]
+{toml_roles}"#
+        );
+        let raw: crate::config::RawConfig = toml::from_str(&text).unwrap();
+        let config = crate::config::Config::from_raw(raw, std::path::Path::new(".")).unwrap();
+        config.roles["r"].clone()
+    }
+
+    const ROLE: &str = r#"
+[[roles]]
+name = "r"
+provider = "p"
+max_ttl = "5m"
+require_authorization_details = true
+conditions = { sub = "agent-1" }
+[[roles.authorization_details]]
+type = "incident_record"
+fields = ["record_id", "project"]
+required = ["record_id"]
+[roles.credential]
+kind = "jwt"
+audience = "api"
+"#;
+
+    #[test]
+    fn details_are_what_the_role_declares() {
+        let r = role(ROLE);
+        let ok = check(&r, Some(r#"[{"type":"incident_record","record_id":"INC-1","project":["a","b"]}]"#))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.sets()["incident_record"]["project"].len(), 2);
+        assert_eq!(ok.granted()[0]["record_id"], "INC-1");
+        for bad in [
+            r#"[{"type":"other","record_id":"x"}]"#,
+            r#"[{"type":"incident_record","record_id":"x","extra":"y"}]"#,
+            r#"[{"type":"incident_record","project":"a"}]"#,
+            r#"[{"type":"incident_record","record_id":1}]"#,
+            r#"{"type":"incident_record","record_id":"x"}"#,
+            r#"[]"#,
+            "not json",
+        ] {
+            assert!(check(&r, Some(bad)).is_err(), "{bad}");
+        }
+        assert!(check(&r, None).is_err(), "required");
+    }
+}

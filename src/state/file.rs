@@ -16,6 +16,8 @@
 //!   then starts an epoch, as the Redis backend does, and refuses assertions that may have been
 //!   used before it (`replay_state_reset`). The epoch is kept in the file.
 
+#[cfg(test)]
+use super::Uses;
 use super::memory::MemoryStore;
 use super::{Grant, Mark, StateError, StateFuture, StateStore};
 use redb::{Database, ReadableTable, TableDefinition};
@@ -376,6 +378,41 @@ mod tests {
 
     /// Everything the store accepted is there after the store is dropped and opened again on
     /// the same file; expired entries are not; a replay stays refused.
+    #[test]
+    fn uses_and_the_outbox_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let rt = rt();
+        let item = |id: &str| super::super::Outgoing {
+            id: id.into(),
+            due: 0,
+            until: 100,
+            attempts: 0,
+            body: serde_json::json!({"kind": "x"}),
+        };
+        {
+            let s = FileStore::open(&path, 100, 0, false, Vec::new).unwrap();
+            rt.block_on(async {
+                for left in [2, 1] {
+                    assert_eq!(s.consume("jti", 3, true, 100, 0, 0).await, Ok(Uses::Left(left)));
+                }
+                s.outbox_put(&item("o1"), 0).await.unwrap();
+                s.outbox_put(&item("o2"), 0).await.unwrap();
+                s.outbox_done("o2", 0).await.unwrap();
+                assert_eq!(s.outbox_lease(0, 30, 10).await.unwrap().len(), 1, "leased before the restart");
+            });
+        }
+        let s = FileStore::open(&path, 100, 10, false, Vec::new).unwrap();
+        rt.block_on(async {
+            assert_eq!(s.consume("jti", 3, false, 100, 10, 0).await, Ok(Uses::Left(1)), "counted, not taken");
+            assert_eq!(s.consume("jti", 3, true, 100, 10, 0).await, Ok(Uses::Left(0)));
+            assert_eq!(s.consume("jti", 3, true, 100, 10, 0).await, Ok(Uses::Exhausted));
+            let ids: Vec<String> = s.outbox_lease(10, 30, 10).await.unwrap().into_iter().map(|o| o.id).collect();
+            assert_eq!(ids, vec!["o1".to_owned()], "the delivered item is gone; the other is due again");
+            assert!(s.outbox_lease(11, 30, 10).await.unwrap().is_empty(), "leased: not again before the lease ends");
+        });
+    }
+
     #[test]
     fn marks_nonces_revocations_and_grants_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();

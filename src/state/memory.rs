@@ -450,6 +450,23 @@ mod tests {
             .block_on(f)
     }
 
+    /// Exactly `max` takes win; counting takes nothing; a store whose memory began after the
+    /// grant was issued answers `Lost` (its count may be gone).
+    #[test]
+    fn uses_are_taken_exactly_max_times() {
+        use super::super::Uses;
+        let s = MemoryStore::new(10);
+        assert_eq!(ready(s.consume("j", 2, false, 100, 0, 0)), Ok(Uses::Left(2)));
+        assert_eq!(ready(s.consume("j", 2, true, 100, 0, 0)), Ok(Uses::Left(1)));
+        assert_eq!(ready(s.consume("j", 2, true, 100, 0, 0)), Ok(Uses::Left(0)));
+        assert_eq!(ready(s.consume("j", 2, true, 100, 0, 0)), Ok(Uses::Exhausted));
+        assert_eq!(ready(s.consume("j", 2, false, 100, 0, 0)), Ok(Uses::Left(0)));
+        assert_eq!(ready(s.consume("other", 2, true, 100, 0, 0)), Ok(Uses::Left(1)), "counted per grant");
+        let reset = MemoryStore::with_epoch(10, Some(50));
+        assert_eq!(ready(reset.consume("j", 2, true, 100, 60, 40)), Ok(Uses::Lost));
+        assert_eq!(ready(reset.consume("j", 2, true, 100, 60, 50)), Ok(Uses::Left(1)), "issued after the epoch");
+    }
+
     /// Outstanding nonces are bounded too (a tenth of `max_entries`, here 2: the table may hold 3
     /// before a put looks): a full table refuses rather than dropping a live nonce, keeps one
     /// that expires this very second, and makes room once they are past.
