@@ -348,3 +348,52 @@ async fn a_rollback_to_an_older_snapshot_is_detected_by_the_mark_counter() {
     assert_eq!(next, Ok(Mark::Fresh));
     assert_eq!(store.mark_used("new", later + 300, later, later, None).await, Ok(Mark::AlreadyUsed));
 }
+
+/// Uses of a use-limited grant are taken exactly `max` times across two brokers on one Redis;
+/// a grant issued before the store's epoch answers `Lost`.
+#[tokio::test]
+async fn uses_are_taken_exactly_max_times_across_brokers() {
+    use ephemera::state::Uses;
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b) = (redis.store(), redis.store());
+    let t = now();
+    let mut won = 0;
+    for i in 0..10 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        if matches!(s.consume("jti-u", 4, true, t + 300, t, t).await.unwrap(), Uses::Left(_)) {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 4);
+    assert_eq!(a.consume("jti-u", 4, false, t + 300, t, t).await, Ok(Uses::Left(0)));
+    assert_eq!(b.consume("jti-v", 4, false, t + 300, t, t).await, Ok(Uses::Left(4)), "counted per grant");
+    assert_eq!(a.consume("jti-w", 4, true, t + 300, t, t - 3600).await, Ok(Uses::Lost), "issued before the epoch");
+}
+
+/// The outbox is shared: an item put by one broker is leased by one broker at a time, comes back
+/// once its lease ends, and is gone once done.
+#[tokio::test]
+async fn outbox_items_are_leased_once_until_done() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b) = (redis.store(), redis.store());
+    let t = now();
+    let item = ephemera::state::Outgoing {
+        id: "o1".into(),
+        due: t,
+        until: t + 300,
+        attempts: 0,
+        body: serde_json::json!({"kind": "x"}),
+    };
+    a.outbox_put(&item, t).await.unwrap();
+    assert_eq!(b.outbox_lease(t, 30, 10).await.unwrap(), vec![item.clone()]);
+    assert!(a.outbox_lease(t, 30, 10).await.unwrap().is_empty(), "leased by b");
+    assert_eq!(a.outbox_lease(t + 31, 30, 10).await.unwrap().len(), 1, "the lease ended");
+    b.outbox_done("o1", t).await.unwrap();
+    assert!(a.outbox_lease(t + 100, 30, 10).await.unwrap().is_empty(), "done");
+}
