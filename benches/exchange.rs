@@ -68,6 +68,23 @@ impl Issuer {
     }
 }
 
+/// The transaction bench's role: one record, one use (beside `deploy`).
+const TRANSACTION_ROLE: &str = r#"
+[[roles]]
+name = "incident-reader"
+provider = "github"
+max_ttl = "15m"
+max_uses = 1
+conditions = { repository_id = "123456789" }
+[[roles.authorization_details]]
+type = "incident_record"
+fields = ["record_id", "project"]
+required = ["record_id"]
+[roles.credential]
+kind = "jwt"
+audience = "incident-api"
+"#;
+
 fn roles_toml(n: usize) -> String {
     let mut out = String::new();
     for i in 0..n {
@@ -282,6 +299,67 @@ fn main() {
         });
     }
 
+    // Transaction-scoped grants (issue 15): an exchange carrying RFC 9396 authorization_details
+    // (checked, in Cedar's context, in the JWT and the audit record), and one partner consume of
+    // a use-limited JWT (signature, revocations, one atomic use), beside the plain exchange above.
+    {
+        let audit_dir = tempfile::tempdir_in(if shm.is_dir() { shm } else { dir.path() }).unwrap();
+        let b = broker_with_state(&rt, dir.path(), &issuer.jwks(), audit_dir.path(), 1, TRANSACTION_ROLE);
+        let details = r#"[{"type":"incident_record","record_id":"INC-1042","project":"alpha"}]"#;
+        let request = |details: Option<&str>| ExchangeRequest {
+            subject_token: SubjectToken::new(issuer.token(now)),
+            subject_token_type: TOKEN_TYPE_ID_TOKEN.into(),
+            role: "incident-reader".into(),
+            requested_token_type: None,
+            authorization_details: details.map(str::to_owned),
+        };
+        group.bench_function("plain_same_broker", |bench| {
+            bench.iter_batched(
+                || ExchangeRequest { role: "deploy".into(), ..request(None) },
+                |req| assert!(rt.block_on(b.exchange_request(req, "bench")).is_ok()),
+                BatchSize::SmallInput,
+            )
+        });
+        group.bench_function("with_authorization_details", |bench| {
+            bench.iter_batched(
+                || request(Some(details)),
+                |req| {
+                    let r = rt.block_on(b.exchange_request(req, "bench"));
+                    assert!(r.is_ok(), "{:?}", r.err());
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        let form = |token: &str, consume: bool| {
+            let mut f = std::collections::HashMap::from([("token".to_owned(), token.to_owned())]);
+            if consume {
+                f.insert("consume".into(), "true".into());
+            }
+            f
+        };
+        let fresh = || {
+            let t = rt.block_on(b.exchange_request(request(Some(details)), "bench")).unwrap();
+            t.access_token.expose().to_owned()
+        };
+        group.bench_function("introspect", |bench| {
+            let token = fresh();
+            bench.iter(|| {
+                let r = rt.block_on(b.introspect(&form(&token, false), None));
+                assert!(matches!(r, Ok(ephemera::exchange::Introspection::Active(_))));
+            })
+        });
+        group.bench_function("consume_one_use", |bench| {
+            bench.iter_batched(
+                fresh,
+                |token| {
+                    let r = rt.block_on(b.introspect(&form(&token, true), None));
+                    assert!(matches!(r, Ok(ephemera::exchange::Introspection::Active(_))));
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+
     // Shared state on a real Redis: one replica, and two replicas (two brokers, one Redis) taking
     // turns; audit on tmpfs so the Redis round trips stand out against the in-memory backend.
     // Tokens are minted at the current time: the store's epoch began when the brokers connected.
@@ -292,12 +370,18 @@ fn main() {
         let b_dir = tempfile::tempdir_in(shm).unwrap();
         let a = broker_with_state(&rt, dir.path(), &issuer.jwks(), a_dir.path(), 1, &state);
         let b = broker_with_state(&rt, dir.path(), &issuer.jwks(), b_dir.path(), 1, &state);
+        // The store's epoch begins when the brokers connect; an assertion is accepted only if it
+        // was issued after it by more than the leeway (60 s), so tokens are dated 58 s ahead
+        // (within the leeway for `iat` and `nbf`) and the epoch is 3 s old.
+        rt.block_on(a.evaluator().state_ready()).unwrap();
+        rt.block_on(b.evaluator().state_ready()).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(3));
         for (name, replicas) in [("redis_1_replica", vec![&a]), ("redis_2_replicas", vec![&a, &b])] {
             let turn = std::cell::Cell::new(0usize);
             group.bench_function(name, |bench| {
                 bench.iter_batched(
                     || ExchangeRequest {
-                        subject_token: SubjectToken::new(issuer.token(SystemClock.now())),
+                        subject_token: SubjectToken::new(issuer.token(SystemClock.now() + 58)),
                         subject_token_type: TOKEN_TYPE_ID_TOKEN.into(),
                         role: "deploy".into(),
                         requested_token_type: None,
@@ -386,6 +470,22 @@ fn main() {
         let path = Path::new(&target).join("criterion").join("ephemera-floor.json");
         if std::fs::write(&path, floor.to_string()).is_ok() {
             println!("wrote {}", path.display());
+        }
+    }
+    if let Some(plain) = mean_ns("exchange/plain_same_broker") {
+        for (name, what) in [
+            ("exchange/with_authorization_details", "exchange with authorization_details"),
+            ("exchange/introspect", "introspection of a use-limited JWT"),
+            ("exchange/consume_one_use", "one consume (introspect, consume=true)"),
+        ] {
+            if let Some(e) = mean_ns(name) {
+                println!(
+                    "{what}: {:.1} us = {:.2} x the plain exchange ({:.1} us, same broker)",
+                    e / 1e3,
+                    e / plain,
+                    plain / 1e3
+                );
+            }
         }
     }
     for n in [1, 100, 10_000] {

@@ -37,8 +37,10 @@ const UNDENY_GRACE_SECS: i64 = 7 * 24 * 3600;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Job {
-    /// Push this SET to the receiver of `audience` at `endpoint`.
-    Set { audience: String, endpoint: String, set: String, set_jti: String, grant: String },
+    /// Push a SET of these claims to the receiver of `audience` at `endpoint` (signed when it is
+    /// pushed, with the key the broker publishes then: a broker restarted with a new key still
+    /// sends SETs its JWKS verifies).
+    Set { audience: String, endpoint: String, claims: serde_json::Value, set_jti: String, grant: String },
     /// Put the deny on the role, then queue its removal at `remove_at`.
     Deny { role_arn: String, policy: String, document: String, remove_at: i64, task: String },
     /// Remove the deny.
@@ -130,20 +132,17 @@ impl Broker {
                 "events": {SESSION_REVOKED: {"event_timestamp": now, "reason_admin": {"en": reason}}},
                 "ephemera": {"task": g.task, "role": g.role, "provider": g.provider},
             });
-            match self.minters.signer().sign_set(&claims) {
-                Ok(set) => out.push((
-                    Job::Set {
-                        audience: r.audience.clone(),
-                        endpoint: r.endpoint.to_string(),
-                        set,
-                        set_jti,
-                        grant: g.id.clone(),
-                    },
-                    // told until the token would have ended anyway (at least a minute)
-                    g.expires_at.max(now + 60),
-                )),
-                Err(e) => tracing::error!(error = %e, "a SET could not be signed"),
-            }
+            out.push((
+                Job::Set {
+                    audience: r.audience.clone(),
+                    endpoint: r.endpoint.to_string(),
+                    claims,
+                    set_jti,
+                    grant: g.id.clone(),
+                },
+                // told until the token would have ended anyway (at least a minute)
+                g.expires_at.max(now + 60),
+            ));
         }
         out
     }
@@ -189,15 +188,22 @@ impl Broker {
             return;
         }
         let outcome: Result<String, (bool, String)> = match &job {
-            Job::Set { audience, endpoint, set, .. } => {
+            Job::Set { audience, endpoint, claims, .. } => {
                 let config = self.config();
-                match config.receivers.iter().find(|r| &r.audience == audience && r.endpoint.as_str() == endpoint) {
-                    None => Err((false, "the receiver is no longer configured".into())),
-                    Some(r) => match push_set(&self.push_client, &r.endpoint, r.token.as_ref(), set).await {
-                        Pushed::Delivered => Ok(format!("delivered: {}", describe(&job))),
-                        Pushed::Refused(code) => Err((false, format!("refused by the receiver (`{code}`)"))),
-                        Pushed::Failed(why) => Err((true, why)),
-                    },
+                let set = self.minters.signer().sign_set(claims);
+                match (
+                    config.receivers.iter().find(|r| &r.audience == audience && r.endpoint.as_str() == endpoint),
+                    set,
+                ) {
+                    (None, _) => Err((false, "the receiver is no longer configured".into())),
+                    (_, Err(e)) => Err((true, e.to_string())),
+                    (Some(r), Ok(set)) => {
+                        match push_set(&self.push_client, &r.endpoint, r.token.as_ref(), &set).await {
+                            Pushed::Delivered => Ok(format!("delivered: {}", describe(&job))),
+                            Pushed::Refused(code) => Err((false, format!("refused by the receiver (`{code}`)"))),
+                            Pushed::Failed(why) => Err((true, why)),
+                        }
+                    }
                 }
             }
             Job::Deny { role_arn, policy, document, remove_at, task } => match self.minters.aws() {
@@ -240,6 +246,11 @@ impl Broker {
             }
             Err((true, why)) => {
                 tracing::warn!(id = %item.id, attempts = item.attempts + 1, error = %why, "delivery failed; retried later");
+                // the first failure of each item is on the record, and every IAM failure (a flood
+                // of records for a receiver that is down for hours would not be)
+                if item.attempts == 0 || !matches!(job, Job::Set { .. }) {
+                    self.audit_delivery(format!("failed ({why}), retried: {}", describe(&job)), &job, now).await;
+                }
                 item.attempts += 1;
                 item.due = now + (1i64 << item.attempts.min(6)).min(MAX_BACKOFF_SECS);
                 if let Err(e) = self.evaluator.state.outbox_put(&item, now).await {
