@@ -172,9 +172,16 @@ def refused_as_revoked(b: Broker, mock, role: str, key: str, **claims):
 
 
 def iam_records(b: Broker, policy: str) -> list[dict]:
-    """The audit records of IAM calls about `policy` (part E: `revoke`, the detail naming the
-    role and the policy)."""
-    return [r for r in b.audit() if r["decision"] == "revoke" and policy in (r.get("detail") or "")]
+    """The audit records of IAM calls done about `policy` (part E: `revoke`, the detail naming the
+    role and the policy); failed tries are `failed_iam_records`."""
+    return [r for r in b.audit() if r["decision"] == "revoke" and policy in (r.get("detail") or "")
+            and not r["detail"].startswith("failed (")]
+
+
+def failed_iam_records(b: Broker, policy: str) -> list[dict]:
+    """The audit records of failed (retried) IAM calls about `policy`."""
+    return [r for r in b.audit() if r["decision"] == "revoke" and policy in (r.get("detail") or "")
+            and r["detail"].startswith("failed (")]
 
 
 def check_exchanges(b: Broker):
@@ -395,12 +402,12 @@ def test_iam_failing_is_retried_and_audited_and_never_blocks_the_revocation(brok
         else:
             wait_until(lambda: len(broker_calls(moto, "PutRolePolicy")) >= 2, timeout=IAM_TIMEOUT,
                        what="PutRolePolicy tried twice (NoSuchEntity)")
-        # a failed try is logged (a warning naming the role and the policy) and retried; the audit
-        # records the outcome (below), not each failed try
+        # a failed try is logged (a warning naming the role and the policy), audited, and retried
         wait_until(lambda: "iam:PutRolePolicy failed" in b.stderr(), timeout=IAM_TIMEOUT, what="the failure logged")
         failed_logged = [line for line in b.stderr().splitlines() if "iam:PutRolePolicy failed" in line]
         assert all(policy in line and role_arn("deploy") in line for line in failed_logged), failed_logged
         assert iam_records(b, policy) == [], "nothing is recorded as done while IAM fails"
+        assert wait_until(lambda: failed_iam_records(b, policy), timeout=IAM_TIMEOUT, what="a failed IAM call audited")
         refused_as_revoked(b, mock_issuer, ENDING, f"task:github:{task}", run_id="6301")
 
         # IAM recovers: a later try of the outbox puts the policy

@@ -280,7 +280,11 @@ def wait_delivered(b: Broker, set_jti: str, grant: dict, audience: str) -> dict:
     audience, with the SET's jti)."""
     wait_until(lambda: delivered(b, set_jti), timeout=DELIVERY_TIMEOUT,
                what=f"the audit record of SET {set_jti} delivered to {audience}")
-    [rec] = deliveries(b, set_jti)
+    [rec] = delivered(b, set_jti)
+    # besides it, at most the record of its first failed try (a retried SET's first failure is
+    # audited; later ones are only logged)
+    others = [r for r in deliveries(b, set_jti) if r is not rec and r != rec]
+    assert all(r["detail"].startswith("failed (") for r in others) and len(others) <= 1, others
     assert described(rec, set_jti, grant, audience), rec
     return rec
 
@@ -436,7 +440,10 @@ def test_a_set_is_given_up_once_its_grant_would_have_expired(broker_factory, moc
     set_jti = verify_set(b, down.seen()[0]["body"], INCIDENT_API)[1]["jti"]
     until = max(grant["exp"], revocation["ts"] + 60)
     # the try after `until` gives up; tries are at most a minute apart
-    [rec] = wait_until(lambda: deliveries(b, set_jti), timeout=until - now() + 60 + DELIVERY_TIMEOUT,
+    [first] = wait_until(lambda: deliveries(b, set_jti), timeout=DELIVERY_TIMEOUT, what="the first failed try audited")
+    assert first["detail"].startswith("failed (HTTP 503), retried: "), first
+    [rec] = wait_until(lambda: [r for r in deliveries(b, set_jti) if r["detail"].startswith("gave up ")],
+                       timeout=until - now() + 60 + DELIVERY_TIMEOUT,
                        interval=0.5, what="giving up audited")
     assert rec["detail"].startswith("gave up after "), rec
     assert described(rec, set_jti, grant, INCIDENT_API), rec

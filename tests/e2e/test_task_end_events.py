@@ -945,9 +945,6 @@ def test_a_plain_secret_signs_as_its_bytes(gl):
 # ---- durability -------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 B: the task-end record's detail (`revoked `KEY`: task ended (...)`) "
-                   "is not read back by audit::revocations (src/audit/mod.rs), which wants `revoked `KEY`` exactly: "
-                   "the file backend re-asserts 0 revocations after losing its file")
 def test_a_webhook_task_end_outlives_the_loss_of_the_state_file(ephemera_bin, mock_factory, tmp_path):
     """The file backend re-asserts the revocations the audit log records when its state file is
     lost: a task ended by a webhook is one of them, like an admin's."""
