@@ -55,6 +55,18 @@ pub(super) async fn explain(
         Ok(c) => c,
         Err(code) => return code,
     };
+    // explain runs on the operator's own config: an unknown role is a usage error, and the roles
+    // there are can be listed
+    if !config.roles.contains_key(&role) {
+        let mut names: Vec<&str> = config.roles.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        eprintln!(
+            "error: no role `{}` in this config; roles: {}",
+            ephemera_providers::error::escape_untrusted(&role, 64),
+            if names.is_empty() { "(none)".to_owned() } else { names.join(", ") }
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|e| {
             eprintln!("error: {}: {e}", p.display());
@@ -147,7 +159,10 @@ pub(super) async fn explain(
     } else {
         print_trace(&trace, allow, reason, description.as_deref());
         for c in &closest {
-            outln!("closest role {}: {}", c["role"].as_str().unwrap_or_default(), c["failed"]);
+            let failed: Vec<&str> =
+                c["failed"].as_array().map(|a| a.iter().filter_map(|f| f.as_str()).collect()).unwrap_or_default();
+            let failed = if failed.is_empty() { "every condition passes".to_owned() } else { failed.join("; ") };
+            outln!("closest role {}: {failed}", c["role"].as_str().unwrap_or_default());
         }
     }
     ExitCode::from(if allow { EXIT_OK } else { EXIT_DENY })

@@ -34,6 +34,8 @@ pub struct CompiledRole {
     pub(super) name: String,
     pub(super) profile: Profile,
     pub(super) provider: String,
+    /// The provider's issuer the role's permit binds `principal.iss` to.
+    pub(super) issuer: String,
     pub(super) conditions: Vec<Condition>,
     pub(super) policies: PolicySet,
     /// The role as a Cedar entity id.
@@ -130,7 +132,15 @@ impl PolicyEngine {
         let findings = lint(&spec.name, profile, &conditions, spec.allow_broad, spec.trust_anchors);
         let uid = EntityUid::from_type_name_and_id(self.role_type.clone(), EntityId::new(&spec.name));
         Ok((
-            CompiledRole { name: spec.name, profile, provider: spec.provider, conditions, policies: set, uid },
+            CompiledRole {
+                name: spec.name,
+                profile,
+                provider: spec.provider,
+                issuer: spec.issuer,
+                conditions,
+                policies: set,
+                uid,
+            },
             findings,
         ))
     }

@@ -37,10 +37,21 @@ impl PolicyEngine {
     ) -> Decision {
         let (now, iat, exp) = at.times;
         let (revoked, details) = (at.revoked, at.details);
+        // The permit binds the provider's issuer: a token whose issuer differs (a synthetic claim
+        // set in `explain --claims`; a verified token never gets here with another issuer) shows
+        // the binding that failed, not "no permit matched" alone.
+        let issuer_row = (iss != role.issuer).then(|| ConditionResult {
+            claim: "iss".into(),
+            expected: format!("{} (the provider's issuer)", role.issuer),
+            got: Some(esc(iss)),
+            pass: false,
+            hint: None,
+        });
         let results = |fired: &HashSet<String>| -> Vec<ConditionResult> {
-            role.conditions
+            issuer_row
                 .iter()
-                .map(|c| {
+                .cloned()
+                .chain(role.conditions.iter().map(|c| {
                     let got = match c.source {
                         Source::Attribute => match c.claim.as_str() {
                             "iss" => Some(iss.to_owned()),
@@ -59,7 +70,7 @@ impl PolicyEngine {
                         _ => None,
                     };
                     ConditionResult { claim: c.claim.clone(), expected, got: got.map(|g| esc(&g)), pass, hint }
-                })
+                }))
                 .collect()
         };
         let fail = |e: String| Decision {

@@ -172,3 +172,29 @@ def test_dev_works_in_a_new_private_directory_of_its_own(dev):
     assert not (d / "demo-jwks.json").is_symlink() and (d / "demo-jwks.json").is_file()
     # a directory at the old predictable name is not used (nothing was written into it)
     assert not (dev.tmp / f"ephemera-dev-{dev.proc.pid}").exists()
+
+
+def test_dev_writes_its_config_and_prints_the_explain_command_and_an_admin_credential(dev, ephemera_bin):
+    """Newcomer frictions 5 and 9: the config `dev` runs is on disk, and the printed `explain`
+    command checks a demo token against it (allow); the printed admin credential lists grants,
+    and a wrong credential is refused (the twin)."""
+    for tool in ("curl", "bash"):
+        require_peer(tool, shutil.which(tool) is not None, "apt-get install curl bash; scripts/test installs curl")
+    [explain_line] = [ln.strip() for ln in dev.stderr().splitlines() if "ephemera explain --config" in ln]
+    config = pathlib.Path(re.search(r"--config (\S+)", explain_line).group(1))
+    assert config.is_file() and stat.S_IMODE(config.stat().st_mode) == 0o600, config
+    cmd = explain_line.replace("ephemera explain", f"'{ephemera_bin}' explain")
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60, cwd=dev.tmp)
+    assert out.returncode == 0 and "decision: ALLOW" in out.stdout, out
+    m = re.search(r"Admin credential \(dev only\): (\S+)\s+\(in (\S+)\)", dev.stderr())
+    assert m, dev.stderr()
+    token, token_file = m.group(1), pathlib.Path(m.group(2))
+    assert token_file.read_text() == token and stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    base = re.search(r"(http://127\.0\.0\.1:\d+)/demo", dev.stderr()).group(1)
+    r = requests.get(base + "/v1/grants", headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 200 and "grants" in r.json(), r.text
+    r = requests.get(base + "/v1/grants", headers={"Authorization": "Bearer " + "x" * 32}, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 401, r.text
+    res = subprocess.run([str(ephemera_bin), "grants", "--broker", base, "--admin-token-file", str(token_file)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res

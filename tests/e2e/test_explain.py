@@ -156,8 +156,36 @@ def test_explain_at_pins_the_clock(broker_factory, tmp_path):
 
 
 def test_explain_unknown_role(broker, mock_issuer, tmp_path):
+    """explain runs on the operator's own config: an unknown role is a usage error (2, not the
+    deny's 3) naming the roles there are (newcomer friction 9). Twin: a known role decides."""
     res, doc = explain(broker, mock_issuer.token(), tmp_path, role_name="nope")
-    assert res.returncode == 3 and doc["reason"] == "unknown_role"
+    assert res.returncode == 2 and doc is None, res
+    assert "no role `nope`" in res.stderr and "roles: deploy" in res.stderr, res.stderr
+    res, doc = explain(broker, mock_issuer.token(), tmp_path, role_name="deploy")
+    assert res.returncode == 0 and doc["decision"] == "allow", res
+
+
+def test_explain_claims_names_the_issuer_binding(broker, tmp_path):
+    """A synthetic claim set with another issuer: every condition may pass, and the deny names
+    the issuer the role's permit is bound to, expected vs got (newcomer friction 8). Twin: the
+    provider's own issuer is allowed."""
+    provider_issuer = broker.config["providers"][0]["issuer"]
+    good = dict(iss=provider_issuer, sub="repo:acme/app:ref:refs/heads/main", aud="x",
+                repository="acme/app", ref="refs/heads/main")
+    for iss, rc in ((provider_issuer, None), ("https://evil.example", 3)):
+        f = tmp_path / f"claims-{rc}.json"
+        f.write_text(json.dumps(dict(good, iss=iss)))
+        res = run_cli(broker.binary, ["explain", "--config", str(broker.config_path), "--role", "deploy",
+                                      "--claims", str(f), "--json"])
+        doc = json.loads(res.stdout)
+        rows = [c for c in doc["trace"]["decision"]["conditions"] if c["claim"] == "iss"]
+        if rc is None:
+            assert rows == [], rows
+        else:
+            assert res.returncode == 3 and doc["reason"] == "policy_denied", res
+            [row] = rows
+            assert row["pass"] is False and row["got"] == iss and provider_issuer in row["expected"], row
+            assert "condition iss: expected" in doc["error_description"], doc
 
 
 BAD_CONFIGS = {
@@ -270,7 +298,7 @@ def test_explain_deny_names_the_closest_roles(broker, mock_issuer, tmp_path):
     assert res.returncode == 3 and doc["reason"] == "policy_denied", res
     assert doc["closest_roles"] == [{"role": "release", "allow": True, "failed": []}]
     res, _ = explain(broker, token, tmp_path, json_out=False)
-    assert "closest role release: []" in res.stdout.splitlines()
+    assert "closest role release: every condition passes" in res.stdout.splitlines()
     # a token neither role allows: `release` is named with the condition it fails
     res, doc = explain(broker, mock_issuer.token(ref="refs/heads/dev"), tmp_path)
     assert res.returncode == 3
