@@ -170,6 +170,12 @@ async fn run(cli: Cli) -> ExitCode {
             explain::explain(&config, role, input, token_type, at, json, authorization_details).await
         }
         Command::Check { config } => match Config::load(&config) {
+            Ok(c) if !c.preflight().is_empty() => {
+                for e in c.preflight() {
+                    eprintln!("config error: {e}");
+                }
+                ExitCode::from(EXIT_USAGE)
+            }
             Ok(c) => {
                 for f in &c.findings {
                     outln!("{}: role `{}`: {}: {}", f.severity, f.role, f.code, f.message);

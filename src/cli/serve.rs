@@ -56,6 +56,14 @@ pub(super) async fn serve(
     config_path: Option<PathBuf>,
 ) -> ExitCode {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // what check says, serve says: every file problem at once, before anything is created
+    let problems = config.preflight();
+    if !problems.is_empty() {
+        for e in &problems {
+            eprintln!("config error: {e}");
+        }
+        return ExitCode::from(EXIT_USAGE);
+    }
     let audit = match AuditLog::open(&config.audit_path) {
         Ok(a) => a,
         Err(e) => {

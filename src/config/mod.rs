@@ -12,10 +12,12 @@
 
 mod defaults;
 mod events;
+mod preflight;
 mod provider;
 mod raw;
 mod role;
 mod server;
+mod unknown;
 
 pub use provider::{Provider, ProviderKind};
 pub use raw::*;
@@ -138,15 +140,15 @@ impl Config {
     /// Reads and checks a config file. Relative paths in it are relative to the file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
-        let raw: RawConfig = toml::from_str(&text)
-            .map_err(|e| ConfigErrors(vec![format!("{}: {}", path.display(), toml_error(&e, &text))]))?;
+        let raw = unknown::parse(&text, |e| toml_error(e, &text))
+            .map_err(|errs| ConfigErrors(errs.into_iter().map(|e| format!("{}: {e}", path.display())).collect()))?;
         Config::from_raw(raw, path.parent().unwrap_or(Path::new("."))).map(|c| c.versioned(&text))
     }
 
     /// Checks a config held in memory (`ephemera dev`'s); `base` resolves relative paths. Its
     /// version is that of the text, as for a file.
     pub fn from_text(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(&e, text)]))?;
+        let raw = unknown::parse(text, |e| toml_error(e, text)).map_err(ConfigErrors)?;
         Config::from_raw(raw, base).map(|c| c.versioned(text))
     }
 

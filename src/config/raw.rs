@@ -248,6 +248,9 @@ pub struct RawRole {
     /// aws-ec2-iid: accept evidence that can be replayed for the instance's life.
     #[serde(default)]
     pub accept_replayable: bool,
+    /// Condition claims that are raw token claims on purpose (not the profile's own names).
+    #[serde(default)]
+    pub raw_claims: Vec<String>,
     /// jwt: how many times partners may consume the token (`POST /v1/introspect`, `consume`).
     pub max_uses: Option<u32>,
     /// A request without `authorization_details` is refused.

@@ -156,6 +156,7 @@ pub(super) fn build_all(
         if max_ttl.is_some_and(|d| d.as_secs() == 0 || d.as_secs() > MAX_ROLE_TTL_SECS) {
             errs.push(format!("{key}.max_ttl: must be between 1s and 12h"));
         }
+        check_claim_names(&key, r, raw, errs);
         let mut conditions = Vec::new();
         for (claim, v) in &r.conditions {
             match Matcher::parse(v) {
@@ -223,6 +224,36 @@ pub(super) fn build_all(
         }
     }
     (roles, findings)
+}
+
+/// A platform profile's condition claims are its own names: a name it does not know (`reff` for
+/// `ref`) is an error with the nearest one, unless it is a nested path (`ext.note`) or listed in
+/// the role's `raw_claims` (a raw claim on purpose). The `oidc` profile takes any claim.
+fn check_claim_names(key: &str, r: &super::raw::RawRole, raw: &RawConfig, errs: &mut Vec<String>) {
+    let Some(profile) =
+        raw.providers.iter().find(|p| p.name == r.provider).and_then(|p| Profile::parse(&p.profile).ok())
+    else {
+        return;
+    };
+    if profile == Profile::Oidc {
+        return;
+    }
+    let known: Vec<String> = ["iss", "sub"]
+        .into_iter()
+        .chain(crate::policy::principal_attributes(profile).into_iter().map(|(n, _)| n))
+        .map(str::to_owned)
+        .collect();
+    for claim in r.conditions.keys() {
+        if known.contains(claim) || claim.contains('.') || r.raw_claims.contains(claim) {
+            continue;
+        }
+        let hint =
+            super::unknown::suggestion(claim, &known).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
+        errs.push(format!(
+            "{key}.conditions.{claim}: `{claim}` is not a {} claim; {hint}(a raw claim on purpose: raw_claims = [\"{claim}\"])",
+            profile.name()
+        ));
+    }
 }
 
 /// A role's `credential` table, checked.

@@ -83,38 +83,85 @@ impl BrokerSigner {
         Self::from_pkcs8(Zeroizing::new(pkcs8.as_ref().to_vec())).map_err(|_| SignerError::Generate)
     }
 
-    /// A P-256 or RSA key from a PKCS#8 PEM file.
+    /// A P-256 or RSA key from a PEM file: PKCS#8 (`BEGIN PRIVATE KEY`), SEC1 P-256 (`BEGIN EC
+    /// PRIVATE KEY`, what `openssl ecparam -genkey` writes) or PKCS#1 RSA (`BEGIN RSA PRIVATE KEY`).
     pub fn from_pem_file(path: &Path) -> Result<Self, SignerError> {
-        use rustls_pki_types::PrivatePkcs8KeyDer;
+        use rustls_pki_types::PrivateKeyDer;
         use rustls_pki_types::pem::PemObject;
         let load = |cause: String| SignerError::Load { path: path.display().to_string(), cause };
-        let der =
-            PrivatePkcs8KeyDer::from_pem_file(path).map_err(|e| load(format!("not a PKCS#8 PEM private key ({e})")))?;
-        Self::from_pkcs8(Zeroizing::new(der.secret_pkcs8_der().to_vec())).map_err(load)
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| load(e.to_string()))?);
+        let der = PrivateKeyDer::from_pem_slice(&bytes)
+            .map_err(|e| load(format!("no PEM private key in it ({e}); {ACCEPTED_KEYS}")))?;
+        match der {
+            PrivateKeyDer::Pkcs8(k) => Self::from_pkcs8(Zeroizing::new(k.secret_pkcs8_der().to_vec())).map_err(load),
+            PrivateKeyDer::Sec1(k) => {
+                EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, k.secret_sec1_der())
+                    .map_err(|e| load(format!("not a usable P-256 SEC1 key (aws-lc: {e}); {ACCEPTED_KEYS}")))
+                    .and_then(|pair| Self::from_ec(pair).map_err(load))
+            }
+            PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der())
+                .map_err(|e| {
+                    load(format!("not a usable RSA key (aws-lc: {e}); RSA keys need {MIN_RSA_BITS} bits or more"))
+                })
+                .map(Self::from_rsa),
+            _ => Err(load(format!("an unsupported private key type; {ACCEPTED_KEYS}"))),
+        }
+    }
+
+    /// A new key as a PKCS#8 PEM (P-256, or RSA-2048 with `rsa`) and its kid: `ephemera keygen`.
+    pub fn generate_pem(rsa: bool) -> Result<(Zeroizing<String>, String), SignerError> {
+        use aws_lc_rs::encoding::AsDer;
+        let der = if rsa {
+            RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                .and_then(|k| k.as_der())
+                .map(|d| Zeroizing::new(d.as_ref().to_vec()))
+        } else {
+            EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+                .and_then(|k| k.to_pkcs8v1())
+                .map(|d| Zeroizing::new(d.as_ref().to_vec()))
+        }
+        .map_err(|_| SignerError::Generate)?;
+        let kid = Self::from_pkcs8(der.clone()).map_err(|_| SignerError::Generate)?.kid;
+        let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der.as_slice()));
+        let mut pem = Zeroizing::new(String::from("-----BEGIN PRIVATE KEY-----\n"));
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        Ok((pem, kid))
     }
 
     fn from_pkcs8(der: Zeroizing<Vec<u8>>) -> Result<Self, String> {
         if let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der) {
-            let point = pair.public_key().as_ref();
-            if point.len() != 65 || point[0] != 4 {
-                return Err("unexpected public key encoding".into());
-            }
-            let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
-            let y = URL_SAFE_NO_PAD.encode(&point[33..]);
-            let kid = thumbprint(&format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#));
-            let jwk = json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig"});
-            return Ok(Self::new(kid, SigningKey::Es256(pair), jwk));
+            return Self::from_ec(pair);
         }
         let pair = RsaKeyPair::from_pkcs8(&der).map_err(|e| {
             format!("not a usable P-256 or RSA PKCS#8 key (aws-lc: {e}); RSA keys need {MIN_RSA_BITS} bits or more, other key types are not supported")
         })?;
         // (aws-lc refuses RSA signing keys under 2048 bits itself: the error above names it)
+        Ok(Self::from_rsa(pair))
+    }
+
+    fn from_ec(pair: EcdsaKeyPair) -> Result<Self, String> {
+        let point = pair.public_key().as_ref();
+        if point.len() != 65 || point[0] != 4 {
+            return Err("unexpected public key encoding".into());
+        }
+        let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
+        let y = URL_SAFE_NO_PAD.encode(&point[33..]);
+        let kid = thumbprint(&format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#));
+        let jwk = json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig"});
+        Ok(Self::new(kid, SigningKey::Es256(pair), jwk))
+    }
+
+    fn from_rsa(pair: RsaKeyPair) -> Self {
         let public = pair.public_key();
         let n = URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero());
         let e = URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero());
         let kid = thumbprint(&format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#));
         let jwk = json!({"kty": "RSA", "n": n, "e": e, "kid": kid, "alg": "RS256", "use": "sig"});
-        Ok(Self::new(kid, SigningKey::Rs256(pair), jwk))
+        Self::new(kid, SigningKey::Rs256(pair), jwk)
     }
 
     fn new(kid: String, key: SigningKey, public_jwk: Value) -> Self {
@@ -178,6 +225,9 @@ impl BrokerSigner {
         Ok(IssuedCredential::new(token))
     }
 }
+
+/// The key formats a signing key file may hold, for error messages.
+const ACCEPTED_KEYS: &str = "accepted: PKCS#8 (BEGIN PRIVATE KEY) P-256 or RSA, SEC1 (BEGIN EC PRIVATE KEY) P-256, PKCS#1 (BEGIN RSA PRIVATE KEY); `ephemera keygen --out FILE` writes one";
 
 /// The claim set of a broker JWT, with an RFC 7800 `cnf` when the evidence bound a key.
 pub(crate) fn claims(audience: &str, g: &super::GrantFacts<'_>) -> Value {
