@@ -60,6 +60,14 @@ impl Allowed {
     }
 }
 
+/// What the request asked for besides the role: a kind of credential (RFC 8693
+/// `requested_token_type`) and RFC 9396 authorization details.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Asked<'a> {
+    pub token_type: Option<&'a str>,
+    pub details: Option<&'a str>,
+}
+
 /// The revocation keys in force for this workload: its task, subject, role and issuer.
 async fn revocations(
     state: &dyn StateStore,
@@ -83,11 +91,20 @@ pub(super) async fn decide(
     state: &dyn StateStore,
     config: &Config,
     subject: Subject,
-    details: Option<&str>,
+    asked: Asked<'_>,
     now: i64,
     trace: &mut Trace,
 ) -> Result<Allowed, ExchangeError> {
     let role = &subject.role;
+    let issues = role.credential.kind().token_type();
+    if let Some(requested) = asked.token_type.filter(|t| *t != issues) {
+        return Err(ExchangeError::RequestedTypeMismatch {
+            role: role.name.clone(),
+            requested: requested.to_owned(),
+            issues,
+        });
+    }
+    let details = asked.details;
     // what the transaction asks for must be what the role declares, before anything is decided
     let details = super::details::check(role, details).map_err(ExchangeError::AuthorizationDetails)?;
     trace.authorization_details = details.as_ref().map(|d| d.granted().clone());

@@ -53,6 +53,10 @@ pub enum ExchangeError {
     Randomness(crate::ids::RandomnessUnavailable),
     #[error("the assertion belongs to another task")]
     TaskMismatch,
+    /// The client asked for another kind of credential than the role hands out (refused before
+    /// the assertion is spent: the client's own mistake never costs it its assertion).
+    #[error("requested_token_type `{requested}`: role `{role}` issues `{issues}`")]
+    RequestedTypeMismatch { role: String, requested: String, issues: &'static str },
     /// RFC 9396 §5: details the role does not declare, or malformed.
     #[error("{0}")]
     AuthorizationDetails(String),
@@ -177,6 +181,7 @@ impl ExchangeError {
             ExchangeError::Timeout(_) => (Unavailable, "temporarily_unavailable", "request_timeout"),
             ExchangeError::Randomness(_) => (Unavailable, "temporarily_unavailable", "randomness_unavailable"),
             ExchangeError::TaskMismatch => (Forbidden, "access_denied", "task_mismatch"),
+            ExchangeError::RequestedTypeMismatch { .. } => (Rejected, "invalid_request", "requested_type_mismatch"),
             ExchangeError::AuthorizationDetails(_) => {
                 (Rejected, "invalid_authorization_details", "authorization_details_invalid")
             }

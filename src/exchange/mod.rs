@@ -116,8 +116,11 @@ impl Evaluator {
         let result = async {
             let verified = verify::verify(&self.keys, config, req, now, &mut trace).await?;
             let subject = workload::workload(verified, now, &mut trace)?;
-            decide::decide(self.state.as_ref(), config, subject, req.authorization_details.as_deref(), now, &mut trace)
-                .await
+            let asked = decide::Asked {
+                token_type: req.requested_token_type.as_deref(),
+                details: req.authorization_details.as_deref(),
+            };
+            decide::decide(self.state.as_ref(), config, subject, asked, now, &mut trace).await
         }
         .await;
         (trace, result)
@@ -139,7 +142,8 @@ impl Evaluator {
             trace.provider = Some(role.provider.name.clone());
             trace.profile = Some(role.provider.profile.name());
             let subject = workload::from_claims(role, claims, now, &mut trace)?;
-            decide::decide(self.state.as_ref(), &config, subject, details, now, &mut trace).await.map(|_| ())
+            let asked = decide::Asked { token_type: None, details };
+            decide::decide(self.state.as_ref(), &config, subject, asked, now, &mut trace).await.map(|_| ())
         }
         .await;
         (trace, result)

@@ -53,9 +53,9 @@ impl std::fmt::Display for RequestProblem {
             RequestProblem::ConflictingTarget => f.write_str("`audience` and `resource` name different roles"),
             RequestProblem::ActorUnsupported => f.write_str("delegation (`actor_token`) is not supported"),
             RequestProblem::ActorIncomplete => f.write_str("`actor_token` and `actor_token_type` must come together"),
-            RequestProblem::RequestedTypeUnsupported => {
-                f.write_str("`requested_token_type` must be the jwt or access_token type")
-            }
+            RequestProblem::RequestedTypeUnsupported => f.write_str(
+                "`requested_token_type` must be the jwt, access_token or urn:ephemera:token-type:aws-credentials type",
+            ),
             RequestProblem::TaskRequired => f.write_str("`task` is required"),
         }
     }
@@ -97,7 +97,9 @@ pub fn parse_form(body: &[u8]) -> Result<ExchangeRequest, ExchangeError> {
         (None, None) => return Err(bad(RequestProblem::Missing("audience"))),
     };
     let requested_token_type = take("requested_token_type");
-    if requested_token_type.as_deref().is_some_and(|t| t != TOKEN_TYPE_JWT && t != TOKEN_TYPE_ACCESS_TOKEN) {
+    if requested_token_type.as_deref().is_some_and(|t| {
+        t != TOKEN_TYPE_JWT && t != TOKEN_TYPE_ACCESS_TOKEN && t != crate::minting::TOKEN_TYPE_AWS_CREDENTIALS
+    }) {
         return Err(bad(RequestProblem::RequestedTypeUnsupported));
     }
     let authorization_details = take("authorization_details");

@@ -39,6 +39,16 @@ pub enum CredentialKind {
 }
 
 impl CredentialKind {
+    /// The RFC 8693 `issued_token_type` of this kind (what a client may ask for in
+    /// `requested_token_type`).
+    pub fn token_type(self) -> &'static str {
+        match self {
+            CredentialKind::Jwt => TOKEN_TYPE_JWT,
+            CredentialKind::Aws => TOKEN_TYPE_AWS_CREDENTIALS,
+            CredentialKind::Gcp => TOKEN_TYPE_ACCESS_TOKEN,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CredentialKind::Jwt => "jwt",

@@ -153,12 +153,15 @@ def test_credential_process_output_is_awss_shape(broker_factory, mock_issuer, mo
     assert kept.stat().st_mode & 0o777 == 0o600
     assert Path(cache_env["EPHEMERA_CACHE_DIR"]).stat().st_mode & 0o777 == 0o700
     assert token_file.read_text() not in kept.read_text(), "the assertion itself is not kept"
-    # the twin: a JWT role has no AWS credentials to give (the broker allowed and minted a JWT;
-    # the client cannot render it as AWS credentials)
+    # the twin: a JWT role has no AWS credentials to give: the client asks for AWS credentials
+    # (requested_token_type) and the broker refuses before the assertion is spent (newcomer
+    # friction 2), so the same assertion then works for the format that fits
     token_file.write_text(mock_issuer.sign(github_claims(mock_issuer.issuer)))
     out = exchange(ephemera_bin, b, JWT_ROLE, "--token-file", str(token_file), fmt="credential-process", env=cache_env)
-    assert out.returncode == 1 and "does not hand out AWS credentials" in out.stderr
-    assert decisions(b) == [("allow", None), ("allow", None)]
+    assert out.returncode == 1 and "requested_type_mismatch" in out.stderr, out.stderr
+    assert decisions(b) == [("allow", None), ("deny", "requested_type_mismatch")]
+    out = exchange(ephemera_bin, b, JWT_ROLE, "--token-file", str(token_file), fmt="json", env=cache_env)
+    assert out.returncode == 0, out.stderr
 
 
 # ---- env, json, github-env ----------------------------------------------------------------------
@@ -241,9 +244,9 @@ def test_github_env_format_appends_to_github_env_and_masks_secrets(broker_factor
     token_file.write_text(mock_issuer.sign(github_claims(mock_issuer.issuer)))
     env = {"GITHUB_ENV": ""}
     out = exchange(ephemera_bin, b, AWS_ROLE, "--token-file", str(token_file), fmt="github-env", env=env)
-    assert out.returncode == 1 and "GITHUB_ENV is not set" in out.stderr
-    # the client finds out after the exchange: the broker allowed both
-    assert decisions(b) == [("allow", None), ("allow", None)]
+    assert out.returncode == 2 and "GITHUB_ENV is not set" in out.stderr
+    # the client finds out before anything is sent (newcomer friction 2): the broker saw one exchange
+    assert decisions(b) == [("allow", None)]
 
 
 # ---- sources: GitHub Actions, GitLab, env ------------------------------------------------------
@@ -567,7 +570,7 @@ def test_redirects_are_not_followed(ephemera_bin, canary, tmp_path):
         assert red.hits == 1
         assert canary.connections == 0, "the client followed the redirect"
         assert r.returncode == 1, r.stderr
-        assert r.stderr == "ephemera exchange: broker answered HTTP 307 without JSON\n", r.stderr
+        assert r.stderr == f"ephemera exchange: broker {red.url}/v1/token answered HTTP 307 without JSON\n", r.stderr
         assert r.stdout == ""
     finally:
         red.close()

@@ -83,6 +83,58 @@ pub(crate) struct ExchangeArgs {
     /// Neither read nor write the answer cache (wins over --cache-dir and EPHEMERA_CACHE_DIR).
     #[arg(long)]
     pub no_cache: bool,
+    /// Retries of an answer that says the assertion was not spent (429, and 503s such as
+    /// `keys_unavailable`), with backoff and `Retry-After`; with --github-actions every retryable
+    /// answer is retried with a fresh ID token.
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+}
+
+/// Refusals after which the assertion was not spent: the same assertion may be presented again.
+const NOT_SPENT: [&str; 7] = [
+    "rate_limited",
+    "keys_unavailable",
+    "replay_store_unavailable",
+    "revocations_unverified",
+    "request_timeout",
+    "too_many_connections",
+    "randomness_unavailable",
+];
+/// Refusals a fresh assertion may get past (the broker or a cloud could not answer).
+const FRESH_MAY_PASS: [&str; 3] = ["audit_unavailable", "mint_failed", "upstream_unavailable"];
+/// The longest wait between two tries.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a failed exchange said, for the retry decision and the message.
+#[derive(Debug)]
+struct Failed {
+    /// The OAuth `error` (or `unreachable`, `bad_response`).
+    error: String,
+    /// The reason slug the description starts with.
+    reason: String,
+    /// The request may have reached the broker (so the assertion may be spent).
+    reached: bool,
+    retry_after: Option<std::time::Duration>,
+    message: String,
+}
+
+impl Failed {
+    /// May the same assertion, or (`fresh`) a new one, be presented again?
+    fn retryable(&self, fresh: bool) -> bool {
+        (!self.reached)
+            || NOT_SPENT.contains(&self.reason.as_str())
+            || (fresh && FRESH_MAY_PASS.contains(&self.reason.as_str()))
+    }
+}
+
+/// The requested_token_type a format needs: the broker refuses a role of another kind before
+/// the assertion is spent.
+fn requested_type(format: Format) -> Option<&'static str> {
+    match format {
+        Format::CredentialProcess => Some(crate::minting::TOKEN_TYPE_AWS_CREDENTIALS),
+        Format::GcpExecutable => Some(crate::minting::TOKEN_TYPE_JWT),
+        Format::Json | Format::Env | Format::GithubEnv => None,
+    }
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -118,8 +170,19 @@ fn env_token(name: &str) -> Result<String, String> {
 }
 
 /// The broker URL, if the assertion may travel to it: https, or http to a loopback address.
+/// A URL without a scheme gets a suggestion; one ending in `/v1/token` is the broker's base.
 pub(super) fn check_broker_url(broker: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(broker).map_err(|e| format!("--broker `{broker}`: {e}"))?;
+    let broker = broker.trim_end_matches('/').strip_suffix("/v1/token").unwrap_or(broker);
+    let url = reqwest::Url::parse(broker).map_err(|e| {
+        let guess = reqwest::Url::parse(&format!("http://{broker}")).ok();
+        match guess {
+            Some(g) if !broker.contains("://") => {
+                let scheme = if ephemera_providers::fetch::is_loopback_host(&g) { "http" } else { "https" };
+                format!("--broker `{broker}`: no scheme; did you mean {scheme}://{broker}?")
+            }
+            _ => format!("--broker `{broker}`: {e}"),
+        }
+    })?;
     match url.scheme() {
         "https" => Ok(url),
         "http" if ephemera_providers::fetch::is_loopback_host(&url) => Ok(url),
@@ -141,6 +204,10 @@ pub(super) async fn run(a: ExchangeArgs) -> ExitCode {
         Ok(u) => format!("{}/v1/token", u.as_str().trim_end_matches('/')),
         Err(e) => return fail(2, e),
     };
+    // What needs no broker is checked before an assertion is read or spent.
+    if a.format == Format::GithubEnv && std::env::var_os("GITHUB_ENV").is_none_or(|v| v.is_empty()) {
+        return fail(2, "GITHUB_ENV is not set: --format github-env is for GitHub Actions steps (nothing was sent)");
+    }
     let http = match reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(std::time::Duration::from_secs(5))
@@ -165,38 +232,67 @@ pub(super) async fn run(a: ExchangeArgs) -> ExitCode {
     {
         return emit(&v, a.format);
     }
-    let token = match (&a.token_file, &a.token_env, a.github_actions, &a.gitlab) {
-        (Some(f), ..) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display())),
-        (_, Some(v), ..) => env_token(v),
-        (_, _, true, _) => github_actions_token(&http, a.audience.as_deref()).await,
-        (_, _, _, Some(v)) => env_token(v),
-        _ => Err("give the assertion with --token-file, --token-env, --github-actions or --gitlab".into()),
+    let get_token = || async {
+        let token = match (&a.token_file, &a.token_env, a.github_actions, &a.gitlab) {
+            (Some(f), ..) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display())),
+            (_, Some(v), ..) => env_token(v),
+            (_, _, true, _) => github_actions_token(&http, a.audience.as_deref()).await,
+            (_, _, _, Some(v)) => env_token(v),
+            _ => Err("give the assertion with --token-file, --token-env, --github-actions or --gitlab".into()),
+        };
+        match token {
+            Ok(t) if !t.trim().is_empty() => Ok(SubjectToken::new(t.trim().to_owned())),
+            Ok(_) => Err("the assertion is empty".to_owned()),
+            Err(e) => Err(e),
+        }
     };
-    let token = match token {
-        Ok(t) if !t.trim().is_empty() => SubjectToken::new(t.trim().to_owned()),
-        Ok(_) => return fail(2, "the assertion is empty"),
+    let mut token = match get_token().await {
+        Ok(t) => t,
         Err(e) => return fail(2, e),
     };
     let cache = cache_root
         .map(|dir| Cache { dir, key: cache_key(&url, &a.role, job_key.as_deref().unwrap_or(token.expose())) });
     let cached = cache.as_ref().and_then(|c| c.load(now));
+    let requested = requested_type(a.format);
     let v = match cached {
         Some(v) => v,
-        None => match exchange(&http, &url, &a.role, &token).await {
-            Ok(v) => {
-                if let Some(c) = &cache {
-                    c.store(&v, now);
+        None => {
+            let mut attempt = 0;
+            loop {
+                match exchange(&http, &url, &a.role, &token, requested).await {
+                    Ok(v) => {
+                        if let Some(c) = &cache {
+                            c.store(&v, now);
+                        }
+                        break v;
+                    }
+                    Err(f) if attempt < a.retries && f.retryable(a.github_actions) => {
+                        let backoff = std::time::Duration::from_millis(500 << attempt.min(5));
+                        let wait = f.retry_after.unwrap_or(backoff).min(MAX_WAIT);
+                        eprintln!("ephemera exchange: retrying in {:.1}s: {}", wait.as_secs_f64(), f.message);
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                        // a fresh GitHub ID token for every try (the last one may be spent)
+                        if a.github_actions {
+                            token = match get_token().await {
+                                Ok(t) => t,
+                                Err(e) => return fail(1, e),
+                            };
+                        }
+                    }
+                    Err(f) => {
+                        if a.format == Format::GcpExecutable {
+                            // Google's executable error response, for libraries that read stdout.
+                            outln!(
+                                "{}",
+                                json!({"version": 1, "success": false, "code": f.error, "message": f.message})
+                            );
+                        }
+                        return fail(1, f.message);
+                    }
                 }
-                v
             }
-            Err((error, desc)) => {
-                if a.format == Format::GcpExecutable {
-                    // Google's executable error response, for libraries that read stdout.
-                    outln!("{}", json!({"version": 1, "success": false, "code": error, "message": desc}));
-                }
-                return fail(1, desc);
-            }
-        },
+        }
     };
     emit(&v, a.format)
 }
@@ -231,19 +327,49 @@ fn emit(v: &Value, format: Format) -> ExitCode {
     }
 }
 
-/// One exchange at the broker: its JSON answer, or (error, message) for the caller.
+/// Why a request did not reach an answer, in words: refused, DNS, TLS, timed out.
+fn cause(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut chain = Vec::new();
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        chain.push(s.to_string());
+        source = s.source();
+    }
+    let all = chain.join(": ").to_ascii_lowercase();
+    let last = chain.last().cloned().unwrap_or_default();
+    if all.contains("connection refused") {
+        "connection refused".into()
+    } else if all.contains("dns error") || all.contains("failed to lookup address") || all.contains("name or service") {
+        format!("DNS: no such host ({last})")
+    } else if all.contains("certificate") || all.contains("tls") || all.contains("handshake") {
+        format!("TLS: {last}")
+    } else if e.is_connect() {
+        format!("connection failed ({last})")
+    } else {
+        last
+    }
+}
+
+/// One exchange at the broker: its JSON answer, or what failed.
 async fn exchange(
     http: &reqwest::Client,
     url: &str,
     role: &str,
     token: &SubjectToken,
-) -> Result<Value, (String, String)> {
-    let form = [
+    requested: Option<&str>,
+) -> Result<Value, Failed> {
+    let mut form = vec![
         ("grant_type", crate::exchange::GRANT_TOKEN_EXCHANGE),
         ("subject_token_type", crate::exchange::TOKEN_TYPE_ID_TOKEN),
         ("subject_token", token.expose()),
         ("audience", role),
     ];
+    if let Some(t) = requested {
+        form.push(("requested_token_type", t));
+    }
     let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
     let resp = http
         .post(url)
@@ -251,22 +377,40 @@ async fn exchange(
         .body(body)
         .send()
         .await
-        .map_err(|e| {
-            let why = if e.is_timeout() { "timed out" } else { "connection failed" };
-            ("unreachable".to_owned(), format!("broker {url} unreachable: {why}"))
+        .map_err(|e| Failed {
+            error: "unreachable".into(),
+            reason: String::new(),
+            // a connection that failed never carried the assertion
+            reached: !e.is_connect(),
+            retry_after: None,
+            message: format!("broker {url} unreachable: {}", cause(&e)),
         })?;
     let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
     let v: Value = match resp.bytes().await.ok().and_then(|b| serde_json::from_slice(&b).ok()) {
         Some(v) => v,
         None => {
-            return Err(("bad_response".into(), format!("broker answered HTTP {} without JSON", status.as_u16())));
+            return Err(Failed {
+                error: "bad_response".into(),
+                reason: String::new(),
+                reached: true,
+                retry_after: None,
+                message: format!("broker {url} answered HTTP {} without JSON", status.as_u16()),
+            });
         }
     };
     if !status.is_success() {
         let error = v.get("error").and_then(Value::as_str).unwrap_or("error").to_owned();
         let desc = v.get("error_description").and_then(Value::as_str).unwrap_or("");
-        let msg = format!("broker refused (HTTP {}, {error}): {desc}", status.as_u16());
-        return Err((error, msg));
+        let reason = desc.split(':').next().unwrap_or_default().trim().to_owned();
+        let what = if status.as_u16() == 429 || status.is_server_error() { "unavailable" } else { "refused" };
+        let message = format!("broker {what} (HTTP {}, {error}): {desc}", status.as_u16());
+        return Err(Failed { error, reason, reached: true, retry_after, message });
     }
     Ok(v)
 }
@@ -285,5 +429,25 @@ mod tests {
         assert!(check_broker_url("http://10.0.0.1").is_err());
         assert!(check_broker_url("ftp://127.0.0.1").is_err());
         assert!(check_broker_url("broker.example.com").is_err());
+        let e = check_broker_url("127.0.0.1:8080").unwrap_err();
+        assert!(e.contains("did you mean http://127.0.0.1:8080?"), "{e}");
+        assert_eq!(check_broker_url("http://127.0.0.1:8080/v1/token").unwrap().as_str(), "http://127.0.0.1:8080/");
+    }
+
+    #[test]
+    fn only_answers_that_left_the_assertion_unspent_are_retried() {
+        let f = |reason: &str, reached: bool| Failed {
+            error: String::new(),
+            reason: reason.into(),
+            reached,
+            retry_after: None,
+            message: String::new(),
+        };
+        assert!(f("rate_limited", true).retryable(false));
+        assert!(f("keys_unavailable", true).retryable(false));
+        assert!(f("", false).retryable(false), "never reached the broker");
+        assert!(!f("mint_failed", true).retryable(false), "spent");
+        assert!(f("mint_failed", true).retryable(true), "a fresh GitHub ID token");
+        assert!(!f("policy_denied", true).retryable(true));
     }
 }
