@@ -407,19 +407,24 @@ impl AuditLog {
 /// durable copy the file state store re-asserts from when its own file was lost.
 pub fn revocations(path: &Path) -> Vec<(String, i64)> {
     let Ok(f) = File::open(path) else { return Vec::new() };
-    BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .filter(|l| l.contains("\"decision\":\"revoke\""))
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(&l).ok()?;
-            // `revoked `KEY``, after what ended it when something did (`task ended (…): revoked `KEY``)
-            let detail = v.get("detail")?.as_str()?;
-            let (_, rest) = detail.split_once("revoked `")?;
-            let key = rest.strip_suffix('`')?.to_owned();
-            Some((key, v.get("ts")?.as_i64()?))
-        })
-        .collect()
+    let mut out: Vec<(String, i64)> = Vec::new();
+    for l in BufReader::new(f).lines().map_while(Result::ok).filter(|l| l.contains("\"decision\":\"revoke\"")) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) else { continue };
+        let (Some(detail), Some(ts)) = (v.get("detail").and_then(|d| d.as_str()), v.get("ts").and_then(|t| t.as_i64()))
+        else {
+            continue;
+        };
+        // a revocation an admin lifted later is not re-asserted
+        if let Some(key) = detail.strip_prefix("removed revocation `").and_then(|r| r.strip_suffix('`')) {
+            out.retain(|(k, _)| k != key);
+            continue;
+        }
+        // `revoked `KEY``, after what ended it when something did (`task ended (…): revoked `KEY``)
+        if let Some(key) = detail.split_once("revoked `").and_then(|(_, r)| r.strip_suffix('`')) {
+            out.push((key.to_owned(), ts));
+        }
+    }
+    out
 }
 
 /// Checks a log's hash chain and head; returns the number of records, or what is broken.
@@ -646,6 +651,8 @@ mod tests {
         log.append(revoke("task ended (github workflow_run completed): revoked `task:gh:4/5/6`", 140), true)
             .await
             .unwrap();
+        log.append(revoke("revoked `role:oops`", 150), true).await.unwrap();
+        log.append(revoke("removed revocation `role:oops`", 160), true).await.unwrap();
         assert_eq!(
             revocations(&path),
             vec![

@@ -10,10 +10,10 @@
 //! | `client.rs` | `exchange`: the workload's side of an exchange |
 //! | `output.rs` | stdout that survives a closed pipe, the log set-up |
 
+mod admin;
 mod client;
 mod dev;
 mod explain;
-mod grants;
 pub(crate) mod output;
 mod serve;
 
@@ -113,10 +113,84 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// End a task, or revoke a grant, subject, role or issuer, at a running broker (admin).
+    /// A revocation that ends no live grant is refused unless --force.
+    Revoke {
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        admin_token_file: PathBuf,
+        #[arg(long, group = "target")]
+        task: Option<String>,
+        #[arg(long, group = "target")]
+        subject: Option<String>,
+        /// A grant id (a broker JWT's `jti`).
+        #[arg(long, group = "target")]
+        grant: Option<String>,
+        #[arg(long, group = "target")]
+        role: Option<String>,
+        #[arg(long, group = "target")]
+        issuer: Option<String>,
+        /// The provider whose task or subject this is (when several are configured).
+        #[arg(long)]
+        provider: Option<String>,
+        /// Record the revocation even if it ends no live grant (a task not yet seen).
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The revocations in force at a running broker (admin).
+    Revocations {
+        #[command(subcommand)]
+        command: RevocationsCommand,
+    },
+    /// RFC 7662 introspection of a broker JWT (admin); exit 0 active, 3 inactive.
+    Introspect {
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        admin_token_file: PathBuf,
+        /// The broker JWT.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Take one use of a use-limited token.
+        #[arg(long)]
+        consume: bool,
+    },
+    /// Write a new signing key (PKCS#8 PEM, mode 0600; never overwrites).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        /// RSA-2048 instead of P-256.
+        #[arg(long)]
+        rsa: bool,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RevocationsCommand {
+    /// List them, by key.
+    List {
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        admin_token_file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift one (an admin's mistake undone; audited).
+    Remove {
+        key: String,
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        admin_token_file: PathBuf,
     },
 }
 
@@ -190,8 +264,48 @@ async fn run(cli: Cli) -> ExitCode {
         },
         Command::Exchange(args) => client::run(args).await,
         Command::Grants { broker, admin_token_file, role, active, json } => {
-            grants::grants(&broker, &admin_token_file, role.as_deref(), active, json).await
+            match admin::Admin::new(&broker, &admin_token_file) {
+                Ok(a) => admin::grants(a, role.as_deref(), active, json).await,
+                Err(code) => code,
+            }
         }
+        Command::Revoke { broker, admin_token_file, task, subject, grant, role, issuer, provider, force, json } => {
+            let target = match (&task, &subject, &grant, &role, &issuer) {
+                (Some(v), ..) => ("task", v),
+                (_, Some(v), ..) => ("subject", v),
+                (_, _, Some(v), ..) => ("jti", v),
+                (_, _, _, Some(v), _) => ("role", v),
+                (.., Some(v)) => ("issuer", v),
+                _ => {
+                    eprintln!("error: give one of --task, --subject, --grant, --role, --issuer");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let target = admin::Target { kind: target.0, value: target.1, provider: provider.as_deref() };
+            match admin::Admin::new(&broker, &admin_token_file) {
+                Ok(a) => admin::revoke(a, target, force, json).await,
+                Err(code) => code,
+            }
+        }
+        Command::Revocations { command: RevocationsCommand::List { broker, admin_token_file, json } } => {
+            match admin::Admin::new(&broker, &admin_token_file) {
+                Ok(a) => admin::revocations_list(a, json).await,
+                Err(code) => code,
+            }
+        }
+        Command::Revocations { command: RevocationsCommand::Remove { key, broker, admin_token_file } } => {
+            match admin::Admin::new(&broker, &admin_token_file) {
+                Ok(a) => admin::revocations_remove(a, &key).await,
+                Err(code) => code,
+            }
+        }
+        Command::Introspect { broker, admin_token_file, token_file, consume } => {
+            match admin::Admin::new(&broker, &admin_token_file) {
+                Ok(a) => admin::introspect(a, &token_file, consume).await,
+                Err(code) => code,
+            }
+        }
+        Command::Keygen { out, rsa } => admin::keygen(&out, rsa),
         Command::Audit { command: AuditCommand::Verify { file } } => match crate::audit::verify_chain(&file) {
             Ok(n) => {
                 outln!("ok: {n} records, hash chain intact");

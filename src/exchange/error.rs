@@ -82,6 +82,8 @@ pub enum Class {
     Rejected,
     /// The request is bigger than the broker reads (413).
     TooLarge,
+    /// What the request names does not exist (404).
+    NotFound,
     /// The caller did not prove who it is (401).
     Unauthenticated,
     /// The assertion is good but not for what it was presented for (403).

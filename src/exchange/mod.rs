@@ -43,7 +43,9 @@ pub use request::{
     ATTESTATION_TOKEN_TYPES, ExchangeRequest, GRANT_TOKEN_EXCHANGE, MAX_FORM_FIELDS, RequestProblem,
     TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, parse_admin_form, parse_form,
 };
-pub use revocation::{ConfirmedReset, FlushedKeys, Introspection, REVOCATION_TTL, RevokeBy, Revoked};
+pub use revocation::{
+    ConfirmedReset, FlushedKeys, GrantEntry, Introspection, REVOCATION_TTL, RevocationEntry, RevokeBy, Revoked,
+};
 pub use trace::{CheckOutcome, CheckStatus, TokenSummary, Trace};
 pub use workload::REPLAYABLE_MEMORY;
 

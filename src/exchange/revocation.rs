@@ -44,11 +44,27 @@ pub enum RevokeBy {
     Assertion,
 }
 
-/// A revocation stored.
+/// A revocation stored, and how many live grants it ends.
 #[derive(Debug, Serialize)]
 pub struct Revoked {
     pub revoked: String,
     pub until: i64,
+    pub matched: usize,
+}
+
+/// A revocation in force.
+#[derive(Debug, Serialize)]
+pub struct RevocationEntry {
+    pub key: String,
+    pub until: i64,
+}
+
+/// A grant of the inventory, and whether a revocation ends it.
+#[derive(Debug, Serialize)]
+pub struct GrantEntry {
+    #[serde(flatten)]
+    pub grant: Grant,
+    pub revoked: bool,
 }
 
 /// The state reset an admin confirmed: its epoch.
@@ -83,6 +99,10 @@ fn lookup_failed(e: crate::state::StateError, otherwise: impl FnOnce() -> Refusa
         crate::state::StateError::RevocationsLost(_) => ExchangeError::State(e).refusal(),
         _ => otherwise(),
     }
+}
+
+fn nothing_matched(detail: &str) -> Refusal {
+    Refusal::new(Class::NotFound, "invalid_request", "nothing_matched", detail)
 }
 
 fn invalid(detail: &str) -> Refusal {
@@ -131,6 +151,18 @@ impl Broker {
                 }
             }
         };
+        // How many live grants it ends; an admin's revocation that ends none (a mistyped task) is
+        // refused when the caller asked for a match (`require_match`, the CLI's default).
+        let matched = match self.evaluator.state.grants(now).await {
+            Ok(list) => list.iter().filter(|g| g.revocation_keys().iter().any(|k| k.to_string() == key)).count(),
+            Err(_) => 0,
+        };
+        if by == RevokeBy::Admin && matched == 0 && form.get("require_match").is_some_and(|v| v == "true" || v == "1") {
+            return Err(nothing_matched(&format!(
+                "no live grant is ended by `{}`: nothing was recorded (revoke without require_match, or --force, to record it anyway)",
+                escape_untrusted(&key, 128)
+            )));
+        }
         match self.evaluator.state.revoke(&key, now + REVOCATION_TTL, now).await {
             Ok(()) => {
                 tracing::info!(key = %key, "revoked");
@@ -141,7 +173,7 @@ impl Broker {
                     RevokeBy::Assertion => "task ended by the workload",
                 };
                 self.revoked_now(&key, &decision_id, reason, now).await;
-                Ok(Revoked { revoked: key, until: now + REVOCATION_TTL })
+                Ok(Revoked { revoked: key, until: now + REVOCATION_TTL, matched })
             }
             Err(e) => match spent {
                 // the workload's assertion is spent: its refusal is on the record (review S5)
@@ -359,28 +391,56 @@ impl Broker {
         Ok(Introspection::Active(out))
     }
 
-    /// The grants not yet expired, oldest first; only `role`'s when given; with `active`, only
-    /// those still in force: not revoked by their `jti`, task, subject, role or issuer.
-    pub async fn grants(&self, role: Option<&str>, active: bool) -> Result<Vec<Grant>, Refusal> {
+    /// The grants not yet expired, oldest first (then by id), each marked `revoked` when a
+    /// revocation ends it; only `role`'s when given; with `active`, only those still in force:
+    /// not revoked by their `jti`, task, subject, role or issuer.
+    pub async fn grants(&self, role: Option<&str>, active: bool) -> Result<Vec<GrantEntry>, Refusal> {
         let now = self.evaluator.now();
         let cannot = || unavailable("the inventory cannot be read now");
         let mut list = self.evaluator.state.grants(now).await.map_err(|_| cannot())?;
         if let Some(role) = role {
             list.retain(|g| g.role == role);
         }
-        if active {
-            // "in force" needs revocations that can be trusted, even for an empty inventory
-            self.evaluator.state.revoked(&[], now).await.map_err(|e| lookup_failed(e, cannot))?;
-            let mut kept = Vec::with_capacity(list.len());
-            for g in list {
-                let keys = g.revocation_keys().map(|k| k.to_string());
-                if self.evaluator.state.revoked(&keys, now).await.map_err(|e| lookup_failed(e, cannot))?.is_empty() {
-                    kept.push(g);
-                }
+        // "revoked" needs revocations that can be trusted, even for an empty inventory
+        self.evaluator.state.revoked(&[], now).await.map_err(|e| lookup_failed(e, cannot))?;
+        let mut out = Vec::with_capacity(list.len());
+        for g in list {
+            let keys = g.revocation_keys().map(|k| k.to_string());
+            let revoked =
+                !self.evaluator.state.revoked(&keys, now).await.map_err(|e| lookup_failed(e, cannot))?.is_empty();
+            if !(active && revoked) {
+                out.push(GrantEntry { grant: g, revoked });
             }
-            list = kept;
         }
-        list.sort_by_key(|g| (g.issued_at, g.id.clone()));
-        Ok(list)
+        out.sort_by(|a, b| (a.grant.issued_at, &a.grant.id).cmp(&(b.grant.issued_at, &b.grant.id)));
+        Ok(out)
+    }
+
+    /// The revocations in force, by key.
+    pub async fn revocations(&self) -> Result<Vec<RevocationEntry>, Refusal> {
+        let now = self.evaluator.now();
+        let list = self
+            .evaluator
+            .state
+            .revocations(now)
+            .await
+            .map_err(|e| lookup_failed(e, || unavailable("the revocations cannot be read now")))?;
+        Ok(list.into_iter().map(|(key, until)| RevocationEntry { key, until }).collect())
+    }
+
+    /// Lifts the revocation the form names (`key`): an admin's mistake undone. Audited; the
+    /// file backend's recovery from the audit log leaves it lifted.
+    pub async fn remove_revocation(&self, form: &HashMap<String, String>) -> Result<RevocationEntry, Refusal> {
+        let key = form.get("key").filter(|k| !k.is_empty()).ok_or_else(|| invalid("`key` is required"))?;
+        let now = self.evaluator.now();
+        match self.evaluator.state.unrevoke(key, now).await {
+            Ok(true) => {
+                tracing::warn!(key = %key, "revocation removed");
+                self.audit_revocation(format!("removed revocation `{key}`"), None, now).await;
+                Ok(RevocationEntry { key: key.clone(), until: now })
+            }
+            Ok(false) => Err(nothing_matched(&format!("no revocation `{}` is in force", escape_untrusted(key, 128)))),
+            Err(_) => Err(unavailable("the revocation could not be removed")),
+        }
     }
 }

@@ -43,6 +43,7 @@ fn refused_credential(client: Option<&axum::Extension<ClientAddr>>, headers: &He
     if headers.contains_key(header::AUTHORIZATION) {
         let from = client.map(|c| c.0.0.ip().to_string()).unwrap_or_default();
         tracing::warn!(client = %from, "admin authentication failed");
+        return reject(HttpRejection::CredentialRefused);
     }
     unauthorized()
 }
@@ -176,6 +177,42 @@ pub(super) async fn introspect(
         Ok(Introspection::Active(claims)) => {
             ([(header::CACHE_CONTROL, "no-store")], axum::Json(claims)).into_response()
         }
+        Err(r) => refused(&r),
+    }
+}
+
+/// `GET /v1/revocations` (admin): the revocations in force, by key.
+pub(super) async fn revocations(
+    State(app): State<Arc<App>>,
+    client: Option<axum::Extension<ClientAddr>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = admin_only(&app, client.as_ref(), &headers) {
+        return refusal;
+    }
+    match app.broker.revocations().await {
+        Ok(list) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(json!({"revocations": list}))).into_response(),
+        Err(r) => refused(&r),
+    }
+}
+
+/// `POST /v1/revocations/remove` (admin): `key=K` lifts that revocation (audited).
+pub(super) async fn remove_revocation(
+    State(app): State<Arc<App>>,
+    client: Option<axum::Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(refusal) = admin_only(&app, client.as_ref(), &headers) {
+        return refusal;
+    }
+    let Ok(body) = body else { return too_large() };
+    let form = match parse_admin_form(&body) {
+        Ok(f) => f,
+        Err(r) => return refused(&r),
+    };
+    match app.broker.remove_revocation(&form).await {
+        Ok(r) => axum::Json(json!({"removed": r.key})).into_response(),
         Err(r) => refused(&r),
     }
 }

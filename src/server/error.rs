@@ -14,6 +14,7 @@ fn status_for(class: Class) -> StatusCode {
         Class::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Class::Forbidden => StatusCode::FORBIDDEN,
         Class::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Class::NotFound => StatusCode::NOT_FOUND,
         Class::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Class::UpstreamRefused => StatusCode::BAD_GATEWAY,
     }
@@ -50,7 +51,7 @@ pub(super) fn rejected(rejection: HttpRejection, r: &Refusal) -> Response {
         HttpRejection::MethodNotAllowed { allow } => {
             resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         }
-        HttpRejection::Unauthorized => {
+        HttpRejection::Unauthorized | HttpRejection::CredentialRefused => {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         _ => {}

@@ -41,6 +41,8 @@ pub(crate) enum HttpRejection {
     BodyTooLarge,
     NotFound,
     Unauthorized,
+    /// A bearer credential was presented and matched none (a wrong one, not a missing one).
+    CredentialRefused,
     /// The body did not arrive within the header read timeout (a slow-body client, review C21).
     SlowBody,
     /// The request was not answered within the backstop (`request_timeout` + 30 s).
@@ -71,7 +73,9 @@ impl HttpRejection {
             NotForm => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request", "request_invalid", Class::Rejected),
             BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "request_too_large", Class::TooLarge),
             NotFound => (StatusCode::NOT_FOUND, "invalid_request", "not_found", Class::Rejected),
-            Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_client", "unauthorized", Class::Rejected),
+            Unauthorized | CredentialRefused => {
+                (StatusCode::UNAUTHORIZED, "invalid_client", "unauthorized", Class::Rejected)
+            }
             SlowBody => (StatusCode::REQUEST_TIMEOUT, "invalid_request", "request_timeout", Class::Rejected),
             Timeout => {
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "request_timeout", Class::Unavailable)
@@ -102,6 +106,7 @@ impl HttpRejection {
             HttpRejection::BodyTooLarge => "request body over the size limit".into(),
             HttpRejection::NotFound => "no such route".into(),
             HttpRejection::Unauthorized => "an admin bearer credential is required".into(),
+            HttpRejection::CredentialRefused => "the bearer credential presented was refused".into(),
             HttpRejection::SlowBody => "the request body did not arrive in time".into(),
             HttpRejection::Timeout => "the request was not answered in time; try again".into(),
             HttpRejection::TooManyConnections => "too many open connections; retry later".into(),

@@ -310,6 +310,16 @@ impl StateStore for FileStore {
     fn revoked<'a>(&'a self, keys: &'a [String], now: i64) -> StateFuture<'a, Vec<String>> {
         self.memory.revoked(keys, now)
     }
+    fn revocations(&self, now: i64) -> StateFuture<'_, Vec<(String, i64)>> {
+        self.memory.revocations(now)
+    }
+    fn unrevoke<'a>(&'a self, key: &'a str, now: i64) -> StateFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(until) = self.memory.unrevoke_now(key)? else { return Ok(false) };
+            self.persist(vec![Write::Delete { until, key: row(REVOKED, key.as_bytes()) }], now).await?;
+            Ok(until >= now)
+        })
+    }
     fn outbox_put<'a>(&'a self, item: &'a super::Outgoing, now: i64) -> StateFuture<'a, ()> {
         Box::pin(async move {
             self.memory.outbox_put_now(item, now)?;

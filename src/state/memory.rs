@@ -277,6 +277,21 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// The revocations in force, sorted by key.
+    pub(super) fn revocations_now(&self, now: i64) -> Result<Vec<(String, i64)>, StateError> {
+        let g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        let mut out: Vec<(String, i64)> =
+            g.revoked.iter().filter(|(_, until)| **until >= now).map(|(k, u)| (k.clone(), *u)).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Lifts a revocation: its end, if there was one.
+    pub(super) fn unrevoke_now(&self, key: &str) -> Result<Option<i64>, StateError> {
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        Ok(g.revoked.remove(key))
+    }
+
     pub(super) fn revoke_now(&self, key: &str, until: i64, now: i64) -> Result<(), StateError> {
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
         g.revoked.retain(|_, exp| *exp >= now);
@@ -340,6 +355,14 @@ impl StateStore for MemoryStore {
         issued_at: i64,
     ) -> StateFuture<'a, super::Uses> {
         let r = self.consume_now(id, max, take, until, now, issued_at).map(|(u, _)| u);
+        Box::pin(async move { r })
+    }
+    fn revocations(&self, now: i64) -> StateFuture<'_, Vec<(String, i64)>> {
+        let r = self.revocations_now(now);
+        Box::pin(async move { r })
+    }
+    fn unrevoke<'a>(&'a self, key: &'a str, now: i64) -> StateFuture<'a, bool> {
+        let r = self.unrevoke_now(key).map(|u| u.is_some_and(|u| u >= now));
         Box::pin(async move { r })
     }
     fn outbox_put<'a>(&'a self, item: &'a super::Outgoing, now: i64) -> StateFuture<'a, ()> {

@@ -190,6 +190,10 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         now: i64,
         issued_at: i64,
     ) -> StateFuture<'a, Uses>;
+    /// The revocations in force: `(key, until)`, sorted by key.
+    fn revocations(&self, now: i64) -> StateFuture<'_, Vec<(String, i64)>>;
+    /// Lifts a revocation (an admin's mistake undone); whether there was one.
+    fn unrevoke<'a>(&'a self, key: &'a str, now: i64) -> StateFuture<'a, bool>;
     /// Puts `item` in the outbox (or replaces it: a retry with its new `due`).
     fn outbox_put<'a>(&'a self, item: &'a Outgoing, now: i64) -> StateFuture<'a, ()>;
     /// Leases up to `max` items due now: each is returned once and not again before `now +

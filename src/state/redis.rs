@@ -411,6 +411,60 @@ impl StateStore for RedisStore {
         })
     }
 
+    fn revocations(&self, now: i64) -> StateFuture<'_, Vec<(String, i64)>> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            // (answered only while revocations can be trusted, as every read of them)
+            self.revoked(&[], now).await?;
+            let prefix = self.key("revoked", "");
+            let pattern = format!("{}*", prefix.replace('[', "\\[").replace('?', "\\?").replace('*', "\\*"));
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = self
+                    .bounded(
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut c),
+                    )
+                    .await?;
+                keys.extend(batch);
+                cursor = next;
+                if cursor == 0 || keys.len() > 1_000_000 {
+                    break;
+                }
+            }
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(500) {
+                let mut pipe = redis::pipe();
+                for k in chunk {
+                    pipe.cmd("PEXPIRETIME").arg(k);
+                }
+                let ends: Vec<i64> = self.bounded(pipe.query_async(&mut c)).await?;
+                for (k, end) in chunk.iter().zip(ends) {
+                    if end > 0 && end / 1000 >= now {
+                        out.push((k[prefix.len()..].to_owned(), end / 1000));
+                    }
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+
+    fn unrevoke<'a>(&'a self, key: &'a str, _now: i64) -> StateFuture<'a, bool> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            let removed: i64 =
+                self.bounded(redis::cmd("DEL").arg(self.key("revoked", key)).query_async(&mut c)).await?;
+            Ok(removed > 0)
+        })
+    }
+
     fn outbox_put<'a>(&'a self, item: &'a super::Outgoing, _now: i64) -> StateFuture<'a, ()> {
         Box::pin(async move {
             let mut c = self.conn().await?;
