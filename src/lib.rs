@@ -29,3 +29,4 @@ pub mod policy;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod telemetry;

@@ -217,8 +217,12 @@ impl KeyCache {
         if let Some(snap) = &cached
             && (!snap.needs_refresh(kid, now) || !snap.may_attempt(now, s))
         {
+            metrics::counter!("ephemera_key_cache_lookups_total", "provider" => provider.to_owned(), "result" => "hit")
+                .increment(1);
             return snap.usable_for(kid, now, s);
         }
+        metrics::counter!("ephemera_key_cache_lookups_total", "provider" => provider.to_owned(), "result" => "miss")
+            .increment(1);
         // keys at hand that hold the kid: a refresh due by age need not be waited for
         let at_hand = cached
             .as_ref()
@@ -290,6 +294,9 @@ async fn refresh(
             }
             fetches.fetch_add(1, Ordering::Relaxed);
             let fetched = fetch_keys(http, &s.limits, source).await;
+            let result = if fetched.is_ok() { "ok" } else { "error" };
+            metrics::counter!("ephemera_key_fetches_total", "provider" => provider.to_owned(), "result" => result)
+                .increment(1);
             let next = match (fetched, existing) {
                 (Ok((keys, max_age)), _) => Snapshot {
                     keys: Some(Arc::new(keys)),

@@ -173,7 +173,11 @@ impl Inner {
             count += 1;
         }
         let durable = jobs.iter().any(|j| j.durable);
+        let syncing = std::time::Instant::now();
         let written = self.file.write_all(&buf).and_then(|()| if durable { self.file.sync_data() } else { Ok(()) });
+        if durable {
+            metrics::histogram!("ephemera_audit_fsync_duration_seconds").record(syncing.elapsed().as_secs_f64());
+        }
         if let Err(e) = written {
             return Err(match self.file.set_len(self.len).and_then(|()| self.file.sync_data()) {
                 Ok(()) => e.to_string(),
@@ -365,6 +369,7 @@ fn writer(mut inner: Inner, mut rx: tokio::sync::mpsc::Receiver<Job>, healthy: A
             std::thread::yield_now();
             take_waiting(&mut rx, &mut jobs);
         }
+        metrics::gauge!("ephemera_audit_queue_depth").set(rx.len() as f64);
         let result = inner.write_batch(&jobs);
         healthy.store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
         for j in jobs {

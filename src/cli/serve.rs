@@ -56,6 +56,9 @@ pub(super) async fn serve(
     config_path: Option<PathBuf>,
 ) -> ExitCode {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    crate::telemetry::install();
+    metrics::gauge!("ephemera_build_info", "version" => env!("CARGO_PKG_VERSION"), "config_version" => config.version.clone())
+        .set(1.0);
     // what check says, serve says: every file problem at once, before anything is created
     let problems = config.preflight();
     if !problems.is_empty() {

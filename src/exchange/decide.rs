@@ -83,7 +83,7 @@ async fn revocations(
         RevocationKey::Issuer(iss.to_owned()),
     ]
     .map(|k| k.to_string());
-    state.revoked(&keys, now).await.map_err(ExchangeError::State)
+    super::state_op("revoked", state.revoked(&keys, now)).await.map_err(ExchangeError::State)
 }
 
 /// Stages 4–6. Writes the decision and the lifetime into `trace`.

@@ -247,6 +247,7 @@ impl Broker {
         };
         if !already {
             tracing::info!(key = %key, delivery = %id, "task ended by the platform");
+            metrics::counter!("ephemera_revocations_total", "source" => platform).increment(1);
             let event = match d.platform {
                 Platform::Github => "workflow_run completed",
                 Platform::Gitlab => "job finished",

@@ -76,7 +76,7 @@ impl Broker {
         // A broker nonce is consumed atomically: unknown, expired, already used, or issued for
         // another role, it is refused.
         if let Some(n) = &facts.nonce {
-            match self.evaluator.state.take_nonce(n, now).await {
+            match super::state_op("take_nonce", self.evaluator.state.take_nonce(n, now)).await {
                 Ok(Some(binding)) if binding.is_empty() || binding == role.name => {}
                 Ok(Some(_)) => return Err(ExchangeError::NonceInvalid("the nonce was issued for another role")),
                 Ok(None) => return Err(ExchangeError::NonceInvalid("the nonce is unknown, expired or already used")),
@@ -92,7 +92,9 @@ impl Broker {
         }
         // The grant inventory knows every credential before it exists outside the broker.
         if !grant_with_mark {
-            self.evaluator.state.record_grant(&grant, now).await.map_err(ExchangeError::State)?;
+            super::state_op("record_grant", self.evaluator.state.record_grant(&grant, now))
+                .await
+                .map_err(ExchangeError::State)?;
         }
         match self.minters.mint(plan).await {
             Ok(mut resp) => {
@@ -125,7 +127,7 @@ impl Broker {
         used_since: i64,
         grant: Option<&Grant>,
     ) -> Result<(), ExchangeError> {
-        match self.evaluator.state.mark_used(replay_id, until, now, used_since, grant).await {
+        match super::state_op("mark", self.evaluator.state.mark_used(replay_id, until, now, used_since, grant)).await {
             Ok(Mark::Fresh) => Ok(()),
             Ok(Mark::AlreadyUsed) => Err(ExchangeError::Replayed),
             Ok(Mark::EpochReset { since }) => Err(ExchangeError::ReplayStateReset { since }),

@@ -59,6 +59,31 @@ use ephemera_providers::error::escape_untrusted;
 use ephemera_providers::{KeyCache, KeySource};
 use std::sync::Arc;
 
+/// A state store call, timed and its failures counted (`ephemera_state_*{op}`).
+pub(crate) async fn state_op<T>(
+    op: &'static str,
+    call: impl std::future::Future<Output = Result<T, crate::state::StateError>>,
+) -> Result<T, crate::state::StateError> {
+    let start = std::time::Instant::now();
+    let r = call.await;
+    metrics::histogram!("ephemera_state_duration_seconds", "op" => op).record(crate::telemetry::since(start));
+    if r.is_err() {
+        metrics::counter!("ephemera_state_errors_total", "op" => op).increment(1);
+    }
+    r
+}
+
+/// Records the time from its start to its drop under `stage` (the decide stage ends on any
+/// path out of it).
+struct Timed(std::time::Instant, &'static str);
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        metrics::histogram!("ephemera_exchange_duration_seconds", "stage" => self.1)
+            .record(crate::telemetry::since(self.0));
+    }
+}
+
 /// Stages 1–6 without side effects: what `explain` holds, and the first half of every exchange.
 #[derive(Debug)]
 pub struct Evaluator {
@@ -116,8 +141,13 @@ impl Evaluator {
     ) -> (Trace, Result<Allowed, ExchangeError>) {
         let mut trace = Trace::new(&req.role, now, &config.version);
         let result = async {
-            let verified = verify::verify(&self.keys, config, req, now, &mut trace).await?;
-            let subject = workload::workload(verified, now, &mut trace)?;
+            let verifying = std::time::Instant::now();
+            let verified = verify::verify(&self.keys, config, req, now, &mut trace).await;
+            metrics::histogram!("ephemera_exchange_duration_seconds", "stage" => "verify")
+                .record(crate::telemetry::since(verifying));
+            let deciding = std::time::Instant::now();
+            let subject = workload::workload(verified?, now, &mut trace)?;
+            let _decided = Timed(deciding, "decide");
             let asked = decide::Asked {
                 token_type: req.requested_token_type.as_deref(),
                 details: req.authorization_details.as_deref(),
@@ -222,8 +252,12 @@ impl Broker {
         request_id: &str,
     ) -> Result<TokenResponse, Refusal> {
         let now = self.evaluator.clock.now();
+        let started = std::time::Instant::now();
         let config = self.config();
         let (mut rec, ids) = self.draft(&config, request_id, now);
+        // (labels: a role the config knows, never a caller's string: bounded cardinality)
+        let mut role_label = String::new();
+        let mut provider_label = String::new();
         let outcome = match (ids, req) {
             (Err(e), _) => Err(ExchangeError::Randomness(e)),
             (Ok(()), Err(e)) => Err(e),
@@ -239,6 +273,10 @@ impl Broker {
                     Err(_) => (Trace::default(), Err(ExchangeError::Timeout(limit.as_secs()))),
                 };
                 trace.audit_facts(&mut rec);
+                if config.roles.contains_key(&req.role) {
+                    role_label.clone_from(&req.role);
+                }
+                provider_label = trace.provider.clone().unwrap_or_default();
                 tracing::trace!(
                     request_id,
                     provider = ?trace.provider,
@@ -247,11 +285,27 @@ impl Broker {
                     "exchange evaluated"
                 );
                 match result {
-                    Ok(allowed) => self.grant(&config, allowed, &mut rec).await,
+                    Ok(allowed) => {
+                        let granting = std::time::Instant::now();
+                        let granted = self.grant(&config, allowed, &mut rec).await;
+                        metrics::histogram!("ephemera_exchange_duration_seconds", "stage" => "grant")
+                            .record(crate::telemetry::since(granting));
+                        granted
+                    }
                     Err(e) => Err(e),
                 }
             }
         };
+        metrics::histogram!("ephemera_exchange_duration_seconds", "stage" => "total")
+            .record(crate::telemetry::since(started));
+        let (outcome_label, reason) = match &outcome {
+            Ok(_) => ("allow", ""),
+            Err(e @ (ExchangeError::Mint(_) | ExchangeError::Upstream(_))) => ("mint_failed", e.refusal().reason),
+            Err(e) => ("deny", e.refusal().reason),
+        };
+        metrics::counter!("ephemera_exchanges_total", "outcome" => outcome_label, "reason" => reason,
+            "role" => role_label, "provider" => provider_label)
+        .increment(1);
         match outcome {
             Ok(resp) => Ok(resp),
             Err(e) => Err(self.refuse_error(&config, rec, e).await),

@@ -183,6 +183,8 @@ impl Broker {
             return;
         };
         if item.until < now {
+            let kind = if matches!(job, Job::Set { .. }) { "set" } else { "iam" };
+            metrics::counter!("ephemera_outbox_deliveries_total", "kind" => kind, "result" => "given_up").increment(1);
             self.audit_delivery(format!("gave up after {} tries: {}", item.attempts, describe(&job)), &job, now).await;
             let _ = self.evaluator.state.outbox_done(&item.id, now).await;
             return;
@@ -235,6 +237,13 @@ impl Broker {
                 },
             },
         };
+        let kind = if matches!(job, Job::Set { .. }) { "set" } else { "iam" };
+        let result = match &outcome {
+            Ok(_) => "delivered",
+            Err((false, _)) => "refused",
+            Err((true, _)) => "retried",
+        };
+        metrics::counter!("ephemera_outbox_deliveries_total", "kind" => kind, "result" => result).increment(1);
         match outcome {
             Ok(what) => {
                 self.audit_delivery(what, &job, now).await;

@@ -166,6 +166,11 @@ impl Broker {
         match self.evaluator.state.revoke(&key, now + REVOCATION_TTL, now).await {
             Ok(()) => {
                 tracing::info!(key = %key, "revoked");
+                let source = match by {
+                    RevokeBy::Admin => "admin",
+                    RevokeBy::Assertion => "workload",
+                };
+                metrics::counter!("ephemera_revocations_total", "source" => source).increment(1);
                 let task = key.strip_prefix("task:").and_then(|t| t.split_once(':')).map(|(_, t)| t.to_owned());
                 let decision_id = self.audit_revocation(format!("revoked `{key}`"), task, now).await;
                 let reason = match by {
@@ -359,7 +364,7 @@ impl Broker {
         let mut uses = None;
         if let Some(max) = claims.get("max_uses").and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok()) {
             let iat = claims.get("iat").and_then(Value::as_i64).unwrap_or(0);
-            match self.evaluator.state.consume(&s("jti"), max, take, exp, now, iat).await {
+            match super::state_op("consume", self.evaluator.state.consume(&s("jti"), max, take, exp, now, iat)).await {
                 Ok(Uses::Left(left)) if take || left > 0 => uses = Some(left),
                 Ok(_) => return Ok(Introspection::Inactive),
                 Err(e) => return Err(lookup_failed(e, || unavailable("try again"))),

@@ -217,6 +217,28 @@ pub(super) async fn remove_revocation(
     }
 }
 
+/// `GET /metrics` (admin): the Prometheus text format. The live grants are counted now.
+pub(super) async fn metrics(
+    State(app): State<Arc<App>>,
+    client: Option<axum::Extension<ClientAddr>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = admin_only(&app, client.as_ref(), &headers) {
+        return refusal;
+    }
+    if let Ok(live) = app.broker.grants(None, false).await {
+        metrics::gauge!("ephemera_grants_live").set(live.len() as f64);
+    }
+    match crate::telemetry::render() {
+        Some(text) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
+            text,
+        )
+            .into_response(),
+        None => reject(HttpRejection::NotFound),
+    }
+}
+
 /// `GET /v1/grants[?role=R][&active=true]` (admin).
 pub(super) async fn grants(
     State(app): State<Arc<App>>,

@@ -82,6 +82,7 @@ pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Ro
         .route("/v1/grants", read(get(admin::grants)))
         .route("/v1/keys/flush", form(post(admin::flush_keys)))
         .route("/v1/revocations", read(get(admin::revocations)))
+        .route("/metrics", read(get(admin::metrics)))
         .route("/v1/revocations/remove", form(post(admin::remove_revocation)))
         .route("/v1/state/confirm", form(post(admin::confirm_state)))
         .with_state(app.clone());
