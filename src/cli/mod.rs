@@ -244,8 +244,8 @@ async fn run(cli: Cli) -> ExitCode {
             explain::explain(&config, role, input, token_type, at, json, authorization_details).await
         }
         Command::Check { config } => match Config::load(&config) {
-            Ok(c) if !c.preflight().is_empty() => {
-                for e in c.preflight() {
+            Ok(c) if !c.preflight().is_empty() || !crate::server::tls::check(&c).is_empty() => {
+                for e in c.preflight().into_iter().chain(crate::server::tls::check(&c)) {
                     eprintln!("config error: {e}");
                 }
                 ExitCode::from(EXIT_USAGE)

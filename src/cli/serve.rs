@@ -60,7 +60,8 @@ pub(super) async fn serve(
     metrics::gauge!("ephemera_build_info", "version" => env!("CARGO_PKG_VERSION"), "config_version" => config.version.clone())
         .set(1.0);
     // what check says, serve says: every file problem at once, before anything is created
-    let problems = config.preflight();
+    let mut problems = config.preflight();
+    problems.extend(crate::server::tls::check(&config));
     if !problems.is_empty() {
         for e in &problems {
             eprintln!("config error: {e}");
@@ -133,6 +134,15 @@ pub(super) async fn serve(
         let broker = broker.clone();
         tokio::spawn(async move { broker.run_outbox().await });
     }
+    let (public_tls, admin_tls) = crate::server::tls::files(&broker.config());
+    let (public_tls, admin_tls) =
+        match (public_tls.map(|f| f.serve()).transpose(), admin_tls.map(|f| f.serve()).transpose()) {
+            (Ok(p), Ok(a)) => (p, a),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("config error: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
     let extra = extra.map(|(d, c)| crate::server::demo::routes(d, c));
     let admin_listen = broker.config().admin_listen;
     let (public, admin) = crate::server::routers(broker, extra);
@@ -140,7 +150,7 @@ pub(super) async fn serve(
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(listen = %addr, "admin routes listening apart");
-                tokio::spawn(crate::server::serve(l, admin, hrt, rt, drain, trusted.clone()));
+                tokio::spawn(crate::server::serve(l, admin, hrt, rt, drain, trusted.clone(), admin_tls));
             }
             Err(e) => {
                 eprintln!("error: cannot listen on {addr} (admin.listen): {e}");
@@ -148,7 +158,7 @@ pub(super) async fn serve(
             }
         }
     }
-    match crate::server::serve(listener, public, hrt, rt, drain, trusted).await {
+    match crate::server::serve(listener, public, hrt, rt, drain, trusted, public_tls).await {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {
             eprintln!("error: {e}");

@@ -57,6 +57,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Partners' credentials for introspection only, each limited to its audiences.
     pub introspectors: Vec<server::Introspector>,
+    /// The admin listener asks for client certificates chaining to this CA.
+    pub admin_client_ca: Option<PathBuf>,
     /// Partners pushed a SET when a broker JWT of their audience is revoked.
     pub receivers: Vec<events::Receiver>,
     /// Both on, except in a `bench-knobs` build whose config says otherwise.
@@ -101,7 +103,7 @@ impl Config {
     /// settings its file no longer says (review C14).
     pub fn restart_needed_for(&self, new: &Config) -> Vec<&'static str> {
         let (a, b) = (&self.server, &new.server);
-        let fixed: [(&'static str, bool); 15] = [
+        let fixed: [(&'static str, bool); 17] = [
             ("server.listen", a.listen != b.listen),
             ("server.signing_key_file", a.signing_key_file != b.signing_key_file),
             ("server.publish_key_files", a.publish_key_files != b.publish_key_files),
@@ -112,6 +114,8 @@ impl Config {
             ("server.rate_limit_burst", a.rate_limit_burst != b.rate_limit_burst),
             ("server.trusted_proxies", a.trusted_proxies != b.trusted_proxies),
             ("admin.listen", self.admin_listen != new.admin_listen),
+            ("server.tls_cert_file, server.tls_key_file", a.tls != b.tls),
+            ("admin.client_ca_file", self.admin_client_ca != new.admin_client_ca),
             ("audit.path", self.audit_path != new.audit_path),
             ("state", self.state != new.state),
             ("jwks", self.cache != new.cache || self.allow_private_addresses != new.allow_private_addresses),
@@ -140,15 +144,28 @@ impl Config {
     /// Reads and checks a config file. Relative paths in it are relative to the file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
-        let raw = unknown::parse(&text, |e| toml_error(e, &text))
-            .map_err(|errs| ConfigErrors(errs.into_iter().map(|e| format!("{}: {e}", path.display())).collect()))?;
-        Config::from_raw(raw, path.parent().unwrap_or(Path::new("."))).map(|c| c.versioned(&text))
+        let named = |errs: Vec<String>| errs.into_iter().map(|e| format!("{}: {e}", path.display())).collect();
+        let base = path.parent().unwrap_or(Path::new("."));
+        match unknown::parse(&text, |e| toml_error(e, &text)) {
+            (Some(raw), errs) if errs.is_empty() => Config::from_raw(raw, base).map(|c| c.versioned(&text)),
+            // the shape's problems, and then what the checks find in the rest (every problem in one run)
+            (Some(raw), mut errs) => {
+                if let Err(ConfigErrors(more)) = Config::from_raw(raw, base) {
+                    errs.extend(more);
+                }
+                Err(ConfigErrors(named(errs)))
+            }
+            (None, errs) => Err(ConfigErrors(named(errs))),
+        }
     }
 
     /// Checks a config held in memory (`ephemera dev`'s); `base` resolves relative paths. Its
     /// version is that of the text, as for a file.
     pub fn from_text(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
-        let raw = unknown::parse(text, |e| toml_error(e, text)).map_err(ConfigErrors)?;
+        let raw = match unknown::parse(text, |e| toml_error(e, text)) {
+            (Some(raw), errs) if errs.is_empty() => raw,
+            (_, errs) => return Err(ConfigErrors(errs)),
+        };
         Config::from_raw(raw, base).map(|c| c.versioned(text))
     }
 
@@ -173,7 +190,11 @@ impl Config {
         let cache = server::cache_settings(&raw.jwks, &mut errs);
         let providers = provider::build_all(&raw.providers, &server.issuer, &resolve, &mut errs);
         let engine = role::engine(&raw, &mut errs);
-        let (admin_token, admin_listen, introspectors) = server::admin(&raw.admin, &resolve, &mut errs);
+        let (admin_token, admin_listen, introspectors, admin_client_ca) =
+            server::admin(&raw.admin, &resolve, &mut errs);
+        if admin_client_ca.is_some() && server.tls.is_none() {
+            errs.push("admin.client_ca_file: needs server.tls_cert_file and server.tls_key_file".into());
+        }
         let (roles, findings) = role::build_all(&raw, &providers, engine.as_ref(), &mut errs);
         if matches!(state, StateBackend::Redis { .. }) && server.signing_key_file.is_none() {
             errs.push("server.signing_key_file: required with the redis backend: replicas must sign with one key, or partners (and introspection) meet tokens their JWKS does not verify".into());
@@ -196,6 +217,7 @@ impl Config {
                 admin_token,
                 admin_listen,
                 introspectors,
+                admin_client_ca,
                 receivers,
                 safety,
             }),

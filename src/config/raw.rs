@@ -39,6 +39,8 @@ pub struct RawAdmin {
     pub token_file: Option<PathBuf>,
     /// Serve the admin routes on this address only (default: beside the others).
     pub listen: Option<String>,
+    /// The admin listener requires a client certificate chaining to this CA (PEM).
+    pub client_ca_file: Option<PathBuf>,
     /// Partners' credentials for `/v1/introspect` only, each for tokens of its audiences only.
     #[serde(default)]
     pub introspectors: Vec<RawIntrospector>,
@@ -101,6 +103,10 @@ pub struct RawServer {
     /// Load balancers whose `X-Forwarded-For` names the client (addresses or CIDR blocks).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// HTTPS: the certificate chain (PEM) the listeners present.
+    pub tls_cert_file: Option<PathBuf>,
+    /// HTTPS: its private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

@@ -95,6 +95,8 @@ pub struct ServerSettings {
     /// Load balancers (address, prefix length) whose `X-Forwarded-For` names the client: rate
     /// limits and nonce budgets then count the client, not the balancer (review S4).
     pub trusted_proxies: Vec<(std::net::IpAddr, u8)>,
+    /// HTTPS: (certificate chain, private key) files; read by the server (`server/tls.rs`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// `10.0.0.0/8`, `2001:db8::/32` or a single address (its full length).
@@ -161,6 +163,14 @@ impl ServerSettings {
                     parsed
                 })
                 .collect(),
+            tls: match (&raw.tls_cert_file, &raw.tls_key_file) {
+                (Some(c), Some(k)) => Some((resolve(c), resolve(k))),
+                (None, None) => None,
+                _ => {
+                    errs.push("server.tls_cert_file, server.tls_key_file: give both, or neither".into());
+                    None
+                }
+            },
             // `reason` by default: the expected values of a role's conditions are not told to
             // anyone holding an issuer-signed token (review C16); `full` says so in the config
             disclosure: match raw.detail.as_deref() {
@@ -273,7 +283,7 @@ pub(super) fn admin(
     raw: &RawAdmin,
     resolve: &dyn Fn(&Path) -> PathBuf,
     errs: &mut Vec<String>,
-) -> (Option<AdminToken>, Option<SocketAddr>, Vec<Introspector>) {
+) -> (Option<AdminToken>, Option<SocketAddr>, Vec<Introspector>, Option<PathBuf>) {
     let token = raw.token_file.as_deref().map(resolve).and_then(|p| bearer_file("admin.token_file", &p, errs));
     let listen = raw.listen.as_deref().and_then(|l| {
         l.parse::<SocketAddr>().map_err(|e| errs.push(format!("admin.listen: `{l}` is not an address ({e})"))).ok()
@@ -291,7 +301,13 @@ pub(super) fn admin(
             Some(Introspector { token, audiences: r.audiences.clone() })
         })
         .collect();
-    (token, listen, introspectors)
+    let client_ca = raw.client_ca_file.as_deref().map(resolve);
+    if client_ca.is_some() && listen.is_none() {
+        errs.push(
+            "admin.client_ca_file: needs admin.listen (client certificates are asked on the admin listener)".into(),
+        );
+    }
+    (token, listen, introspectors, client_ca)
 }
 
 /// `[bench]`: accepted only by a `bench-knobs` build.

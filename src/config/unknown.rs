@@ -10,8 +10,20 @@ use super::raw::RawConfig;
 /// Most unknown keys reported before giving up (a file that is not an ephemera config at all).
 const MAX_UNKNOWN: usize = 50;
 
-/// The raw config, or every problem of its shape.
-pub(super) fn parse(text: &str, toml_error: impl Fn(&toml::de::Error) -> String) -> Result<RawConfig, Vec<String>> {
+/// The raw config and the problems of its shape: every unknown key (one with a near known name
+/// not given is read as that name, so what follows is still checked: `max_tll` as `max_ttl`).
+/// `None` when the shape could not be read at all.
+pub(super) fn parse(text: &str, toml_error: impl Fn(&toml::de::Error) -> String) -> (Option<RawConfig>, Vec<String>) {
+    match parse_inner(text, toml_error) {
+        Ok((raw, errs)) => (Some(raw), errs),
+        Err(errs) => (None, errs),
+    }
+}
+
+fn parse_inner(
+    text: &str,
+    toml_error: impl Fn(&toml::de::Error) -> String,
+) -> Result<(RawConfig, Vec<String>), Vec<String>> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| vec![toml_error(&e)])?;
     let mut errs = Vec::new();
     // sections set aside after another kind of problem, so the rest is still read for unknown keys
@@ -19,7 +31,7 @@ pub(super) fn parse(text: &str, toml_error: impl Fn(&toml::de::Error) -> String)
     loop {
         let value = toml::Value::Table(table.clone());
         match serde_path_to_error::deserialize::<_, RawConfig>(value) {
-            Ok(raw) if errs.is_empty() => return Ok(raw),
+            Ok(raw) if set_aside.is_empty() => return Ok((raw, errs)),
             Ok(_) => return Err(errs),
             Err(e) => {
                 let path = e.path().to_string();
@@ -28,11 +40,13 @@ pub(super) fn parse(text: &str, toml_error: impl Fn(&toml::de::Error) -> String)
                     Some((key, expected)) if errs.len() < MAX_UNKNOWN => {
                         let at = if path == "." || path.is_empty() { key.to_owned() } else { path.clone() };
                         let at = if at.ends_with(key) { at } else { format!("{at}.{key}") };
-                        let hint = suggestion(key, &expected)
+                        let near = suggestion(key, &expected).map(str::to_owned);
+                        let hint = near
+                            .as_ref()
                             .map(|s| format!("; did you mean `{s}`?"))
                             .unwrap_or_else(|| format!("; known here: {}", expected.join(", ")));
                         errs.push(format!("{at}: unknown key{hint}"));
-                        if !remove(&mut table, &path, key) {
+                        if !remove(&mut table, &path, key, near.as_deref()) {
                             return Err(errs);
                         }
                     }
@@ -74,8 +88,9 @@ pub(super) fn suggestion<'a>(key: &str, known: &'a [String]) -> Option<&'a str> 
         .map(|(_, k)| k.as_str())
 }
 
-/// Takes `key` out of the table at `path` (`a.b[2].c`, or the key itself at its end).
-fn remove(table: &mut toml::Table, path: &str, key: &str) -> bool {
+/// Takes `key` out of the table at `path` (`a.b[2].c`, or the key itself at its end); its value
+/// goes under `rename` when that name is not there already (the name it was meant to be).
+fn remove(table: &mut toml::Table, path: &str, key: &str, rename: Option<&str>) -> bool {
     let mut segments: Vec<String> = Vec::new();
     for part in path.split('.').filter(|p| !p.is_empty()) {
         match part.split_once('[') {
@@ -102,7 +117,15 @@ fn remove(table: &mut toml::Table, path: &str, key: &str) -> bool {
                 None => n.get_mut(s.as_str()),
             });
         }
-        node.and_then(toml::Value::as_table_mut).and_then(|t| t.remove(key)).is_some()
+        node.and_then(toml::Value::as_table_mut).is_some_and(|t| match t.remove(key) {
+            Some(v) => {
+                if let Some(r) = rename.filter(|r| !t.contains_key(*r)) {
+                    t.insert(r.to_owned(), v);
+                }
+                true
+            }
+            None => false,
+        })
     };
     if let toml::Value::Table(t) = root {
         *table = t;
@@ -134,7 +157,7 @@ provider = "p"
 max_tll = "15m"
 credential = { kind = "jwt", audience = "a", audiance = "b" }
 "#;
-        let errs = parse(text, |e| e.to_string()).err().unwrap();
+        let (_, errs) = parse(text, |e| e.to_string());
         let all = errs.join("\n");
         assert!(all.contains("server.colour: unknown key"), "{all}");
         assert!(all.contains("providers[0].audience: unknown key; did you mean `audiences`?"), "{all}");

@@ -82,15 +82,37 @@ pub(super) fn client_of(peer: IpAddr, headers: &axum::http::HeaderMap, trusted: 
     if trusted.is_empty() || !within(peer, trusted) {
         return peer;
     }
-    let hops: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|h| h.trim().parse::<IpAddr>())
-        .collect::<Result<_, _>>()
-        .unwrap_or_default();
+    // RFC 7239 `Forwarded` when the proxy sends it, else `X-Forwarded-For`; a list that does not
+    // read whole is not used at all (the peer is counted)
+    let forwarded: Vec<&str> = headers.get_all("forwarded").iter().filter_map(|v| v.to_str().ok()).collect();
+    let hops: Vec<IpAddr> = if forwarded.is_empty() {
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|h| h.trim().parse::<IpAddr>().ok())
+            .collect::<Option<_>>()
+            .unwrap_or_default()
+    } else {
+        forwarded.iter().flat_map(|v| v.split(',')).map(forwarded_for).collect::<Option<_>>().unwrap_or_default()
+    };
     hops.into_iter().rev().find(|h| !within(*h, trusted)).unwrap_or(peer)
+}
+
+/// The `for=` address of one `Forwarded` element: `for=192.0.2.60`, `for="[2001:db8::1]:4711"`.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let value = element.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        k.trim().eq_ignore_ascii_case("for").then(|| v.trim().trim_matches('"'))
+    })?;
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    value
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| value.rsplit_once(':')?.0.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4))
 }
 
 /// A whole HTTP/1.1 response for `rejection`, as bytes (for a connection no route will see).
@@ -211,6 +233,22 @@ mod tests {
         assert_eq!(parser_answer(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 20\r\n\r\n"), None);
         assert_eq!(parser_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), None);
         assert_eq!(parser_answer(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n{}"), None);
+    }
+
+    #[test]
+    fn forwarded_names_the_client_only_from_a_trusted_proxy() {
+        let trusted = [("10.0.0.0".parse().unwrap(), 8)];
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("forwarded", "for=192.0.2.60;proto=https, for=\"10.9.9.9:80\"".parse().unwrap());
+        assert_eq!(client_of(proxy, &h, &trusted), "192.0.2.60".parse::<IpAddr>().unwrap());
+        h.insert("forwarded", "for=\"[2001:db8::1]:4711\"".parse().unwrap());
+        assert_eq!(client_of(proxy, &h, &trusted), "2001:db8::1".parse::<IpAddr>().unwrap());
+        // an untrusted peer, or a list that does not read, counts the peer
+        let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(client_of(stranger, &h, &trusted), stranger);
+        h.insert("forwarded", "for=unknown".parse().unwrap());
+        assert_eq!(client_of(proxy, &h, &trusted), proxy);
     }
 
     #[test]

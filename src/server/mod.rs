@@ -23,6 +23,7 @@ mod error;
 mod events;
 mod limits;
 mod nonce;
+pub mod tls;
 mod token;
 mod wellknown;
 
@@ -128,6 +129,7 @@ pub async fn serve(
     request_timeout: Duration,
     drain: Duration,
     trusted_proxies: Vec<(std::net::IpAddr, u8)>,
+    tls: Option<tls::Tls>,
 ) -> std::io::Result<()> {
     let trusted = Arc::new(trusted_proxies);
     // A backstop only: the token endpoint answers its own timeouts (audited, RFC 6749 JSON).
@@ -181,11 +183,27 @@ pub async fn serve(
                     .max_headers(256)
                     .writev(false)
                     .keep_alive(true);
-                let io = TokioIo::new(conn::JsonErrors::new(stream));
-                let conn = graceful.watch(builder.serve_connection(io, TowerToHyperService::new(svc)));
+                let watcher = graceful.watcher();
+                let tls = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
                 tokio::spawn(async move {
                     let _admitted = admitted;
-                    if let Err(e) = conn.await {
+                    let svc = TowerToHyperService::new(svc);
+                    let ended = match tls {
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(conn::JsonErrors::new(stream)), svc)).await,
+                        // the handshake is bounded like the headers that follow it
+                        Some(acceptor) => match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => {
+                                let io = TokioIo::new(conn::JsonErrors::new(tls_stream));
+                                watcher.watch(builder.serve_connection(io, svc)).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        },
+                    };
+                    if let Err(e) = ended {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });

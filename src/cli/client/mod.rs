@@ -183,6 +183,13 @@ pub(super) fn check_broker_url(broker: &str) -> Result<reqwest::Url, String> {
             _ => format!("--broker `{broker}`: {e}"),
         }
     })?;
+    if !broker.contains("://") {
+        // `localhost:8080` reads as the scheme `localhost`
+        let guess = reqwest::Url::parse(&format!("http://{broker}")).ok();
+        let scheme =
+            if guess.is_some_and(|g| ephemera_providers::fetch::is_loopback_host(&g)) { "http" } else { "https" };
+        return Err(format!("--broker `{broker}`: no scheme; did you mean {scheme}://{broker}?"));
+    }
     match url.scheme() {
         "https" => Ok(url),
         "http" if ephemera_providers::fetch::is_loopback_host(&url) => Ok(url),
@@ -431,6 +438,8 @@ mod tests {
         assert!(check_broker_url("broker.example.com").is_err());
         let e = check_broker_url("127.0.0.1:8080").unwrap_err();
         assert!(e.contains("did you mean http://127.0.0.1:8080?"), "{e}");
+        let e = check_broker_url("localhost:8080").unwrap_err();
+        assert!(e.contains("did you mean http://localhost:8080?"), "{e}");
         assert_eq!(check_broker_url("http://127.0.0.1:8080/v1/token").unwrap().as_str(), "http://127.0.0.1:8080/");
     }
 
