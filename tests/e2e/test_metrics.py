@@ -353,6 +353,50 @@ def test_metrics_require_the_admin_credential(broker_factory, mock_issuer, tmp_p
     assert public.status_code == 404, public.text
 
 
+def test_prometheus_scrapes_a_tls_admin_listener_with_a_client_certificate(ephemera_bin, mock_issuer,
+                                                                           prometheus_factory, tmp_path):
+    """Metrics and TLS together, as docs/production.md configures them: the admin listener serves
+    HTTPS and requires a client certificate of its client CA (`[admin] client_ca_file`); a
+    Prometheus job with `tls_config` (the CA, its client certificate and key) and the admin
+    credential scrapes it, and PromQL sees the exchange made. The twin job, the same without the
+    client certificate, is down (the handshake fails)."""
+    from test_tls import PKI, TlsBroker
+    from harness import broker_config, provider, role
+
+    pki = PKI(tmp_path / "pki")
+    pki.install_server_cert()
+    client_cert, client_key = pki.client_cert(pki.client_ca, "prometheus")
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(ADMIN_TOKEN)
+    port, admin_port = free_port(), free_port()
+    cfg = broker_config(tmp_path / "broker", [provider("mock", mock_issuer.issuer)], [role("deploy", "mock")],
+                        server={"issuer": f"https://127.0.0.1:{port}", "tls_cert_file": str(pki.cert_file),
+                                "tls_key_file": str(pki.key_file)}, port=port)
+    cfg["admin"] = {"token_file": str(token_file), "listen": f"127.0.0.1:{admin_port}",
+                    "client_ca_file": str(pki.client_ca_file)}
+    b = TlsBroker(ephemera_bin, tmp_path / "broker", cfg, pki.ca_file)
+    try:
+        assert b.exchange(mock_issuer.token()).status == 200
+        target = f"127.0.0.1:{admin_port}"
+        with_cert = {"ca_file": str(pki.ca_file), "cert_file": client_cert, "key_file": client_key}
+        prom = prometheus_factory({"ephemera-tls": job(target, token_file, with_cert),
+                                   "ephemera-tls-no-client-cert": job(target, token_file, {"ca_file": str(pki.ca_file)})})
+        up = wait_until(lambda: prom.target_scraped("ephemera-tls"), timeout=60, interval=0.25,
+                        what="prometheus to scrape the TLS admin listener")
+        assert up["health"] == "up", f"scrape failed: {up.get('lastError')}"
+        assert up["scrapeUrl"] == f"https://{target}/metrics", up
+        allows = wait_until(lambda: prom.query('sum(ephemera_exchanges_total{outcome="allow"})'), timeout=30,
+                            interval=0.25, what="the allow in prometheus")
+        assert [v for _, v in allows] == [1], allows
+        down = wait_until(lambda: prom.target_scraped("ephemera-tls-no-client-cert"), timeout=60, interval=0.25,
+                          what="the job without a client certificate to be scraped")
+        print(f"\nwith a client certificate: {up['health']}; without: {down['health']} ({down['lastError'][:200]})")
+        assert down["health"] == "down", down
+        b.check_audit_invariants()
+    finally:
+        b.stop()
+
+
 def test_a_failing_state_store_is_counted(broker_factory, mock_issuer, tmp_path):
     """`ephemera_state_errors_total{op}`: a broker whose Redis does not answer (nothing listens on
     its port) refuses the exchange 503 `replay_store_unavailable`, and the scrape counts the failed
