@@ -14,6 +14,8 @@
 //! deleted or rotated while serving is noticed at the next write and continued in a new file at
 //! its path. The log and its head are regular files, never opened through a symlink.
 
+mod sinks;
+
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -41,6 +43,8 @@ pub enum Outcome {
     MintFailed,
     /// A task, credential, subject, role or issuer was revoked.
     Revoke,
+    /// The log was rotated: the first record of a new file, naming the file it continues.
+    Rotate,
 }
 
 /// One decision.
@@ -100,11 +104,26 @@ struct Inner {
     len: u64,
 }
 
-/// One record waiting for the writer, and who to tell when it is written.
+/// One record waiting for the writer (`None`: rotate the log now), and who to tell when it is
+/// written.
 struct Job {
-    rec: AuditRecord,
+    rec: Option<AuditRecord>,
     durable: bool,
     done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Where records go besides the file, and when the file is rotated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditOptions {
+    /// Rotate once the file holds this many bytes.
+    pub rotate_bytes: Option<u64>,
+    /// Rotate on SIGHUP too (for logrotate's `postrotate` or an operator).
+    pub rotate_on_sighup: bool,
+    /// Every record also as a line on stdout (container log collection; best effort).
+    pub stdout: bool,
+    /// Every record also to syslog (RFC 5424; best effort): `udp://HOST:PORT`,
+    /// `tcp://HOST:PORT` (RFC 6587 octet counting) or `unix:///dev/log`.
+    pub syslog: Option<String>,
 }
 
 /// Most records waiting for the writer; past it, exchanges wait (back-pressure, never an
@@ -161,12 +180,13 @@ impl Inner {
     /// failure the chain does not advance and the file is cut back to where the batch began, so
     /// no torn line is left for the next record to be glued to (review C4, fault B5); until that
     /// cut succeeds, nothing else is written.
-    fn write_batch(&mut self, jobs: &[Job]) -> Result<(), String> {
+    /// Writes the jobs' records; the bytes written (every line), for the other sinks.
+    fn write_batch(&mut self, jobs: &[Job]) -> Result<Vec<u8>, String> {
         self.follow_path()?;
         let (mut prev, mut count) = (self.prev.clone(), self.count);
         let mut buf = Vec::new();
-        for j in jobs {
-            let line = serde_json::to_string(&Chained { record: &j.rec, prev: &prev }).map_err(|e| e.to_string())?;
+        for rec in jobs.iter().filter_map(|j| j.rec.as_ref()) {
+            let line = serde_json::to_string(&Chained { record: rec, prev: &prev }).map_err(|e| e.to_string())?;
             buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
             prev = sha256_hex(line.as_bytes());
@@ -192,7 +212,40 @@ impl Inner {
             self.head.sync_data().map_err(|e| e.to_string())?;
         }
         (self.prev, self.count, self.len) = (prev, count, self.len + buf.len() as u64);
-        Ok(())
+        Ok(buf)
+    }
+
+    /// Rotation: the file is renamed `PATH.YYYYMMDDTHHMMSSZ` (names sort in chain order) and a
+    /// new file begins at the path with a `rotate` record naming the file
+    /// it continues and that file's last record and hash, so `ephemera audit verify OLD NEW`
+    /// checks the chain across them. Returns the rotated file's path.
+    fn rotate(&mut self) -> Result<PathBuf, String> {
+        // `PATH.20261203T185300Z` (then `-1`, `-2`… within one second): names sort in chain order
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        let stamp = crate::clock::rfc3339(now).replace(['-', ':'], "");
+        let rotated = (0..1000)
+            .map(|i| {
+                let suffix = if i == 0 { String::new() } else { format!("-{i}") };
+                PathBuf::from(format!("{}.{stamp}{suffix}", self.path.display()))
+            })
+            .find(|p| std::fs::symlink_metadata(p).is_err())
+            .ok_or_else(|| "no free name to rotate to".to_owned())?;
+        std::fs::rename(&self.path, &rotated).map_err(|e| e.to_string())?;
+        sync_dir(&self.path).map_err(|e| e.to_string())?;
+        let (count, prev) = (self.count, self.prev.clone());
+        let mut fresh = open_inner(&self.path).map_err(|e| e.to_string())?;
+        let name = rotated.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let marker = AuditRecord {
+            time: crate::clock::rfc3339(now),
+            ts: now,
+            decision: Outcome::Rotate,
+            detail: Some(format!("continues `{name}`: record {count}, hash {prev}")),
+            ..Default::default()
+        };
+        let (done, _) = tokio::sync::oneshot::channel();
+        fresh.write_batch(&[Job { rec: Some(marker), durable: true, done }])?;
+        *self = fresh;
+        Ok(rotated)
     }
 
     /// The log at the path must still be the file being written: after a deletion or a rename
@@ -358,7 +411,13 @@ fn take_waiting(rx: &mut tokio::sync::mpsc::Receiver<Job>, jobs: &mut Vec<Job>) 
     }
 }
 
-fn writer(mut inner: Inner, mut rx: tokio::sync::mpsc::Receiver<Job>, healthy: Arc<std::sync::atomic::AtomicBool>) {
+fn writer(
+    mut inner: Inner,
+    mut rx: tokio::sync::mpsc::Receiver<Job>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+    options: AuditOptions,
+) {
+    let mut syslog = options.syslog.as_deref().map(sinks::Syslog::new);
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         take_waiting(&mut rx, &mut jobs);
@@ -370,8 +429,29 @@ fn writer(mut inner: Inner, mut rx: tokio::sync::mpsc::Receiver<Job>, healthy: A
             take_waiting(&mut rx, &mut jobs);
         }
         metrics::gauge!("ephemera_audit_queue_depth").set(rx.len() as f64);
-        let result = inner.write_batch(&jobs);
-        healthy.store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        let written = inner.write_batch(&jobs);
+        if let Ok(lines) = &written {
+            if options.stdout {
+                sinks::stdout(lines);
+            }
+            if let Some(s) = syslog.as_mut() {
+                s.send(lines);
+            }
+        }
+        let mut result = written.map(|_| ());
+        let asked = jobs.iter().any(|j| j.rec.is_none());
+        if result.is_ok() && (asked || options.rotate_bytes.is_some_and(|max| inner.len >= max)) {
+            match inner.rotate() {
+                Ok(old) => tracing::info!(rotated = %old.display(), "audit log rotated"),
+                Err(e) => {
+                    tracing::error!(error = %e, "audit log rotation failed; writing on in the same file");
+                    if asked {
+                        result = Err(e);
+                    }
+                }
+            }
+        }
+        healthy.store(result.is_ok() || asked, std::sync::atomic::Ordering::Relaxed);
         for j in jobs {
             let _ = j.done.send(result.clone());
         }
@@ -382,11 +462,16 @@ impl AuditLog {
     /// Opens (or creates) the log for appending, reconciles it with its head
     /// ([`open_inner`]), and starts its writer.
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
+        Self::open_with(path, AuditOptions::default())
+    }
+
+    /// [`AuditLog::open`] with rotation and the other sinks.
+    pub fn open_with(path: &Path, options: AuditOptions) -> std::io::Result<AuditLog> {
         let inner = open_inner(path)?;
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let h = healthy.clone();
-        std::thread::Builder::new().name("audit-writer".into()).spawn(move || writer(inner, rx, h))?;
+        std::thread::Builder::new().name("audit-writer".into()).spawn(move || writer(inner, rx, h, options))?;
         Ok(AuditLog { path: path.to_path_buf(), tx, healthy })
     }
 
@@ -398,7 +483,21 @@ impl AuditLog {
     pub async fn append(&self, rec: AuditRecord, durable: bool) -> Result<(), AuditError> {
         let err = |cause: String| AuditError::Write { path: self.path.display().to_string(), cause };
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.tx.send(Job { rec, durable, done }).await.map_err(|_| err("the audit writer stopped".into()))?;
+        self.tx
+            .send(Job { rec: Some(rec), durable, done })
+            .await
+            .map_err(|_| err("the audit writer stopped".into()))?;
+        wait.await.map_err(|_| err("the audit writer stopped".into()))?.map_err(err)
+    }
+
+    /// Rotates the log now (SIGHUP): the file is renamed and a new one continues the chain.
+    pub async fn rotate(&self) -> Result<(), AuditError> {
+        let err = |cause: String| AuditError::Write { path: self.path.display().to_string(), cause };
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Job { rec: None, durable: true, done })
+            .await
+            .map_err(|_| err("the audit writer stopped".into()))?;
         wait.await.map_err(|_| err("the audit writer stopped".into()))?.map_err(err)
     }
 
@@ -434,7 +533,41 @@ pub fn revocations(path: &Path) -> Vec<(String, i64)> {
 
 /// Checks a log's hash chain and head; returns the number of records, or what is broken.
 pub fn verify_chain(path: &Path) -> Result<usize, String> {
+    verify_file(path, true).map(|v| v.0)
+}
+
+/// Checks a rotated set, oldest first (`PATH.NNN…` files, then `PATH`): each file's chain, the
+/// last file's head, and that each file after the first begins with the `rotate` record naming
+/// the file before it, its last record and hash. Returns the records of the whole set.
+pub fn verify_set(paths: &[PathBuf]) -> Result<usize, String> {
+    let mut total = 0;
+    let mut before: Option<(String, usize, String)> = None;
+    for (i, path) in paths.iter().enumerate() {
+        let last = i + 1 == paths.len();
+        let (n, hash, first) = verify_file(path, last).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some((name, count, prev)) = &before {
+            let want = format!("continues `{name}`: record {count}, hash {prev}");
+            let is = first.as_ref().filter(|r| r["decision"] == "rotate").and_then(|r| r["detail"].as_str());
+            if is != Some(want.as_str()) {
+                return Err(format!(
+                    "{}: does not continue {name} (its first record is not the rotate record naming that file's last record {count})",
+                    path.display()
+                ));
+            }
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // a file's records are numbered from 1 in it; the rotate record names the file's own count
+        before = Some((name, n, hash));
+        total += n;
+    }
+    Ok(total)
+}
+
+/// One file's chain (from its first line); with `head`, its head file too. Its records, its last
+/// hash, and its first record.
+fn verify_file(path: &Path, check_head: bool) -> Result<(usize, String, Option<serde_json::Value>), String> {
     let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut first = None;
     let mut prev = GENESIS.to_owned();
     let mut n = 0;
     // the hash of each record by number (0: none yet), to tell a head that is behind from a
@@ -444,6 +577,9 @@ pub fn verify_chain(path: &Path) -> Result<usize, String> {
         let line = line.map_err(|e| format!("line {}: {e}", i + 1))?;
         let v: serde_json::Value =
             serde_json::from_str(&line).map_err(|e| format!("line {}: not JSON ({e})", i + 1))?;
+        if i == 0 {
+            first = Some(v.clone());
+        }
         if v.get("prev").and_then(|p| p.as_str()) != Some(prev.as_str()) {
             return Err(format!(
                 "line {}: hash chain broken (a line before it was changed, removed or reordered)",
@@ -454,6 +590,9 @@ pub fn verify_chain(path: &Path) -> Result<usize, String> {
         n += 1;
         hashes.insert(n, prev.clone());
         hashes.remove(&n.saturating_sub(4096));
+    }
+    if !check_head {
+        return Ok((n, prev, first));
     }
     let head_file = head_path(path);
     let head = std::fs::read_to_string(&head_file).map_err(|e| {
@@ -472,7 +611,7 @@ pub fn verify_chain(path: &Path) -> Result<usize, String> {
             "the log ends at record {n} but its head names record {named} with another hash: the last record(s) were changed or removed"
         ));
     }
-    Ok(n)
+    Ok((n, prev, first))
 }
 
 #[cfg(test)]
@@ -666,5 +805,42 @@ mod tests {
                 ("task:gh:4/5/6".to_owned(), 140)
             ]
         );
+    }
+
+    /// Rotation renames the file and goes on in a new one whose first record names it: the set
+    /// verifies, oldest first; a set with a file left out, or out of order, does not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotated_set_verifies_across_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let log = AuditLog::open_with(&path, AuditOptions { rotate_bytes: Some(4096), ..Default::default() }).unwrap();
+        for i in 0..60 {
+            let rec = AuditRecord { decision: Outcome::Allow, request_id: format!("r{i:03}"), ..Default::default() };
+            log.append(rec, true).await.unwrap();
+        }
+        log.rotate().await.unwrap();
+        log.append(AuditRecord { decision: Outcome::Deny, ..Default::default() }, true).await.unwrap();
+        let mut rotated: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name().unwrap().to_string_lossy().starts_with("r.jsonl.")
+                    && !p.to_string_lossy().ends_with(".head")
+            })
+            .collect();
+        rotated.sort();
+        assert!(rotated.len() >= 2, "{rotated:?}");
+        let mut set = rotated.clone();
+        set.push(path.clone());
+        let total = verify_set(&set).unwrap();
+        // 61 records and one rotate record per new file
+        assert_eq!(total, 61 + rotated.len());
+        assert!(verify_chain(&path).is_ok(), "the current file verifies alone");
+        let mut gap = set.clone();
+        gap.remove(1);
+        assert!(verify_set(&gap).is_err(), "a file left out");
+        let mut swapped = set.clone();
+        swapped.swap(0, 1);
+        assert!(verify_set(&swapped).is_err(), "out of order");
     }
 }

@@ -196,8 +196,12 @@ pub(crate) enum RevocationsCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Check an audit log's hash chain.
-    Verify { file: PathBuf },
+    /// Check an audit log's hash chain; with several files, a rotated set oldest first
+    /// (`PATH.YYYYMMDDTHHMMSSZ`… then `PATH`), the chain across them too.
+    Verify {
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
 }
 
 pub(crate) fn load_config(path: &Path) -> Result<Config, ExitCode> {
@@ -306,15 +310,26 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Keygen { out, rsa } => admin::keygen(&out, rsa),
-        Command::Audit { command: AuditCommand::Verify { file } } => match crate::audit::verify_chain(&file) {
-            Ok(n) => {
-                outln!("ok: {n} records, hash chain intact");
-                ExitCode::from(EXIT_OK)
+        Command::Audit { command: AuditCommand::Verify { files } } => {
+            // a file that is not there is a usage error, not a tampered log
+            if let Some(missing) = files.iter().find(|f| !f.exists()) {
+                eprintln!("error: {}: no such file", missing.display());
+                return ExitCode::from(EXIT_USAGE);
             }
-            Err(e) => {
-                eprintln!("audit log {}: {e}", file.display());
-                ExitCode::from(EXIT_DENY)
+            let checked = match files.as_slice() {
+                [one] => crate::audit::verify_chain(one).map_err(|e| format!("audit log {}: {e}", one.display())),
+                set => crate::audit::verify_set(set).map_err(|e| format!("audit log set: {e}")),
+            };
+            match checked {
+                Ok(n) => {
+                    outln!("ok: {n} records, hash chain intact");
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(EXIT_DENY)
+                }
             }
-        },
+        }
     }
 }

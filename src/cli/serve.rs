@@ -17,6 +17,13 @@ async fn reload_on_sighup(broker: Arc<Broker>, path: PathBuf) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
+        // SIGHUP also rotates the audit log when the config says so (the chain goes on in the
+        // new file)
+        if broker.config().audit_options.rotate_on_sighup
+            && let Err(e) = broker.rotate_audit().await
+        {
+            tracing::error!(error = %e, "audit log rotation on SIGHUP failed");
+        }
         let refused = match Config::load(&path) {
             Ok(new) => {
                 let version = new.version.clone();
@@ -68,7 +75,7 @@ pub(super) async fn serve(
         }
         return ExitCode::from(EXIT_USAGE);
     }
-    let audit = match AuditLog::open(&config.audit_path) {
+    let audit = match AuditLog::open_with(&config.audit_path, config.audit_options.clone()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: audit log {}: {e}", config.audit_path.display());

@@ -57,6 +57,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Partners' credentials for introspection only, each limited to its audiences.
     pub introspectors: Vec<server::Introspector>,
+    /// Rotation and the sinks besides the file.
+    pub audit_options: crate::audit::AuditOptions,
     /// The admin listener asks for client certificates chaining to this CA.
     pub admin_client_ca: Option<PathBuf>,
     /// Partners pushed a SET when a broker JWT of their audience is revoked.
@@ -116,7 +118,7 @@ impl Config {
             ("admin.listen", self.admin_listen != new.admin_listen),
             ("server.tls_cert_file, server.tls_key_file", a.tls != b.tls),
             ("admin.client_ca_file", self.admin_client_ca != new.admin_client_ca),
-            ("audit.path", self.audit_path != new.audit_path),
+            ("audit.path", self.audit_path != new.audit_path || self.audit_options != new.audit_options),
             ("state", self.state != new.state),
             ("jwks", self.cache != new.cache || self.allow_private_addresses != new.allow_private_addresses),
             ("gcp.iam_credentials_url", self.gcp_iam_url != new.gcp_iam_url),
@@ -186,6 +188,21 @@ impl Config {
         };
         let server = ServerSettings::from_raw(&raw.server, &resolve, &mut errs);
         let audit_path = resolve(&raw.audit.path);
+        let audit_options = crate::audit::AuditOptions {
+            rotate_bytes: raw.audit.rotate_bytes,
+            rotate_on_sighup: raw.audit.rotate_on_sighup,
+            stdout: raw.audit.stdout,
+            syslog: raw.audit.syslog.clone(),
+        };
+        if raw.audit.rotate_bytes.is_some_and(|b| b < 4096) {
+            errs.push("audit.rotate_bytes: at least 4096".into());
+        }
+        if let Some(t) = &raw.audit.syslog {
+            let ok = ["udp://", "tcp://", "unix://"].iter().any(|p| t.strip_prefix(p).is_some_and(|r| !r.is_empty()));
+            if !ok {
+                errs.push(format!("audit.syslog: `{t}`: udp://HOST:PORT, tcp://HOST:PORT or unix:///PATH"));
+            }
+        }
         let state = StateBackend::from_raw(&raw.state, &resolve, &audit_path, &mut errs);
         let cache = server::cache_settings(&raw.jwks, &mut errs);
         let providers = provider::build_all(&raw.providers, &server.issuer, &resolve, &mut errs);
@@ -206,6 +223,7 @@ impl Config {
                 server,
                 state,
                 audit_path,
+                audit_options,
                 cache,
                 allow_private_addresses: raw.jwks.allow_private_addresses,
                 providers,

@@ -155,6 +155,16 @@ impl Default for RawState {
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     pub path: PathBuf,
+    /// Rotate the file once it holds this many bytes (and on SIGHUP).
+    pub rotate_bytes: Option<u64>,
+    /// Rotate on SIGHUP too.
+    #[serde(default)]
+    pub rotate_on_sighup: bool,
+    /// Every record also on stdout.
+    #[serde(default)]
+    pub stdout: bool,
+    /// Every record also to syslog: `udp://HOST:PORT`, `tcp://HOST:PORT`, `unix:///dev/log`.
+    pub syslog: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -193,6 +193,11 @@ impl Broker {
         self.evaluator.config()
     }
 
+    /// Rotates the audit log now (SIGHUP).
+    pub async fn rotate_audit(&self) -> Result<(), crate::audit::AuditError> {
+        self.audit.rotate().await
+    }
+
     /// The broker's public keys (its JWKS document).
     pub fn jwks(&self) -> serde_json::Value {
         self.minters.signer().jwks()
