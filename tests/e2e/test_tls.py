@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
 import shutil
 import signal
 import socket
@@ -414,6 +415,51 @@ def test_the_admin_listener_requires_a_client_certificate_of_its_ca(tls_factory,
     outcomes["the client CA's certificate, no bearer"] = anonymous.status_code
     assert anonymous.status_code == 401, anonymous.text
     print(f"\nadmin listener: {outcomes}")
+
+
+def test_the_cli_trusts_a_private_ca_through_ssl_cert_file(tls_factory, mock_issuer, pki, ephemera_bin, tmp_path):
+    """docs/production.md: the exchange client and the admin CLI verify the broker's certificate
+    against the system's roots, and a private CA is trusted through `SSL_CERT_FILE`: `ephemera
+    exchange` gets a credential from the HTTPS listener and `ephemera grants` lists it from the
+    HTTPS admin listener. The twins: with the system bundle only, both fail (exit 1), the exchange
+    naming the TLS cause, and nothing reaches the broker."""
+    pki.install_server_cert()
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(ADMIN_TOKEN)
+    admin_port = free_port()
+    b = tls_factory(admin={"token_file": str(token_file), "listen": f"127.0.0.1:{admin_port}"})
+    assertion = tmp_path / "assertion.jwt"
+
+    def cli(args: list[str], ca: str | None):
+        env = {k: v for k, v in os.environ.items() if k != "SSL_CERT_FILE"}
+        if ca:
+            env["SSL_CERT_FILE"] = ca
+        return subprocess.run([str(ephemera_bin), *args], capture_output=True, text=True, env=env,
+                              stdin=subprocess.DEVNULL, timeout=120)
+
+    exchange = ["exchange", "--broker", b.url, "--role", "deploy", "--token-file", str(assertion), "--no-cache",
+                "--retries", "0"]
+    grants = ["grants", "--broker", f"https://127.0.0.1:{admin_port}", "--admin-token-file", str(token_file), "--json"]
+    system = "/etc/ssl/certs/ca-certificates.crt" if Path("/etc/ssl/certs/ca-certificates.crt").exists() else None
+
+    assertion.write_text(mock_issuer.token())
+    refused = cli(exchange, system)
+    assert refused.returncode == 1 and "TLS" in refused.stderr, (refused.returncode, refused.stderr)
+    listed = cli(grants, system)
+    assert listed.returncode == 1 and "unreachable" in listed.stderr, (listed.returncode, listed.stderr)
+    assert b.audit() == [], "a client that did not trust the certificate reached the broker"
+
+    assertion.write_text(mock_issuer.token())
+    got = cli(exchange, str(pki.ca_file))
+    assert got.returncode == 0, got.stderr
+    body = json.loads(got.stdout)
+    assert body["access_token"], body
+    b.record_answer(Resp(200, {}, body, got.stdout))
+    listed = cli(grants, str(pki.ca_file))
+    assert listed.returncode == 0, listed.stderr
+    assert [g["role"] for g in json.loads(listed.stdout)["grants"]] == ["deploy"], listed.stdout
+    print(f"\nwithout the CA: exchange exit {refused.returncode} ({refused.stderr.strip().splitlines()[-1][:160]}); "
+          f"with SSL_CERT_FILE: exchange 0, grants 0")
 
 
 # ---- trusted proxies: Forwarded (RFC 7239) ---------------------------------------------------------
