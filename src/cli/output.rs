@@ -22,7 +22,13 @@ pub(crate) fn init_tracing(json: bool) {
     }
     // A log line that cannot be written (stderr on a full disk) is dropped: reporting it would
     // panic in `eprintln!` and take the request (or the audit writer) down with it.
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
+    // colour only on a terminal: a redirected log gets no escape sequences (newcomer review)
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .log_internal_errors(false);
     let _ = if json { b.json().try_init() } else { b.try_init() };
 }
 

@@ -57,7 +57,8 @@ pub(super) async fn healthz() -> &'static str {
 pub(super) async fn readyz(State(app): State<Arc<App>>) -> Response {
     let (state, audit) = app.broker.ready().await;
     let status = if state && audit { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({"state": state, "audit": audit}))).into_response()
+    let version = app.broker.config().version.clone();
+    (status, axum::Json(json!({"state": state, "audit": audit, "config_version": version}))).into_response()
 }
 
 /// The 404 of every unknown route. It reads the request body first (bounded by the body limit;
