@@ -261,9 +261,20 @@ impl Inner {
         if same {
             return Ok(());
         }
-        if std::fs::symlink_metadata(&self.path).is_ok_and(|at| at.dev() == open.dev() && at.ino() == open.ino()) {
-            // our file, longer or shorter than we wrote: a torn tail left by a failed cut
-            self.file.set_len(self.len).and_then(|()| self.file.sync_data()).map_err(|e| e.to_string())?;
+        if let Ok(at) = std::fs::symlink_metadata(&self.path)
+            && at.dev() == open.dev()
+            && at.ino() == open.ino()
+        {
+            if at.len() > self.len {
+                // our file, longer than we wrote: a torn tail left by a failed cut
+                self.file.set_len(self.len).and_then(|()| self.file.sync_data()).map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            // shorter: another tool truncated it (logrotate's copytruncate); what it copied is
+            // its own, and a new chain begins in the emptied file (never zeros in the gap)
+            tracing::warn!(path = %self.path.display(), records = self.count, "the audit log was truncated by another tool (copytruncate); a new chain begins; rotate with audit.rotate_on_sighup instead");
+            let fresh = open_inner(&self.path).map_err(|e| e.to_string())?;
+            *self = fresh;
             return Ok(());
         }
         tracing::warn!(path = %self.path.display(), records = self.count, last = %self.prev, "the audit log was deleted or replaced (rotated); continuing in a new file at its path");
@@ -438,22 +449,23 @@ fn writer(
                 s.send(lines);
             }
         }
-        let mut result = written.map(|_| ());
+        let result = written.map(|_| ());
         let asked = jobs.iter().any(|j| j.rec.is_none());
+        let mut rotated: Result<(), String> = Ok(());
         if result.is_ok() && (asked || options.rotate_bytes.is_some_and(|max| inner.len >= max)) {
             match inner.rotate() {
                 Ok(old) => tracing::info!(rotated = %old.display(), "audit log rotated"),
                 Err(e) => {
                     tracing::error!(error = %e, "audit log rotation failed; writing on in the same file");
-                    if asked {
-                        result = Err(e);
-                    }
+                    rotated = Err(e);
                 }
             }
         }
-        healthy.store(result.is_ok() || asked, std::sync::atomic::Ordering::Relaxed);
+        // health is the records' write; a failed rotation is told to whoever asked for it only
+        healthy.store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
         for j in jobs {
-            let _ = j.done.send(result.clone());
+            let answer = if j.rec.is_none() { result.clone().and(rotated.clone()) } else { result.clone() };
+            let _ = j.done.send(answer);
         }
     }
 }
@@ -510,8 +522,42 @@ impl AuditLog {
 /// The revocations the log at `path` records (`revoked `KEY``), each with when it was made: the
 /// durable copy the file state store re-asserts from when its own file was lost.
 pub fn revocations(path: &Path) -> Vec<(String, i64)> {
-    let Ok(f) = File::open(path) else { return Vec::new() };
     let mut out: Vec<(String, i64)> = Vec::new();
+    // the rotated files first, oldest first, then the file itself: a revocation made before a
+    // rotation is re-asserted too
+    for file in rotated_set(path) {
+        let Ok(f) = File::open(&file) else { continue };
+        read_revocations(f, &mut out);
+    }
+    out
+}
+
+/// The files of a rotated log, oldest first: `PATH.YYYYMMDDTHHMMSSZ[-N]` then `PATH`.
+pub fn rotated_set(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().map(|n| n.to_string_lossy().into_owned())) else {
+        return vec![path.to_path_buf()];
+    };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let prefix = format!("{name}.");
+    let mut rotated: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().map(|n| n.to_string_lossy().into_owned()).is_some_and(|n| {
+                n.strip_prefix(&prefix).is_some_and(|rest| {
+                    rest.len() >= 16 && rest.as_bytes()[8] == b'T' && rest[..8].bytes().all(|b| b.is_ascii_digit())
+                })
+            })
+        })
+        .collect();
+    rotated.sort();
+    rotated.push(path.to_path_buf());
+    rotated
+}
+
+fn read_revocations(f: File, out: &mut Vec<(String, i64)>) {
     for l in BufReader::new(f).lines().map_while(Result::ok).filter(|l| l.contains("\"decision\":\"revoke\"")) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) else { continue };
         let (Some(detail), Some(ts)) = (v.get("detail").and_then(|d| d.as_str()), v.get("ts").and_then(|t| t.as_i64()))
@@ -528,7 +574,6 @@ pub fn revocations(path: &Path) -> Vec<(String, i64)> {
             out.push((key.to_owned(), ts));
         }
     }
-    out
 }
 
 /// Checks a log's hash chain and head; returns the number of records, or what is broken.
@@ -814,6 +859,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.jsonl");
         let log = AuditLog::open_with(&path, AuditOptions { rotate_bytes: Some(4096), ..Default::default() }).unwrap();
+        let revoked = AuditRecord {
+            decision: Outcome::Revoke,
+            detail: Some("revoked `role:old`".into()),
+            ts: 5,
+            ..Default::default()
+        };
+        log.append(revoked, true).await.unwrap();
         for i in 0..60 {
             let rec = AuditRecord { decision: Outcome::Allow, request_id: format!("r{i:03}"), ..Default::default() };
             log.append(rec, true).await.unwrap();
@@ -833,8 +885,12 @@ mod tests {
         let mut set = rotated.clone();
         set.push(path.clone());
         let total = verify_set(&set).unwrap();
-        // 61 records and one rotate record per new file
-        assert_eq!(total, 61 + rotated.len());
+        // 62 records and one rotate record per new file
+        assert_eq!(total, 62 + rotated.len());
+        // a revocation made before the rotations is read back from the set (the file state store
+        // re-asserts it after losing its file)
+        assert_eq!(revocations(&path), vec![("role:old".to_owned(), 5)]);
+        assert_eq!(rotated_set(&path), set);
         assert!(verify_chain(&path).is_ok(), "the current file verifies alone");
         let mut gap = set.clone();
         gap.remove(1);
@@ -842,5 +898,22 @@ mod tests {
         let mut swapped = set.clone();
         swapped.swap(0, 1);
         assert!(verify_set(&swapped).is_err(), "out of order");
+    }
+
+    /// logrotate's copytruncate empties the file under the writer: the next record begins a new
+    /// chain in it, and no zeros fill the gap (the file verifies).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_truncated_by_another_tool_begins_a_new_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        for _ in 0..3 {
+            log.append(AuditRecord { decision: Outcome::Allow, ..Default::default() }, true).await.unwrap();
+        }
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        log.append(AuditRecord { decision: Outcome::Deny, ..Default::default() }, true).await.unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(!bytes.contains(&0), "no zeros in the file");
+        assert_eq!(verify_chain(&path), Ok(1));
     }
 }

@@ -59,7 +59,7 @@ impl Admin {
             None => self.http.get(url.clone()),
         };
         let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
-            eprintln!("error: broker {url} unreachable: {e}");
+            eprintln!("error: broker {url} unreachable: {}", super::client::cause(&e));
             ExitCode::from(EXIT_FAILURE)
         })?;
         let status = resp.status();

@@ -30,9 +30,13 @@ async fn reload_on_sighup(broker: Arc<Broker>, path: PathBuf) {
                 for f in &new.findings {
                     tracing::warn!(role = %f.role, code = f.code, detail = %f.message, "policy finding");
                 }
+                let before = broker.config().version.clone();
                 match broker.reload(new).await {
                     Ok(()) => {
                         tracing::info!(version = %version, "config reloaded");
+                        let build = |v: String| metrics::gauge!("ephemera_build_info", "version" => env!("CARGO_PKG_VERSION"), "config_version" => v);
+                        build(before).set(0.0);
+                        build(version.clone()).set(1.0);
                         false
                     }
                     Err(keys) => {

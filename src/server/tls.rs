@@ -84,8 +84,8 @@ impl TlsFiles {
 pub fn files(config: &crate::config::Config) -> (Option<TlsFiles>, Option<TlsFiles>) {
     let Some((cert, key)) = config.server.tls.clone() else { return (None, None) };
     let public = TlsFiles { cert, key, client_ca: None };
-    let admin = TlsFiles { client_ca: config.admin_client_ca.clone(), ..public.clone() };
-    (Some(public), Some(admin))
+    let admin = config.admin_listen.map(|_| TlsFiles { client_ca: config.admin_client_ca.clone(), ..public.clone() });
+    (Some(public), admin)
 }
 
 /// Every problem loading the config's TLS files (for `check` and `serve`).

@@ -335,7 +335,7 @@ fn emit(v: &Value, format: Format) -> ExitCode {
 }
 
 /// Why a request did not reach an answer, in words: refused, DNS, TLS, timed out.
-fn cause(e: &reqwest::Error) -> String {
+pub(super) fn cause(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return "timed out".into();
     }
@@ -384,13 +384,18 @@ async fn exchange(
         .body(body)
         .send()
         .await
-        .map_err(|e| Failed {
-            error: "unreachable".into(),
-            reason: String::new(),
-            // a connection that failed never carried the assertion
-            reached: !e.is_connect(),
-            retry_after: None,
-            message: format!("broker {url} unreachable: {}", cause(&e)),
+        .map_err(|e| {
+            let why = cause(&e);
+            // a connection that failed never carried the assertion: worth another try, unless
+            // it failed on a certificate or a name, which no retry changes
+            let lasting = why.starts_with("TLS") || why.starts_with("DNS");
+            Failed {
+                error: "unreachable".into(),
+                reason: String::new(),
+                reached: !e.is_connect() || lasting,
+                retry_after: None,
+                message: format!("broker {url} unreachable: {why}"),
+            }
         })?;
     let status = resp.status();
     let retry_after = resp
