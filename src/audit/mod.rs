@@ -219,13 +219,13 @@ impl Inner {
     /// new file begins at the path with a `rotate` record naming the file
     /// it continues and that file's last record and hash, so `ephemera audit verify OLD NEW`
     /// checks the chain across them. Returns the rotated file's path.
-    fn rotate(&mut self) -> Result<PathBuf, String> {
-        // `PATH.20261203T185300Z` (then `-1`, `-2`… within one second): names sort in chain order
+    fn rotate(&mut self) -> Result<(PathBuf, Vec<u8>), String> {
+        // `PATH.20261203T185300Z` (then `-001`, `-002`… within one second): names sort in chain order
         let now = crate::clock::Clock::now(&crate::clock::SystemClock);
         let stamp = crate::clock::rfc3339(now).replace(['-', ':'], "");
         let rotated = (0..1000)
             .map(|i| {
-                let suffix = if i == 0 { String::new() } else { format!("-{i}") };
+                let suffix = if i == 0 { String::new() } else { format!("-{i:03}") };
                 PathBuf::from(format!("{}.{stamp}{suffix}", self.path.display()))
             })
             .find(|p| std::fs::symlink_metadata(p).is_err())
@@ -238,14 +238,16 @@ impl Inner {
         let marker = AuditRecord {
             time: crate::clock::rfc3339(now),
             ts: now,
+            request_id: crate::ids::random_id(12).unwrap_or_default(),
+            decision_id: crate::ids::random_id(12).unwrap_or_default(),
             decision: Outcome::Rotate,
             detail: Some(format!("continues `{name}`: record {count}, hash {prev}")),
             ..Default::default()
         };
         let (done, _) = tokio::sync::oneshot::channel();
-        fresh.write_batch(&[Job { rec: Some(marker), durable: true, done }])?;
+        let line = fresh.write_batch(&[Job { rec: Some(marker), durable: true, done }])?;
         *self = fresh;
-        Ok(rotated)
+        Ok((rotated, line))
     }
 
     /// The log at the path must still be the file being written: after a deletion or a rename
@@ -428,7 +430,10 @@ fn writer(
     healthy: Arc<std::sync::atomic::AtomicBool>,
     options: AuditOptions,
 ) {
-    let mut syslog = options.syslog.as_deref().map(sinks::Syslog::new);
+    // the copies go through a thread of their own: a sink that blocks (a syslog peer that does
+    // not answer, a stdout pipe nobody reads) never holds an exchange; past its queue they are
+    // dropped and counted
+    let copies = (options.stdout || options.syslog.is_some()).then(|| sinks::spawn(&options));
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         take_waiting(&mut rx, &mut jobs);
@@ -440,21 +445,18 @@ fn writer(
             take_waiting(&mut rx, &mut jobs);
         }
         metrics::gauge!("ephemera_audit_queue_depth").set(rx.len() as f64);
-        let written = inner.write_batch(&jobs);
-        if let Ok(lines) = &written {
-            if options.stdout {
-                sinks::stdout(lines);
-            }
-            if let Some(s) = syslog.as_mut() {
-                s.send(lines);
-            }
-        }
-        let result = written.map(|_| ());
+        let (result, mut lines) = match inner.write_batch(&jobs) {
+            Ok(lines) => (Ok(()), lines),
+            Err(e) => (Err(e), Vec::new()),
+        };
         let asked = jobs.iter().any(|j| j.rec.is_none());
         let mut rotated: Result<(), String> = Ok(());
         if result.is_ok() && (asked || options.rotate_bytes.is_some_and(|max| inner.len >= max)) {
             match inner.rotate() {
-                Ok(old) => tracing::info!(rotated = %old.display(), "audit log rotated"),
+                Ok((old, marker)) => {
+                    tracing::info!(rotated = %old.display(), "audit log rotated");
+                    lines.extend_from_slice(&marker);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "audit log rotation failed; writing on in the same file");
                     rotated = Err(e);
@@ -466,6 +468,12 @@ fn writer(
         for j in jobs {
             let answer = if j.rec.is_none() { result.clone().and(rotated.clone()) } else { result.clone() };
             let _ = j.done.send(answer);
+        }
+        if let Some(tx) = &copies
+            && !lines.is_empty()
+            && tx.try_send(lines).is_err()
+        {
+            metrics::counter!("ephemera_audit_sink_errors_total", "sink" => "queue").increment(1);
         }
     }
 }

@@ -1,12 +1,37 @@
 //! Copies of the audit records besides the file: stdout (one JSON line per record, for a
-//! container's log collector) and syslog (RFC 5424). Both are best effort: written after the
-//! file's durable write, never waited for by an exchange; a failure is logged and counted
+//! container's log collector) and syslog (RFC 5424). Both are best effort: sent by a thread of
+//! their own after the file's durable write and the exchange's answer, never waited for; a
+//! failure, or a batch dropped because the copies are behind, is logged and counted
 //! (`ephemera_audit_sink_errors_total{sink}`), and the file stays the record of evidence.
 
 use std::io::Write;
+use std::time::Duration;
+
+/// Most batches of lines waiting for the copies.
+const QUEUE: usize = 4096;
+/// A syslog peer's connect and write bound.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The copies' thread; batches of lines go to it (`try_send`: never waited for).
+pub(super) fn spawn(options: &super::AuditOptions) -> std::sync::mpsc::SyncSender<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE);
+    let to_stdout = options.stdout;
+    let mut syslog = options.syslog.as_deref().map(Syslog::new);
+    let _ = std::thread::Builder::new().name("audit-copies".into()).spawn(move || {
+        while let Ok(lines) = rx.recv() {
+            if to_stdout {
+                stdout(&lines);
+            }
+            if let Some(s) = syslog.as_mut() {
+                s.send(&lines);
+            }
+        }
+    });
+    tx
+}
 
 /// The lines to stdout.
-pub(super) fn stdout(lines: &[u8]) {
+fn stdout(lines: &[u8]) {
     let mut out = std::io::stdout().lock();
     if out.write_all(lines).and_then(|()| out.flush()).is_err() {
         metrics::counter!("ephemera_audit_sink_errors_total", "sink" => "stdout").increment(1);
@@ -22,7 +47,7 @@ enum Transport {
 
 /// A syslog destination: `udp://HOST:PORT`, `tcp://HOST:PORT` (RFC 6587 octet counting, one
 /// connection kept and re-made on failure) or `unix:///dev/log`.
-pub(super) struct Syslog {
+struct Syslog {
     target: String,
     transport: Transport,
 }
@@ -31,7 +56,7 @@ pub(super) struct Syslog {
 const PRI: u8 = 13 * 8 + 6;
 
 impl Syslog {
-    pub(super) fn new(target: &str) -> Syslog {
+    fn new(target: &str) -> Syslog {
         let transport = if let Some(addr) = target.strip_prefix("udp://") {
             std::net::UdpSocket::bind(if addr.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" })
                 .and_then(|s| s.connect(addr).map(|()| s))
@@ -48,7 +73,7 @@ impl Syslog {
     }
 
     /// Each line as one RFC 5424 message: `<110>1 TIME - ephemera PID audit - LINE`.
-    pub(super) fn send(&mut self, lines: &[u8]) {
+    fn send(&mut self, lines: &[u8]) {
         let pid = std::process::id();
         for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let time = serde_json::from_slice::<serde_json::Value>(line)
@@ -67,13 +92,21 @@ impl Syslog {
     fn deliver(&mut self, msg: &[u8]) -> std::io::Result<()> {
         match &mut self.transport {
             Transport::Udp(s) => s.send(msg).map(|_| ()),
-            Transport::Unix(s, path) => s.send_to(msg, &*path).map(|_| ()),
+            Transport::Unix(s, path) => {
+                s.set_write_timeout(Some(PEER_TIMEOUT))?;
+                s.send_to(msg, &*path).map(|_| ())
+            }
             Transport::Tcp(addr, stream) => {
                 let mut framed = format!("{} ", msg.len()).into_bytes();
                 framed.extend_from_slice(msg);
                 for _ in 0..2 {
                     if stream.is_none() {
-                        *stream = Some(std::net::TcpStream::connect(&*addr)?);
+                        let peer = std::net::ToSocketAddrs::to_socket_addrs(&*addr)?
+                            .next()
+                            .ok_or_else(|| std::io::Error::other("no address"))?;
+                        let s = std::net::TcpStream::connect_timeout(&peer, PEER_TIMEOUT)?;
+                        s.set_write_timeout(Some(PEER_TIMEOUT))?;
+                        *stream = Some(s);
                     }
                     match stream.as_mut().map(|s| s.write_all(&framed)) {
                         Some(Ok(())) => return Ok(()),

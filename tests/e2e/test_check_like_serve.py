@@ -352,8 +352,6 @@ def test_every_unknown_key_in_one_run(ephemera_bin, tmp_path):
     assert_both_accept(*both(ephemera_bin, tmp_path, "no-typos", good))
 
 
-@pytest.mark.xfail(strict=True, reason="the unknown provider (a semantic error) is reported only once the "
-                                       "unknown keys are fixed: a second run")
 def test_three_typos_in_one_run(ephemera_bin, tmp_path):
     """The brief's reading of friction 4: all three typos in ONE run, the unknown provider too."""
     chk, served = both(ephemera_bin, tmp_path, "typos", typos(base_config(tmp_path)))
