@@ -368,7 +368,9 @@ async fn each_revocation_key_ends_what_it_names_for_twelve_hours() {
         // a task or subject is in its provider's namespace (the only provider here: `ci`)
         let key =
             if matches!(kind, "task" | "subject") { format!("{kind}:ci:{value}") } else { format!("{kind}:{value}") };
-        assert_eq!(answer, json!({"revoked": key, "until": T0 + REVOCATION_TTL}));
+        // (`matched`: the live grants of the inventory it ends; these tokens were signed here,
+        // never granted, so none)
+        assert_eq!(answer, json!({"revoked": key, "until": T0 + REVOCATION_TTL, "matched": 0}));
         assert!(!active(&h, &named).await, "{kind}: the named credential is revoked");
         assert!(active(&h, &unrelated).await, "{kind}: the twin that differs in that key is not");
         h.clock.0.store(T0 + REVOCATION_TTL, Ordering::SeqCst);
