@@ -31,7 +31,7 @@ pub(crate) const EXIT_DENY: u8 = 3;
 #[derive(Debug, Parser)]
 #[command(
     name = "ephemera",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("EPHEMERA_COMMIT"), ")"),
     about = "Workload identity federation broker: platform assertions in, short-lived credentials out"
 )]
 pub(crate) struct Cli {
