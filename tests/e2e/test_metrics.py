@@ -286,7 +286,8 @@ def test_prometheus_scrapes_the_counts_the_test_produced(broker_factory, mock_is
     assert [v for _, v in live] == [3], live
     build = prom.query("ephemera_build_info")
     assert len(build) == 1 and build[0][1] == 1, build
-    version = subprocess.run([str(ephemera_bin), "--version"], capture_output=True, text=True).stdout.split()[-1]
+    # `ephemera 0.1.0 (commit …)`: the version is the second word
+    version = subprocess.run([str(ephemera_bin), "--version"], capture_output=True, text=True).stdout.split()[1]
     assert build[0][0].get("version") == version, (build, version)
     # the config version, as the audit records name it (the first 16 hex digits of the file's SHA-256)
     assert build[0][0].get("config_version") == b.audit()[0]["policy_version"], build
