@@ -17,7 +17,7 @@
 
 use super::Broker;
 use super::error::{Class, Refusal};
-use super::revocation::REVOCATION_TTL;
+use super::revocation::{REVOCATION_TTL, unavailable};
 use crate::audit::{AuditRecord, Outcome};
 use crate::clock::rfc3339;
 use crate::ids::random_id;
@@ -233,17 +233,17 @@ impl Broker {
         let key = RevocationKey::Task { provider: provider.name.clone(), task: task.clone() }.to_string();
         let already = match self.evaluator.state.revoked(std::slice::from_ref(&key), now).await {
             Ok(found) => !found.is_empty(),
-            Err(_) => return Err(unavailable()),
+            Err(_) => return Err(unavailable("try again")),
         };
         if !already {
-            self.evaluator.state.revoke(&key, now + REVOCATION_TTL, now).await.map_err(|_| unavailable())?;
+            self.evaluator.state.revoke(&key, now + REVOCATION_TTL, now).await.map_err(|_| unavailable("try again"))?;
         }
         // a delivery is handled once: remembered like a spent assertion
         let remembered = format!("delivery:{platform}:{}:{id}", provider.name);
         let duplicate = match self.evaluator.state.mark_used(&remembered, now + DELIVERY_TTL, now, now, None).await {
             Ok(Mark::Fresh | Mark::EpochReset { .. }) => false,
             Ok(Mark::AlreadyUsed) => true,
-            Err(_) => return Err(unavailable()),
+            Err(_) => return Err(unavailable("try again")),
         };
         if !already {
             tracing::info!(key = %key, delivery = %id, "task ended by the platform");
@@ -270,17 +270,14 @@ impl Broker {
             if let Err(e) = self.audit.append(rec, true).await {
                 tracing::error!(error = %e, "audit write failed for a task end");
             }
-            self.revoked_now(&key, &decision_id, &format!("task ended: {platform} {event}"), now).await;
+            let ended = self.ended_by(&key, now).await;
+            self.revoked_now(&key, &ended, &decision_id, &format!("task ended: {platform} {event}"), now).await;
         }
         if duplicate {
             return Ok(EventOutcome::Duplicate { duplicate: id.to_owned() });
         }
         Ok(EventOutcome::Ended { ended: key, delivery: id.to_owned(), already })
     }
-}
-
-fn unavailable() -> Refusal {
-    Refusal::new(Class::Unavailable, "temporarily_unavailable", "replay_store_unavailable", "try again")
 }
 
 #[cfg(test)]

@@ -53,22 +53,27 @@ fn session_parts(session: &str) -> Option<(&str, &str)> {
 }
 
 impl Broker {
-    /// What follows a revocation stored under `key` (decision `decision_id`, for `reason`): the
-    /// live grants it ends are found in the inventory and their holders' side told, through the
-    /// outbox. Never fails the revocation: what cannot be queued is logged.
-    pub(super) async fn revoked_now(&self, key: &str, decision_id: &str, reason: &str, now: i64) {
-        let config = self.config();
-        let grants = match self.evaluator.state.grants(now).await {
-            Ok(g) => g,
+    /// The live grants of the inventory that revocation `key` ends (read once per revocation:
+    /// what it matched, and whom to tell).
+    pub(super) async fn ended_by(&self, key: &str, now: i64) -> Vec<Grant> {
+        match self.evaluator.state.grants(now).await {
+            Ok(grants) => {
+                grants.into_iter().filter(|g| g.revocation_keys().iter().any(|k| k.to_string() == key)).collect()
+            }
             Err(e) => {
                 tracing::error!(error = %e, key, "the inventory could not be read: no SET or IAM deny is queued for this revocation");
-                return;
+                Vec::new()
             }
-        };
-        let ended: Vec<Grant> =
-            grants.into_iter().filter(|g| g.revocation_keys().iter().any(|k| k.to_string() == key)).collect();
+        }
+    }
+
+    /// What follows a revocation stored under `key` (decision `decision_id`, for `reason`): the
+    /// live grants it ends (`ended`, from [`Broker::ended_by`]) have their holders' side told,
+    /// through the outbox. Never fails the revocation: what cannot be queued is logged.
+    pub(super) async fn revoked_now(&self, key: &str, ended: &[Grant], decision_id: &str, reason: &str, now: i64) {
+        let config = self.config();
         let mut jobs: Vec<(Job, i64)> = Vec::new();
-        for g in &ended {
+        for g in ended {
             jobs.extend(self.sets_for(&config, g, decision_id, reason, now));
         }
         let by_grant = key.starts_with("jti:");

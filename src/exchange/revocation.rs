@@ -88,7 +88,7 @@ pub enum Introspection {
     Active(Value),
 }
 
-fn unavailable(detail: &str) -> Refusal {
+pub(super) fn unavailable(detail: &str) -> Refusal {
     Refusal::new(Class::Unavailable, "temporarily_unavailable", "replay_store_unavailable", detail)
 }
 
@@ -153,10 +153,8 @@ impl Broker {
         };
         // How many live grants it ends; an admin's revocation that ends none (a mistyped task) is
         // refused when the caller asked for a match (`require_match`, the CLI's default).
-        let matched = match self.evaluator.state.grants(now).await {
-            Ok(list) => list.iter().filter(|g| g.revocation_keys().iter().any(|k| k.to_string() == key)).count(),
-            Err(_) => 0,
-        };
+        let ended = self.ended_by(&key, now).await;
+        let matched = ended.len();
         if by == RevokeBy::Admin && matched == 0 && form.get("require_match").is_some_and(|v| v == "true" || v == "1") {
             return Err(nothing_matched(&format!(
                 "no live grant is ended by `{}`: nothing was recorded (revoke without require_match, or --force, to record it anyway)",
@@ -177,7 +175,7 @@ impl Broker {
                     RevokeBy::Admin => "revoked by an admin",
                     RevokeBy::Assertion => "task ended by the workload",
                 };
-                self.revoked_now(&key, &decision_id, reason, now).await;
+                self.revoked_now(&key, &ended, &decision_id, reason, now).await;
                 Ok(Revoked { revoked: key, until: now + REVOCATION_TTL, matched })
             }
             Err(e) => match spent {
@@ -419,6 +417,11 @@ impl Broker {
         }
         out.sort_by(|a, b| (a.grant.issued_at, &a.grant.id).cmp(&(b.grant.issued_at, &b.grant.id)));
         Ok(out)
+    }
+
+    /// How many grants the inventory holds now (the metrics' gauge: no revocation lookups).
+    pub async fn live_grants(&self) -> Result<usize, crate::state::StateError> {
+        self.evaluator.state.grants(self.evaluator.now()).await.map(|g| g.len())
     }
 
     /// The revocations in force, by key.

@@ -66,6 +66,21 @@ fn is_admin(app: &App, headers: &HeaderMap) -> bool {
 /// A form body, or the reason it could not be read (over the body limit).
 type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
+/// The form of an admin-only route, or its refusal: over the rate, no admin credential, a body
+/// over the limit, or a form that does not read.
+fn admin_form(
+    app: &App,
+    client: Option<&axum::Extension<ClientAddr>>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<HashMap<String, String>, Box<Response>> {
+    if let Some(refusal) = admin_only(app, client, headers) {
+        return Err(Box::new(refusal));
+    }
+    let Ok(body) = body else { return Err(Box::new(too_large())) };
+    parse_admin_form(&body).map_err(|r| Box::new(refused(&r)))
+}
+
 fn too_large() -> Response {
     reject(HttpRejection::BodyTooLarge)
 }
@@ -111,13 +126,9 @@ pub(super) async fn flush_keys(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(refusal) = admin_only(&app, client.as_ref(), &headers) {
-        return refusal;
-    }
-    let Ok(body) = body else { return too_large() };
-    let form = match parse_admin_form(&body) {
+    let form = match admin_form(&app, client.as_ref(), &headers, body) {
         Ok(f) => f,
-        Err(r) => return refused(&r),
+        Err(refusal) => return *refusal,
     };
     match app.broker.flush_keys(&form).await {
         Ok(r) => axum::Json(r).into_response(),
@@ -203,13 +214,9 @@ pub(super) async fn remove_revocation(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(refusal) = admin_only(&app, client.as_ref(), &headers) {
-        return refusal;
-    }
-    let Ok(body) = body else { return too_large() };
-    let form = match parse_admin_form(&body) {
+    let form = match admin_form(&app, client.as_ref(), &headers, body) {
         Ok(f) => f,
-        Err(r) => return refused(&r),
+        Err(refusal) => return *refusal,
     };
     match app.broker.remove_revocation(&form).await {
         Ok(r) => axum::Json(json!({"removed": r.key})).into_response(),
@@ -226,8 +233,8 @@ pub(super) async fn metrics(
     if let Some(refusal) = admin_only(&app, client.as_ref(), &headers) {
         return refusal;
     }
-    if let Ok(live) = app.broker.grants(None, false).await {
-        metrics::gauge!("ephemera_grants_live").set(live.len() as f64);
+    if let Ok(live) = app.broker.live_grants().await {
+        metrics::gauge!("ephemera_grants_live").set(live as f64);
     }
     match crate::telemetry::render() {
         Some(text) => (
