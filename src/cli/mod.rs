@@ -120,16 +120,16 @@ pub(crate) enum Command {
         broker: String,
         #[arg(long)]
         admin_token_file: PathBuf,
-        #[arg(long, group = "target")]
+        #[arg(long, group = "target", allow_hyphen_values = true)]
         task: Option<String>,
-        #[arg(long, group = "target")]
+        #[arg(long, group = "target", allow_hyphen_values = true)]
         subject: Option<String>,
         /// A grant id (a broker JWT's `jti`).
-        #[arg(long, group = "target")]
+        #[arg(long, group = "target", allow_hyphen_values = true)]
         grant: Option<String>,
-        #[arg(long, group = "target")]
+        #[arg(long, group = "target", allow_hyphen_values = true)]
         role: Option<String>,
-        #[arg(long, group = "target")]
+        #[arg(long, group = "target", allow_hyphen_values = true)]
         issuer: Option<String>,
         /// The provider whose task or subject this is (when several are configured).
         #[arg(long)]
@@ -186,6 +186,7 @@ pub(crate) enum RevocationsCommand {
     },
     /// Lift one (an admin's mistake undone; audited).
     Remove {
+        #[arg(allow_hyphen_values = true)]
         key: String,
         #[arg(long)]
         broker: String,
@@ -331,5 +332,40 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A grant id is base64url and starts with `-` one time in 64: it is a value, not a flag.
+    #[test]
+    fn ids_starting_with_a_hyphen_are_values() {
+        let base = ["ephemera", "revoke", "--broker", "http://b", "--admin-token-file", "t"];
+        for flag in ["--grant", "--task", "--subject", "--role", "--issuer"] {
+            let cli = Cli::try_parse_from(base.iter().copied().chain([flag, "-3N3Jip"]))
+                .unwrap_or_else(|e| panic!("{flag}: {e}"));
+            let Command::Revoke { task, subject, grant, role, issuer, .. } = cli.command else { panic!("not revoke") };
+            let got = [task, subject, grant, role, issuer].into_iter().flatten().collect::<Vec<_>>();
+            assert_eq!(got, ["-3N3Jip"], "{flag}");
+        }
+        let cli = Cli::try_parse_from([
+            "ephemera",
+            "revocations",
+            "remove",
+            "-x",
+            "--broker",
+            "http://b",
+            "--admin-token-file",
+            "t",
+        ])
+        .unwrap();
+        let Command::Revocations { command: RevocationsCommand::Remove { key, .. } } = cli.command else {
+            panic!("not remove")
+        };
+        assert_eq!(key, "-x");
+        // Its twin: an unknown flag is still refused.
+        assert!(Cli::try_parse_from(base.iter().copied().chain(["--grnat", "x"])).is_err());
     }
 }
