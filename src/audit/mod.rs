@@ -14,6 +14,7 @@
 //! deleted or rotated while serving is noticed at the next write and continued in a new file at
 //! its path. The log and its head are regular files, never opened through a symlink.
 
+pub mod activity;
 mod sinks;
 
 use serde::Serialize;
@@ -109,7 +110,7 @@ struct Inner {
 struct Job {
     rec: Option<AuditRecord>,
     durable: bool,
-    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
 /// Where records go besides the file, and when the file is rotated.
@@ -141,6 +142,8 @@ pub struct AuditLog {
     path: PathBuf,
     tx: tokio::sync::mpsc::Sender<Job>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
+    /// What the written records say of use (the writer reads each record once it is written).
+    activity: Arc<activity::Activity>,
 }
 
 impl std::fmt::Debug for Job {
@@ -244,7 +247,7 @@ impl Inner {
             detail: Some(format!("continues `{name}`: record {count}, hash {prev}")),
             ..Default::default()
         };
-        let (done, _) = tokio::sync::oneshot::channel();
+        let done = None;
         let line = fresh.write_batch(&[Job { rec: Some(marker), durable: true, done }])?;
         *self = fresh;
         Ok((rotated, line))
@@ -428,6 +431,7 @@ fn writer(
     mut inner: Inner,
     mut rx: tokio::sync::mpsc::Receiver<Job>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
+    activity: Arc<activity::Activity>,
     options: AuditOptions,
 ) {
     // the copies go through a thread of their own: a sink that blocks (a syslog peer that does
@@ -465,9 +469,15 @@ fn writer(
         }
         // health is the records' write; a failed rotation is told to whoever asked for it only
         healthy.store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
-        for j in jobs {
+        for j in &mut jobs {
             let answer = if j.rec.is_none() { result.clone().and(rotated.clone()) } else { result.clone() };
-            let _ = j.done.send(answer);
+            if let Some(done) = j.done.take() {
+                let _ = done.send(answer);
+            }
+        }
+        // what the page shows of use, read off the written records after their callers are told
+        if result.is_ok() {
+            jobs.iter().filter_map(|j| j.rec.as_ref()).for_each(|r| activity.observe(r));
         }
         if let Some(tx) = &copies
             && !lines.is_empty()
@@ -491,8 +501,11 @@ impl AuditLog {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let h = healthy.clone();
-        std::thread::Builder::new().name("audit-writer".into()).spawn(move || writer(inner, rx, h, options))?;
-        Ok(AuditLog { path: path.to_path_buf(), tx, healthy })
+        let activity = Arc::new(activity::Activity::default());
+        activity.seed(&rotated_set(path));
+        let a = activity.clone();
+        std::thread::Builder::new().name("audit-writer".into()).spawn(move || writer(inner, rx, h, a, options))?;
+        Ok(AuditLog { path: path.to_path_buf(), tx, healthy, activity })
     }
 
     pub fn path(&self) -> &Path {
@@ -504,10 +517,15 @@ impl AuditLog {
         let err = |cause: String| AuditError::Write { path: self.path.display().to_string(), cause };
         let (done, wait) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Job { rec: Some(rec), durable, done })
+            .send(Job { rec: Some(rec), durable, done: Some(done) })
             .await
             .map_err(|_| err("the audit writer stopped".into()))?;
         wait.await.map_err(|_| err("the audit writer stopped".into()))?.map_err(err)
+    }
+
+    /// The use this log records (the inventory page's denials and per-role use).
+    pub fn activity(&self) -> &activity::Activity {
+        &self.activity
     }
 
     /// Rotates the log now (SIGHUP): the file is renamed and a new one continues the chain.
@@ -515,7 +533,7 @@ impl AuditLog {
         let err = |cause: String| AuditError::Write { path: self.path.display().to_string(), cause };
         let (done, wait) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Job { rec: None, durable: true, done })
+            .send(Job { rec: None, durable: true, done: Some(done) })
             .await
             .map_err(|_| err("the audit writer stopped".into()))?;
         wait.await.map_err(|_| err("the audit writer stopped".into()))?.map_err(err)

@@ -95,6 +95,9 @@ pub(crate) enum Command {
     },
     /// Exchange an assertion at a broker and print the credential (client side).
     Exchange(client::ExchangeArgs),
+    /// End this workload's own task at a broker with a fresh assertion of it (client side): every
+    /// grant of the task is then revoked. The GitHub Action's post step.
+    EndTask(client::EndTaskArgs),
     /// List the credentials a broker handed out that have not expired (admin).
     Grants {
         /// The broker's base URL (its admin listener when `[admin] listen` is set).
@@ -268,6 +271,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Exchange(args) => client::run(args).await,
+        Command::EndTask(args) => client::end_task(args).await,
         Command::Grants { broker, admin_token_file, role, active, json } => {
             match admin::Admin::new(&broker, &admin_token_file) {
                 Ok(a) => admin::grants(a, role.as_deref(), active, json).await,

@@ -193,6 +193,11 @@ impl Broker {
         self.evaluator.config()
     }
 
+    /// The use the audit log records (the inventory page's recent denials and per-role use).
+    pub fn activity(&self) -> &crate::audit::activity::Activity {
+        self.audit.activity()
+    }
+
     /// Rotates the audit log now (SIGHUP).
     pub async fn rotate_audit(&self) -> Result<(), crate::audit::AuditError> {
         self.audit.rotate().await

@@ -14,6 +14,8 @@ pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub(super) const POST: &str = "POST";
 /// The `Allow` of a route that is read.
 pub(super) const GET: &str = "GET,HEAD";
+/// The methods of a page that is read and takes its form (the inventory's login).
+pub(super) const GET_POST: &str = "GET,HEAD,POST";
 
 /// More than [`MAX_HEADER_BYTES`] of request headers.
 pub(super) fn headers_too_large(headers: &axum::http::HeaderMap) -> bool {

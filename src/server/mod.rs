@@ -11,6 +11,7 @@
 //! | `token.rs` | `POST /v1/token` |
 //! | `nonce.rs` | `POST /v1/nonce` |
 //! | `admin.rs` | `POST /v1/revoke`, `POST /v1/introspect`, `GET /v1/grants` (admin credential) |
+//! | `inventory.rs` | the inventory page `/admin/` (browser sessions, CSRF-safe revoke forms) |
 //! | `events.rs` | `POST /v1/events/github`, `POST /v1/events/gitlab` (platform webhooks) |
 //! | `wellknown.rs` | JWKS, OpenID discovery, SSF transmitter metadata, `/healthz`, `/readyz`, the 404 |
 //! | `limits.rs` | what the transport refuses before a form is read; the rate limiter |
@@ -21,6 +22,7 @@ mod conn;
 pub(crate) mod demo;
 mod error;
 mod events;
+mod inventory;
 mod limits;
 mod nonce;
 pub mod tls;
@@ -49,6 +51,10 @@ struct App {
     broker: Arc<Broker>,
     limiter: RateLimiter,
     nonces: nonce::NonceBudget,
+    /// The inventory page's browser sessions.
+    sessions: inventory::Sessions,
+    /// Page cookies are `Secure`: the listener that serves the admin routes is TLS.
+    secure_cookie: bool,
 }
 
 /// The client's address, set per connection by the accept loop.
@@ -78,7 +84,15 @@ pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Ro
     let max_body = s.max_body_size;
     let body_within = s.header_read_timeout;
     let limiter = RateLimiter::new(s.rate_limit_per_second, s.rate_limit_burst);
-    let app = Arc::new(App { broker, limiter, nonces: nonce::NonceBudget::default() });
+    let (public_tls, admin_tls) = tls::files(&config);
+    let secure_cookie = if config.admin_listen.is_some() { admin_tls.is_some() } else { public_tls.is_some() };
+    let app = Arc::new(App {
+        broker,
+        limiter,
+        nonces: nonce::NonceBudget::default(),
+        sessions: inventory::Sessions::default(),
+        secure_cookie,
+    });
     let admin = Router::new()
         .route("/v1/grants", read(get(admin::grants)))
         .route("/v1/keys/flush", form(post(admin::flush_keys)))
@@ -86,6 +100,14 @@ pub fn routers(broker: Arc<Broker>, extra: Option<Router>) -> (Router, Option<Ro
         .route("/metrics", read(get(admin::metrics)))
         .route("/v1/revocations/remove", form(post(admin::remove_revocation)))
         .route("/v1/state/confirm", form(post(admin::confirm_state)))
+        .route("/admin", read(get(inventory::to_page)))
+        .route("/admin/", read(get(inventory::inventory)))
+        .route(
+            "/admin/login",
+            get(inventory::login_page).post(inventory::login).fallback(|| error::method_not_allowed(limits::GET_POST)),
+        )
+        .route("/admin/logout", form(post(inventory::logout)))
+        .route("/admin/revoke", form(post(inventory::revoke)))
         .with_state(app.clone());
     let limits = |r: Router| {
         r.layer(DefaultBodyLimit::max(max_body))

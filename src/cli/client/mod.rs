@@ -31,12 +31,15 @@
 //! stderr), 2 usage (no assertion, bad arguments).
 
 mod cache;
+mod end;
 mod format;
 
 use crate::cli::output::outln;
 use crate::secret::SubjectToken;
 use cache::{Cache, cache_dir, cache_key, write_private};
 use clap::{Args, ValueEnum};
+pub(crate) use end::EndTaskArgs;
+pub(super) use end::run as end_task;
 use format::{github_env, render};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -59,6 +62,27 @@ pub(crate) struct ExchangeArgs {
     /// The role to exchange for.
     #[arg(long)]
     pub role: String,
+    #[command(flatten)]
+    pub source: Source,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: Format,
+    /// Keep and reuse answers here (default for credential-process and gcp-executable:
+    /// $XDG_RUNTIME_DIR/ephemera, else ~/.cache/ephemera/exchange).
+    #[arg(long, env = "EPHEMERA_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Neither read nor write the answer cache (wins over --cache-dir and EPHEMERA_CACHE_DIR).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Retries of an answer that says the assertion was not spent (429, and 503s such as
+    /// `keys_unavailable`), with backoff and `Retry-After`; with --github-actions every retryable
+    /// answer is retried with a fresh ID token.
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+}
+
+/// Where the workload's assertion comes from (one of them).
+#[derive(Debug, Args)]
+pub(crate) struct Source {
     /// Read the assertion from this file.
     #[arg(long, group = "source")]
     pub token_file: Option<std::path::PathBuf>,
@@ -74,20 +98,45 @@ pub(crate) struct ExchangeArgs {
     /// The audience to request the GitHub Actions token for (the broker's provider audience).
     #[arg(long, requires = "github_actions")]
     pub audience: Option<String>,
-    #[arg(long, value_enum, default_value = "json")]
-    pub format: Format,
-    /// Keep and reuse answers here (default for credential-process and gcp-executable:
-    /// $XDG_RUNTIME_DIR/ephemera, else ~/.cache/ephemera/exchange).
-    #[arg(long, env = "EPHEMERA_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Neither read nor write the answer cache (wins over --cache-dir and EPHEMERA_CACHE_DIR).
-    #[arg(long)]
-    pub no_cache: bool,
-    /// Retries of an answer that says the assertion was not spent (429, and 503s such as
-    /// `keys_unavailable`), with backoff and `Retry-After`; with --github-actions every retryable
-    /// answer is retried with a fresh ID token.
-    #[arg(long, default_value_t = 3)]
-    pub retries: u32,
+}
+
+impl Source {
+    /// What needs no broker, checked before an assertion is read or spent.
+    fn check(&self) -> Result<(), String> {
+        // (clap's `requires = "github_actions"` is met by the flag's default `false`: checked here)
+        if self.audience.is_some() && !self.github_actions {
+            return Err(
+                "--audience needs --github-actions: it names the audience of the GitHub Actions token to request"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The assertion, read (or, for GitHub Actions, requested) now.
+    async fn assertion(&self, http: &reqwest::Client) -> Result<SubjectToken, String> {
+        let token = match (&self.token_file, &self.token_env, self.github_actions, &self.gitlab) {
+            (Some(f), ..) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display())),
+            (_, Some(v), ..) => env_token(v),
+            (_, _, true, _) => github_actions_token(http, self.audience.as_deref()).await,
+            (_, _, _, Some(v)) => env_token(v),
+            _ => Err("give the assertion with --token-file, --token-env, --github-actions or --gitlab".into()),
+        };
+        match token {
+            Ok(t) if !t.trim().is_empty() => Ok(SubjectToken::new(t.trim().to_owned())),
+            Ok(_) => Err("the assertion is empty".to_owned()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The client's HTTP client: no redirects (the assertion goes where it was told), bounded waits.
+fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
 }
 
 /// Refusals after which the assertion was not spent: the same assertion may be presented again.
@@ -200,12 +249,8 @@ pub(super) fn check_broker_url(broker: &str) -> Result<reqwest::Url, String> {
 }
 
 pub(super) async fn run(a: ExchangeArgs) -> ExitCode {
-    // (clap's `requires = "github_actions"` is met by the flag's default `false`: checked here)
-    if a.audience.is_some() && !a.github_actions {
-        return fail(
-            2,
-            "--audience needs --github-actions: it names the audience of the GitHub Actions token to request",
-        );
+    if let Err(e) = a.source.check() {
+        return fail(2, e);
     }
     let url = match check_broker_url(&a.broker) {
         Ok(u) => format!("{}/v1/token", u.as_str().trim_end_matches('/')),
@@ -215,12 +260,7 @@ pub(super) async fn run(a: ExchangeArgs) -> ExitCode {
     if a.format == Format::GithubEnv && std::env::var_os("GITHUB_ENV").is_none_or(|v| v.is_empty()) {
         return fail(2, "GITHUB_ENV is not set: --format github-env is for GitHub Actions steps (nothing was sent)");
     }
-    let http = match reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-    {
+    let http = match http_client() {
         Ok(h) => h,
         Err(e) => return fail(1, e),
     };
@@ -230,29 +270,17 @@ pub(super) async fn run(a: ExchangeArgs) -> ExitCode {
     // the job's runtime token (and audience) instead: the same job asking again for the same
     // role gets the kept answer without a new ID token.
     let job_key = a
+        .source
         .github_actions
         .then(|| std::env::var("ACTIONS_ID_TOKEN_REQUEST_TOKEN").ok().filter(|t| !t.is_empty()))
         .flatten()
-        .map(|t| format!("github-actions:{t}:{}", a.audience.as_deref().unwrap_or_default()));
+        .map(|t| format!("github-actions:{t}:{}", a.source.audience.as_deref().unwrap_or_default()));
     if let (Some(dir), Some(key)) = (&cache_root, &job_key)
         && let Some(v) = (Cache { dir: dir.clone(), key: cache_key(&url, &a.role, key) }).load(now)
     {
         return emit(&v, a.format);
     }
-    let get_token = || async {
-        let token = match (&a.token_file, &a.token_env, a.github_actions, &a.gitlab) {
-            (Some(f), ..) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display())),
-            (_, Some(v), ..) => env_token(v),
-            (_, _, true, _) => github_actions_token(&http, a.audience.as_deref()).await,
-            (_, _, _, Some(v)) => env_token(v),
-            _ => Err("give the assertion with --token-file, --token-env, --github-actions or --gitlab".into()),
-        };
-        match token {
-            Ok(t) if !t.trim().is_empty() => Ok(SubjectToken::new(t.trim().to_owned())),
-            Ok(_) => Err("the assertion is empty".to_owned()),
-            Err(e) => Err(e),
-        }
-    };
+    let get_token = || a.source.assertion(&http);
     let mut token = match get_token().await {
         Ok(t) => t,
         Err(e) => return fail(2, e),
@@ -273,14 +301,14 @@ pub(super) async fn run(a: ExchangeArgs) -> ExitCode {
                         }
                         break v;
                     }
-                    Err(f) if attempt < a.retries && f.retryable(a.github_actions) => {
+                    Err(f) if attempt < a.retries && f.retryable(a.source.github_actions) => {
                         let backoff = std::time::Duration::from_millis(500 << attempt.min(5));
                         let wait = f.retry_after.unwrap_or(backoff).min(MAX_WAIT);
                         eprintln!("ephemera exchange: retrying in {:.1}s: {}", wait.as_secs_f64(), f.message);
                         tokio::time::sleep(wait).await;
                         attempt += 1;
                         // a fresh GitHub ID token for every try (the last one may be spent)
-                        if a.github_actions {
+                        if a.source.github_actions {
                             token = match get_token().await {
                                 Ok(t) => t,
                                 Err(e) => return fail(1, e),
@@ -377,6 +405,11 @@ async fn exchange(
     if let Some(t) = requested {
         form.push(("requested_token_type", t));
     }
+    post_form(http, url, &form).await
+}
+
+/// A form POSTed to the broker: its JSON answer, or what failed.
+async fn post_form(http: &reqwest::Client, url: &str, form: &[(&str, &str)]) -> Result<Value, Failed> {
     let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
     let resp = http
         .post(url)
