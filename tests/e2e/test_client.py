@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import shlex
 import subprocess
 import threading
@@ -339,33 +338,40 @@ def test_github_actions_answers_are_kept_per_job(broker_factory, mock_issuer, mo
         fake.close()
 
 
-def test_the_composite_action_exports_the_credential_to_later_steps(broker_factory, mock_issuer, ephemera_bin,
-                                                                    tmp_path):
+def test_the_action_exports_the_credential_to_later_steps(broker_factory, mock_issuer, ephemera_bin, tmp_path):
+    """The action in examples/github-action/ with a binary already installed (its `ephemera`
+    input): its inputs reach the script as GitHub passes them to a JavaScript action (`INPUT_*`,
+    never spliced into a script's text), the credential goes to `$GITHUB_ENV`, masked in the log
+    first. The install, the outputs and the post step: tests/e2e/test_github_action.py."""
     yaml = require_module("yaml")
     action = yaml.safe_load((REPO / "examples" / "github-action" / "action.yml").read_text())
-    assert action["runs"]["using"] == "composite"
-    [step] = action["runs"]["steps"]
-    assert "${{" not in step["run"], "inputs reach the script through env only"
+    assert action["runs"]["using"] == "node24" and action["runs"]["post"] == "post.js"
     b = start_broker(broker_factory, mock_issuer)
     fake = FakeGithubTokenEndpoint(mock_issuer, github_claims(mock_issuer.issuer))
     try:
         inputs = {"broker": b.url, "role": JWT_ROLE, "audience": AUDIENCE, "ephemera": str(ephemera_bin)}
-        env = dict(os.environ)
-        for name, value in step["env"].items():  # what the runner does with `${{ inputs.X }}`
-            env[name] = re.sub(r"\$\{\{\s*inputs\.([a-z-]+)\s*\}\}", lambda m: inputs[m.group(1)], value)
-        github_env = tmp_path / "github_env"
-        github_env.write_text("")
-        env.update({"GITHUB_ENV": str(github_env), "ACTIONS_ID_TOKEN_REQUEST_URL": fake.url,
-                    "ACTIONS_ID_TOKEN_REQUEST_TOKEN": fake.BEARER})
-        r = subprocess.run(["bash", "-c", step["run"]], capture_output=True, text=True, env=env, timeout=60,
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("INPUT_", "GITHUB_", "STATE_"))}
+        for name, spec in action["inputs"].items():  # what the runner does with `with:` and the defaults
+            env[f"INPUT_{name.upper()}"] = inputs.get(name, str(spec.get("default", "")))
+        files = {n: tmp_path / n.lower() for n in ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_STATE", "GITHUB_PATH")}
+        for n, f in files.items():
+            f.write_text("")
+            env[n] = str(f)
+        env.update({"ACTIONS_ID_TOKEN_REQUEST_URL": fake.url, "ACTIONS_ID_TOKEN_REQUEST_TOKEN": fake.BEARER,
+                    "RUNNER_TEMP": str(tmp_path)})
+        script = REPO / "examples" / "github-action" / "ephemera-action.sh"
+        r = subprocess.run(["bash", str(script), "main"], capture_output=True, text=True, env=env, timeout=60,
                            stdin=subprocess.DEVNULL)
-        assert r.returncode == 0, r.stderr
-        exported = dict(line.split("=", 1) for line in github_env.read_text().splitlines())
+        assert r.returncode == 0, r.stdout + r.stderr
+        exported = dict(line.split("=", 1) for line in files["GITHUB_ENV"].read_text().splitlines())
         assert set(exported) == {"EPHEMERA_TOKEN", "EPHEMERA_TOKEN_EXPIRES_AT"}
-        verify_broker_jwt(b, exported["EPHEMERA_TOKEN"])
-        assert r.stdout.strip() == f"::add-mask::{exported['EPHEMERA_TOKEN']}"
+        token = exported["EPHEMERA_TOKEN"]
+        verify_broker_jwt(b, token)
+        assert [ln for ln in (r.stdout + r.stderr).splitlines() if token in ln] == [f"::add-mask::{token}"]
         assert fake.requests[0]["query"]["audience"] == [AUDIENCE]
         assert decisions(b) == [("allow", None)]
+        # nothing downloaded, nothing added to PATH: the binary was given
+        assert files["GITHUB_PATH"].read_text() == ""
     finally:
         fake.close()
 
