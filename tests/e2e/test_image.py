@@ -135,13 +135,17 @@ def image(image_bin, tmp_path_factory):
 
 
 def test_build_image_refuses_a_missing_binary_and_unknown_arguments(tmp_path):
-    """The script's own failures, without building: a binary that is not there is exit 1 naming it
-    (no image), an unknown argument exit 2. (The build from a real binary is the `image` fixture.)"""
+    """The script's own failures, without building: a binary that is not there (given, or the
+    default under $CARGO_TARGET_DIR) is exit 1 naming it (no image), an unknown argument exit 2. (The build from a real binary is the `image` fixture.)"""
     res = subprocess.run([str(BUILD), "--binary", str(tmp_path / "nope"), "--tag", "localhost/ephemera-test:never"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and f"no executable binary at `{tmp_path / 'nope'}`" in res.stderr, res
     if shutil.which("podman"):
         assert podman("image", "exists", "localhost/ephemera-test:never", check=False).returncode == 1
+    # without --binary: $CARGO_TARGET_DIR/release/ephemera
+    res = subprocess.run([str(BUILD), "--tag", "localhost/ephemera-test:never"], capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ, CARGO_TARGET_DIR=str(tmp_path)))
+    assert res.returncode == 1 and f"no executable binary at `{tmp_path}/release/ephemera`" in res.stderr, res
     res = subprocess.run([str(BUILD), "--frobnicate"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "unknown argument `--frobnicate`" in res.stderr, res
 
@@ -184,9 +188,10 @@ def image_id(tag: str) -> str:
 
 def test_the_same_binary_builds_the_same_image(image, tmp_path):
     """Reproducible: `build-image --context-only DIR` and the `podman build` command it prints give
-    the image id of the fixture's build (every file root-owned with mtime 0, the timestamp 0). The
-    twin: the binary with one byte appended gives another image."""
-    tags = [f"localhost/ephemera-test:{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    the image id of the fixture's build (every file root-owned with mtime 0, the timestamp 0), and so
+    does the build of the default binary, $CARGO_TARGET_DIR/release/ephemera. The twin: the binary
+    with one byte appended gives another image."""
+    tags = [f"localhost/ephemera-test:{uuid.uuid4().hex[:12]}" for _ in range(3)]
     try:
         ctx = tmp_path / "context"
         res = subprocess.run([str(BUILD), "--binary", str(image.binary), "--tag", tags[0], "--context-only", str(ctx)],
@@ -199,13 +204,21 @@ def test_the_same_binary_builds_the_same_image(image, tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
         assert image_id(tags[0]) == image_id(image.tag)
 
+        target = tmp_path / "target"
+        (target / "release").mkdir(parents=True)
+        shutil.copy2(image.binary, target / "release" / "ephemera")
+        res = subprocess.run([str(BUILD), "--tag", tags[1]], capture_output=True, text=True, timeout=600,
+                             env=dict(os.environ, CARGO_TARGET_DIR=str(target)))
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert image_id(tags[1]) == image_id(image.tag)
+
         other = tmp_path / "ephemera"
         other.write_bytes(image.binary.read_bytes() + b"\0")
         other.chmod(0o755)
-        res = subprocess.run([str(BUILD), "--binary", str(other), "--tag", tags[1]],
+        res = subprocess.run([str(BUILD), "--binary", str(other), "--tag", tags[2]],
                              capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
-        assert image_id(tags[1]) != image_id(image.tag)
+        assert image_id(tags[2]) != image_id(image.tag)
     finally:
         podman("rmi", "-f", *tags, check=False)
 
