@@ -1,7 +1,8 @@
 //! `ephemera end-task`: a workload ends its own task at the broker, so access ends with the job
 //! even when no platform webhook reaches the broker (the GitHub Action's post step).
 //!
-//! It presents a fresh assertion of the task to `POST /v1/revoke` with the role and the task; the
+//! It presents a fresh assertion of the task to `POST /v1/revoke` with the role (`audience`, as
+//! on `/v1/token`) and the task; the
 //! broker verifies the assertion, takes the role's policy decision now, checks that the assertion
 //! belongs to the task, spends it, and revokes `task:PROVIDER:TASK`: every grant of the task
 //! then introspects `active: false` and its pushes go out. The task is named, never guessed by
@@ -79,7 +80,7 @@ pub(crate) async fn run(a: EndTaskArgs) -> ExitCode {
     let form = [
         ("subject_token_type", crate::exchange::TOKEN_TYPE_ID_TOKEN),
         ("subject_token", token.expose()),
-        ("role", a.role.as_str()),
+        ("audience", a.role.as_str()),
         ("task", task.as_str()),
     ];
     match post_form(&http, &url, &form).await {
