@@ -63,3 +63,34 @@ def test_the_systemd_unit_verifies_and_is_hardened(tmp_path, ephemera_bin):
     # the unit's serve command is one the binary takes
     res = run_cli(ephemera_bin, ["serve", "--help"])
     assert res.returncode == 0 and "--config" in res.stdout, res
+
+
+def release_binary() -> Path:
+    """The stripped release binary scripts/test builds (EPHEMERA_RELEASE_BIN); under CI its absence
+    is a failure."""
+    path = os.environ.get("EPHEMERA_RELEASE_BIN", "")
+    require_peer("the release binary (EPHEMERA_RELEASE_BIN)", bool(path) and Path(path).is_file(),
+                 "scripts/test builds it: cargo build --release --locked --bin ephemera")
+    return Path(path)
+
+
+def sections(binary: Path) -> set[str]:
+    """The ELF section names of a binary (binutils' readelf)."""
+    res = subprocess.run(["readelf", "-S", "-W", str(binary)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return set(re.findall(r"\]\s+(\.\S+)", res.stdout))
+
+
+def test_the_release_binary_is_stripped_and_small(ephemera_bin):
+    """The release profile keeps no debug info (the binary was 173 MB with line tables): no
+    .debug_* section, and under 64 MiB. Its twin: the debug binary the other tests run has them,
+    so the check can see them. The size is printed (README, "Install")."""
+    require_peer("readelf", shutil.which("readelf") is not None, "apt-get install binutils")
+    release = release_binary()
+    size = release.stat().st_size
+    print(f"  release binary: {size:,} bytes ({size / 2**20:.1f} MiB)")
+    assert not {s for s in sections(release) if s.startswith(".debug")}, sections(release)
+    assert size < 64 * 2**20, size
+    assert {".debug_info", ".debug_line"} <= sections(Path(ephemera_bin))
+    res = run_cli(release, ["--version"])
+    assert res.returncode == 0 and res.stdout.startswith("ephemera "), res
