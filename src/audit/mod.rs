@@ -289,11 +289,12 @@ impl Inner {
     }
 }
 
-/// Opens `path` for appending without following a symlink (review C13).
+/// Opens `path` for appending without following a symlink (review C13); a new file is `0600`.
 fn open_nofollow(path: &Path, append: bool) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut o = OpenOptions::new();
-    o.create(true).custom_flags(libc::O_NOFOLLOW);
+    // the records name workloads and tasks: readable by the broker's user only (a new file)
+    o.create(true).custom_flags(libc::O_NOFOLLOW).mode(0o600);
     if append {
         o.append(true).read(true);
     } else {
@@ -716,6 +717,26 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), 200);
         assert!(log.ready());
+    }
+
+    #[tokio::test]
+    async fn new_logs_and_heads_are_private_to_the_broker() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        log.append(AuditRecord { decision: Outcome::Allow, ..Default::default() }, true).await.unwrap();
+        log.rotate().await.unwrap();
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            let file = file.unwrap().path();
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
+        // the twin: a file that exists keeps the mode its owner gave it
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        drop(log);
+        let _log = AuditLog::open(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
     }
 
     #[tokio::test]

@@ -109,6 +109,17 @@ impl FileStore {
         revocations: impl FnOnce() -> Vec<(String, i64)>,
     ) -> Result<FileStore, String> {
         let existed = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        // a new store is readable by the broker's user only (redb would create it 0644)
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         let db = Database::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
         let mut epoch = None;
@@ -388,6 +399,15 @@ mod tests {
 
     /// Everything the store accepted is there after the store is dropped and opened again on
     /// the same file; expired entries are not; a replay stays refused.
+    #[test]
+    fn a_new_store_is_private_to_the_broker() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let _store = FileStore::open(&path, 100, 0, false, Vec::new).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
     #[test]
     fn uses_and_the_outbox_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
