@@ -152,7 +152,9 @@ fn page(status: StatusCode, html: String) -> Response {
         ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // not `no-referrer`: under it a browser posts the page's own forms with `Origin: null`,
+    // which `same_site` refuses (the browser test caught it); `same-origin` tells no other site
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     r
 }
@@ -484,8 +486,9 @@ pub(super) async fn inventory(State(app): State<Arc<App>>, headers: HeaderMap) -
             role: d.role,
             provider: d.provider,
             subject: d.subject,
+            // the detail begins with the reason slug, shown in its own column already
+            detail: d.detail.map(|t| t.strip_prefix(&format!("{}: ", d.reason)).map(str::to_owned).unwrap_or(t)),
             reason: d.reason,
-            detail: d.detail,
             decision_id: d.decision_id,
         })
         .collect();
@@ -499,7 +502,8 @@ pub(super) async fn inventory(State(app): State<Arc<App>>, headers: HeaderMap) -
         problems,
         csrf,
         tasks => tasks.into_values().collect::<Vec<_>>(),
-        grant_count => grants.len(),
+        live_count => grants.iter().filter(|e| !e.revoked).count(),
+        revoked_count => grants.iter().filter(|e| e.revoked).count(),
         revocations,
         denials,
         roles,

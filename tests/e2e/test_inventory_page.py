@@ -410,11 +410,6 @@ def test_the_browser_logs_in_sees_who_holds_what_and_ends_a_task(site, browser):
     browser.find_element(By.ID, "token").send_keys("not-the-admin-credential-" + "x" * 20)
     submit(browser, browser.find_element(By.ID, "login-submit"))
     body = browser.find_element(By.TAG_NAME, "body").text
-    if "cross_site_request: the form came from another origin (Origin)" in body:
-        # KNOWN BUG, reported on issue 17; REMOVE these lines with its fix: the page's
-        # `Referrer-Policy: no-referrer` (header and <meta>) makes a browser send `Origin: null`
-        # with every form it posts, and the page refuses `Origin: null` (login, revoke, logout)
-        pytest.xfail("the page's own forms are refused: Origin: null under Referrer-Policy: no-referrer")
     # (a page the broker refused the form with says why)
     assert browser.find_elements(By.ID, "login-failed"), body
     assert browser.find_element(By.ID, "login-failed").is_displayed()
