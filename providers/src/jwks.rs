@@ -15,6 +15,7 @@
 //! hold two files to check one rule.
 
 use crate::error::VerifyError;
+use aws_lc_rs::signature::{self, ParsedPublicKey, RsaParameters, VerificationAlgorithm};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
@@ -46,13 +47,74 @@ impl KeyKind {
     }
 }
 
-/// One usable verification key, parsed once when the key set is loaded.
+/// One usable verification key, parsed once when the key set is loaded: an aws-lc-rs
+/// [`ParsedPublicKey`] per algorithm the key may verify, so a verification never rebuilds the key
+/// (jsonwebtoken's `crypto::verify` rebuilt an RSA key from its components every time).
 pub struct VerificationKey {
     pub kid: Option<String>,
     pub kind: KeyKind,
     /// The JWK's own `alg`, when it states one; it must then equal the token's.
     pub alg: Option<Algorithm>,
-    pub key: DecodingKey,
+    verifiers: Vec<(Algorithm, ParsedPublicKey)>,
+}
+
+impl VerificationKey {
+    /// The parsed key for `alg`, if the key verifies it.
+    pub fn verifier(&self, alg: Algorithm) -> Option<&ParsedPublicKey> {
+        self.verifiers.iter().find(|(a, _)| *a == alg).map(|(_, k)| k)
+    }
+}
+
+/// The verifications jsonwebtoken's aws-lc-rs backend used for each algorithm (RSA of
+/// 2048..=8192 bits; ECDSA in JOSE's fixed-width signature format).
+static RSA_PARAMS: [(Algorithm, &RsaParameters); 6] = [
+    (Algorithm::RS256, &signature::RSA_PKCS1_2048_8192_SHA256),
+    (Algorithm::RS384, &signature::RSA_PKCS1_2048_8192_SHA384),
+    (Algorithm::RS512, &signature::RSA_PKCS1_2048_8192_SHA512),
+    (Algorithm::PS256, &signature::RSA_PSS_2048_8192_SHA256),
+    (Algorithm::PS384, &signature::RSA_PSS_2048_8192_SHA384),
+    (Algorithm::PS512, &signature::RSA_PSS_2048_8192_SHA512),
+];
+
+/// Parses the key material of an already classified JWK once per algorithm it verifies.
+fn parse_verifiers(
+    obj: &serde_json::Map<String, Value>,
+    kind: KeyKind,
+    alg: Option<Algorithm>,
+) -> Result<Vec<(Algorithm, ParsedPublicKey)>, &'static str> {
+    let member = |m| b64_member(obj, m).ok_or("key material invalid");
+    let invalid = |_| "key material invalid";
+    // only the JWK's own alg when it names one
+    let wanted = |a: Algorithm| alg.is_none_or(|want| want == a);
+    let mut out = Vec::new();
+    match kind {
+        KeyKind::Rsa { .. } => {
+            let (n, e) = (member("n")?, member("e")?);
+            let components = signature::RsaPublicKeyComponents { n: n.as_slice(), e: e.as_slice() };
+            for (a, params) in RSA_PARAMS.iter().filter(|(a, _)| wanted(*a)) {
+                out.push((*a, components.to_parsed_public_key(params).map_err(invalid)?));
+            }
+        }
+        KeyKind::P256 | KeyKind::P384 => {
+            // the uncompressed point (SEC 1 2.3.3): 0x04 || x || y; aws-lc-rs checks it is on the curve
+            let mut point = vec![0x04];
+            point.extend(member("x")?);
+            point.extend(member("y")?);
+            let (a, v): (Algorithm, &'static dyn VerificationAlgorithm) = match kind {
+                KeyKind::P256 => (Algorithm::ES256, &signature::ECDSA_P256_SHA256_FIXED),
+                _ => (Algorithm::ES384, &signature::ECDSA_P384_SHA384_FIXED),
+            };
+            if wanted(a) {
+                out.push((a, ParsedPublicKey::new(v, &point).map_err(invalid)?));
+            }
+        }
+        KeyKind::Ed25519 => {
+            if wanted(Algorithm::EdDSA) {
+                out.push((Algorithm::EdDSA, ParsedPublicKey::new(&signature::ED25519, member("x")?).map_err(invalid)?));
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl std::fmt::Debug for VerificationKey {
@@ -221,8 +283,10 @@ impl KeySet {
             }
             let parsed = classify(obj).and_then(|(kind, alg)| {
                 let jwk: Jwk = serde_json::from_value(k.clone()).map_err(|_| "not a JWK jsonwebtoken understands")?;
-                let key = DecodingKey::from_jwk(&jwk).map_err(|_| "key material invalid")?;
-                Ok(VerificationKey { kid: kid.clone(), kind, alg, key })
+                // what jsonwebtoken refuses stays refused (the vector suites pin it)
+                DecodingKey::from_jwk(&jwk).map_err(|_| "key material invalid")?;
+                let verifiers = parse_verifiers(obj, kind, alg)?;
+                Ok(VerificationKey { kid: kid.clone(), kind, alg, verifiers })
             });
             match parsed {
                 Ok(vk) => set.keys.push(vk),
@@ -249,7 +313,8 @@ impl KeySet {
 
     /// Picks the one key that may verify a token with this `kid` and `alg`.
     pub fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<&VerificationKey, VerifyError> {
-        let alg_name = format!("{alg:?}");
+        // named only when refused (no allocation on the way to a verification)
+        let alg_name = || format!("{alg:?}");
         match kid {
             Some(kid) => {
                 let key = self
@@ -260,7 +325,7 @@ impl KeySet {
                 if !key.kind.fits(alg) || key.alg.is_some_and(|a| a != alg) {
                     return Err(VerifyError::KeyAlgMismatch {
                         kid: crate::error::escape_untrusted(kid, 64),
-                        alg: alg_name,
+                        alg: alg_name(),
                     });
                 }
                 Ok(key)
@@ -272,7 +337,7 @@ impl KeySet {
                     [one] if self.keys.len() == 1 => Ok(one),
                     [] => Err(VerifyError::UnknownKey { kid: "(none)".into() }),
                     many => {
-                        Err(VerifyError::AmbiguousKey { alg: alg_name, candidates: many.len().max(self.keys.len()) })
+                        Err(VerifyError::AmbiguousKey { alg: alg_name(), candidates: many.len().max(self.keys.len()) })
                     }
                 }
             }
@@ -409,16 +474,27 @@ mod tests {
         let hundred =
             format!(r#"{{"keys":[{}]}}"#, (0..100).map(|i| rsa(&format!("k{i}"), "")).collect::<Vec<_>>().join(","));
         assert_eq!(KeySet::from_json(hundred.as_bytes()).map(|s| s.keys().len()), Ok(100));
+        // a real P-256 point (0x04 || x || y)
+        let pair = aws_lc_rs::signature::EcdsaKeyPair::generate(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING)
+            .unwrap();
+        let point = aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref().to_vec();
+        let (x, y) = (URL_SAFE_NO_PAD.encode(&point[1..33]), URL_SAFE_NO_PAD.encode(&point[33..]));
         let c32 = URL_SAFE_NO_PAD.encode([7u8; 32]);
         let c31 = URL_SAFE_NO_PAD.encode([7u8; 31]);
-        for (x, y, ok) in [(&c32, &c32, true), (&c31, &c32, false), (&c32, &c31, false)] {
+        for (x, y, refused) in [
+            (&x, &y, None),
+            (&c31, &y, Some("EC coordinates of the wrong length")),
+            (&x, &c31, Some("EC coordinates of the wrong length")),
+            // the right lengths, but not a point of the curve: refused when the key is parsed,
+            // at load (it could never verify anything)
+            (&c32, &c32, Some("key material invalid")),
+        ] {
             let doc = format!(r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"e","x":"{x}","y":"{y}"}}]}}"#);
             let set = KeySet::from_json(doc.as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
             let reasons: Vec<_> = set.ignored().iter().map(|i| i.reason).collect();
-            if ok {
-                assert!(reasons.is_empty() && set.has_kid("e"), "{reasons:?}");
-            } else {
-                assert_eq!(reasons, ["EC coordinates of the wrong length"]);
+            match refused {
+                None => assert!(reasons.is_empty() && set.has_kid("e"), "{reasons:?}"),
+                Some(r) => assert_eq!(reasons, [r]),
             }
         }
         let ps = KeySet::from_json(format!(r#"{{"keys":[{}]}}"#, rsa("only", r#","alg":"PS256""#)).as_bytes())

@@ -392,8 +392,9 @@ fn wycheproof_tc372_tc373_are_refused_as_malformed() {
 // ---------------------------------------------------------------------------------------------
 
 /// Runs a (key, msg, sig) file: each group's public key becomes a JWK, goes through
-/// [`KeySet::from_json`] (the broker's only path from a JWK to a key), and each vector is checked
-/// with `jsonwebtoken::crypto::verify` (the backend `verify_jws` calls). The message is the raw
+/// [`KeySet::from_json`] (the broker's only path from a JWK to a key, where it is parsed once), and
+/// each vector is checked with `verify_signature` (the check `verify_jws` makes, through that
+/// parsed key). The message is the raw
 /// `msg` bytes, so no compact JWS is built.
 fn run_raw(corpus: &Path, rel: &str, alg: Algorithm, jwk_of: fn(&Value) -> Value, check_group: fn(&Value)) -> Tally {
     let file = load_json(corpus, rel);
@@ -415,10 +416,9 @@ fn run_raw(corpus: &Path, rel: &str, alg: Algorithm, jwk_of: fn(&Value) -> Value
             let sig = B64.encode(hex(str_of(test, "sig")));
             let (accepted, why) = match key {
                 None => (false, format!("key ignored by KeySet: {:?}", keys.ignored())),
-                Some(k) => match jsonwebtoken::crypto::verify(&sig, &msg, &k.key, alg) {
-                    Ok(true) => (true, String::new()),
-                    Ok(false) => (false, "signature_invalid".to_owned()),
-                    Err(e) => (false, format!("backend error: {e}")),
+                Some(k) => match ephemera_providers::verify::verify_signature(k, alg, &msg, &sig) {
+                    true => (true, String::new()),
+                    false => (false, "signature_invalid".to_owned()),
                 },
             };
             if accepted {
