@@ -170,11 +170,15 @@ fn see_other(to: &'static str) -> Response {
     r
 }
 
+/// The client asks for HTML (a browser).
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
+}
+
 /// A refusal: RFC 6749 JSON, or to a browser an HTML page saying the same.
 fn refuse(headers: &HeaderMap, r: &Refusal) -> Response {
     let json = refused(r);
-    let html = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
-    if !html {
+    if !wants_html(headers) {
         return json;
     }
     let ctx = minijinja::context! { error => r.error, description => &r.description };
@@ -256,6 +260,10 @@ pub(super) async fn login(
     if presented.is_empty() || !config.admin_token.as_ref().is_some_and(|t| t.matches(presented)) {
         let from = client.map(|c| c.0.0.ip().to_string()).unwrap_or_default();
         tracing::warn!(client = %from, "admin page login refused");
+        // a browser gets the login form again; any other client RFC 6749 JSON
+        if !wants_html(&headers) {
+            return super::error::reject(super::limits::HttpRejection::CredentialRefused);
+        }
         return match render("login.html", minijinja::context! { failed => true }) {
             Ok(text) => page(StatusCode::UNAUTHORIZED, text),
             Err(e) => template_failed(&e),

@@ -41,14 +41,18 @@ FORM_CT = "application/x-www-form-urlencoded"
 ROUTES = [
     "/v1/token", "/v1/nonce", "/v1/revoke", "/v1/introspect", "/v1/grants", "/v1/keys/flush",
     "/v1/state/confirm", "/.well-known/jwks.json", "/.well-known/openid-configuration",
-    "/healthz", "/readyz",
+    "/healthz", "/readyz", "/admin", "/admin/", "/admin/login", "/admin/logout", "/admin/revoke",
 ]
 UNKNOWN_PATHS = ["/", "/v1", "/v1/", "/v1/tokens", "/v1/token/x", "/.well-known/", "/.well-known/other",
-                 "/admin", "/%2e%2e/etc/passwd", "/v2/token"]
+                 "/admin/x", "/%2e%2e/etc/passwd", "/v2/token"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 # A 200 that is not an error: the read routes (healthz answers `ok` as text), and a nonce.
 LEGIT_200 = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/.well-known/jwks.json"),
              ("GET", "/.well-known/openid-configuration"), ("POST", "/v1/nonce")}
+# The inventory page's answers that are pages, not errors: its address and the page without a
+# session redirect (303, no body), the login form is HTML (200). Its refusals are RFC 6749 JSON
+# to a client that does not ask for HTML, like every other route's.
+LEGIT_PAGES = {("GET", "/admin"): 303, ("GET", "/admin/"): 303, ("GET", "/admin/login"): 200}
 # Input that is not HTTP/1.x at all: closing without an answer is allowed for it (and only it).
 SILENT_OK = {"h2_preface"}
 
@@ -625,6 +629,8 @@ def test_two_thousand_malformed_requests_get_rfc6749_json(broker_factory, mock_i
         if a.status == 200 and ((c.method, c.path) in LEGIT_200 or exchanged):
             # a read route, a nonce, or a valid token in a request lenient parsing accepts
             legit_200[f"{c.method} {c.path}"] += 1
+        elif LEGIT_PAGES.get((c.method, c.path)) == a.status:
+            legit_200[f"{c.method} {c.path} {a.status}"] += 1
         elif a.rfc6749():
             rfc += 1
         else:

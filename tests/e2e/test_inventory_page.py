@@ -543,7 +543,7 @@ def test_the_page_is_behind_a_login(site):
 
 @pytest.mark.parametrize("token", ["wrong-" + "z" * 40, "", ADMIN_TOKEN + "x", ADMIN_TOKEN[:-1]])
 def test_a_wrong_credential_is_401_and_no_cookie(site, token):
-    r = site.login(token)
+    r = site.login(token, accept="text/html")
     assert r.status_code == 401, (r.status_code, r.text[:200])
     assert set_cookie(r) is None, r.headers
     assert_page_headers(r)
@@ -551,6 +551,11 @@ def test_a_wrong_credential_is_401_and_no_cookie(site, token):
     doc.one("p#login-failed")
     doc.one("form#login")
     site.check_secrets(r.text)
+    # a client that does not ask for HTML gets RFC 6749 JSON, like every other route's refusal
+    r = site.login(token)
+    assert r.status_code == 401 and set_cookie(r) is None, r.headers
+    assert r.json()["error"] == "invalid_client", r.text
+    assert r.json()["error_description"].startswith("unauthorized:"), r.text
     # the twin: the credential opens a session
     session_of(site.login())
 
@@ -840,7 +845,7 @@ def test_no_secret_is_ever_in_a_page(site):
     site.deny()
     sid = site.session()
     texts = [requests.get(site.url + "/admin/login", timeout=30).text, site.login("wrong-" + "w" * 40).text,
-             site.page(sid).text]
+             site.login("wrong-" + "w" * 40, accept="text/html").text, site.page(sid).text]
     r = site.revoke_task(sid, g, site.csrf(sid))
     assert r.status_code == 303
     texts.append(site.page(sid).text)  # with the flash
