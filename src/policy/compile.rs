@@ -4,6 +4,7 @@
 
 use super::lint::{Finding, lint};
 use super::matcher::{Condition, Matcher, cedar_str};
+use super::native::Native;
 use super::{NS, PolicyEngine, validate};
 use cedar_policy::{EntityId, EntityUid, Policy, PolicyId, PolicySet};
 use ephemera_providers::profile::Profile;
@@ -40,6 +41,11 @@ pub struct CompiledRole {
     pub(super) policies: PolicySet,
     /// The role as a Cedar entity id.
     pub(super) uid: EntityUid,
+    /// The conditions' matchers for the native evaluator, when the role has no raw `policy`.
+    pub(super) native: Option<Vec<Native>>,
+    /// The ids of the role's generated permit and of each condition's forbid.
+    pub(super) permit_id: String,
+    pub(super) condition_ids: Vec<String>,
 }
 
 impl CompiledRole {
@@ -131,8 +137,11 @@ impl PolicyEngine {
         }
         let findings = lint(&spec.name, profile, &conditions, spec.allow_broad, spec.trust_anchors);
         let uid = EntityUid::from_type_name_and_id(self.role_type.clone(), EntityId::new(&spec.name));
+        let native = spec.policy.is_none().then(|| conditions.iter().map(|c| Native::of(&c.matcher)).collect());
+        let condition_ids = conditions.iter().map(|c| c.policy_id(&spec.name)).collect();
         Ok((
             CompiledRole {
+                permit_id: format!("role:{}/permit", spec.name),
                 name: spec.name,
                 profile,
                 provider: spec.provider,
@@ -140,6 +149,8 @@ impl PolicyEngine {
                 conditions,
                 policies: set,
                 uid,
+                native,
+                condition_ids,
             },
             findings,
         ))

@@ -2,10 +2,12 @@
 //! types (principal = the workload, resource = the role, context = times, revocation, raw
 //! claims), evaluated against the role's slice. Total: an evaluation problem is a deny.
 
+use super::GUARDRAIL_REVOCATION;
 use super::PolicyEngine;
 use super::compile::CompiledRole;
 use super::decision::{ConditionResult, Decision, Effect, esc};
 use super::matcher::Source;
+use super::native::{Native, determining};
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityUid, Request,
     RestrictedExpression,
@@ -35,8 +37,76 @@ impl PolicyEngine {
         iss: &str,
         at: &At<'_>,
     ) -> Decision {
-        let (now, iat, exp) = at.times;
-        let (revoked, details) = (at.revoked, at.details);
+        match &role.native {
+            Some(native) if !self.user_guardrails => self.decide_native(role, native, workload, claims, iss, at),
+            _ => self.decide_cedar(role, workload, claims, iss, at),
+        }
+    }
+
+    /// The native evaluator's decision on a role written as conditions (`native.rs`).
+    fn decide_native(
+        &self,
+        role: &CompiledRole,
+        native: &[Native],
+        workload: &Workload,
+        claims: &Map<String, Value>,
+        iss: &str,
+        at: &At<'_>,
+    ) -> Decision {
+        let declared = self.attributes.get(&role.profile).map(Vec::as_slice).unwrap_or_default();
+        let pass: Vec<bool> = role
+            .conditions
+            .iter()
+            .zip(native)
+            .map(|(c, m)| {
+                // the value the Cedar request would carry for the condition
+                match c.source {
+                    Source::Attribute => match c.claim.as_str() {
+                        "iss" => m.matches(iss),
+                        "sub" => m.matches(&claims.get("sub").and_then(scalar_text).unwrap_or_default()),
+                        "provider" => m.matches(&role.provider),
+                        n if declared.contains(&n) => workload.attributes.get(n).is_some_and(|v| m.matches(v)),
+                        _ => false,
+                    },
+                    Source::Claim => {
+                        self.raw_claims.contains(&c.claim)
+                            && lookup(claims, &c.claim).and_then(scalar_text).is_some_and(|v| m.matches(&v))
+                    }
+                }
+            })
+            .collect();
+        let revoked = !at.revoked.is_empty();
+        let permit = iss == role.issuer;
+        let allow = permit && !revoked && pass.iter().all(|p| *p);
+        let failed: Vec<&str> =
+            role.condition_ids.iter().zip(&pass).filter(|(_, p)| !**p).map(|(id, _)| id.as_str()).collect();
+        let policies = determining(allow, &role.permit_id, &failed, revoked);
+        let guardrails = if revoked && !allow { vec![GUARDRAIL_REVOCATION.to_owned()] } else { vec![] };
+        let mut i = 0;
+        Decision {
+            effect: if allow { Effect::Allow } else { Effect::Deny },
+            conditions: self.condition_results(role, workload, claims, iss, |_| {
+                let p = allow || pass[i];
+                i += 1;
+                p
+            }),
+            policies,
+            guardrails,
+            errors: vec![],
+            revoked: at.revoked.to_vec(),
+        }
+    }
+
+    /// Each condition's result for people (the issuer binding first when it failed); `pass` is
+    /// asked once per condition, in order.
+    fn condition_results(
+        &self,
+        role: &CompiledRole,
+        workload: &Workload,
+        claims: &Map<String, Value>,
+        iss: &str,
+        mut pass: impl FnMut(&super::matcher::Condition) -> bool,
+    ) -> Vec<ConditionResult> {
         // The permit binds the provider's issuer: a token whose issuer differs (a synthetic claim
         // set in `explain --claims`; a verified token never gets here with another issuer) shows
         // the binding that failed, not "no permit matched" alone.
@@ -47,31 +117,45 @@ impl PolicyEngine {
             pass: false,
             hint: None,
         });
+        issuer_row
+            .into_iter()
+            .chain(role.conditions.iter().map(|c| {
+                let got = match c.source {
+                    Source::Attribute => match c.claim.as_str() {
+                        "iss" => Some(iss.to_owned()),
+                        "sub" => claims.get("sub").and_then(scalar_text),
+                        n => workload.attributes.get(n).cloned(),
+                    },
+                    Source::Claim => lookup(claims, &c.claim).and_then(scalar_text),
+                };
+                let pass = pass(c);
+                let expected = c.matcher.describe();
+                let hint = match &got {
+                    Some(g) if !pass && g.eq_ignore_ascii_case(&expected) => {
+                        Some("differs only in letter case; comparison is case-sensitive")
+                    }
+                    Some(g) if !pass && g.trim() == expected => Some("differs only in surrounding white space"),
+                    _ => None,
+                };
+                ConditionResult { claim: c.claim.clone(), expected, got: got.map(|g| esc(&g)), pass, hint }
+            }))
+            .collect()
+    }
+
+    /// Cedar's decision on the role's slice: the engine for raw `policy` text and guardrails, and
+    /// the reference the native evaluator is held to.
+    pub fn decide_cedar(
+        &self,
+        role: &CompiledRole,
+        workload: &Workload,
+        claims: &Map<String, Value>,
+        iss: &str,
+        at: &At<'_>,
+    ) -> Decision {
+        let (now, iat, exp) = at.times;
+        let (revoked, details) = (at.revoked, at.details);
         let results = |fired: &HashSet<String>| -> Vec<ConditionResult> {
-            issuer_row
-                .iter()
-                .cloned()
-                .chain(role.conditions.iter().map(|c| {
-                    let got = match c.source {
-                        Source::Attribute => match c.claim.as_str() {
-                            "iss" => Some(iss.to_owned()),
-                            "sub" => claims.get("sub").and_then(scalar_text),
-                            n => workload.attributes.get(n).cloned(),
-                        },
-                        Source::Claim => lookup(claims, &c.claim).and_then(scalar_text),
-                    };
-                    let pass = !fired.contains(&c.policy_id(&role.name));
-                    let expected = c.matcher.describe();
-                    let hint = match &got {
-                        Some(g) if !pass && g.eq_ignore_ascii_case(&expected) => {
-                            Some("differs only in letter case; comparison is case-sensitive")
-                        }
-                        Some(g) if !pass && g.trim() == expected => Some("differs only in surrounding white space"),
-                        _ => None,
-                    };
-                    ConditionResult { claim: c.claim.clone(), expected, got: got.map(|g| esc(&g)), pass, hint }
-                }))
-                .collect()
+            self.condition_results(role, workload, claims, iss, |c| !fired.contains(&c.policy_id(&role.name)))
         };
         let fail = |e: String| Decision {
             effect: Effect::Deny,
@@ -161,7 +245,9 @@ impl PolicyEngine {
             Err(e) => return fail(e.to_string()),
         };
         let response = Authorizer::new().is_authorized(&request, &role.policies, &entities);
-        let determining: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        // in id order (Cedar keeps them in a set)
+        let mut determining: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        determining.sort();
         let errors: Vec<String> = response.diagnostics().errors().map(ToString::to_string).collect();
         let allow = response.decision() == CedarDecision::Allow && errors.is_empty();
         let fired: HashSet<String> = if allow { HashSet::new() } else { determining.iter().cloned().collect() };

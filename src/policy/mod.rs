@@ -40,6 +40,7 @@ mod decide;
 mod decision;
 mod lint;
 mod matcher;
+mod native;
 
 pub use compile::{CompiledRole, RoleSpec};
 pub use decide::At;
@@ -66,6 +67,8 @@ pub struct PolicyEngine {
     /// The principal attribute names of each profile.
     attributes: HashMap<Profile, Vec<&'static str>>,
     role_type: EntityTypeName,
+    /// `[policy] guardrails` are configured: every decision is Cedar's (they are Cedar text).
+    user_guardrails: bool,
 }
 
 /// The principal attributes of a workload of `profile`, each with whether it is required: an
@@ -159,6 +162,8 @@ impl PolicyEngine {
             }
             validate(&schema, &guard).map_err(|e| format!("policy.guardrails: {e}"))?;
         }
+        // more than the built-in revocation forbid
+        let user_guardrails = guard.policies().count() > 1;
         let types = Profile::ALL
             .iter()
             .map(|p| type_name(p.entity_type()).map(|t| (*p, t)))
@@ -175,6 +180,7 @@ impl PolicyEngine {
             types,
             attributes,
             role_type: type_name("Role")?,
+            user_guardrails,
         })
     }
 
