@@ -7,6 +7,7 @@ use super::error::ExchangeError;
 use super::trace::Trace;
 use super::workload::{Facts, Subject};
 use crate::config::{Config, Role};
+use crate::policy::Decision;
 use crate::state::{RevocationKey, StateStore};
 use ephemera_providers::profile::Workload;
 use serde_json::{Map, Value};
@@ -20,6 +21,20 @@ pub struct Allowed {
     lifetime: i64,
     now: i64,
     details: Option<AuthorizationDetails>,
+    /// The revocation keys the spend checks, when they were left to it ([`Revocations::AtSpend`]).
+    pending: Option<Vec<String>>,
+}
+
+/// When the revocations in force for the workload are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Revocations {
+    /// Before the decision (`explain`, a workload ending its own task).
+    Now,
+    /// By the spend, in the same atomic step as the replay mark (the exchange: one state round
+    /// trip). The decision is taken on none in force; any refusal before the spend looks them up
+    /// first, and one found (then or by the spend) makes the decision taken again on it, which
+    /// denies: the same outcome, reason and record as a lookup before the decision.
+    AtSpend,
 }
 
 /// What a grant is made of: everything the decision allowed.
@@ -31,6 +46,72 @@ pub(super) struct Parts {
     pub lifetime: i64,
     pub now: i64,
     pub details: Option<AuthorizationDetails>,
+    /// The revocation keys the spend checks ([`Revocations::AtSpend`]).
+    pub pending: Option<Vec<String>>,
+}
+
+/// What a decision is taken on, borrowed from a subject or from the parts of a grant.
+pub(super) struct On<'a> {
+    pub role: &'a Role,
+    pub workload: &'a Workload,
+    pub claims: &'a Map<String, Value>,
+    pub facts: &'a Facts,
+    pub details: Option<&'a AuthorizationDetails>,
+    pub now: i64,
+}
+
+impl On<'_> {
+    fn iss(&self) -> &str {
+        self.claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default()
+    }
+
+    /// The revocation keys that end this workload's access: its task, subject, role and issuer.
+    fn revocation_keys(&self) -> Vec<String> {
+        let provider = &self.role.provider.name;
+        [
+            RevocationKey::Task { provider: provider.clone(), task: self.workload.task.clone() },
+            RevocationKey::Subject { provider: provider.clone(), subject: self.workload.subject.clone() },
+            RevocationKey::Role(self.role.name.clone()),
+            RevocationKey::Issuer(self.iss().to_owned()),
+        ]
+        .map(|k| k.to_string())
+        .to_vec()
+    }
+
+    /// The role's policy decision, taken now, with `revoked` in force.
+    fn decision(&self, config: &Config, revoked: &[String]) -> Decision {
+        let times = (self.now, self.facts.issued_at, self.facts.not_after);
+        let sets = self.details.map(AuthorizationDetails::sets);
+        let at = crate::policy::At { times, revoked, details: sets };
+        config.engine.decide(&self.role.policy, self.workload, self.claims, self.iss(), &at)
+    }
+
+    /// The deny of the decision taken again with `revoked` in force.
+    pub(super) fn denied(&self, config: &Config, revoked: &[String], trace: Option<&mut Trace>) -> ExchangeError {
+        let decision = self.decision(config, revoked);
+        if let Some(t) = trace {
+            t.decision = Some(decision.clone());
+        }
+        ExchangeError::Denied { role: self.role.name.clone(), decision: Box::new(decision) }
+    }
+
+    /// A refusal before the spend of an exchange whose revocations were left to it (`pending`):
+    /// a revocation in force is the reason, as a lookup before the decision would have found.
+    pub(super) async fn refusal(
+        &self,
+        state: &dyn StateStore,
+        config: &Config,
+        pending: Option<&[String]>,
+        err: ExchangeError,
+        trace: Option<&mut Trace>,
+    ) -> ExchangeError {
+        let Some(keys) = pending else { return err };
+        match revoked(state, keys, self.now).await {
+            Ok(found) if found.is_empty() => err,
+            Ok(found) => self.denied(config, &found, trace),
+            Err(e) => e,
+        }
+    }
 }
 
 impl Allowed {
@@ -56,7 +137,16 @@ impl Allowed {
 
     pub(super) fn into_parts(self) -> Parts {
         let Subject { role, workload, claims, facts } = self.subject;
-        Parts { role, workload, claims, facts, lifetime: self.lifetime, now: self.now, details: self.details }
+        Parts {
+            role,
+            workload,
+            claims,
+            facts,
+            lifetime: self.lifetime,
+            now: self.now,
+            details: self.details,
+            pending: self.pending,
+        }
     }
 }
 
@@ -68,22 +158,9 @@ pub(super) struct Asked<'a> {
     pub details: Option<&'a str>,
 }
 
-/// The revocation keys in force for this workload: its task, subject, role and issuer.
-async fn revocations(
-    state: &dyn StateStore,
-    role: &Role,
-    workload: &Workload,
-    iss: &str,
-    now: i64,
-) -> Result<Vec<String>, ExchangeError> {
-    let keys = [
-        RevocationKey::Task { provider: role.provider.name.clone(), task: workload.task.clone() },
-        RevocationKey::Subject { provider: role.provider.name.clone(), subject: workload.subject.clone() },
-        RevocationKey::Role(role.name.clone()),
-        RevocationKey::Issuer(iss.to_owned()),
-    ]
-    .map(|k| k.to_string());
-    super::state_op("revoked", state.revoked(&keys, now)).await.map_err(ExchangeError::State)
+/// Which of `keys` are revoked now.
+pub(super) async fn revoked(state: &dyn StateStore, keys: &[String], now: i64) -> Result<Vec<String>, ExchangeError> {
+    super::state_op("revoked", state.revoked(keys, now)).await.map_err(ExchangeError::State)
 }
 
 /// Stages 4–6. Writes the decision and the lifetime into `trace`.
@@ -92,7 +169,7 @@ pub(super) async fn decide(
     config: &Config,
     subject: Subject,
     asked: Asked<'_>,
-    now: i64,
+    (now, revocations): (i64, Revocations),
     trace: &mut Trace,
 ) -> Result<Allowed, ExchangeError> {
     let role = &subject.role;
@@ -108,20 +185,35 @@ pub(super) async fn decide(
     // what the transaction asks for must be what the role declares, before anything is decided
     let details = super::details::check(role, details).map_err(ExchangeError::AuthorizationDetails)?;
     trace.authorization_details = details.as_ref().map(|d| d.granted().clone());
-    let (iat, exp) = (subject.facts.issued_at, subject.facts.not_after);
-    let iss = subject.claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
-    let revoked = revocations(state, role, &subject.workload, iss, now).await?;
-    let sets = details.as_ref().map(AuthorizationDetails::sets);
-    let at = crate::policy::At { times: (now, iat, exp), revoked: &revoked, details: sets };
-    let decision = config.engine.decide(&role.policy, &subject.workload, &subject.claims, iss, &at);
+    let on = On {
+        role,
+        workload: &subject.workload,
+        claims: &subject.claims,
+        facts: &subject.facts,
+        details: details.as_ref(),
+        now,
+    };
+    let keys = on.revocation_keys();
+    let (in_force, pending) = match revocations {
+        Revocations::Now => (revoked(state, &keys, now).await?, None),
+        Revocations::AtSpend => (vec![], Some(keys)),
+    };
+    let decision = on.decision(config, &in_force);
     trace.decision = Some(decision.clone());
     if !decision.allows() {
-        return Err(ExchangeError::Denied { role: role.name.clone(), decision: Box::new(decision) });
+        let denied = ExchangeError::Denied { role: role.name.clone(), decision: Box::new(decision) };
+        return Err(on.refusal(state, config, pending.as_deref(), denied, Some(trace)).await);
     }
+    let exp = subject.facts.not_after;
     let lifetime = (role.max_ttl.as_secs() as i64).min(exp - now);
-    trace.lifetime = Some(lifetime.max(0));
     if lifetime <= 0 {
-        return Err(ExchangeError::NoLifetimeLeft { exp, now });
+        let none_left = ExchangeError::NoLifetimeLeft { exp, now };
+        let err = on.refusal(state, config, pending.as_deref(), none_left, Some(trace)).await;
+        if matches!(err, ExchangeError::NoLifetimeLeft { .. }) {
+            trace.lifetime = Some(0);
+        }
+        return Err(err);
     }
-    Ok(Allowed { subject, lifetime, now, details })
+    trace.lifetime = Some(lifetime);
+    Ok(Allowed { subject, lifetime, now, details, pending })
 }

@@ -6,14 +6,14 @@
 //! inventory knows the grant before the credential leaves.
 
 use super::Broker;
-use super::decide::Allowed;
+use super::decide::{Allowed, On};
 use super::details::AuthorizationDetails;
 use super::error::ExchangeError;
 use crate::audit::{AuditRecord, CredentialRecord, Outcome};
 use crate::config::Config;
 use crate::ids::random_id;
 use crate::minting::{GrantFacts, TokenResponse};
-use crate::state::{Grant, Mark};
+use crate::state::{Grant, Mark, Spend};
 
 impl Broker {
     /// Grants what `allowed` allows, recording it in `rec`.
@@ -23,12 +23,21 @@ impl Broker {
         allowed: Allowed,
         rec: &mut AuditRecord,
     ) -> Result<TokenResponse, ExchangeError> {
-        let super::decide::Parts { role, workload, claims, facts, lifetime, now, details } = allowed.into_parts();
+        let super::decide::Parts { role, workload, claims, facts, lifetime, now, details, pending } =
+            allowed.into_parts();
+        let on =
+            On { role: &role, workload: &workload, claims: &claims, facts: &facts, details: details.as_ref(), now };
+        let state = self.evaluator.state.as_ref();
+        // a refusal before the spend: a revocation in force is the reason when there is one
+        let refuse = |e: ExchangeError| on.refusal(state, config, pending.as_deref(), e, None);
         let exp = now + lifetime;
         // Without randomness no grant id is made, and the assertion is not spent.
-        let jti = random_id(16).map_err(ExchangeError::Randomness)?;
+        let jti = match random_id(16) {
+            Ok(jti) => jti,
+            Err(e) => return Err(refuse(ExchangeError::Randomness(e)).await),
+        };
         // Cloud requests are built (and their tags validated) before the assertion is spent.
-        let plan = self.minters.plan(
+        let plan = match self.minters.plan(
             &role.credential,
             &GrantFacts {
                 issuer: &config.server.issuer,
@@ -44,8 +53,10 @@ impl Broker {
                 max_uses: role.max_uses,
                 details: details.as_ref().map(AuthorizationDetails::granted),
             },
-        )?;
-        rec.replayable = facts.replayable;
+        ) {
+            Ok(plan) => plan,
+            Err(e) => return Err(refuse(e.into()).await),
+        };
         let kind = role.credential.kind();
         let grant = Grant {
             id: jti.clone(),
@@ -67,11 +78,23 @@ impl Broker {
         // round trip); with one, only once the nonce has been taken, so no refused exchange
         // leaves a grant behind.
         let grant_with_mark = facts.nonce.is_none() && config.safety.replay;
-        if config.safety.replay {
-            // (a bench-knobs build told to skip single use does not spend)
-            self.spend(&facts.replay_id, facts.replay_until, now, facts.used_since, grant_with_mark.then_some(&grant))
-                .await?;
+        // The revocations in force and the replay mark (and the grant) in one atomic step: a
+        // revoked workload is denied, and its assertion is not spent.
+        let spent = if config.safety.replay {
+            let with = grant_with_mark.then_some(&grant);
+            self.spend(pending.as_deref(), &facts.replay_id, facts.replay_until, (now, facts.used_since), with).await
+        } else {
+            // (a bench-knobs build told to skip single use does not spend; it still looks)
+            match &pending {
+                Some(keys) => super::decide::revoked(state, keys, now).await.map(Spent::or_revoked),
+                None => Ok(Spent::Now),
+            }
+        };
+        if let Ok(Spent::Revoked(keys)) = &spent {
+            return Err(on.denied(config, keys, None));
         }
+        rec.replayable = facts.replayable;
+        spent?;
         // After the replay mark, so a replayed document is called what it is (`token_replayed`).
         // A broker nonce is consumed atomically: unknown, expired, already used, or issued for
         // another role, it is refused.
@@ -118,20 +141,45 @@ impl Broker {
     }
 
     /// Spends an assertion: marks it used, atomically, unless it already was or was issued
-    /// before the store's memory began. The one place a replay mark is read.
+    /// before the store's memory began, or (with `revocations`, in the same atomic step) one of
+    /// those keys is revoked. The one place a replay mark is read.
     pub(super) async fn spend(
         &self,
+        revocations: Option<&[String]>,
         replay_id: &str,
         until: i64,
-        now: i64,
-        used_since: i64,
+        (now, used_since): (i64, i64),
         grant: Option<&Grant>,
-    ) -> Result<(), ExchangeError> {
-        match super::state_op("mark", self.evaluator.state.mark_used(replay_id, until, now, used_since, grant)).await {
-            Ok(Mark::Fresh) => Ok(()),
-            Ok(Mark::AlreadyUsed) => Err(ExchangeError::Replayed),
-            Ok(Mark::EpochReset { since }) => Err(ExchangeError::ReplayStateReset { since }),
+    ) -> Result<Spent, ExchangeError> {
+        let state = &self.evaluator.state;
+        let marked = match revocations {
+            Some(keys) => super::state_op("spend", state.spend(keys, replay_id, until, now, used_since, grant)).await,
+            None => super::state_op("mark", state.mark_used(replay_id, until, now, used_since, grant))
+                .await
+                .map(Spend::Marked),
+        };
+        match marked {
+            Ok(Spend::Revoked(keys)) => Ok(Spent::Revoked(keys)),
+            Ok(Spend::Marked(Mark::Fresh)) => Ok(Spent::Now),
+            Ok(Spend::Marked(Mark::AlreadyUsed)) => Err(ExchangeError::Replayed),
+            Ok(Spend::Marked(Mark::EpochReset { since })) => Err(ExchangeError::ReplayStateReset { since }),
             Err(e) => Err(ExchangeError::State(e)),
         }
+    }
+}
+
+/// What spending an assertion did, when nothing failed.
+#[derive(Debug)]
+pub(super) enum Spent {
+    /// It is spent.
+    Now,
+    /// These revocations are in force: it is not.
+    Revoked(Vec<String>),
+}
+
+impl Spent {
+    /// Spent, unless a revocation was found.
+    fn or_revoked(found: Vec<String>) -> Spent {
+        if found.is_empty() { Spent::Now } else { Spent::Revoked(found) }
     }
 }

@@ -128,7 +128,7 @@ impl Evaluator {
 
     /// Steps 1–6 of the exchange, without side effects: classify, verify, profile, decide, bound.
     pub async fn evaluate(&self, req: &ExchangeRequest, now: i64) -> (Trace, Result<Allowed, ExchangeError>) {
-        self.evaluate_under(&self.config(), req, now).await
+        self.evaluate_under(&self.config(), req, (now, decide::Revocations::Now)).await
     }
 
     /// [`Evaluator::evaluate`] under one config snapshot: a reload never mixes two configs (a
@@ -137,7 +137,7 @@ impl Evaluator {
         &self,
         config: &Config,
         req: &ExchangeRequest,
-        now: i64,
+        (now, revocations): (i64, decide::Revocations),
     ) -> (Trace, Result<Allowed, ExchangeError>) {
         let mut trace = Trace::new(&req.role, now, &config.version);
         let result = async {
@@ -152,7 +152,7 @@ impl Evaluator {
                 token_type: req.requested_token_type.as_deref(),
                 details: req.authorization_details.as_deref(),
             };
-            decide::decide(self.state.as_ref(), config, subject, asked, now, &mut trace).await
+            decide::decide(self.state.as_ref(), config, subject, asked, (now, revocations), &mut trace).await
         }
         .await;
         (trace, result)
@@ -175,7 +175,8 @@ impl Evaluator {
             trace.profile = Some(role.provider.profile.name());
             let subject = workload::from_claims(role, claims, now, &mut trace)?;
             let asked = decide::Asked { token_type: None, details };
-            decide::decide(self.state.as_ref(), &config, subject, asked, now, &mut trace).await.map(|_| ())
+            let at = (now, decide::Revocations::Now);
+            decide::decide(self.state.as_ref(), &config, subject, asked, at, &mut trace).await.map(|_| ())
         }
         .await;
         (trace, result)
@@ -277,7 +278,9 @@ impl Broker {
                 // Verification (and any issuer fetch it needs) runs under the request timeout, so a
                 // slow issuer ends in an answered, audited 503; granting is bounded by its own calls.
                 let limit = config.server.request_timeout;
-                let evaluated = tokio::time::timeout(limit, self.evaluator.evaluate_under(&config, &req, now)).await;
+                // (the revocations in force are read by the spend: one state round trip)
+                let at = (now, decide::Revocations::AtSpend);
+                let evaluated = tokio::time::timeout(limit, self.evaluator.evaluate_under(&config, &req, at)).await;
                 let (trace, result) = match evaluated {
                     Ok(r) => r,
                     Err(_) => (Trace::default(), Err(ExchangeError::Timeout(limit.as_secs()))),

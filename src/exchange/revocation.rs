@@ -209,7 +209,8 @@ impl Broker {
         }
         let parts = allowed.into_parts();
         let facts = &parts.facts;
-        self.spend(&facts.replay_id, facts.replay_until, now, facts.used_since, None).await?;
+        // (its revocations were looked up before the decision: the spend checks none)
+        self.spend(None, &facts.replay_id, facts.replay_until, (now, facts.used_since), None).await?;
         Ok((parts.role.provider.name.clone(), task))
     }
 

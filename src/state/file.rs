@@ -19,7 +19,7 @@
 #[cfg(test)]
 use super::Uses;
 use super::memory::MemoryStore;
-use super::{Grant, Mark, StateError, StateFuture, StateStore};
+use super::{Grant, Mark, Spend, StateError, StateFuture, StateStore};
 use redb::{Database, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -211,6 +211,15 @@ impl FileStore {
             .map_err(|_| unavailable("the writer stopped"))?;
         wait.await.map_err(|_| unavailable("the writer stopped"))?.map_err(unavailable)
     }
+
+    /// Makes a fresh mark (and its grant) durable.
+    async fn persist_mark(&self, id: &str, until: i64, now: i64, grant: Option<&Grant>) -> Result<(), StateError> {
+        let mut writes = vec![Write::Put { until, key: row(USED, &super::memory::used_key(id)), value: Vec::new() }];
+        if let Some(g) = grant {
+            writes.push(grant_write(g)?);
+        }
+        self.persist(writes, now).await
+    }
 }
 
 fn commit(db: &Database, jobs: &[Job]) -> Result<(), String> {
@@ -265,16 +274,28 @@ impl StateStore for FileStore {
     ) -> StateFuture<'a, Mark> {
         Box::pin(async move {
             let mark = self.memory.mark_with_grant(id, until, now, used_since, grant)?;
-            if mark != Mark::Fresh {
-                return Ok(mark);
+            if mark == Mark::Fresh {
+                self.persist_mark(id, until, now, grant).await?;
             }
-            let mut writes =
-                vec![Write::Put { until, key: row(USED, &super::memory::used_key(id)), value: Vec::new() }];
-            if let Some(g) = grant {
-                writes.push(grant_write(g)?);
+            Ok(mark)
+        })
+    }
+    fn spend<'a>(
+        &'a self,
+        keys: &'a [String],
+        id: &'a str,
+        until: i64,
+        now: i64,
+        used_since: i64,
+        grant: Option<&'a Grant>,
+    ) -> StateFuture<'a, Spend> {
+        Box::pin(async move {
+            // decided in memory under one lock, then made durable before the caller is answered
+            let spend = self.memory.spend_now(keys, id, until, now, used_since, grant)?;
+            if spend == Spend::Marked(Mark::Fresh) {
+                self.persist_mark(id, until, now, grant).await?;
             }
-            self.persist(writes, now).await?;
-            Ok(Mark::Fresh)
+            Ok(spend)
         })
     }
     fn ready(&self) -> StateFuture<'_, ()> {
@@ -477,6 +498,40 @@ mod tests {
             assert_eq!(s.mark_used("a", 2_000, 1_000, 0, None).await, Ok(Mark::Fresh));
             assert_eq!(s.revoked(&["task:x".to_owned()], 1_000).await, Ok(vec![]));
             assert!(s.grants(1_000).await.unwrap().is_empty());
+        });
+    }
+
+    /// A spend checks the revocations and marks in one step: a revoked workload's assertion is
+    /// not spent and its grant not recorded, before or after a restart; the twin: with nothing
+    /// revoked, the mark and the grant are durable.
+    #[test]
+    fn a_spend_refuses_a_revoked_workload_and_makes_a_fresh_mark_durable() {
+        use super::super::Spend;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let rt = rt();
+        let keys = vec!["task:p:1".to_owned(), "role:r".to_owned()];
+        {
+            let s = FileStore::open(&path, 100, 0, false, Vec::new).unwrap();
+            rt.block_on(async {
+                s.revoke("role:r", 200, 0).await.unwrap();
+                let spent = s.spend(&keys, "a", 100, 0, 0, Some(&grant("g1", 100))).await;
+                assert_eq!(spent, Ok(Spend::Revoked(vec!["role:r".to_owned()])));
+                assert!(s.grants(0).await.unwrap().is_empty());
+                let other = vec!["task:p:2".to_owned()];
+                assert_eq!(
+                    s.spend(&other, "b", 100, 0, 0, Some(&grant("g2", 100))).await,
+                    Ok(Spend::Marked(Mark::Fresh))
+                );
+            });
+        }
+        let s = FileStore::open(&path, 100, 10, false, Vec::new).unwrap();
+        rt.block_on(async {
+            assert_eq!(s.spend(&keys, "a", 100, 10, 0, None).await, Ok(Spend::Revoked(vec!["role:r".to_owned()])));
+            assert_eq!(s.spend(&[], "a", 100, 10, 0, None).await, Ok(Spend::Marked(Mark::Fresh)), "a was not spent");
+            assert_eq!(s.spend(&[], "b", 100, 10, 0, None).await, Ok(Spend::Marked(Mark::AlreadyUsed)), "b was");
+            let ids: Vec<String> = s.grants(10).await.unwrap().into_iter().map(|g| g.id).collect();
+            assert_eq!(ids, vec!["g2".to_owned()]);
         });
     }
 

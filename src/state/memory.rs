@@ -2,7 +2,7 @@
 //! never evicts a live entry to make room (that would reopen the replay window). At the configured
 //! cap it refuses new marks (`Full`), and the exchange fails closed.
 
-use super::{Mark, StateError, StateFuture, StateStore};
+use super::{Mark, Spend, StateError, StateFuture, StateStore};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Mutex;
@@ -72,6 +72,11 @@ fn purge<K: std::hash::Hash + Eq + Ord, V>(
     }
 }
 
+/// Which of `keys` are revoked at `now`.
+fn revoked_in(revoked: &HashMap<String, i64>, keys: &[String], now: i64) -> Vec<String> {
+    keys.iter().filter(|k| revoked.get(*k).is_some_and(|exp| *exp >= now)).cloned().collect()
+}
+
 /// Used-assertion ids in a map, with a min-heap on expiry so purging is cheap.
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -110,13 +115,44 @@ impl MemoryStore {
         used_since: i64,
         grant: Option<&super::Grant>,
     ) -> Result<Mark, StateError> {
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        self.mark_locked(&mut g, id, until, now, used_since, grant)
+    }
+
+    /// [`StateStore::spend`] under one lock: the revocations of `keys` in force, else the mark
+    /// (and the grant) of [`MemoryStore::mark_with_grant`].
+    pub(super) fn spend_now(
+        &self,
+        keys: &[String],
+        id: &str,
+        until: i64,
+        now: i64,
+        used_since: i64,
+        grant: Option<&super::Grant>,
+    ) -> Result<Spend, StateError> {
+        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
+        let inner = &mut *g;
+        let revoked = revoked_in(&inner.revoked, keys, now);
+        if !revoked.is_empty() {
+            return Ok(Spend::Revoked(revoked));
+        }
+        self.mark_locked(inner, id, until, now, used_since, grant).map(Spend::Marked)
+    }
+
+    fn mark_locked(
+        &self,
+        inner: &mut Inner,
+        id: &str,
+        until: i64,
+        now: i64,
+        used_since: i64,
+        grant: Option<&super::Grant>,
+    ) -> Result<Mark, StateError> {
         if let Some(since) = self.epoch
             && used_since < since
         {
             return Ok(Mark::EpochReset { since });
         }
-        let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
-        let inner = &mut *g;
         purge(&mut inner.used, &mut inner.by_expiry, now, |e| *e);
         let key = used_key(id);
         if inner.used.get(&key).is_some_and(|e| *e >= now) {
@@ -322,8 +358,20 @@ impl StateStore for MemoryStore {
         let r = self
             .inner
             .lock()
-            .map(|g| keys.iter().filter(|k| g.revoked.get(*k).is_some_and(|exp| *exp >= now)).cloned().collect())
+            .map(|g| revoked_in(&g.revoked, keys, now))
             .map_err(|_| StateError::Unavailable("lock poisoned".into()));
+        Box::pin(async move { r })
+    }
+    fn spend<'a>(
+        &'a self,
+        keys: &'a [String],
+        id: &'a str,
+        until: i64,
+        now: i64,
+        used_since: i64,
+        grant: Option<&'a super::Grant>,
+    ) -> StateFuture<'a, Spend> {
+        let r = self.spend_now(keys, id, until, now, used_since, grant);
         Box::pin(async move { r })
     }
     fn put_nonce<'a>(&'a self, nonce: &'a str, binding: &'a str, until: i64, now: i64) -> StateFuture<'a, ()> {

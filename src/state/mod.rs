@@ -37,6 +37,15 @@ pub enum Mark {
     EpochReset { since: i64 },
 }
 
+/// What spending an assertion found ([`StateStore::spend`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spend {
+    /// These revocation keys are in force: nothing was marked, nothing recorded.
+    Revoked(Vec<String>),
+    /// None was: what marking the assertion found.
+    Marked(Mark),
+}
+
 /// What taking (or counting) a use of a use-limited grant found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Uses {
@@ -163,6 +172,18 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         used_since: i64,
         grant: Option<&'a Grant>,
     ) -> StateFuture<'a, Mark>;
+    /// The revocation check and the replay mark (and, with `grant`, the grant record) in one
+    /// atomic step, one round trip: which of `keys` are revoked now and, when none is,
+    /// [`StateStore::mark_used`]. A revoked workload's assertion is not spent.
+    fn spend<'a>(
+        &'a self,
+        keys: &'a [String],
+        id: &'a str,
+        until: i64,
+        now: i64,
+        used_since: i64,
+        grant: Option<&'a Grant>,
+    ) -> StateFuture<'a, Spend>;
     /// Is the store answering?
     fn ready(&self) -> StateFuture<'_, ()>;
     /// Stores a broker nonce, bound to `binding` (the role it was asked for), until `until`.

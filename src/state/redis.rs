@@ -20,17 +20,37 @@ use redis::aio::ConnectionManager;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
-// KEYS: epoch marker, used key, grant key, grant index, mark counter.
+// KEYS: epoch marker, used key, grant key, grant index, mark counter, confirmed epoch, then the
+// revocation keys to check.
 // ARGV: now, used PXAT ms, used_since, grant body, grant PXAT ms, grant score, grant id, the
-// highest counter this broker has seen, the epoch it last saw.
+// highest counter this broker has seen, the epoch it last saw, `1` to check revocations first.
+// With the check (a spend: the exchange's one round trip), nothing is marked when revocations
+// cannot be trusted (the same verdict as `RedisStore::revocations_hold`: code 3) or one of the
+// keys is revoked (code 4, with the 1-based positions of those revoked).
 // The counter grows with every mark and revocation; one below what a broker has seen, under the
 // epoch it saw, means the data was rolled back (a restore from an older snapshot, a failover to a
 // lagging replica: review B4), which is a loss like any other: a new epoch starts. (Under another
 // epoch the loss is known already; the counter is only lifted past what was seen.)
+// Returns {code, epoch, counter, confirmed epoch, revoked positions}.
 const MARK_SCRIPT: &str = r#"
 local seq = tonumber(redis.call('GET', KEYS[5]) or '0')
 local epoch = redis.call('GET', KEYS[1])
 local rolled_back = epoch and epoch == ARGV[9] and seq < tonumber(ARGV[8])
+if ARGV[10] == '1' then
+  local confirmed = redis.call('GET', KEYS[6]) or ''
+  if not epoch or rolled_back or confirmed ~= epoch then
+    return {3, epoch or '', seq, confirmed, {}}
+  end
+  local revoked = {}
+  for i = 7, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 1 then
+      table.insert(revoked, i - 6)
+    end
+  end
+  if #revoked > 0 then
+    return {4, epoch, seq, confirmed, revoked}
+  end
+end
 if not epoch or rolled_back then
   redis.call('SET', KEYS[1], ARGV[1])
   epoch = ARGV[1]
@@ -40,7 +60,7 @@ if seq < tonumber(ARGV[8]) then
 end
 seq = redis.call('INCR', KEYS[5])
 if tonumber(ARGV[3]) < tonumber(epoch) then
-  return {2, epoch, seq}
+  return {2, epoch, seq, '', {}}
 end
 if redis.call('SET', KEYS[2], '1', 'NX', 'PXAT', ARGV[2]) then
   if ARGV[4] ~= '' then
@@ -48,9 +68,9 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'PXAT', ARGV[2]) then
     redis.call('ZADD', KEYS[4], ARGV[6], ARGV[7])
     redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1])
   end
-  return {1, epoch, seq}
+  return {1, epoch, seq, '', {}}
 end
-return {0, epoch, seq}
+return {0, epoch, seq, '', {}}
 "#;
 
 /// A revocation: set it, and move the mark counter unless it is behind what this broker has
@@ -248,19 +268,78 @@ impl RedisStore {
             return Err(lost(epoch));
         }
         if confirmed == Some(epoch) {
-            // a confirmed epoch this broker had not seen: its counter starts from the store's
-            if let Ok(mut known) = self.seen_epoch.lock()
-                && known.as_deref() != Some(epoch)
-            {
-                *known = Some(epoch.to_owned());
-                self.seen_seq.store(seq, std::sync::atomic::Ordering::SeqCst);
-            }
-            // every read teaches this broker the counter, so it sees a rollback of writes other
-            // replicas made (not only its own)
-            self.seen_seq.fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+            self.learn(epoch, seq);
             return Ok(());
         }
         Err(lost(epoch))
+    }
+
+    /// What a read under a confirmed `epoch` teaches this broker: the epoch, and the counter.
+    fn learn(&self, epoch: &str, seq: i64) {
+        // a confirmed epoch this broker had not seen: its counter starts from the store's
+        if let Ok(mut known) = self.seen_epoch.lock()
+            && known.as_deref() != Some(epoch)
+        {
+            *known = Some(epoch.to_owned());
+            self.seen_seq.store(seq, std::sync::atomic::Ordering::SeqCst);
+        }
+        // every read teaches this broker the counter, so it sees a rollback of writes other
+        // replicas made (not only its own)
+        self.seen_seq.fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The mark script: with `revocations`, the spend (the keys checked first, nothing marked
+    /// when one is revoked or revocations cannot be trusted).
+    async fn mark_script(
+        &self,
+        revocations: Option<&[String]>,
+        id: &str,
+        until: i64,
+        now: i64,
+        issued_at: i64,
+        grant: Option<&super::Grant>,
+    ) -> Result<super::Spend, StateError> {
+        let mut c = self.conn().await?;
+        let body = match grant {
+            Some(g) => serde_json::to_string(g).map_err(unavailable)?,
+            None => String::new(),
+        };
+        let seen = self.seen_seq.load(std::sync::atomic::Ordering::SeqCst);
+        let mut inv = self.mark.prepare_invoke();
+        inv.key(self.key("meta", "epoch")).key(self.key("used", id));
+        inv.key(self.key("grant", grant.map_or("-", |g| g.id.as_str()))).key(self.key("meta", "grants"));
+        inv.key(self.key("meta", "seq")).key(self.key("meta", "revocations"));
+        for k in revocations.unwrap_or_default() {
+            inv.key(self.key("revoked", k));
+        }
+        // Epoch and issue times in whole seconds (NumericDate): an assertion issued in the
+        // second the epoch began is accepted.
+        inv.arg(now).arg(until.max(now + 1) * 1000).arg(issued_at);
+        let grant_exp = grant.map_or(now + 1, |g| g.expires_at.max(now + 1));
+        inv.arg(body).arg(grant_exp * 1000).arg(grant_exp).arg(grant.map_or("", |g| g.id.as_str()));
+        inv.arg(seen);
+        inv.arg(self.seen_epoch.lock().ok().and_then(|e| e.clone()).unwrap_or_default());
+        inv.arg(if revocations.is_some() { "1" } else { "" });
+        let (code, epoch, seq, confirmed, revoked): (i64, String, i64, String, Vec<usize>) =
+            self.bounded(inv.invoke_async(&mut c)).await?;
+        if revocations.is_some() {
+            if code == 3 {
+                // the verdict of a plain lookup, with what it would teach
+                let (epoch, confirmed) =
+                    ((!epoch.is_empty()).then_some(&*epoch), (!confirmed.is_empty()).then_some(&*confirmed));
+                self.revocations_hold(epoch, confirmed, Some(&seq.to_string()), seen)?;
+                return Err(StateError::RevocationsLost(epoch.unwrap_or("unknown").to_owned()));
+            }
+            self.learn(&epoch, seq);
+        }
+        self.seen_seq.fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+        let keys = revocations.unwrap_or_default();
+        Ok(match code {
+            4 => super::Spend::Revoked(revoked.iter().filter_map(|i| keys.get(i.wrapping_sub(1)).cloned()).collect()),
+            1 => super::Spend::Marked(Mark::Fresh),
+            2 => super::Spend::Marked(Mark::EpochReset { since: epoch.parse().unwrap_or(now) }),
+            _ => super::Spend::Marked(Mark::AlreadyUsed),
+        })
     }
 
     async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, StateError> {
@@ -362,30 +441,23 @@ impl StateStore for RedisStore {
         grant: Option<&'a super::Grant>,
     ) -> StateFuture<'a, Mark> {
         Box::pin(async move {
-            let mut c = self.conn().await?;
-            let body = match grant {
-                Some(g) => serde_json::to_string(g).map_err(unavailable)?,
-                None => String::new(),
-            };
-            let mut inv = self.mark.prepare_invoke();
-            inv.key(self.key("meta", "epoch")).key(self.key("used", id));
-            inv.key(self.key("grant", grant.map_or("-", |g| g.id.as_str()))).key(self.key("meta", "grants"));
-            inv.key(self.key("meta", "seq"));
-            // Epoch and issue times in whole seconds (NumericDate): an assertion issued in the
-            // second the epoch began is accepted.
-            inv.arg(now).arg(until.max(now + 1) * 1000).arg(issued_at);
-            let grant_exp = grant.map_or(now + 1, |g| g.expires_at.max(now + 1));
-            inv.arg(body).arg(grant_exp * 1000).arg(grant_exp).arg(grant.map_or("", |g| g.id.as_str()));
-            inv.arg(self.seen_seq.load(std::sync::atomic::Ordering::Relaxed));
-            inv.arg(self.seen_epoch.lock().ok().and_then(|e| e.clone()).unwrap_or_default());
-            let (code, epoch, seq): (i64, i64, i64) = self.bounded(inv.invoke_async(&mut c)).await?;
-            self.seen_seq.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
-            Ok(match code {
-                1 => Mark::Fresh,
-                2 => Mark::EpochReset { since: epoch },
-                _ => Mark::AlreadyUsed,
-            })
+            match self.mark_script(None, id, until, now, issued_at, grant).await? {
+                super::Spend::Marked(mark) => Ok(mark),
+                // (the script checks no revocation without keys to check)
+                super::Spend::Revoked(_) => Err(unavailable("a mark answered a revocation")),
+            }
         })
+    }
+    fn spend<'a>(
+        &'a self,
+        keys: &'a [String],
+        id: &'a str,
+        until: i64,
+        now: i64,
+        used_since: i64,
+        grant: Option<&'a super::Grant>,
+    ) -> StateFuture<'a, super::Spend> {
+        Box::pin(self.mark_script(Some(keys), id, until, now, used_since, grant))
     }
 
     fn consume<'a>(

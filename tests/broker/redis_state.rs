@@ -397,3 +397,98 @@ async fn outbox_items_are_leased_once_until_done() {
     b.outbox_done("o1", t).await.unwrap();
     assert!(a.outbox_lease(t + 100, 30, 10).await.unwrap().is_empty(), "done");
 }
+
+/// The calls each command of the test Redis has answered (`INFO commandstats`).
+async fn command_calls(redis: &Redis) -> std::collections::BTreeMap<String, u64> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// The exchange's one round trip: the revocation check, the replay mark and the grant record in
+/// one script call. A revoked workload's assertion is not spent and no grant is recorded; the
+/// twin: the same call with no revocation in force spends it and records the grant, and a second
+/// spend is a replay.
+#[tokio::test]
+async fn a_spend_checks_revocations_marks_and_records_in_one_round_trip() {
+    use ephemera::state::Spend;
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b) = (redis.store(), redis.store());
+    let t = now();
+    let iat = t + 2;
+    let grant = ephemera::state::Grant {
+        id: "jti-s".into(),
+        subject: "svc".into(),
+        task: "run-1".into(),
+        role: "deploy".into(),
+        kind: "jwt".into(),
+        issued_at: t,
+        expires_at: t + 300,
+        issuer: String::new(),
+        provider: "ci".into(),
+        audience: None,
+        session: None,
+    };
+    let keys = vec!["task:ci:run-1".to_owned(), "subject:ci:svc".to_owned(), "role:deploy".to_owned()];
+    b.revoke("subject:ci:svc", t + 3600, t).await.unwrap();
+    b.revoke("role:deploy", t + 3600, t).await.unwrap();
+    // (connected, and the script loaded: neither is the exchange's own)
+    assert_eq!(a.spend(&[], "warm-up", t + 300, t, iat, None).await, Ok(Spend::Marked(Mark::Fresh)));
+    let before = command_calls(&redis).await;
+    let spent = a.spend(&keys, "tok-s", t + 300, t, iat, Some(&grant)).await;
+    let after = command_calls(&redis).await;
+    assert_eq!(spent, Ok(Spend::Revoked(vec!["subject:ci:svc".to_owned(), "role:deploy".to_owned()])));
+    assert!(b.grants(t).await.unwrap().is_empty(), "no grant recorded for a revoked workload");
+    // One call from the client: the script. (Commandstats also counts what a script calls; the
+    // INFO between is the test's own.) Before, the lookup was an MGET of its own.
+    let delta = |cmd: &str| after.get(cmd).copied().unwrap_or(0) - before.get(cmd).copied().unwrap_or(0);
+    assert_eq!(delta("evalsha"), 1, "{before:?} -> {after:?}");
+    let by_script = ["get", "exists", "set", "incr", "zadd", "zremrangebyscore", "info"];
+    let others: u64 =
+        after.keys().filter(|k| !by_script.contains(&k.as_str()) && *k != "evalsha").map(|k| delta(k)).sum();
+    assert_eq!(others, 0, "{before:?} -> {after:?}");
+    // the twin: nothing revoked for these keys; the assertion was not spent by the refusal
+    let other = vec!["task:ci:run-2".to_owned()];
+    assert_eq!(a.spend(&other, "tok-s", t + 300, t, iat, Some(&grant)).await, Ok(Spend::Marked(Mark::Fresh)));
+    assert_eq!(b.grants(t).await.unwrap(), vec![grant.clone()]);
+    assert_eq!(b.spend(&other, "tok-s", t + 300, t, iat, None).await, Ok(Spend::Marked(Mark::AlreadyUsed)));
+    // revocations that cannot be trusted (the data was lost) refuse, and spend nothing
+    redis_cmd(&redis, &["FLUSHALL"]).await;
+    let flushed = command_calls(&redis).await;
+    assert!(matches!(a.spend(&other, "tok-l", t + 300, t, iat, None).await, Err(StateError::RevocationsLost(_))));
+    assert_eq!(command_calls(&redis).await.get("incr"), flushed.get("incr"), "nothing marked");
+    let late = t + 10;
+    a.confirm_reset(late).await.unwrap();
+    assert_eq!(a.spend(&other, "tok-l", late + 300, late, late, None).await, Ok(Spend::Marked(Mark::Fresh)));
+}
+
+/// A spend under an epoch this broker saw, with the counter rolled back below what it saw, is
+/// a loss of revocations too: refused, nothing spent (the verdict a lookup gives).
+#[tokio::test]
+async fn a_spend_after_a_rollback_refuses_and_spends_nothing() {
+    use ephemera::state::Spend;
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let store = redis.store();
+    let t = now();
+    let iat = t + 2;
+    let keys = vec!["role:deploy".to_owned()];
+    assert_eq!(store.spend(&keys, "one", t + 300, t, iat, None).await, Ok(Spend::Marked(Mark::Fresh)));
+    assert_eq!(store.spend(&keys, "two", t + 300, t, iat, None).await, Ok(Spend::Marked(Mark::Fresh)));
+    redis_cmd(&redis, &["SET", "{test}:meta:seq", "1"]).await;
+    assert!(matches!(store.spend(&keys, "three", t + 300, t, iat, None).await, Err(StateError::RevocationsLost(_))));
+    assert!(matches!(store.revoked(&keys, t).await, Err(StateError::RevocationsLost(_))), "as a lookup says");
+    // (the twin, a spend before the rollback, is the first two above)
+}

@@ -345,6 +345,40 @@ def test_a_mistyped_task_matches_nothing_and_is_not_recorded_unless_forced(site)
     assert site.active(live) is True  # neither ended the live grant
 
 
+@pytest.mark.parametrize("expired", [False, True], ids=["live", "no-lifetime-left"])
+def test_a_revoked_tasks_assertion_is_refused_unspent_and_exchanges_once_lifted(site, expired):
+    """The revocation check and the replay mark are one step (issue 18): the same assertion of a
+    revoked task is refused `policy_denied` naming the revocation, and is not spent, so it
+    exchanges once the revocation is lifted; a second use is then a replay. `no-lifetime-left`:
+    an assertion past its `exp` but within the leeway, which has no lifetime to give: the
+    revocation is still the reason it is refused (as when revocations were read before the
+    decision), and after the lift it is `token_expired`, never spent."""
+    task = f"{GH_REPOSITORY_ID}/601/1"
+    key = f"task:gh:{task}"
+    t = now()
+    times = {"iat": t - 200, "nbf": t - 200, "exp": t - 5} if expired else {}
+    assertion = site.assertion(run_id="601", **times)
+    revoked = site.cli("revoke", "--task", task, "--provider", "gh", "--force", "--json")  # no grant yet
+    assert json_out(revoked)["revoked"] == key
+    for _ in range(2):
+        refused = site.broker.exchange(assertion, role="deploy2")
+        assert refused.status == 400 and refused.reason == "policy_denied", refused
+        assert f"revoked ({key})" in refused.description, refused
+        record = site.broker.audit_record(refused.decision_id)
+        assert record["decision"] == "deny" and record["reason"] == "policy_denied", record
+        assert key in record["detail"] and "credential" not in record, record
+    res = site.cli("revocations", "remove", key)
+    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr)
+    again = site.broker.exchange(assertion, role="deploy2")
+    if expired:
+        assert again.status == 400 and again.reason == "token_expired", again
+        assert site.broker.exchange(assertion, role="deploy2").reason == "token_expired"
+    else:
+        assert again.status == 200, again  # not spent by the refusals
+        replay = site.broker.exchange(assertion, role="deploy2")
+        assert replay.status == 400 and replay.reason == "token_replayed", replay
+
+
 @pytest.mark.parametrize("kind", ["grant", "task", "subject", "role", "issuer"])
 def test_revoke_by_each_key_ends_those_grants_and_no_other(site, kind):
     """Six live grants that differ in one thing each from A; each kind of revocation must end
