@@ -403,9 +403,9 @@ fn main() {
     }
     group.finish();
 
-    // The policy decision alone (profile + Cedar) for a realistic GitHub claim set, with 1, 100
-    // and 10,000 roles loaded: roles are found by name, and each has its own Cedar slice, so the
-    // cost should not grow with the number of roles.
+    // The policy decision alone (the native evaluator, and Cedar beside it on the same role) for a
+    // realistic GitHub claim set, with 1, 100 and 10,000 roles loaded: roles are found by name,
+    // and each has its own slice, so the cost should not grow with the number of roles.
     let verified = ephemera_providers::verify_token(&issuer.token(now), &rules, &keys, now).unwrap();
     let mut group = c.benchmark_group("decide");
     for n in [1usize, 100, 10_000] {
@@ -417,6 +417,19 @@ fn main() {
         group.bench_function(format!("roles_{n}"), |bench| {
             bench.iter(|| {
                 let d = config.engine.decide(
+                    &role.policy,
+                    &workload,
+                    verified.claims(),
+                    ISSUER,
+                    &ephemera::policy::At { times: (now, now, now + 300), revoked: &[], details: None },
+                );
+                assert!(d.allows(), "{:?}", d.reasons());
+            })
+        });
+        // the reference engine on the same role (the native evaluator is held to it)
+        group.bench_function(format!("cedar_roles_{n}"), |bench| {
+            bench.iter(|| {
+                let d = config.engine.decide_cedar(
                     &role.policy,
                     &workload,
                     verified.claims(),
@@ -490,7 +503,12 @@ fn main() {
     }
     for n in [1, 100, 10_000] {
         if let Some(d) = mean_ns(&format!("decide/roles_{n}")) {
-            println!("decide with {n} roles: {:.1} us ({:.2} x crypto floor)", d / 1e3, d / (v + s));
+            println!("decide with {n} roles: {:.2} us ({:.3} x crypto floor)", d / 1e3, d / (v + s));
+        }
+        if let (Some(d), Some(cedar)) =
+            (mean_ns(&format!("decide/roles_{n}")), mean_ns(&format!("decide/cedar_roles_{n}")))
+        {
+            println!("  Cedar on the same role: {:.1} us ({:.0} x the native evaluator)", cedar / 1e3, cedar / d);
         }
     }
 }

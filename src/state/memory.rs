@@ -4,7 +4,7 @@
 
 use super::{Mark, Spend, StateError, StateFuture, StateStore};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::Mutex;
 
 #[derive(Debug, Default)]
@@ -13,8 +13,9 @@ struct Inner {
     by_expiry: BinaryHeap<Reverse<(i64, UsedKey)>>,
     nonces: HashMap<String, (i64, String)>,
     nonces_by_expiry: BinaryHeap<Reverse<(i64, String)>>,
-    grants: HashMap<String, super::Grant>,
-    grants_by_expiry: BinaryHeap<Reverse<(i64, String)>>,
+    /// The grant inventory, in expiry order, each grant packed into one allocation
+    /// ([`packed`]): about a third of the memory a map of [`super::Grant`]s held.
+    grants: BTreeSet<(i64, Box<[u8]>)>,
     revoked: HashMap<String, i64>,
     /// Uses taken of use-limited grants: grant id → (taken, until).
     uses: HashMap<String, (u32, i64)>,
@@ -50,6 +51,79 @@ pub(super) fn used_key(id: &str) -> UsedKey {
         key.copy_from_slice(ctx.finish().as_ref());
     }
     key
+}
+
+/// A grant in one allocation: its text fields, each a little-endian `u32` length then the
+/// bytes, then `issued_at`; `audience` and `session` with a leading byte saying whether they are
+/// there. The expiry is the inventory's key beside it.
+mod packed {
+    use super::super::Grant;
+
+    fn put(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                out.push(1);
+                put(out, s);
+            }
+            None => out.push(0),
+        }
+    }
+
+    pub(super) fn pack(g: &Grant) -> Box<[u8]> {
+        let texts = [&g.id, &g.subject, &g.task, &g.role, &g.kind, &g.issuer, &g.provider];
+        let extra = g.audience.as_ref().map_or(0, String::len) + g.session.as_ref().map_or(0, String::len);
+        // the texts with their lengths, two flags, the optional texts with theirs, issued_at
+        let len = texts.iter().map(|t| 4 + t.len()).sum::<usize>() + 2 + 8 + extra + 8;
+        let mut out = Vec::with_capacity(len);
+        for t in texts {
+            put(&mut out, t);
+        }
+        put_opt(&mut out, g.audience.as_deref());
+        put_opt(&mut out, g.session.as_deref());
+        out.extend_from_slice(&g.issued_at.to_le_bytes());
+        out.into_boxed_slice()
+    }
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl Reader<'_> {
+        fn take(&mut self, n: usize) -> Option<&[u8]> {
+            let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+            self.0 = rest;
+            Some(head)
+        }
+        fn text(&mut self) -> Option<String> {
+            let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+            String::from_utf8(self.take(len)?.to_vec()).ok()
+        }
+        fn opt(&mut self) -> Option<Option<String>> {
+            match self.take(1)? {
+                [0] => Some(None),
+                _ => self.text().map(Some),
+            }
+        }
+    }
+
+    pub(super) fn unpack(expires_at: i64, bytes: &[u8]) -> Option<Grant> {
+        let mut r = Reader(bytes);
+        let (id, subject, task, role, kind, issuer, provider) =
+            (r.text()?, r.text()?, r.text()?, r.text()?, r.text()?, r.text()?, r.text()?);
+        let (audience, session) = (r.opt()?, r.opt()?);
+        let issued_at = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        Some(Grant { id, subject, task, role, kind, issued_at, expires_at, issuer, provider, audience, session })
+    }
+}
+
+/// Drops the grants that expired before `now` (the first in the set's order).
+fn purge_grants(grants: &mut BTreeSet<(i64, Box<[u8]>)>, now: i64) {
+    while grants.first().is_some_and(|(exp, _)| *exp < now) {
+        grants.pop_first();
+    }
 }
 
 /// Drops the entries of `map` whose expiry (as `expiry` reads it) is before `now`, guided by the
@@ -162,12 +236,11 @@ impl MemoryStore {
             return Err(StateError::Full(inner.used.len()));
         }
         if let Some(g) = grant {
-            purge(&mut inner.grants, &mut inner.grants_by_expiry, now, |x| x.expires_at);
+            purge_grants(&mut inner.grants, now);
             if inner.grants.len() >= self.max_entries {
                 return Err(StateError::Full(inner.grants.len()));
             }
-            inner.grants.insert(g.id.clone(), g.clone());
-            inner.grants_by_expiry.push(Reverse((g.expires_at, g.id.clone())));
+            inner.grants.insert((g.expires_at, packed::pack(g)));
         }
         inner.used.insert(key, until);
         inner.by_expiry.push(Reverse((until, key)));
@@ -204,12 +277,11 @@ impl MemoryStore {
     pub(super) fn record_grant_now(&self, grant: &super::Grant, now: i64) -> Result<(), StateError> {
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
         let inner = &mut *g;
-        purge(&mut inner.grants, &mut inner.grants_by_expiry, now, |x| x.expires_at);
+        purge_grants(&mut inner.grants, now);
         if inner.grants.len() >= self.max_entries {
             return Err(StateError::Full(inner.grants.len()));
         }
-        inner.grants.insert(grant.id.clone(), grant.clone());
-        inner.grants_by_expiry.push(Reverse((grant.expires_at, grant.id.clone())));
+        inner.grants.insert((grant.expires_at, packed::pack(grant)));
         Ok(())
     }
 
@@ -346,7 +418,10 @@ impl StateStore for MemoryStore {
         let r = self
             .inner
             .lock()
-            .map(|g| g.grants.values().filter(|x| x.expires_at >= now).cloned().collect())
+            .map(|g| {
+                let live = g.grants.range((now, Box::default())..);
+                live.filter_map(|(exp, bytes)| packed::unpack(*exp, bytes)).collect()
+            })
             .map_err(|_| StateError::Unavailable("lock poisoned".into()));
         Box::pin(async move { r })
     }
@@ -470,8 +545,25 @@ mod tests {
         s.record_grant_now(&grant("b", 200), 0).unwrap();
         assert_eq!(s.record_grant_now(&grant("c", 300), 50), Err(StateError::Full(2)));
         s.record_grant_now(&grant("c", 300), 101).unwrap();
-        let ids: Vec<String> = s.inner.lock().unwrap().grants.keys().cloned().collect();
-        assert!(ids.contains(&"b".to_owned()) && ids.contains(&"c".to_owned()) && ids.len() == 2, "{ids:?}");
+        let ids: Vec<String> = ready(s.grants(101)).unwrap().into_iter().map(|g| g.id).collect();
+        assert_eq!(ids, ["b", "c"]);
+        assert_eq!(s.inner.lock().unwrap().grants.len(), 2, "a's room was taken back");
+    }
+
+    /// A packed grant reads back whole, with and without its optional fields, whatever its text.
+    #[test]
+    fn a_packed_grant_reads_back_whole() {
+        let mut g = crate::state::Grant::for_test("jti-é", 900);
+        g.subject = "repo:acme/app:ref:refs/heads/main".into();
+        g.issued_at = -5;
+        assert_eq!(packed::unpack(900, &packed::pack(&g)), Some(g.clone()));
+        g.audience = Some("https://partner.example".into());
+        g.session = Some(String::new());
+        g.task = "日本".into();
+        assert_eq!(packed::unpack(900, &packed::pack(&g)), Some(g.clone()));
+        // the twin: a cut record reads as nothing, never as another grant
+        let bytes = packed::pack(&g);
+        assert_eq!(packed::unpack(900, &bytes[..bytes.len() - 1]), None);
     }
 
     #[test]
