@@ -409,14 +409,23 @@ struct DenialRow {
 
 /// "in 4m 10s", "3h 2m ago": a duration a person reads.
 fn span(secs: i64) -> String {
-    let s = secs.unsigned_abs();
-    let text = match s {
+    let text = duration(secs.unsigned_abs());
+    if secs >= 0 { format!("in {text}") } else { format!("{text} ago") }
+}
+
+/// "0s ago", "3h 2m ago": when something that has happened happened. An event of this second
+/// is "0s ago", never "in 0s" (a grant's last use read `in 0s` on the page right after it).
+fn ago(at: i64, now: i64) -> String {
+    format!("{} ago", duration(now.saturating_sub(at).max(0).unsigned_abs()))
+}
+
+fn duration(s: u64) -> String {
+    match s {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m {}s", s / 60, s % 60),
         3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
-    };
-    if secs >= 0 { format!("in {text}") } else { format!("{text} ago") }
+    }
 }
 
 /// `GET /admin/`: the page, to a session; otherwise to the login.
@@ -479,9 +488,9 @@ pub(super) async fn inventory(State(app): State<Arc<App>>, headers: HeaderMap) -
                 kind: r.credential.kind().as_str(),
                 max_ttl: r.max_ttl.as_secs(),
                 last: u.map(|u| rfc3339(u.last)),
-                ago: u.map(|u| span(u.last - now)),
+                ago: u.map(|u| ago(u.last, now)),
                 workloads: u
-                    .map(|u| u.workloads.iter().map(|(p, s, t)| (p.clone(), s.clone(), span(t - now))).collect())
+                    .map(|u| u.workloads.iter().map(|(p, s, t)| (p.clone(), s.clone(), ago(*t, now))).collect())
                     .unwrap_or_default(),
                 live: live.get(r.name.as_str()).copied().unwrap_or_default(),
             }
@@ -532,6 +541,10 @@ mod tests {
         assert_eq!(span(250), "in 4m 10s");
         assert_eq!(span(-(3 * 3600 + 120)), "3h 2m ago");
         assert_eq!(span(2 * 86_400 + 3600), "in 2d 1h");
+        // what has happened is never "in": this second, and a clock a second behind the record
+        assert_eq!(ago(100, 100), "0s ago");
+        assert_eq!(ago(101, 100), "0s ago");
+        assert_eq!(ago(100 - 250, 100), "4m 10s ago");
     }
 
     #[test]

@@ -527,13 +527,14 @@ class Monitor:
         self.sock.close()
 
 
-def test_an_exchange_makes_two_redis_round_trips(ephemera_bin, tmp_path, mock_issuer):
-    """README 690-694: marking is "a Lua script: the epoch check, `SET NX PXAT`, and for a fresh
-    mark the grant record, in one round trip"; "An exchange makes two Redis round trips: the
-    revocation lookup before the Cedar decision, the mark after it". Counted with MONITOR on a
-    real redis-server around one exchange, once the broker has loaded its script (its very first
-    mark on a server that never saw the script costs the EVALSHA that answers NOSCRIPT and the
-    load: see the first count below)."""
+def test_an_exchange_makes_one_redis_round_trip(ephemera_bin, tmp_path, mock_issuer):
+    """README 1187-1199: marking is "a Lua script: the epoch check, `SET NX PXAT`, and for a fresh
+    mark the grant record, in one round trip"; "An exchange makes one Redis round trip for its
+    state" (the revocation check, the mark and the grant record in one script: issue 18); "Any
+    refusal before the spend looks the revocations up first". Counted with MONITOR on a real
+    redis-server around one exchange, once the broker has loaded its script (its very first mark
+    on a server that never saw the script costs the EVALSHA that answers NOSCRIPT and the load:
+    see the first count below)."""
     require_peer("redis-server", shutil.which("redis-server") is not None,
                  "apt-get install redis-server (scripts/test installs it)")
     port = free_port()
@@ -573,21 +574,22 @@ def test_an_exchange_makes_two_redis_round_trips(ephemera_bin, tmp_path, mock_is
             finally:
                 mon.close()
 
-        # the first mark on a server that has not seen the script: EVALSHA answers NOSCRIPT, the
-        # redis crate sends SCRIPT LOAD and EVALSHA again (four round trips, once per server's
+        # the first spend on a server that has not seen the script: EVALSHA answers NOSCRIPT, the
+        # redis crate sends SCRIPT LOAD and EVALSHA again (three round trips, once per server's
         # script cache: after a Redis restart or SCRIPT FLUSH too)
-        assert one_exchange() == ["MGET", "EVALSHA", "SCRIPT", "EVALSHA"]
+        assert one_exchange() == ["EVALSHA", "SCRIPT", "EVALSHA"]
         for _ in range(3):
-            assert one_exchange() == ["MGET", "EVALSHA"]
-        # the twin of the count: a denied exchange stops after the revocation lookup (the policy
-        # refuses before the mark), so the count is of the exchange, not of the connection
+            assert one_exchange() == ["EVALSHA"]
+        # the twin of the count: a denied exchange never spends, it looks the revocations up (one
+        # MGET, so its refusal can name a revocation in force) and stops; the count is of the
+        # exchange, not of the connection
         mon = Monitor(port)
         try:
             r = b.exchange(mock_issuer.token(ref="refs/heads/dev"))
             assert r.status == 400 and r.reason == "policy_denied", r
             r = b.exchange(mock_issuer.token())
             assert r.status == 200, r
-            assert mon.commands_until_marker(port) == ["MGET", "MGET", "EVALSHA"]
+            assert mon.commands_until_marker(port) == ["MGET", "EVALSHA"]
         finally:
             mon.close()
         b.stop()

@@ -371,16 +371,26 @@ def browser(tmp_path):
 
 
 def submit(drv, button):
-    """Clicks a form's button and waits until the next page has loaded (the old one gone)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec_
+    """Clicks a form's button and waits until the next page has loaded (the old one gone).
+
+    The old page is recognised by a mark set on its window, not by a reference to one of its
+    elements: asking chromedriver whether an element of a page being replaced is stale races the
+    navigation (it may answer "Node with given id does not belong to the document" instead of
+    stale; a failed CI run showed it)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = drv.find_element(By.TAG_NAME, "html")
+    drv.execute_script("window.__ephemeraOldPage = true;")
     button.click()
-    wait = WebDriverWait(drv, 30, poll_frequency=0.05)
-    wait.until(ec_.staleness_of(old))
-    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+    def loaded(d):
+        try:
+            return d.execute_script(
+                "return window.__ephemeraOldPage === undefined && document.readyState === 'complete';")
+        except WebDriverException:
+            return False  # mid-navigation: ask again
+
+    WebDriverWait(drv, 30, poll_frequency=0.05).until(loaded)
 
 
 def full_page_screenshot(drv, path: Path):
