@@ -87,7 +87,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                          f"{RSS_CONCURRENCY} and write the flame graph here as SVG (needs perf and inferno)")
     ap.add_argument("--flamegraph-seconds", type=float, default=8, help="length of the profiled cell")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1 round of 2 s at concurrency 1,32, variants audit-tmpfs,redis,replay-off")
+                    help="smoke run: 1 round of 2 s at concurrency 1,32, variants audit-tmpfs,redis,memory")
     ap.add_argument("--json", type=Path, help="write every cell and the summary here")
     ap.add_argument("--floor-json", type=Path, help="the criterion bench's crypto floor (rs256_verify_ns, ...)")
     ap.add_argument("--ephemera-bin", type=Path, default=os.environ.get("EPHEMERA_BIN"),
@@ -99,7 +99,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the run's directory")
     if "--quick" in argv:  # other defaults; flags given explicitly still win
         ap.set_defaults(rounds=1, duration=2, concurrency=[1, 32], rss_seconds=0, variant_rounds=1, warmup=1,
-                        pause=0.5, variants=["audit-tmpfs", "redis", "replay-off"])
+                        pause=0.5, variants=["audit-tmpfs", "redis", "memory"])
     args = ap.parse_args(argv)
     args.variants = [v for v in args.variants if v != "none"]
     for name in args.targets:
