@@ -42,6 +42,26 @@ pub enum Check {
 }
 
 impl Check {
+    /// The check's name, as it is serialised (`claim_types`): no allocation, the exchange names
+    /// every check of its trace.
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Size => "size",
+            Check::Structure => "structure",
+            Check::Algorithm => "algorithm",
+            Check::Header => "header",
+            Check::Issuer => "issuer",
+            Check::Key => "key",
+            Check::Signature => "signature",
+            Check::ClaimTypes => "claim_types",
+            Check::Audience => "audience",
+            Check::Expiry => "expiry",
+            Check::NotBefore => "not_before",
+            Check::IssuedAt => "issued_at",
+            Check::Lifetime => "lifetime",
+        }
+    }
+
     /// What the check establishes, for people.
     pub fn describe(self) -> &'static str {
         match self {
@@ -64,8 +84,7 @@ impl Check {
 
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        f.write_str(&s)
+        f.write_str(self.name())
     }
 }
 
@@ -236,6 +255,15 @@ pub use ephemera_untrusted::escape_untrusted;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A check's name is its serialised form (explain --json and the trace show both).
+    #[test]
+    fn a_checks_name_is_its_serialised_form() {
+        for &c in CHECKS {
+            assert_eq!(serde_json::to_value(c).unwrap(), serde_json::Value::from(c.name()), "{c:?}");
+            assert_eq!(c.to_string(), c.name());
+        }
+    }
 
     #[test]
     fn time_refusals_state_the_clock_and_every_token_time() {

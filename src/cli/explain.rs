@@ -193,7 +193,7 @@ fn print_trace(t: &Trace, allow: bool, reason: Option<&str>, description: Option
                 CheckStatus::Fail => "FAIL",
                 CheckStatus::NotReached => "  - ",
             };
-            outln!("  {mark}  {:<11} {}", c.check.to_string(), c.detail.as_deref().unwrap_or(c.description));
+            outln!("  {mark}  {:<11} {}", c.check, c.detail.as_deref().unwrap_or(c.description));
         }
     }
     if let Some(ev) = &t.evidence {

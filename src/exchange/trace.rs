@@ -18,7 +18,7 @@ pub enum CheckStatus {
 /// How one verification check fared, with what it checks.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckOutcome {
-    pub check: String,
+    pub check: &'static str,
     pub description: &'static str,
     pub status: CheckStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,7 +112,7 @@ impl Trace {
                 } else {
                     (CheckStatus::Pass, None)
                 };
-                CheckOutcome { check: c.to_string(), description: c.describe(), status, detail }
+                CheckOutcome { check: c.name(), description: c.describe(), status, detail }
             })
             .collect();
     }

@@ -104,7 +104,7 @@ async fn verify_token(
 fn attest(verifier: &Verifier, token: &SubjectToken, now: i64, trace: &mut Trace) -> Result<Evidence, ExchangeError> {
     let verified = verifier.verify(token.expose(), now);
     trace.checks = vec![CheckOutcome {
-        check: "attestation".into(),
+        check: "attestation",
         description: "document structure, signature, certificate chain to the pinned root at its time and now, freshness",
         status: if verified.is_ok() { CheckStatus::Pass } else { CheckStatus::Fail },
         detail: verified.as_ref().err().map(ToString::to_string),
