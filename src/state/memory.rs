@@ -9,8 +9,7 @@ use std::sync::Mutex;
 
 #[derive(Debug, Default)]
 struct Inner {
-    used: HashMap<UsedKey, i64>,
-    by_expiry: BinaryHeap<Reverse<(i64, UsedKey)>>,
+    used: Used,
     nonces: HashMap<String, (i64, String)>,
     nonces_by_expiry: BinaryHeap<Reverse<(i64, String)>>,
     /// The grant inventory, in expiry order, each grant packed into one allocation
@@ -21,6 +20,61 @@ struct Inner {
     uses: HashMap<String, (u32, i64)>,
     /// The outbox: id → item.
     outbox: HashMap<String, super::Outgoing>,
+}
+
+/// The used assertions: id → until. There is no expiry index beside the map (it held a second
+/// copy of every key, 40 bytes an exchange): expired entries are swept by one pass over the map,
+/// only when one may have expired (`earliest`) and the map is at its cap or has doubled since the
+/// last pass, so a pass costs O(1) per insert amortised and the map holds at most twice the live
+/// entries (and 1,024). At the cap every expired entry is gone before `Full` is answered, so the
+/// cap counts live entries only, as before.
+#[derive(Debug)]
+struct Used {
+    map: HashMap<UsedKey, i64>,
+    /// No entry expires before this (a lower bound; `i64::MAX`: none can).
+    earliest: i64,
+    /// The entries left by the last pass.
+    swept: usize,
+}
+
+impl Default for Used {
+    fn default() -> Self {
+        Used { map: HashMap::new(), earliest: i64::MAX, swept: 0 }
+    }
+}
+
+impl Used {
+    /// Drops the expired entries when it is time to (see [`Used`]).
+    fn sweep(&mut self, now: i64, cap: usize) {
+        let len = self.map.len();
+        if self.earliest >= now || (len < cap && len < 2 * self.swept.max(512)) {
+            return;
+        }
+        self.map.retain(|_, until| *until >= now);
+        self.earliest = self.map.values().copied().min().unwrap_or(i64::MAX);
+        self.swept = self.map.len();
+    }
+
+    fn is_used(&self, key: &UsedKey, now: i64) -> bool {
+        self.map.get(key).is_some_and(|until| *until >= now)
+    }
+
+    /// Marks `key` used until `until` (a fresh mark: whatever it held had expired).
+    fn set(&mut self, key: UsedKey, until: i64) {
+        self.map.insert(key, until);
+        self.earliest = self.earliest.min(until);
+    }
+
+    /// Marks `key` used until `until` (or later, if it already was).
+    fn insert(&mut self, key: UsedKey, until: i64) {
+        let kept = self.map.entry(key).or_insert(until);
+        *kept = (*kept).max(until);
+        self.earliest = self.earliest.min(until);
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
 }
 
 /// A used-assertion id as the map holds it: 32 bytes, not a 64-character string (the pipeline's
@@ -227,9 +281,9 @@ impl MemoryStore {
         {
             return Ok(Mark::EpochReset { since });
         }
-        purge(&mut inner.used, &mut inner.by_expiry, now, |e| *e);
+        inner.used.sweep(now, self.max_entries);
         let key = used_key(id);
-        if inner.used.get(&key).is_some_and(|e| *e >= now) {
+        if inner.used.is_used(&key, now) {
             return Ok(Mark::AlreadyUsed);
         }
         if inner.used.len() >= self.max_entries {
@@ -242,8 +296,7 @@ impl MemoryStore {
             }
             inner.grants.insert((g.expires_at, packed::pack(g)));
         }
-        inner.used.insert(key, until);
-        inner.by_expiry.push(Reverse((until, key)));
+        inner.used.set(key, until);
         Ok(Mark::Fresh)
     }
 
@@ -253,13 +306,11 @@ impl MemoryStore {
         let Ok(key) = <UsedKey>::try_from(key) else { return Ok(()) };
         let mut g = self.inner.lock().map_err(|_| StateError::Unavailable("lock poisoned".into()))?;
         let inner = &mut *g;
-        purge(&mut inner.used, &mut inner.by_expiry, now, |e| *e);
+        inner.used.sweep(now, self.max_entries);
         if inner.used.len() >= self.max_entries {
             return Err(StateError::Full(inner.used.len()));
         }
-        let kept = inner.used.entry(key).or_insert(until);
-        *kept = (*kept).max(until);
-        inner.by_expiry.push(Reverse((until, key)));
+        inner.used.insert(key, until);
         Ok(())
     }
 
@@ -522,6 +573,30 @@ mod tests {
         assert_eq!(s.mark("a", 100, 50, i64::MIN), Ok(Mark::AlreadyUsed));
         assert_eq!(s.mark("a", 100, 100, i64::MIN), Ok(Mark::AlreadyUsed));
         assert_eq!(s.mark("a", 300, 101, i64::MIN), Ok(Mark::Fresh));
+    }
+
+    /// Expired marks leave without an index: the map never holds more than twice the live
+    /// entries (and 1,024), and a live mark is never swept.
+    #[test]
+    fn expired_marks_are_swept_and_the_map_stays_bounded() {
+        let s = MemoryStore::new(1_000_000);
+        let mut most = 0;
+        for i in 0..20_000i64 {
+            // each mark lives 10 seconds: 10 are live at any time
+            assert_eq!(s.mark(&format!("id-{i}"), i + 10, i, i64::MIN), Ok(Mark::Fresh));
+            most = most.max(s.len());
+        }
+        assert!(most <= 1_024, "the map held {most} entries for 11 live ones");
+        for i in 19_990..20_000i64 {
+            assert_eq!(s.mark(&format!("id-{i}"), i + 10, 20_000, i64::MIN), Ok(Mark::AlreadyUsed), "id-{i}");
+        }
+        // the twin: marks that stay live are all kept, however many
+        let s = MemoryStore::new(1_000_000);
+        for i in 0..5_000i64 {
+            assert_eq!(s.mark(&format!("id-{i}"), 1_000_000, i, i64::MIN), Ok(Mark::Fresh));
+        }
+        assert_eq!(s.len(), 5_000);
+        assert_eq!(s.mark("id-0", 1_000_000, 6_000, i64::MIN), Ok(Mark::AlreadyUsed));
     }
 
     #[test]
