@@ -5,10 +5,15 @@
 //!   the memory backend, reads never touch the disk); every change it accepts is then written to
 //!   one redb file before the caller is answered. A mark is therefore durable before any
 //!   credential that depends on it exists outside the broker.
-//! - Writes go to one writer thread that commits whatever is waiting in one transaction (group
-//!   commit, as the audit log does): concurrent exchanges share the cost of the flush.
-//! - The file holds `(until, kind + id) -> payload` rows, ordered by expiry: every commit drops the
-//!   expired rows at the front, and opening reloads the live ones into memory.
+//! - Writes go to one writer thread that appends whatever is waiting as one record to the
+//!   journal beside the file and flushes it (group commit, as the audit log does): concurrent
+//!   exchanges share the cost of the flush, and a mark costs its own bytes, not a B-tree's pages
+//!   (`journal.rs`). Every [`CHECKPOINT_WRITES`] writes (or [`CHECKPOINT_BYTES`] of journal),
+//!   and when the store closes, the journal is committed to the redb file in one transaction and
+//!   begins again empty.
+//! - The file holds `(until, kind + id) -> payload` rows, ordered by expiry: every checkpoint
+//!   drops the expired rows at the front, and opening replays the journal into the file, then
+//!   reloads the live rows into memory.
 //! - A write that cannot be made durable fails the operation (503, fail closed); what memory
 //!   accepted stays in force until the process ends, which can only refuse more, never less.
 //! - Lost state is not silently forgotten: a state file created while the audit log beside it
@@ -18,6 +23,7 @@
 
 #[cfg(test)]
 use super::Uses;
+use super::journal::{self, Found, Journal};
 use super::memory::MemoryStore;
 use super::{Grant, Mark, Spend, StateError, StateFuture, StateStore};
 use redb::{Database, ReadableTable, TableDefinition};
@@ -41,6 +47,15 @@ const OUTBOX: u8 = b'o';
 
 /// Most operations committed together.
 const BATCH: usize = 512;
+/// Writes the journal holds before they are committed to the redb file.
+pub(super) const CHECKPOINT_WRITES: usize = 8192;
+/// Journal bytes before a checkpoint.
+pub(super) const CHECKPOINT_BYTES: u64 = 8 << 20;
+/// The `meta` key of the journal generation that continues the file (`journal.rs`).
+const JOURNAL: &str = "journal";
+/// The `meta` key that says the store was closed cleanly: the file holds everything, and a
+/// missing journal lost nothing (a file copied while the broker was stopped).
+const CLEAN: &str = "clean";
 
 fn row(kind: u8, id: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 1);
@@ -50,8 +65,8 @@ fn row(kind: u8, id: &[u8]) -> Vec<u8> {
 }
 
 /// One change to make durable.
-#[derive(Debug)]
-enum Write {
+#[derive(Debug, Clone)]
+pub(super) enum Write {
     Put { until: i64, key: Vec<u8>, value: Vec<u8> },
     Delete { until: i64, key: Vec<u8> },
 }
@@ -122,20 +137,40 @@ impl FileStore {
         }
         let db = Database::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let journal_path = journal::path_for(path);
         let mut epoch = None;
         let mut rows: Vec<(i64, Vec<u8>, Vec<u8>)> = Vec::new();
+        let generation;
         {
             let txn = db.begin_write().map_err(|e| fail(&e))?;
             {
                 let mut meta = txn.open_table(META).map_err(|e| fail(&e))?;
-                if let Some(e) = meta.get("epoch").map_err(|e| fail(&e))? {
+                // the journal generation that continues this file: 0 for a new file (or one
+                // written before the journal existed, which needs none)
+                let continued = meta.get(JOURNAL).map_err(|e| fail(&e))?.map(|g| g.value()).unwrap_or(0);
+                let clean = meta.get(CLEAN).map_err(|e| fail(&e))?.is_some_and(|c| c.value() == 1);
+                let found = journal::read(&journal_path, continued)?;
+                // writes acknowledged since the last checkpoint are gone: as for a lost file
+                let journal_lost = continued > 0 && !clean && matches!(found, Found::Missing | Found::Foreign);
+                let lost = (!existed && lost_if_new) || journal_lost;
+                if journal_lost {
+                    tracing::warn!(path = %journal_path.display(), "the state file's journal is missing or not its own: what it held since the last checkpoint is lost");
+                    meta.insert("epoch", now).map_err(|e| fail(&e))?;
+                    epoch = Some(now);
+                } else if let Some(e) = meta.get("epoch").map_err(|e| fail(&e))? {
                     epoch = Some(e.value());
-                } else if !existed && lost_if_new {
+                } else if lost {
                     meta.insert("epoch", now).map_err(|e| fail(&e))?;
                     epoch = Some(now);
                 }
+                generation = continued + 1;
+                meta.insert(JOURNAL, generation).map_err(|e| fail(&e))?;
+                meta.insert(CLEAN, 0).map_err(|e| fail(&e))?;
                 let mut live = txn.open_table(LIVE).map_err(|e| fail(&e))?;
-                if !existed && lost_if_new {
+                if let Found::Records(writes) = &found {
+                    apply(&mut live, writes).map_err(|e| fail(&e))?;
+                }
+                if lost {
                     let again = revocations();
                     tracing::warn!(path = %path.display(), revocations = again.len(), "revocations re-asserted from the audit log");
                     for (key, until) in again.iter().filter(|(_, until)| *until >= now) {
@@ -152,6 +187,8 @@ impl FileStore {
             }
             txn.commit().map_err(|e| fail(&e))?;
         }
+        // the file now holds what the journal held: a new, empty journal continues it
+        let journal = Journal::create(&journal_path, generation)?;
         if let Some(since) = epoch {
             tracing::warn!(path = %path.display(), since, "the state file is new but the audit log is not: state was lost; assertions that may have been used before now are refused until they expire");
         }
@@ -194,7 +231,7 @@ impl FileStore {
         let h = healthy.clone();
         let writer = std::thread::Builder::new()
             .name("state-writer".into())
-            .spawn(move || writer(db, rx, h))
+            .spawn(move || writer(db, journal, rx, h))
             .map_err(|e| e.to_string())?;
         Ok(FileStore { memory, path: path.to_path_buf(), tx: Mutex::new(Some(tx)), writer: Some(writer), healthy })
     }
@@ -222,28 +259,53 @@ impl FileStore {
     }
 }
 
-fn commit(db: &Database, jobs: &[Job]) -> Result<(), String> {
-    let now = jobs.iter().map(|j| j.now).max().unwrap_or(i64::MIN);
+/// Applies `writes` to the live table, in order.
+fn apply(live: &mut redb::Table<(i64, &[u8]), &[u8]>, writes: &[Write]) -> Result<(), redb::StorageError> {
+    for w in writes {
+        match w {
+            Write::Put { until, key, value } => {
+                live.insert((*until, key.as_slice()), value.as_slice())?;
+            }
+            Write::Delete { until, key } => {
+                live.remove((*until, key.as_slice()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A checkpoint: commits `writes` (what the journal holds) to the file in one transaction, with
+/// the next journal generation, then replaces the journal by an empty one of that generation.
+/// `closing`: the last one, after which the file holds everything.
+fn checkpoint(db: &Database, journal: &mut Journal, writes: &[Write], now: i64, closing: bool) -> Result<(), String> {
+    let next = journal.generation() + 1;
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut live = txn.open_table(LIVE).map_err(|e| e.to_string())?;
-        for w in jobs.iter().flat_map(|j| &j.writes) {
-            match w {
-                Write::Put { until, key, value } => {
-                    live.insert((*until, key.as_slice()), value.as_slice()).map_err(|e| e.to_string())?;
-                }
-                Write::Delete { until, key } => {
-                    live.remove((*until, key.as_slice())).map_err(|e| e.to_string())?;
-                }
-            }
-        }
+        apply(&mut live, writes).map_err(|e| e.to_string())?;
         // the expired rows, oldest first: the cost is their number, never the table's size
         live.retain_in(..(now, &[][..]), |_, _| false).map_err(|e| e.to_string())?;
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        meta.insert(JOURNAL, next).map_err(|e| e.to_string())?;
+        meta.insert(CLEAN, i64::from(closing)).map_err(|e| e.to_string())?;
     }
-    txn.commit().map_err(|e| e.to_string())
+    txn.commit().map_err(|e| e.to_string())?;
+    *journal = Journal::create(journal.path(), next)?;
+    Ok(())
 }
 
-fn writer(db: Database, rx: std::sync::mpsc::Receiver<Job>, healthy: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+fn writer(
+    db: Database,
+    mut journal: Journal,
+    rx: std::sync::mpsc::Receiver<Job>,
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    // what the journal holds since the last checkpoint (memory holds it too)
+    let mut pending: Vec<Write> = Vec::new();
+    // an append failed: the journal may hold a hole, so nothing more is appended to it until a
+    // checkpoint has committed everything to the file and begun a new journal
+    let mut broken = false;
+    let mut now = i64::MIN;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < BATCH {
@@ -252,14 +314,44 @@ fn writer(db: Database, rx: std::sync::mpsc::Receiver<Job>, healthy: std::sync::
                 Err(_) => break,
             }
         }
-        let result = commit(&db, &jobs);
-        healthy.store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        now = jobs.iter().map(|j| j.now).max().unwrap_or(now).max(now);
+        let from = pending.len();
+        let mut dones = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            pending.extend(j.writes);
+            dones.push(j.done);
+        }
+        let result = if broken {
+            // the batch is acknowledged only once everything is committed to the file
+            checkpoint(&db, &mut journal, &pending, now, false).map(|()| pending.clear())
+        } else {
+            journal.append(&pending[from..])
+        };
+        broken = result.is_err();
+        if !broken && (pending.len() >= CHECKPOINT_WRITES || journal.bytes() >= CHECKPOINT_BYTES) {
+            // the batch is durable in the journal already; a checkpoint that fails (perhaps
+            // after its commit) leaves a journal that may no longer continue the file, so the
+            // next batch must checkpoint again before it is acknowledged
+            match checkpoint(&db, &mut journal, &pending, now, false) {
+                Ok(()) => pending.clear(),
+                Err(e) => {
+                    tracing::error!(error = %e, "state file checkpoint failed");
+                    broken = true;
+                }
+            }
+        }
+        healthy.store(!broken, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "state file write failed");
         }
-        for j in jobs {
-            let _ = j.done.send(result.clone());
+        for done in dones {
+            let _ = done.send(result.clone());
         }
+    }
+    // closing: the journal is committed to the file, which then holds everything (a copy of
+    // it alone, taken while the broker is stopped, is whole)
+    if let Err(e) = checkpoint(&db, &mut journal, &pending, now, true) {
+        tracing::warn!(error = %e, "state file checkpoint at close failed; the journal is replayed at the next start");
     }
 }
 
@@ -408,6 +500,7 @@ fn grant_write(g: &Grant) -> Result<Write, StateError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Spend;
     use super::*;
 
     fn grant(id: &str, expires_at: i64) -> Grant {
@@ -506,7 +599,6 @@ mod tests {
     /// revoked, the mark and the grant are durable.
     #[test]
     fn a_spend_refuses_a_revoked_workload_and_makes_a_fresh_mark_durable() {
-        use super::super::Spend;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
         let rt = rt();
@@ -557,6 +649,102 @@ mod tests {
         drop(s);
         let s = FileStore::open(&path, 100, 60, true, Vec::new).unwrap();
         assert_eq!(rt.block_on(s.mark_used("c", 100, 60, 49, None)), Ok(Mark::EpochReset { since: 50 }));
+    }
+
+    /// The state file and its journal as a crash would leave them: copied while the store is
+    /// open (no checkpoint since the writes), into `to`.
+    fn crash_copy(path: &Path, to: &Path) -> PathBuf {
+        std::fs::create_dir_all(to).unwrap();
+        let copy = to.join("state.redb");
+        std::fs::copy(path, &copy).unwrap();
+        std::fs::copy(journal::path_for(path), journal::path_for(&copy)).unwrap();
+        copy
+    }
+
+    /// What the journal acknowledged survives a crash (no checkpoint, no clean close); the
+    /// twin: after a clean close the journal is empty and the file alone holds it all.
+    #[test]
+    fn a_crash_keeps_what_the_journal_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let rt = rt();
+        let s = FileStore::open(&path, 100, 0, false, Vec::new).unwrap();
+        rt.block_on(async {
+            assert_eq!(s.spend(&[], "a", 100, 0, 0, Some(&grant("g1", 100))).await, Ok(Spend::Marked(Mark::Fresh)));
+            s.revoke("task:x", 200, 0).await.unwrap();
+        });
+        let copy = crash_copy(&path, &dir.path().join("crash"));
+        assert!(std::fs::metadata(journal::path_for(&path)).unwrap().len() > 16, "the writes are in the journal");
+        drop(s);
+        assert_eq!(std::fs::metadata(journal::path_for(&path)).unwrap().len(), 16, "closed: checkpointed");
+        for p in [&copy, &path] {
+            let s = FileStore::open(p, 100, 10, false, Vec::new).unwrap();
+            rt.block_on(async {
+                assert_eq!(s.spend(&[], "a", 100, 10, 0, None).await, Ok(Spend::Marked(Mark::AlreadyUsed)), "{p:?}");
+                assert_eq!(s.revoked(&["task:x".to_owned()], 10).await, Ok(vec!["task:x".to_owned()]));
+                let ids: Vec<String> = s.grants(10).await.unwrap().into_iter().map(|g| g.id).collect();
+                assert_eq!(ids, vec!["g1".to_owned()]);
+                assert_eq!(s.spend(&[], "b", 100, 10, 5, None).await, Ok(Spend::Marked(Mark::Fresh)), "no epoch");
+            });
+        }
+    }
+
+    /// A journal that is gone, or belongs to another state, while the file says one continues it,
+    /// lost acknowledged writes: the store starts an epoch and re-asserts the audit log's
+    /// revocations. Its twin (the journal in place) is the test above.
+    #[test]
+    fn a_lost_journal_starts_an_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let rt = rt();
+        let s = FileStore::open(&path, 100, 0, false, Vec::new).unwrap();
+        assert_eq!(rt.block_on(s.mark_used("a", 100, 0, 0, None)), Ok(Mark::Fresh));
+        let crashed = crash_copy(&path, &dir.path().join("crash"));
+        let foreign = crash_copy(&path, &dir.path().join("foreign"));
+        drop(s);
+        std::fs::remove_file(journal::path_for(&crashed)).unwrap();
+        // another state's journal: the closed store's (a generation ahead of the copy)
+        std::fs::copy(journal::path_for(&path), journal::path_for(&foreign)).unwrap();
+        for p in [&crashed, &foreign] {
+            let s = FileStore::open(p, 100, 50, false, || vec![("role:r".to_owned(), 100)]).unwrap();
+            assert_eq!(rt.block_on(s.mark_used("b", 100, 50, 49, None)), Ok(Mark::EpochReset { since: 50 }), "{p:?}");
+            assert_eq!(rt.block_on(s.mark_used("c", 100, 50, 50, None)), Ok(Mark::Fresh));
+            assert_eq!(rt.block_on(s.revoked(&["role:r".to_owned()], 50)), Ok(vec!["role:r".to_owned()]));
+        }
+        // the twin: a store closed cleanly needs no journal (a file copied while the broker was
+        // stopped is whole): no epoch, the mark kept
+        std::fs::remove_file(journal::path_for(&path)).unwrap();
+        let s = FileStore::open(&path, 100, 50, false, || panic!("nothing was lost")).unwrap();
+        assert_eq!(rt.block_on(s.mark_used("b", 100, 50, 49, None)), Ok(Mark::Fresh));
+        assert_eq!(rt.block_on(s.mark_used("a", 100, 50, 0, None)), Ok(Mark::AlreadyUsed));
+    }
+
+    /// Past the checkpoint size the journal is committed to the file and begins again; a crash
+    /// after that still finds every mark (in the file, then in the new journal).
+    #[test]
+    fn checkpoints_move_the_journal_into_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let rt = rt();
+        let s = std::sync::Arc::new(FileStore::open(&path, 100_000, 0, false, Vec::new).unwrap());
+        let n = CHECKPOINT_WRITES + 100;
+        rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..n {
+                let s = s.clone();
+                set.spawn(async move { s.mark_used(&format!("id-{i}"), 100, 0, 0, None).await });
+            }
+            while let Some(r) = set.join_next().await {
+                assert_eq!(r.unwrap(), Ok(Mark::Fresh));
+            }
+        });
+        let journal_len = std::fs::metadata(journal::path_for(&path)).unwrap().len();
+        assert!(journal_len < 100 * 600, "checkpointed: the journal holds {journal_len} bytes");
+        let copy = crash_copy(&path, &dir.path().join("crash"));
+        let c = FileStore::open(&copy, 100_000, 10, false, Vec::new).unwrap();
+        for i in (0..n).step_by(97).chain([n - 1]) {
+            assert_eq!(rt.block_on(c.mark_used(&format!("id-{i}"), 100, 10, 0, None)), Ok(Mark::AlreadyUsed), "id-{i}");
+        }
     }
 
     /// A second broker on the same file is refused at open (redb locks it), never two writers.

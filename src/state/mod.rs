@@ -4,6 +4,7 @@
 //! closed.
 
 pub mod file;
+mod journal;
 pub mod memory;
 pub mod redis;
 
