@@ -221,6 +221,32 @@ def test_a_lost_state_file_starts_an_epoch(served, key):
     s.check_audit_invariants()
 
 
+@pytest.mark.parametrize("how", ["kill", "term"])
+def test_a_journal_lost_after_a_crash_starts_an_epoch(served, key, how):
+    """README (state backends): every change is appended to the state file's journal and flushed
+    before the answer, and committed to the file at a clean stop; a journal missing after a crash
+    lost changes, so it starts an epoch. The twin (`term`): after a clean stop the file alone is
+    whole (a backup copied while the broker was stopped): no epoch, the used assertion stays used."""
+    s = served({"backend": "file"}, leeway=LEEWAY)
+    b = s.current
+    used, unused = assertion(key), assertion(key)
+    assert b.exchange(used).status == 200
+    journal = s.state_path.with_name(s.state_path.name + ".journal")
+    s.end(how)
+    assert journal.exists()
+    journal.unlink()
+    b = s.start_again()
+    if how == "kill":
+        refused(b.exchange(used), "replay_state_reset")
+        refused(b.exchange(unused), "replay_state_reset")
+        assert "journal is missing" in b.stderr(), b.stderr()[-2000:]
+    else:
+        assert "journal is missing" not in b.stderr() and "state was lost" not in b.stderr()
+        refused(b.exchange(used), "token_replayed")
+        assert b.exchange(unused).status == 200
+    s.check_audit_invariants()
+
+
 def test_a_first_start_has_no_epoch(served, key):
     """The twin of the test above: a new state file beside an empty audit log is a first start,
     not a loss; an assertion issued before it is exchanged."""
