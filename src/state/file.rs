@@ -45,12 +45,14 @@ const USES: u8 = b'c';
 /// An outbox item: the payload is its JSON.
 const OUTBOX: u8 = b'o';
 
+/// redb's page cache, bytes.
+const REDB_CACHE: usize = 16 << 20;
 /// Most operations committed together.
 const BATCH: usize = 512;
 /// Writes the journal holds before they are committed to the redb file.
 pub(super) const CHECKPOINT_WRITES: usize = 8192;
-/// Journal bytes before a checkpoint.
-pub(super) const CHECKPOINT_BYTES: u64 = 8 << 20;
+/// Journal bytes before a checkpoint: what it was written out to when it began.
+pub(super) const CHECKPOINT_BYTES: u64 = journal::PREALLOCATED as u64;
 /// The `meta` key of the journal generation that continues the file (`journal.rs`).
 const JOURNAL: &str = "journal";
 /// The `meta` key that says the store was closed cleanly: the file holds everything, and a
@@ -135,7 +137,12 @@ impl FileStore {
                 .open(path)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }
-        let db = Database::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // every read is answered by memory (the file is read once, here): redb's page cache
+        // (1 GiB by default) would only hold pages already written, so it is kept small
+        let db = redb::Builder::new()
+            .set_cache_size(REDB_CACHE)
+            .create(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
         let journal_path = journal::path_for(path);
         let mut epoch = None;
