@@ -2,9 +2,9 @@
 //! outstanding nonces, revocations and the grant inventory survive a restart and a `kill -9`.
 //!
 //! - Every decision is taken by a [`MemoryStore`] in front (one lock, the same check-and-set as
-//!   the memory backend, reads never touch the disk); every change it accepts is then written to
-//!   one redb file before the caller is answered. A mark is therefore durable before any
-//!   credential that depends on it exists outside the broker.
+//!   the memory backend, reads never touch the disk); every change it accepts is then flushed to
+//!   the journal beside the redb file before the caller is answered. A mark is therefore durable
+//!   before any credential that depends on it exists outside the broker.
 //! - Writes go to one writer thread that appends whatever is waiting as one record to the
 //!   journal beside the file and flushes it (group commit, as the audit log does): concurrent
 //!   exchanges share the cost of the flush, and a mark costs its own bytes, not a B-tree's pages
@@ -50,9 +50,9 @@ const REDB_CACHE: usize = 16 << 20;
 /// Most operations committed together.
 const BATCH: usize = 512;
 /// Writes the journal holds before they are committed to the redb file.
-pub(super) const CHECKPOINT_WRITES: usize = 8192;
+const CHECKPOINT_WRITES: usize = 8192;
 /// Journal bytes before a checkpoint: what it was written out to when it began.
-pub(super) const CHECKPOINT_BYTES: u64 = journal::PREALLOCATED as u64;
+const CHECKPOINT_BYTES: u64 = journal::PREALLOCATED as u64;
 /// The `meta` key of the journal generation that continues the file (`journal.rs`).
 const JOURNAL: &str = "journal";
 /// The `meta` key that says the store was closed cleanly: the file holds everything, and a
@@ -148,6 +148,7 @@ impl FileStore {
         let mut epoch = None;
         let mut rows: Vec<(i64, Vec<u8>, Vec<u8>)> = Vec::new();
         let generation;
+        let journal_lost;
         {
             let txn = db.begin_write().map_err(|e| fail(&e))?;
             {
@@ -158,7 +159,7 @@ impl FileStore {
                 let clean = meta.get(CLEAN).map_err(|e| fail(&e))?.is_some_and(|c| c.value() == 1);
                 let found = journal::read(&journal_path, continued)?;
                 // writes acknowledged since the last checkpoint are gone: as for a lost file
-                let journal_lost = continued > 0 && !clean && matches!(found, Found::Missing | Found::Foreign);
+                journal_lost = continued > 0 && !clean && matches!(found, Found::Missing | Found::Foreign);
                 let lost = (!existed && lost_if_new) || journal_lost;
                 if journal_lost {
                     tracing::warn!(path = %journal_path.display(), "the state file's journal is missing or not its own: what it held since the last checkpoint is lost");
@@ -196,7 +197,10 @@ impl FileStore {
         }
         // the file now holds what the journal held: a new, empty journal continues it
         let journal = Journal::create(&journal_path, generation)?;
-        if let Some(since) = epoch {
+        // (a lost journal said so above)
+        if let Some(since) = epoch
+            && !journal_lost
+        {
             tracing::warn!(path = %path.display(), since, "the state file is new but the audit log is not: state was lost; assertions that may have been used before now are refused until they expire");
         }
         let memory = MemoryStore::with_epoch(max_entries, epoch);

@@ -1,7 +1,7 @@
 //! The state file's journal: what the file store commits between two checkpoints, appended and
 //! flushed (`fdatasync`) before the caller is answered. A redb commit rewrites the B-tree pages
 //! on its path (tens of KB for one mark); an appended record is the mark itself (about 100
-//! bytes), so the durable store costs little more than memory (issue 18).
+//! bytes). What is left is the flush (BENCHMARKS.md "Issue 18").
 //!
 //! - The journal starts with a header: a magic and the *generation* it continues. The state
 //!   file's `meta` table holds the generation of the journal that continues it.
@@ -14,8 +14,7 @@
 //!   (a crash during an append, never acknowledged).
 //! - The journal is written in full (zeros) to [`PREALLOCATED`] bytes when it begins, and records
 //!   overwrite it in place: a flush then writes the record's pages only, not the inode whose size
-//!   an append would change (on ext4 that halves what an `fdatasync` costs). Zeros read as no
-//!   record (their digest does not match).
+//!   an append would change. Zeros read as no record (their digest does not match).
 //! - A journal that is missing, or of another generation, while the file says one continues it,
 //!   means acknowledged writes were lost: the store starts an epoch (`file.rs`), as for a lost
 //!   state file.

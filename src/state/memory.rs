@@ -59,12 +59,6 @@ impl Used {
         self.map.get(key).is_some_and(|until| *until >= now)
     }
 
-    /// Marks `key` used until `until` (a fresh mark: whatever it held had expired).
-    fn set(&mut self, key: UsedKey, until: i64) {
-        self.map.insert(key, until);
-        self.earliest = self.earliest.min(until);
-    }
-
     /// Marks `key` used until `until` (or later, if it already was).
     fn insert(&mut self, key: UsedKey, until: i64) {
         let kept = self.map.entry(key).or_insert(until);
@@ -296,7 +290,7 @@ impl MemoryStore {
             }
             inner.grants.insert((g.expires_at, packed::pack(g)));
         }
-        inner.used.set(key, until);
+        inner.used.insert(key, until);
         Ok(Mark::Fresh)
     }
 
