@@ -83,9 +83,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="discard a cell whose foreign CPU exceeds this many CPU-seconds per second")
     ap.add_argument("--rss-seconds", type=float, default=60, help="sustained run for Ephemera's RSS (0: none)")
     ap.add_argument("--flamegraph", type=Path,
-                    help="also profile Ephemera (perf, DWARF call graphs) through one more cell at concurrency "
-                         f"{RSS_CONCURRENCY} and write the flame graph here as SVG (needs perf and inferno)")
+                    help="also profile Ephemera (perf, DWARF call graphs) through one more cell (at concurrency "
+                         f"{RSS_CONCURRENCY} unless --flamegraph-concurrency) and write the flame graph here as SVG (needs perf and inferno)")
     ap.add_argument("--flamegraph-seconds", type=float, default=8, help="length of the profiled cell")
+    ap.add_argument("--flamegraph-concurrency", type=int, default=RSS_CONCURRENCY,
+                    help="concurrency of the profiled cell")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 round of 2 s at concurrency 1,32, variants audit-tmpfs,redis,memory")
     ap.add_argument("--json", type=Path, help="write every cell and the summary here")
@@ -251,8 +253,9 @@ def flamegraph(run: Run, ephemera: Target, svg: Path) -> None:
     """One more cell on `ephemera`, recorded by perf; the stacks folded and drawn by inferno."""
     seconds = run.args.flamegraph_seconds
     data = run.env.work / "perf.data"
-    run.say(f"flame graph: {seconds:g}s at concurrency {RSS_CONCURRENCY} on {ephemera.name}, recorded by perf")
-    cell, _ = run.cell("flamegraph", 1, ephemera, RSS_CONCURRENCY, seconds)
+    conc = run.args.flamegraph_concurrency
+    run.say(f"flame graph: {seconds:g}s at concurrency {conc} on {ephemera.name}, recorded by perf")
+    cell, _ = run.cell("flamegraph", 1, ephemera, conc, seconds)
     tokens = run.pool.reserve(f"flamegraph-{ephemera.name}", cell.conc, cell.tokens_given // cell.conc)
     run.pool.mint()
     # perf starts just before the cell (the assertions are signed already) and outlasts it by a second

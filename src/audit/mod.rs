@@ -29,6 +29,21 @@ pub struct CredentialRecord {
     pub kind: &'static str,
     pub jti: String,
     pub expires_at: i64,
+    /// A broker JWT's audience.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// An AWS session's name, when its role ends sessions on revoke.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+/// The replay mark an allow record's exchange made: the assertion's replay id (a SHA-256, never
+/// the assertion) and until when it is kept. With the `file` state backend the log is the
+/// write-ahead log of these marks: after a crash they are rebuilt from it ([`allowed_after`]).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ReplayRecord {
+    pub id: String,
+    pub until: i64,
 }
 
 /// What an audit record records (serialised as `allow`, `deny`, `mint_failed`, `revoke`).
@@ -86,6 +101,9 @@ pub struct AuditRecord {
     /// The evidence could be replayed (an EC2 instance identity document).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub replayable: bool,
+    /// An allow record's replay mark (made with the grant, in one step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +162,8 @@ pub struct AuditLog {
     healthy: Arc<std::sync::atomic::AtomicBool>,
     /// What the written records say of use (the writer reads each record once it is written).
     activity: Arc<activity::Activity>,
+    /// The hash of the last record written.
+    position: Arc<arc_swap::ArcSwap<String>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -433,6 +453,7 @@ fn writer(
     mut rx: tokio::sync::mpsc::Receiver<Job>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
     activity: Arc<activity::Activity>,
+    position: Arc<arc_swap::ArcSwap<String>>,
     options: AuditOptions,
 ) {
     // the copies go through a thread of their own: a sink that blocks (a syslog peer that does
@@ -467,6 +488,9 @@ fn writer(
                     rotated = Err(e);
                 }
             }
+        }
+        if position.load().as_str() != inner.prev {
+            position.store(Arc::new(inner.prev.clone()));
         }
         // health is the records' write; a failed rotation is told to whoever asked for it only
         healthy.store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
@@ -505,12 +529,21 @@ impl AuditLog {
         let activity = Arc::new(activity::Activity::default());
         activity.seed(&rotated_set(path));
         let a = activity.clone();
-        std::thread::Builder::new().name("audit-writer".into()).spawn(move || writer(inner, rx, h, a, options))?;
-        Ok(AuditLog { path: path.to_path_buf(), tx, healthy, activity })
+        let position = Arc::new(arc_swap::ArcSwap::from_pointee(inner.prev.clone()));
+        let p = position.clone();
+        std::thread::Builder::new().name("audit-writer".into()).spawn(move || writer(inner, rx, h, a, p, options))?;
+        Ok(AuditLog { path: path.to_path_buf(), tx, healthy, activity, position })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the log is: the hash of the last record written ([`GENESIS`] for none), for
+    /// [`allowed_after`]. A record appended before this is read is behind it.
+    pub fn position(&self) -> Arc<dyn Fn() -> String + Send + Sync> {
+        let position = self.position.clone();
+        Arc::new(move || position.load().as_str().to_owned())
     }
 
     /// Appends `rec`; with `durable`, returns only once it is on disk.
@@ -557,6 +590,89 @@ pub fn revocations(path: &Path) -> Vec<(String, i64)> {
         read_revocations(f, &mut out);
     }
     out
+}
+
+/// What an allow record says of the grant it audits and the mark made with it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Allowed {
+    pub ts: i64,
+    pub replay: ReplayRecord,
+    pub credential: AllowedCredential,
+    #[serde(default)]
+    pub role: String,
+    #[serde(default)]
+    pub provider: String,
+    #[serde(default)]
+    pub issuer: String,
+    #[serde(default)]
+    pub subject: String,
+    #[serde(default)]
+    pub task: String,
+}
+
+/// [`Allowed`]'s credential.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AllowedCredential {
+    pub kind: String,
+    pub jti: String,
+    pub expires_at: i64,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+/// The allow records with a replay mark written after the record whose hash is `hash` (every
+/// one for [`GENESIS`]), across the rotated set at `path`, oldest first; `None` when no file
+/// holds that record (the log was moved or deleted by something other than the broker's own
+/// rotation): the marks since are then unknown.
+///
+/// Only the files from the one holding `hash` on are read: newest first, each hashed line by line.
+pub fn allowed_after(path: &Path, hash: &str) -> Option<Vec<Allowed>> {
+    let files = rotated_set(path);
+    let mut from = None;
+    if hash == GENESIS {
+        from = Some((0, 0));
+    } else {
+        for (i, file) in files.iter().enumerate().rev() {
+            let Ok(f) = File::open(file) else { continue };
+            let at = BufReader::new(f).split(b'\n').map_while(Result::ok).position(|line| sha256_hex(&line) == hash);
+            if let Some(at) = at {
+                from = Some((i, at + 1));
+                break;
+            }
+        }
+    }
+    let (first, skip) = from?;
+    let mut out = Vec::new();
+    for (i, file) in files.iter().enumerate().skip(first) {
+        let f = File::open(file).ok()?;
+        let mut lines = BufReader::new(f).split(b'\n').map_while(Result::ok).peekable();
+        // each file after the one holding the position continues the one before it (a file
+        // of the set removed in between would hide its marks)
+        if i > first && hash != GENESIS {
+            let before = files[i - 1].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let opening = lines.peek().and_then(|l| serde_json::from_slice::<serde_json::Value>(l).ok());
+            let continues = opening.as_ref().is_some_and(|r| {
+                r["decision"] == "rotate"
+                    && r["detail"].as_str().is_some_and(|d| d.starts_with(&format!("continues `{before}`")))
+            });
+            if !continues {
+                return None;
+            }
+        }
+        for line in lines.skip(if i == first { skip } else { 0 }) {
+            // (a cheap look before the parse: most records are not allow records)
+            let allow = br#""decision":"allow""#;
+            if !line.windows(allow.len()).any(|w| w == allow) {
+                continue;
+            }
+            if let Ok(a) = serde_json::from_slice::<Allowed>(&line) {
+                out.push(a);
+            }
+        }
+    }
+    Some(out)
 }
 
 /// The files of a rotated log, oldest first: `PATH.YYYYMMDDTHHMMSSZ[-N]` then `PATH`.
@@ -869,6 +985,56 @@ mod tests {
 
     /// The revocations a log records are read back with when they were made (what the file
     /// state store re-asserts after losing its file); other records are not revocations.
+    /// The allow records with a mark after a position are read back, across a rotation; a log
+    /// that no longer holds the position answers `None`; from [`GENESIS`], every one.
+    #[tokio::test]
+    async fn the_marks_after_a_position_are_read_back_across_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        let allow = |id: &str| AuditRecord {
+            decision: Outcome::Allow,
+            ts: 7,
+            role: Some("r".into()),
+            subject: Some("s".into()),
+            credential: Some(CredentialRecord {
+                kind: "jwt",
+                jti: format!("g-{id}"),
+                expires_at: 99,
+                audience: Some("aud".into()),
+                session: None,
+            }),
+            replay: Some(ReplayRecord { id: id.to_owned(), until: 50 }),
+            ..Default::default()
+        };
+        let position = log.position();
+        assert_eq!(position(), GENESIS);
+        log.append(allow("a"), true).await.unwrap();
+        let after_a = position();
+        assert_ne!(after_a, GENESIS);
+        log.append(rec(Outcome::Deny), false).await.unwrap();
+        log.append(AuditRecord { replay: None, ..allow("none") }, true).await.unwrap();
+        log.append(allow("b"), true).await.unwrap();
+        log.rotate().await.unwrap();
+        log.append(allow("c"), true).await.unwrap();
+        let ids =
+            |from: &str| allowed_after(&path, from).map(|all| all.into_iter().map(|a| a.replay.id).collect::<Vec<_>>());
+        assert_eq!(ids(&after_a), Some(vec!["b".to_owned(), "c".to_owned()]));
+        assert_eq!(ids(GENESIS), Some(vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]));
+        assert_eq!(ids(&position()), Some(vec![]), "the end: nothing after it");
+        assert_eq!(ids(&"f".repeat(64)), None, "a position the log does not hold");
+        let c = &allowed_after(&path, &after_a).unwrap()[1];
+        assert_eq!((c.credential.jti.as_str(), c.credential.audience.as_deref()), ("g-c", Some("aud")));
+        assert_eq!((c.role.as_str(), c.subject.as_str(), c.ts, c.replay.until), ("r", "s", 7, 50));
+        // a file of the set removed between the position and the end: its marks are unknown
+        log.rotate().await.unwrap();
+        let rotated = rotated_set(&path);
+        assert_eq!(rotated.len(), 3);
+        assert_eq!(ids(&after_a), Some(vec!["b".to_owned(), "c".to_owned()]), "twin: the set whole");
+        std::fs::remove_file(&rotated[1]).unwrap();
+        assert_eq!(ids(&after_a), None);
+    }
+
     #[tokio::test]
     async fn revocations_are_read_back_from_the_log() {
         let dir = tempfile::tempdir().unwrap();

@@ -8,14 +8,16 @@ use crate::config::{Config, StateBackend};
 use crate::minting::jwt::BrokerSigner;
 use crate::minting::{Minters, aws::AwsMinter, gcp::GcpMinter};
 use crate::state::StateStore;
-use crate::state::file::FileStore;
+use crate::state::file::{FileStore, Wal};
 use crate::state::memory::MemoryStore;
 use ephemera_providers::KeyCache;
 use std::sync::Arc;
 
 /// The state store `config` names, opened as of `now`. A new state file beside an audit log that
 /// already has records means the state was lost: the file store then starts an epoch.
-fn open_state(config: &Config, now: i64) -> Result<Arc<dyn StateStore>, String> {
+/// With `audit` (the serving broker's log, when it audits), the file backend writes the marks
+/// made with a grant behind it ([`Wal`]).
+fn open_state(config: &Config, now: i64, audit: Option<&AuditLog>) -> Result<Arc<dyn StateStore>, String> {
     Ok(match &config.state {
         StateBackend::Memory { max_entries } => {
             tracing::warn!(
@@ -31,8 +33,21 @@ fn open_state(config: &Config, now: i64) -> Result<Arc<dyn StateStore>, String> 
                     .map(|(key, at)| (key, at + super::REVOCATION_TTL))
                     .collect()
             };
+            let wal = audit.map(|log| {
+                let at = log.path().to_path_buf();
+                Wal {
+                    position: {
+                        let position = log.position();
+                        Arc::new(move || Some(position()).filter(|p| p != crate::audit::GENESIS))
+                    },
+                    after: Box::new(move |hash: &str| {
+                        crate::audit::allowed_after(&at, hash).map(|all| all.into_iter().map(allowed_mark).collect())
+                    }),
+                }
+            });
             Arc::new(
-                FileStore::open(path, *max_entries, now, audited, from_audit).map_err(|e| format!("state file {e}"))?,
+                FileStore::open(path, *max_entries, now, audited, from_audit, wal)
+                    .map_err(|e| format!("state file {e}"))?,
             )
         }
         StateBackend::Redis { url, timeout, prefix } => {
@@ -40,6 +55,24 @@ fn open_state(config: &Config, now: i64) -> Result<Arc<dyn StateStore>, String> 
             Arc::new(crate::state::redis::RedisStore::new(url, *timeout, prefix, !audited)?)
         }
     })
+}
+
+/// The mark and the grant an allow record names (its `replay` and `credential`).
+fn allowed_mark(a: crate::audit::Allowed) -> (String, i64, crate::state::Grant) {
+    let grant = crate::state::Grant {
+        id: a.credential.jti,
+        subject: a.subject,
+        task: a.task,
+        role: a.role,
+        kind: a.credential.kind,
+        issued_at: a.ts,
+        expires_at: a.credential.expires_at,
+        issuer: a.issuer,
+        provider: a.provider,
+        audience: a.credential.audience,
+        session: a.credential.session,
+    };
+    (a.replay.id, a.replay.until, grant)
 }
 
 impl Evaluator {
@@ -57,7 +90,7 @@ impl Evaluator {
                 Arc::new(MemoryStore::new(*max_entries))
             }
             StateBackend::Memory { max_entries } => Arc::new(MemoryStore::new(*max_entries)),
-            StateBackend::Redis { .. } => open_state(&config, clock.now())?,
+            StateBackend::Redis { .. } => open_state(&config, clock.now(), None)?,
         };
         Evaluator::with_state(config, clock, state)
     }
@@ -83,7 +116,7 @@ impl Broker {
         audit: AuditLog,
         signer: Option<BrokerSigner>,
     ) -> Result<Broker, String> {
-        let state = open_state(&config, clock.now())?;
+        let state = open_state(&config, clock.now(), config.safety.audit.then_some(&audit))?;
         let evaluator = Evaluator::with_state(config, clock, state)?;
         Broker::with_evaluator(evaluator, audit, signer)
     }

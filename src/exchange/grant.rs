@@ -9,7 +9,7 @@ use super::Broker;
 use super::decide::{Allowed, On};
 use super::details::AuthorizationDetails;
 use super::error::ExchangeError;
-use crate::audit::{AuditRecord, CredentialRecord, Outcome};
+use crate::audit::{AuditRecord, CredentialRecord, Outcome, ReplayRecord};
 use crate::config::Config;
 use crate::ids::random_id;
 use crate::minting::{GrantFacts, TokenResponse};
@@ -108,7 +108,18 @@ impl Broker {
         }
         rec.decision = Outcome::Allow;
         rec.authorization_details = details.as_ref().map(|d| d.granted().clone());
-        rec.credential = Some(CredentialRecord { kind: kind.as_str(), jti: jti.clone(), expires_at: exp });
+        rec.credential = Some(CredentialRecord {
+            kind: kind.as_str(),
+            jti: jti.clone(),
+            expires_at: exp,
+            audience: grant.audience.clone(),
+            session: grant.session.clone(),
+        });
+        // the mark made with the grant: the file state store rebuilds it from this record after a
+        // crash (the record is its write-ahead log)
+        if grant_with_mark {
+            rec.replay = Some(ReplayRecord { id: facts.replay_id.clone(), until: facts.replay_until });
+        }
         // INVARIANT: the allow record is durable before any credential exists outside the broker.
         if config.safety.audit {
             self.audit.append(rec.clone(), true).await.map_err(ExchangeError::Audit)?;

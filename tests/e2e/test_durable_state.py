@@ -12,7 +12,9 @@ audit log and state file (crash_util.Served). Assertions are signed in process w
 from __future__ import annotations
 
 import collections
+import json
 import random
+import re
 import threading
 import time
 
@@ -245,6 +247,46 @@ def test_a_journal_lost_after_a_crash_starts_an_epoch(served, key, how):
         refused(b.exchange(used), "token_replayed")
         assert b.exchange(unused).status == 200
     s.check_audit_invariants()
+
+
+@pytest.mark.parametrize("log", ["kept", "moved"])
+def test_marks_made_with_a_grant_are_rebuilt_from_the_audit_log_after_a_crash(served, key, log):
+    """README (state backends): a mark made with its grant is not flushed by the state file: the
+    allow record naming both is flushed before the credential leaves, and after a crash the marks
+    made since the last checkpoint are rebuilt from the audit log (`kept`: the used assertion is a
+    replay and its grant is listed). The twin (`moved`): a log moved away by something other than
+    the broker's own rotation no longer holds the record the checkpoint followed, so the marks
+    since are unknown and an epoch begins (fail closed)."""
+    s = served({"backend": "file"}, leeway=LEEWAY)
+    b = s.current
+    # (until the log has a record whose position the state file stores, marks are journaled)
+    for _ in range(2):
+        assert b.exchange(assertion(key)).status == 200
+    used = assertion(key)
+    ok = b.exchange(used)
+    assert ok.status == 200, ok
+    jti = jwt.decode(ok.json["access_token"], options={"verify_signature": False})["jti"]
+    allow = [json.loads(line) for line in s.audit_path.read_text().splitlines()][-1]
+    assert allow["decision"] == "allow" and allow["credential"]["jti"] == jti, allow
+    assert re.fullmatch(r"[0-9a-f]{64}", allow["replay"]["id"]) and allow["replay"]["until"] > now(), allow
+    assert used not in s.audit_path.read_text()
+    s.end("kill")
+    if log == "moved":
+        for p in (s.audit_path, s.audit_path.with_name(s.audit_path.name + ".head")):
+            p.rename(p.with_name("moved-" + p.name))
+    b = s.start_again()
+    if log == "kept":
+        assert "rebuilt from the audit log" in b.stderr(), b.stderr()[-2000:]
+        refused(b.exchange(used), "token_replayed")
+        assert jti in [g["id"] for g in grants(b)]
+        assert b.exchange(assertion(key)).status == 200
+        s.check_audit_invariants()
+    else:
+        assert "no longer holds the record" in b.stderr(), b.stderr()[-2000:]
+        refused(b.exchange(used), "replay_state_reset")
+        up = now()  # (the epoch began at the start, at or before this second)
+        wait_until(lambda: now() > up, timeout=5, interval=0.02, what="a second after the start")
+        assert b.exchange(assertion(key, iat=now() + LEEWAY)).status == 200
 
 
 def test_a_first_start_has_no_epoch(served, key):

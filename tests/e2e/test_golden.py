@@ -74,6 +74,9 @@ def mask_record(rec: dict, secrets: dict[str, str]) -> dict:
             rec[k] = f"<{k}>"
     if isinstance(rec.get("credential"), dict):
         rec["credential"] = {**rec["credential"], "jti": "<jti>"}
+    if isinstance(rec.get("replay"), dict):
+        # the assertion's replay id: a SHA-256 (never the assertion), per run
+        rec["replay"] = {**rec["replay"], "id": re.sub(r"\b[0-9a-f]{64}\b", "<replay_id>", rec["replay"]["id"])}
     return mask_value(rec, secrets)
 
 
