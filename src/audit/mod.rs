@@ -3,10 +3,11 @@
 //! of records and the hash of the last, rewritten after every record), so `ephemera audit verify`
 //! detects an edited, dropped or reordered line, the last one included. Whoever can rewrite both
 //! files can still forge a consistent pair: ship the log to an append-only store for that.
-//! An allow record is on disk (`fdatasync`, log then head) before any credential leaves the
-//! broker; if it cannot be written, no credential is returned. One writer thread does the writing
-//! and commits in groups: records of concurrent exchanges share one `fdatasync`. Records never hold a token, a
-//! signature or a key: a credential appears as its kind, `jti` (grant id) and expiry.
+//! An allow record is on disk (`fdatasync` of the log; the head, an index, is flushed at most
+//! once a second) before any credential leaves the broker; if it cannot be written, no credential
+//! is returned. One writer thread does the writing and commits in groups: records of concurrent
+//! exchanges share one `fdatasync`. Records never hold a token, a signature or a key: a
+//! credential appears as its kind, `jti` (grant id) and expiry; a mark as its replay id.
 //!
 //! Faults never break the chain for good: opening reconciles the log with its head (a partial
 //! last line is cut, a head left behind by a crash is rolled forward, a log that lost the head's
@@ -117,6 +118,9 @@ struct Inner {
     path: PathBuf,
     file: File,
     head: File,
+    /// When the head was last flushed (it is rewritten after every batch, flushed at most every
+    /// [`HEAD_FLUSH_EVERY`]).
+    head_flushed: std::time::Instant,
     prev: String,
     count: u64,
     /// Where the log ends: every byte before it is a complete, chained record.
@@ -148,6 +152,9 @@ pub struct AuditOptions {
 /// Most records waiting for the writer; past it, exchanges wait (back-pressure, never an
 /// unbounded queue).
 const QUEUE: usize = 1024;
+/// Longest the head file goes without a flush while records are written.
+const HEAD_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most records written (and fsynced) together.
 const BATCH: usize = 256;
 
@@ -231,8 +238,13 @@ impl Inner {
         }
         std::os::unix::fs::FileExt::write_at(&self.head, head_line(count, &prev).as_bytes(), 0)
             .map_err(|e| e.to_string())?;
-        if durable {
+        // the head is an index of the log, not the record of evidence: the log is flushed above,
+        // the head at most every HEAD_FLUSH_EVERY (one flush per batch, not two). After a power
+        // loss it may be behind the log, which opening rolls forward (as after a crash between
+        // the two); it is never ahead, being written after the log's flush.
+        if durable && self.head_flushed.elapsed() >= HEAD_FLUSH_EVERY {
             self.head.sync_data().map_err(|e| e.to_string())?;
+            self.head_flushed = std::time::Instant::now();
         }
         (self.prev, self.count, self.len) = (prev, count, self.len + buf.len() as u64);
         Ok(buf)
@@ -394,7 +406,8 @@ fn open_inner(path: &Path) -> std::io::Result<Inner> {
         && len > 0
         && sha256_hex(&last_line(&file, len)?) == *h
     {
-        return Ok(Inner { path: path.to_path_buf(), file, head, prev: h.clone(), count: *n, len });
+        let head_flushed = std::time::Instant::now();
+        return Ok(Inner { path: path.to_path_buf(), file, head, head_flushed, prev: h.clone(), count: *n, len });
     }
     // Otherwise the chain as the log has it: every line's hash; the head's record must be one.
     let (mut prev, mut count) = (GENESIS.to_owned(), 0u64);
@@ -432,7 +445,7 @@ fn open_inner(path: &Path) -> std::io::Result<Inner> {
     std::os::unix::fs::FileExt::write_at(&head, head_line(count, &prev).as_bytes(), 0)?;
     head.set_len(head_line(count, &prev).len() as u64)?;
     head.sync_data()?;
-    Ok(Inner { path: path.to_path_buf(), file, head, prev, count, len })
+    Ok(Inner { path: path.to_path_buf(), file, head, head_flushed: std::time::Instant::now(), prev, count, len })
 }
 
 /// Below this many waiting records the writer yields once before writing (see [`writer`]).
@@ -510,6 +523,10 @@ fn writer(
         {
             metrics::counter!("ephemera_audit_sink_errors_total", "sink" => "queue").increment(1);
         }
+    }
+    // closing: the head as written
+    if let Err(e) = inner.head.sync_data() {
+        tracing::warn!(error = %e, "the audit head could not be flushed at close");
     }
 }
 
