@@ -88,6 +88,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--flamegraph-seconds", type=float, default=8, help="length of the profiled cell")
     ap.add_argument("--flamegraph-concurrency", type=int, default=RSS_CONCURRENCY,
                     help="concurrency of the profiled cell")
+    ap.add_argument("--flamegraph-target", default="ephemera",
+                    help="the Ephemera target profiled: `ephemera` or a variant, e.g. `ephemera[redis]` (its broker "
+                         "process only)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 round of 2 s at concurrency 1,32, variants audit-tmpfs,redis,memory")
     ap.add_argument("--json", type=Path, help="write every cell and the summary here")
@@ -304,8 +307,9 @@ def execute(run: Run) -> None:
         else:
             run.say("no sustained run: no Ephemera server is running")
     if a.flamegraph:
-        if ephemera and run.alive(ephemera):
-            flamegraph(run, ephemera, a.flamegraph.resolve())
+        profiled = next((t for t in main + variants if t.name == a.flamegraph_target), None)
+        if profiled and run.alive(profiled):
+            flamegraph(run, profiled, a.flamegraph.resolve())
         else:
             run.say("no flame graph: no Ephemera server is running")
 
