@@ -502,8 +502,8 @@ fn writer(
                 }
             }
         }
-        if position.load().as_str() != inner.prev {
-            position.store(Arc::new(inner.prev.clone()));
+        if inner.count > 0 && !position.load().starts_with(inner.prev.as_str()) {
+            position.store(Arc::new(format!("{}@{}", inner.prev, inner.len)));
         }
         // health is the records' write; a failed rotation is told to whoever asked for it only
         healthy.store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
@@ -546,7 +546,8 @@ impl AuditLog {
         let activity = Arc::new(activity::Activity::default());
         activity.seed(&rotated_set(path));
         let a = activity.clone();
-        let position = Arc::new(arc_swap::ArcSwap::from_pointee(inner.prev.clone()));
+        let at = if inner.count > 0 { format!("{}@{}", inner.prev, inner.len) } else { String::new() };
+        let position = Arc::new(arc_swap::ArcSwap::from_pointee(at));
         let p = position.clone();
         std::thread::Builder::new().name("audit-writer".into()).spawn(move || writer(inner, rx, h, a, p, options))?;
         Ok(AuditLog { path: path.to_path_buf(), tx, healthy, activity, position })
@@ -556,11 +557,12 @@ impl AuditLog {
         &self.path
     }
 
-    /// Where the log is: the hash of the last record written ([`GENESIS`] for none), for
-    /// [`allowed_after`]. A record appended before this is read is behind it.
-    pub fn position(&self) -> Arc<dyn Fn() -> String + Send + Sync> {
+    /// Where the log is: `HASH@OFFSET`, the hash of the last record written and where its file
+    /// ends after it (`None` while the file holds no record), for [`allowed_after`]. A record
+    /// appended before this is read is at or before it.
+    pub fn position(&self) -> Arc<dyn Fn() -> Option<String> + Send + Sync> {
         let position = self.position.clone();
-        Arc::new(move || position.load().as_str().to_owned())
+        Arc::new(move || Some(position.load().as_str().to_owned()).filter(|p| !p.is_empty()))
     }
 
     /// Appends `rec`; with `durable`, returns only once it is on disk.
@@ -639,31 +641,66 @@ pub struct AllowedCredential {
     pub session: Option<String>,
 }
 
-/// The allow records with a replay mark written after the record whose hash is `hash` (every
-/// one for [`GENESIS`]), across the rotated set at `path`, oldest first; `None` when no file
-/// holds that record (the log was moved or deleted by something other than the broker's own
-/// rotation): the marks since are then unknown.
+/// The allow records with a replay mark written after `position` ([`AuditLog::position`]:
+/// `HASH@OFFSET`; a bare hash is looked for line by line; [`GENESIS`]: every record), across the
+/// rotated set at `path`, oldest first; `None` when no file holds that record (the log was moved
+/// or deleted by something other than the broker's own rotation, or a rotated file after it was
+/// removed): the marks since are then unknown.
 ///
-/// Only the files from the one holding `hash` on are read: newest first, each hashed line by line.
-pub fn allowed_after(path: &Path, hash: &str) -> Option<Vec<Allowed>> {
+/// The record is looked for at its offset first (the file's end when the position was read),
+/// then line by line; only the files from the one holding it on are read.
+pub fn allowed_after(path: &Path, position: &str) -> Option<Vec<Allowed>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let (hash, offset) = match position.split_once('@') {
+        Some((h, o)) => (h, o.parse::<u64>().ok()),
+        None => (position, None),
+    };
     let files = rotated_set(path);
+    // (the file's index, the byte after the record)
     let mut from = None;
     if hash == GENESIS {
         from = Some((0, 0));
-    } else {
-        for (i, file) in files.iter().enumerate().rev() {
-            let Ok(f) = File::open(file) else { continue };
-            let at = BufReader::new(f).split(b'\n').map_while(Result::ok).position(|line| sha256_hex(&line) == hash);
-            if let Some(at) = at {
-                from = Some((i, at + 1));
+    }
+    for (i, file) in files.iter().enumerate().rev() {
+        if from.is_some() {
+            break;
+        }
+        // where the record should end: its line is the last one before the offset
+        if let Some(end) = offset
+            && let Ok(mut f) = File::open(file)
+            && f.metadata().is_ok_and(|m| m.len() >= end)
+        {
+            let begin = end.saturating_sub(1 << 20);
+            let mut window = Vec::new();
+            if f.seek(SeekFrom::Start(begin)).is_ok() && f.take(end - begin).read_to_end(&mut window).is_ok() {
+                let line = window.strip_suffix(b"\n").map(|w| match w.iter().rposition(|b| *b == b'\n') {
+                    Some(at) => &w[at + 1..],
+                    None if begin == 0 => w,
+                    None => &[][..],
+                });
+                if line.is_some_and(|l| !l.is_empty() && sha256_hex(l) == hash) {
+                    from = Some((i, end));
+                    break;
+                }
+            }
+        }
+        let Ok(f) = File::open(file) else { continue };
+        let mut at = 0u64;
+        for line in BufReader::new(f).split(b'\n').map_while(Result::ok) {
+            at += line.len() as u64 + 1;
+            if sha256_hex(&line) == hash {
+                from = Some((i, at));
                 break;
             }
         }
     }
-    let (first, skip) = from?;
+    let (first, start) = from?;
     let mut out = Vec::new();
     for (i, file) in files.iter().enumerate().skip(first) {
-        let f = File::open(file).ok()?;
+        let mut f = File::open(file).ok()?;
+        if i == first {
+            f.seek(SeekFrom::Start(start)).ok()?;
+        }
         let mut lines = BufReader::new(f).split(b'\n').map_while(Result::ok).peekable();
         // each file after the one holding the position continues the one before it (a file
         // of the set removed in between would hide its marks)
@@ -678,7 +715,7 @@ pub fn allowed_after(path: &Path, hash: &str) -> Option<Vec<Allowed>> {
                 return None;
             }
         }
-        for line in lines.skip(if i == first { skip } else { 0 }) {
+        for line in lines {
             // (a cheap look before the parse: most records are not allow records)
             let allow = br#""decision":"allow""#;
             if !line.windows(allow.len()).any(|w| w == allow) {
@@ -1025,10 +1062,11 @@ mod tests {
             ..Default::default()
         };
         let position = log.position();
-        assert_eq!(position(), GENESIS);
+        assert_eq!(position(), None, "no record yet");
         log.append(allow("a"), true).await.unwrap();
-        let after_a = position();
-        assert_ne!(after_a, GENESIS);
+        let after_a = position().unwrap();
+        let (hash, offset) = after_a.split_once('@').unwrap();
+        assert_eq!(offset.parse::<u64>().unwrap(), std::fs::metadata(&path).unwrap().len(), "where the file ended");
         log.append(rec(Outcome::Deny), false).await.unwrap();
         log.append(AuditRecord { replay: None, ..allow("none") }, true).await.unwrap();
         log.append(allow("b"), true).await.unwrap();
@@ -1038,8 +1076,12 @@ mod tests {
             |from: &str| allowed_after(&path, from).map(|all| all.into_iter().map(|a| a.replay.id).collect::<Vec<_>>());
         assert_eq!(ids(&after_a), Some(vec!["b".to_owned(), "c".to_owned()]));
         assert_eq!(ids(GENESIS), Some(vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]));
-        assert_eq!(ids(&position()), Some(vec![]), "the end: nothing after it");
+        assert_eq!(ids(&position().unwrap()), Some(vec![]), "the end: nothing after it");
         assert_eq!(ids(&"f".repeat(64)), None, "a position the log does not hold");
+        // the record is found by its hash alone, or where an offset does not point to it
+        assert_eq!(ids(hash), Some(vec!["b".to_owned(), "c".to_owned()]));
+        assert_eq!(ids(&format!("{hash}@7")), Some(vec!["b".to_owned(), "c".to_owned()]));
+        assert_eq!(ids(&format!("{}@{offset}", "f".repeat(64))), None);
         let c = &allowed_after(&path, &after_a).unwrap()[1];
         assert_eq!((c.credential.jti.as_str(), c.credential.audience.as_deref()), ("g-c", Some("aud")));
         assert_eq!((c.role.as_str(), c.subject.as_str(), c.ts, c.replay.until), ("r", "s", 7, 50));

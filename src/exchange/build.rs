@@ -36,10 +36,7 @@ fn open_state(config: &Config, now: i64, audit: Option<&AuditLog>) -> Result<Arc
             let wal = audit.map(|log| {
                 let at = log.path().to_path_buf();
                 Wal {
-                    position: {
-                        let position = log.position();
-                        Arc::new(move || Some(position()).filter(|p| p != crate::audit::GENESIS))
-                    },
+                    position: log.position(),
                     after: Box::new(move |hash: &str| {
                         crate::audit::allowed_after(&at, hash).map(|all| all.into_iter().map(allowed_mark).collect())
                     }),

@@ -476,18 +476,22 @@ fn writer(
     let mut broken = false;
     let mut now = i64::MIN;
     let waiting = |b: &Behind| b.waiting.writes.lock().map_or(0, |w| w.len());
+    let mut checkpointed = std::time::Instant::now();
     loop {
         // what waits behind the log is committed at least every CHECKPOINT_EVERY, so a crash
         // replays little of it and the log's rotated files hold the position for long enough
         let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
             Ok(job) => job,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(b) = behind.as_ref().filter(|b| waiting(b) > 0)
-                    && let Err(e) = checkpoint(&db, &mut journal, &mut pending, Some(b), now, false)
-                {
-                    tracing::error!(error = %e, "state file checkpoint failed");
-                    broken = true;
-                    healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+                if let Some(b) = behind.as_ref().filter(|b| waiting(b) > 0) {
+                    match checkpoint(&db, &mut journal, &mut pending, Some(b), now, false) {
+                        Ok(()) => checkpointed = std::time::Instant::now(),
+                        Err(e) => {
+                            tracing::error!(error = %e, "state file checkpoint failed");
+                            broken = true;
+                            healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
                 }
                 continue;
             }
@@ -521,16 +525,21 @@ fn writer(
         let unplaced = behind
             .as_ref()
             .is_some_and(|b| !b.waiting.ready.load(std::sync::atomic::Ordering::SeqCst) && (b.position)().is_some());
-        let due = pending.len() + behind.as_ref().map_or(0, waiting) >= CHECKPOINT_WRITES
+        let behind_now = behind.as_ref().map_or(0, waiting);
+        let due = pending.len() + behind_now >= CHECKPOINT_WRITES
             || journal.bytes() >= CHECKPOINT_BYTES
-            || unplaced;
+            || unplaced
+            || (behind_now > 0 && checkpointed.elapsed() >= CHECKPOINT_EVERY);
         if !broken && due {
             // the batch is durable in the journal already; a checkpoint that fails (perhaps
             // after its commit) leaves a journal that may no longer continue the file, so the
             // next batch must checkpoint again before it is acknowledged
-            if let Err(e) = checkpoint(&db, &mut journal, &mut pending, behind.as_ref(), now, false) {
-                tracing::error!(error = %e, "state file checkpoint failed");
-                broken = true;
+            match checkpoint(&db, &mut journal, &mut pending, behind.as_ref(), now, false) {
+                Ok(()) => checkpointed = std::time::Instant::now(),
+                Err(e) => {
+                    tracing::error!(error = %e, "state file checkpoint failed");
+                    broken = true;
+                }
             }
         }
         healthy.store(!broken, std::sync::atomic::Ordering::Relaxed);

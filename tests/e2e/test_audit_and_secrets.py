@@ -27,7 +27,7 @@ from harness import (
 
 DENY_FIELDS = {"time", "ts", "request_id", "decision_id", "decision", "reason", "detail", "prev"}
 ALLOW_FIELDS = {"time", "ts", "request_id", "decision_id", "decision", "role", "provider", "issuer",
-                "subject", "task", "assertion_expires_at", "credential", "prev"}
+                "subject", "task", "assertion_expires_at", "credential", "replay", "prev"}
 
 
 def form(token, role="deploy", **extra):
@@ -103,7 +103,11 @@ def test_every_rejection_is_audited_with_its_reason_and_decision_id(broker, mock
     assert len(oks) == len(allows) == 1
     claims = verify_broker_jwt(broker, oks[0].json["access_token"])
     assert ALLOW_FIELDS <= set(allows[0]), allows[0]
-    assert allows[0]["credential"] == {"kind": "jwt", "jti": claims["jti"], "expires_at": claims["exp"]}
+    assert allows[0]["credential"] == {"kind": "jwt", "jti": claims["jti"], "expires_at": claims["exp"],
+                                       "audience": claims["aud"]}
+    # the mark made with the grant (the file state's write-ahead log): a SHA-256, never the token
+    assert set(allows[0]["replay"]) == {"id", "until"} and len(allows[0]["replay"]["id"]) == 64, allows[0]
+    assert allows[0]["replay"]["until"] >= allows[0]["assertion_expires_at"], allows[0]
     assert allows[0]["request_id"] == oks[0].headers.get("x-request-id")
     assert allows[0]["role"] == "deploy" and allows[0]["provider"] == "mock"
     assert allows[0]["issuer"] == mock_issuer.issuer
