@@ -458,7 +458,7 @@ fn checkpoint(
         // the file holds a position: marks may wait behind the log from now on
         b.waiting.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     }
-    *journal = Journal::create(journal.path(), next)?;
+    journal.renew(next)?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! The state file's journal: what the file store commits between two checkpoints, appended and
-//! flushed (`fdatasync`) before the caller is answered. A redb commit rewrites the B-tree pages
+//! flushed (`fdatasync`) before the caller is answered (all but the marks made with a grant, which
+//! wait behind the audit log: `file.rs`). A redb commit rewrites the B-tree pages
 //! on its path (tens of KB for one mark); an appended record is the mark itself (about 100
 //! bytes). What is left is the flush (BENCHMARKS.md "Issue 18").
 //!
@@ -7,7 +8,8 @@
 //!   file's `meta` table holds the generation of the journal that continues it.
 //! - A checkpoint commits everything the journal holds to the state file in one transaction,
 //!   with the generation after this one, and only then replaces the journal by an empty one of
-//!   that generation (written aside, flushed, renamed over). A crash between the two leaves a
+//!   that generation (written aside, flushed, renamed over; a journal nothing was appended to
+//!   keeps its zeros and has its header rewritten in place). A crash between the two leaves a
 //!   journal one generation behind the file: its records are already in the file.
 //! - Each batch of writes is one record: its length, the first 8 bytes of the SHA-256 of its
 //!   payload, the payload. Reading stops at the first record that is cut or does not match
@@ -184,6 +186,26 @@ impl Journal {
         Ok(Journal { file, path: path.to_path_buf(), generation, bytes: HEADER as u64, buf: Vec::new() })
     }
 
+    /// Continues as an empty journal of `generation`. With nothing appended since it began (its
+    /// bytes after the header are still zeros: the common case when marks wait behind the audit
+    /// log), the header is rewritten in place, one sector, and flushed; otherwise the journal is
+    /// replaced ([`Journal::create`]). A crash before the header is written leaves the journal one
+    /// generation behind the file, which holds what it held (nothing).
+    pub(super) fn renew(&mut self, generation: i64) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        if self.bytes != HEADER as u64 {
+            *self = Journal::create(&self.path, generation)?;
+            return Ok(());
+        }
+        let fail = |e: std::io::Error| format!("{}: {e}", self.path.display());
+        let mut header = MAGIC.to_vec();
+        header.extend_from_slice(&generation.to_le_bytes());
+        self.file.write_all_at(&header, 0).map_err(fail)?;
+        self.file.sync_data().map_err(fail)?;
+        self.generation = generation;
+        Ok(())
+    }
+
     /// Appends `writes` as one record (after the last one) and flushes it.
     pub(super) fn append(&mut self, writes: &[Write]) -> Result<(), String> {
         use std::os::unix::fs::FileExt;
@@ -206,10 +228,6 @@ impl Journal {
     /// Bytes of header and records (not of the zeros after them).
     pub(super) fn bytes(&self) -> u64 {
         self.bytes
-    }
-
-    pub(super) fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -252,5 +270,30 @@ mod tests {
         assert!(matches!(read(&path, 3).unwrap(), Found::Records(w) if w.is_empty()));
         std::fs::write(&path, b"not a journal at all").unwrap();
         assert!(matches!(read(&path, 3).unwrap(), Found::Foreign));
+    }
+
+    /// An empty journal continues in place (its header only); one with records is replaced, and
+    /// its records are gone from the next generation.
+    #[test]
+    fn a_journal_is_renewed_in_place_when_nothing_was_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.journal");
+        let mut j = Journal::create(&path, 1).unwrap();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let first = inode(&path);
+        j.renew(2).unwrap();
+        assert_eq!(inode(&path), first, "rewritten in place");
+        assert!(matches!(read(&path, 2).unwrap(), Found::Records(w) if w.is_empty()));
+        assert!(matches!(read(&path, 3).unwrap(), Found::Applied));
+        j.append(&writes()).unwrap();
+        assert!(matches!(read(&path, 2).unwrap(), Found::Records(w) if w.len() == 3));
+        j.renew(3).unwrap();
+        assert_ne!(inode(&path), first, "replaced: it held a record");
+        assert!(matches!(read(&path, 3).unwrap(), Found::Records(w) if w.is_empty()));
+        assert_eq!(std::fs::read(&path).unwrap().len(), PREALLOCATED);
+        // and in place again, appended to after
+        j.renew(4).unwrap();
+        j.append(&writes()[..1]).unwrap();
+        assert!(matches!(read(&path, 4).unwrap(), Found::Records(w) if w.len() == 1));
     }
 }
