@@ -2,7 +2,9 @@
 //!
 //! - Used assertions: `SET key 1 NX PXAT exp` — one atomic command decides first use across all
 //!   replicas, in one round trip (a Lua script that also checks the epoch marker and, for a fresh
-//!   mark, records the grant in the inventory).
+//!   mark, records the grant in the inventory). One call at a time carries every mark waiting
+//!   when it leaves ([`MarkQueue`]): concurrent exchanges share the script's call and the round
+//!   trip, each mark decided on its own, in order.
 //! - A Redis that lost its data (restart without persistence, failover to an empty replica) must
 //!   not reopen replays: an epoch marker (never expiring, whole seconds) is set when the store
 //!   first opens; when a mark finds it gone, a new epoch starts *now*, and assertions issued
@@ -20,10 +22,14 @@ use redis::aio::ConnectionManager;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
-// KEYS: epoch marker, used key, grant key, grant index, mark counter, confirmed epoch, then the
-// revocation keys to check.
-// ARGV: now, used PXAT ms, used_since, grant body, grant PXAT ms, grant score, grant id, the
-// highest counter this broker has seen, the epoch it last saw, `1` to check revocations first.
+// Marks, in the order given, each as one atomic check-and-set (the script as a whole is atomic
+// too): the marks of concurrent exchanges waiting at the same moment go in one call, so Redis runs
+// one script and one round trip for all of them (as group commit shares a flush).
+// KEYS: epoch marker, mark counter, confirmed epoch, grant index; then, per mark, its used key,
+// its grant key and the revocation keys to check.
+// ARGV: the number of marks; then, per mark (eleven): now, the number of revocation keys, used
+// PXAT ms, used_since, grant body, grant PXAT ms, grant score, grant id, the highest counter its
+// broker had seen, the epoch it last saw, `1` to check revocations first.
 // With the check (a spend: the exchange's one round trip), nothing is marked when revocations
 // cannot be trusted (the same verdict as `RedisStore::revocations_hold`: code 3) or one of the
 // keys is revoked (code 4, with the 1-based positions of those revoked).
@@ -31,47 +37,145 @@ use tokio::sync::OnceCell;
 // epoch it saw, means the data was rolled back (a restore from an older snapshot, a failover to a
 // lagging replica: review B4), which is a loss like any other: a new epoch starts. (Under another
 // epoch the loss is known already; the counter is only lifted past what was seen.)
-// Returns {code, epoch, counter, confirmed epoch, revoked positions}.
+// Returns, per mark, {code, epoch, counter, confirmed epoch, revoked positions}.
 const MARK_SCRIPT: &str = r#"
-local seq = tonumber(redis.call('GET', KEYS[5]) or '0')
-local epoch = redis.call('GET', KEYS[1])
-local rolled_back = epoch and epoch == ARGV[9] and seq < tonumber(ARGV[8])
-if ARGV[10] == '1' then
-  local confirmed = redis.call('GET', KEYS[6]) or ''
-  if not epoch or rolled_back or confirmed ~= epoch then
-    return {3, epoch or '', seq, confirmed, {}}
-  end
-  local revoked = {}
-  for i = 7, #KEYS do
-    if redis.call('EXISTS', KEYS[i]) == 1 then
-      table.insert(revoked, i - 6)
+local out = {}
+local k, a = 5, 2
+for m = 1, tonumber(ARGV[1]) do
+  local now, nrev = ARGV[a], tonumber(ARGV[a + 1])
+  local seen = tonumber(ARGV[a + 8])
+  local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local epoch = redis.call('GET', KEYS[1])
+  local rolled_back = epoch and epoch == ARGV[a + 9] and seq < seen
+  local reply = nil
+  if ARGV[a + 10] == '1' then
+    local confirmed = redis.call('GET', KEYS[3]) or ''
+    if not epoch or rolled_back or confirmed ~= epoch then
+      reply = {3, epoch or '', seq, confirmed, {}}
+    else
+      local revoked = {}
+      for i = k + 2, k + 1 + nrev do
+        if redis.call('EXISTS', KEYS[i]) == 1 then
+          table.insert(revoked, i - k - 1)
+        end
+      end
+      if #revoked > 0 then
+        reply = {4, epoch, seq, confirmed, revoked}
+      end
     end
   end
-  if #revoked > 0 then
-    return {4, epoch, seq, confirmed, revoked}
+  if not reply then
+    if not epoch or rolled_back then
+      redis.call('SET', KEYS[1], now)
+      epoch = now
+    end
+    if seq < seen then
+      redis.call('SET', KEYS[2], ARGV[a + 8])
+    end
+    seq = redis.call('INCR', KEYS[2])
+    if tonumber(ARGV[a + 3]) < tonumber(epoch) then
+      reply = {2, epoch, seq, '', {}}
+    elseif redis.call('SET', KEYS[k], '1', 'NX', 'PXAT', ARGV[a + 2]) then
+      if ARGV[a + 4] ~= '' then
+        redis.call('SET', KEYS[k + 1], ARGV[a + 4], 'PXAT', ARGV[a + 5])
+        redis.call('ZADD', KEYS[4], ARGV[a + 6], ARGV[a + 7])
+        redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)
+      end
+      reply = {1, epoch, seq, '', {}}
+    else
+      reply = {0, epoch, seq, '', {}}
+    end
   end
+  out[m] = reply
+  k = k + 2 + nrev
+  a = a + 11
 end
-if not epoch or rolled_back then
-  redis.call('SET', KEYS[1], ARGV[1])
-  epoch = ARGV[1]
-end
-if seq < tonumber(ARGV[8]) then
-  redis.call('SET', KEYS[5], ARGV[8])
-end
-seq = redis.call('INCR', KEYS[5])
-if tonumber(ARGV[3]) < tonumber(epoch) then
-  return {2, epoch, seq, '', {}}
-end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PXAT', ARGV[2]) then
-  if ARGV[4] ~= '' then
-    redis.call('SET', KEYS[3], ARGV[4], 'PXAT', ARGV[5])
-    redis.call('ZADD', KEYS[4], ARGV[6], ARGV[7])
-    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1])
-  end
-  return {1, epoch, seq, '', {}}
-end
-return {0, epoch, seq, '', {}}
+return out
 "#;
+
+/// Most marks sent in one call.
+const MARK_BATCH: usize = 64;
+
+/// What the mark script answers for one mark: code, epoch, counter, confirmed epoch, revoked.
+type MarkReply = (i64, String, i64, String, Vec<usize>);
+
+/// One mark waiting for the call that carries it.
+struct PendingMark {
+    keys: Vec<String>,
+    /// (each as sent: Redis arguments are strings)
+    args: Vec<Vec<u8>>,
+    done: tokio::sync::oneshot::Sender<Result<MarkReply, StateError>>,
+}
+
+/// The marks waiting, and whether a task is sending them: one call at a time carries every mark
+/// that waits when it leaves (a task of its own, so an exchange that goes away takes nobody's
+/// marks with it).
+struct MarkQueue {
+    waiting: std::sync::Mutex<(Vec<PendingMark>, bool)>,
+    script: redis::Script,
+    /// Epoch marker, counter, confirmed epoch, grant index.
+    shared: [String; 4],
+    timeout: Duration,
+}
+
+impl MarkQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<PendingMark>, bool)> {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends what waits, call after call, until nothing does.
+    async fn run(self: std::sync::Arc<Self>, mut conn: ConnectionManager) {
+        // should this task end early (a panic), the next mark starts another
+        struct Sending<'a>(&'a MarkQueue, bool);
+        impl Drop for Sending<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.lock().1 = false;
+                }
+            }
+        }
+        let mut sending = Sending(&self, true);
+        loop {
+            let batch: Vec<PendingMark> = {
+                let mut q = self.lock();
+                if q.0.is_empty() {
+                    q.1 = false;
+                    sending.1 = false;
+                    return;
+                }
+                let n = q.0.len().min(MARK_BATCH);
+                q.0.drain(..n).collect()
+            };
+            let mut inv = self.script.prepare_invoke();
+            for k in &self.shared {
+                inv.key(k);
+            }
+            inv.arg(batch.len());
+            for p in &batch {
+                for k in &p.keys {
+                    inv.key(k);
+                }
+                for a in &p.args {
+                    inv.arg(a);
+                }
+            }
+            let answer = match tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<MarkReply>>(&mut conn)).await {
+                Ok(Ok(replies)) if replies.len() == batch.len() => Ok(replies),
+                Ok(Ok(_)) => Err(unavailable("the mark script answered for another number of marks")),
+                Ok(Err(e)) => Err(unavailable(e)),
+                Err(_) => Err(StateError::Unavailable("command timed out".into())),
+            };
+            match answer {
+                Ok(replies) => batch.into_iter().zip(replies).for_each(|(p, r)| {
+                    let _ = p.done.send(Ok(r));
+                }),
+                Err(e) => batch.into_iter().for_each(|p| {
+                    let _ = p.done.send(Err(e.clone()));
+                }),
+            }
+        }
+    }
+}
 
 /// A revocation: set it, and move the mark counter unless it is behind what this broker has
 /// seen (re-asserting after a rollback must not hide the rollback). KEYS: revoked key, counter.
@@ -148,7 +252,7 @@ pub struct RedisStore {
     conn: OnceCell<ConnectionManager>,
     timeout: Duration,
     prefix: String,
-    mark: redis::Script,
+    marks: std::sync::Arc<MarkQueue>,
     revoke: redis::Script,
     confirm: redis::Script,
     consume: redis::Script,
@@ -186,7 +290,17 @@ impl RedisStore {
             conn: OnceCell::new(),
             timeout,
             prefix: prefix.to_owned(),
-            mark: redis::Script::new(MARK_SCRIPT),
+            marks: std::sync::Arc::new(MarkQueue {
+                waiting: std::sync::Mutex::new((Vec::new(), false)),
+                script: redis::Script::new(MARK_SCRIPT),
+                shared: [
+                    format!("{{{prefix}}}:meta:epoch"),
+                    format!("{{{prefix}}}:meta:seq"),
+                    format!("{{{prefix}}}:meta:revocations"),
+                    format!("{{{prefix}}}:meta:grants"),
+                ],
+                timeout,
+            }),
             revoke: redis::Script::new(REVOKE_SCRIPT),
             confirm: redis::Script::new(CONFIRM_SCRIPT),
             consume: redis::Script::new(CONSUME_SCRIPT),
@@ -299,29 +413,49 @@ impl RedisStore {
         issued_at: i64,
         grant: Option<&super::Grant>,
     ) -> Result<super::Spend, StateError> {
-        let mut c = self.conn().await?;
+        let c = self.conn().await?;
         let body = match grant {
             Some(g) => serde_json::to_string(g).map_err(unavailable)?,
             None => String::new(),
         };
         let seen = self.seen_seq.load(std::sync::atomic::Ordering::SeqCst);
-        let mut inv = self.mark.prepare_invoke();
-        inv.key(self.key("meta", "epoch")).key(self.key("used", id));
-        inv.key(self.key("grant", grant.map_or("-", |g| g.id.as_str()))).key(self.key("meta", "grants"));
-        inv.key(self.key("meta", "seq")).key(self.key("meta", "revocations"));
-        for k in revocations.unwrap_or_default() {
-            inv.key(self.key("revoked", k));
-        }
+        let checked = revocations.unwrap_or_default();
+        let mut keys = Vec::with_capacity(2 + checked.len());
+        keys.push(self.key("used", id));
+        keys.push(self.key("grant", grant.map_or("-", |g| g.id.as_str())));
+        keys.extend(checked.iter().map(|k| self.key("revoked", k)));
         // Epoch and issue times in whole seconds (NumericDate): an assertion issued in the
         // second the epoch began is accepted.
-        inv.arg(now).arg(until.max(now + 1) * 1000).arg(issued_at);
         let grant_exp = grant.map_or(now + 1, |g| g.expires_at.max(now + 1));
-        inv.arg(body).arg(grant_exp * 1000).arg(grant_exp).arg(grant.map_or("", |g| g.id.as_str()));
-        inv.arg(seen);
-        inv.arg(self.seen_epoch.lock().ok().and_then(|e| e.clone()).unwrap_or_default());
-        inv.arg(if revocations.is_some() { "1" } else { "" });
-        let (code, epoch, seq, confirmed, revoked): (i64, String, i64, String, Vec<usize>) =
-            self.bounded(inv.invoke_async(&mut c)).await?;
+        let int = |n: i64| n.to_string().into_bytes();
+        let text = |s: &str| s.as_bytes().to_vec();
+        let args = vec![
+            int(now),
+            int(checked.len() as i64),
+            int(until.max(now + 1) * 1000),
+            int(issued_at),
+            text(&body),
+            int(grant_exp * 1000),
+            int(grant_exp),
+            text(grant.map_or("", |g| g.id.as_str())),
+            int(seen),
+            text(&self.seen_epoch.lock().ok().and_then(|e| e.clone()).unwrap_or_default()),
+            text(if revocations.is_some() { "1" } else { "" }),
+        ];
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = self.marks.lock();
+            q.0.push(PendingMark { keys, args, done });
+            !std::mem::replace(&mut q.1, true)
+        };
+        if start {
+            tokio::spawn(self.marks.clone().run(c.clone()));
+        }
+        let (code, epoch, seq, confirmed, revoked) = match tokio::time::timeout(self.timeout * 2, answer).await {
+            Ok(Ok(reply)) => reply?,
+            Ok(Err(_)) => return Err(unavailable("the mark was dropped unsent")),
+            Err(_) => return Err(StateError::Unavailable("command timed out".into())),
+        };
         if revocations.is_some() {
             if code == 3 {
                 // the verdict of a plain lookup, with what it would teach

@@ -11,15 +11,18 @@ Each test's docstring quotes the README line it pins (README.md as of tests/CLAI
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import os
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import jwt
 import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
@@ -602,6 +605,98 @@ def test_an_exchange_makes_one_redis_round_trip(ephemera_bin, tmp_path, mock_iss
 
 
 # ---- AWS: credentials are loaded at the first mint (README 418-419) -----------------------------
+
+
+def redis_call(port: int, *args: str) -> bytes:
+    """One command in RESP to the redis-server on `port`; its raw answer."""
+    msg = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT) as s:
+        s.sendall(msg)
+        out = b""
+        while not out.endswith(b"\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def mark_calls(mon: Monitor, port: int) -> list[int]:
+    """The mark script's calls clients sent up to now, each as the number of marks it carried
+    (the script's first argument; the other scripts, the outbox's lease, are left out)."""
+    marker = f"end-{os.urandom(6).hex()}"
+    with socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT) as s:
+        s.sendall(f"ECHO {marker}\r\n".encode())
+        s.recv(64)
+    calls = []
+    while True:
+        line = mon._line()  # +1700000000.123456 [0 127.0.0.1:5555] "EVALSHA" "sha" "10" "k1" ... "a1" ...
+        src, rest = line.split("[", 1)[1].split("] ", 1)
+        words = shlex.split(rest)
+        if words[0].upper() == "ECHO" and words[1] == marker:
+            return calls
+        if src.endswith("lua") or words[0].upper() != "EVALSHA" or words[3] != redis_epoch_key():
+            continue
+        numkeys = int(words[2])
+        if words[4] == redis_epoch_key().replace("epoch", "seq"):  # the mark script's keys
+            calls.append(int(words[3 + numkeys]))
+
+
+def test_marks_waiting_at_the_same_moment_go_to_redis_in_one_call(ephemera_bin, tmp_path, mock_issuer):
+    """README (Running several replicas): "the marks of exchanges waiting at the same moment go in
+    one script call (up to 64; each still decided on its own, in order, atomically)". Redis is paused for writes (CLIENT PAUSE) while the first of eight concurrent
+    exchanges is in its call: the seven others wait behind it and go in one call, so eight
+    exchanges cost at most two EVALSHA (INFO commandstats), each answered on its own (eight 200s,
+    eight allow records). The twin: one at a time, one call each."""
+    require_peer("redis-server", shutil.which("redis-server") is not None,
+                 "apt-get install redis-server (scripts/test installs it)")
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(tmp_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    b = None
+    try:
+        def up():
+            try:
+                return redis_call(port, "PING").startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_until(up, 15, what="redis-server up")
+        assert redis_call(port, "SET", redis_epoch_key(), str(REDIS_ESTABLISHED_EPOCH)).startswith(b"+OK")
+        workdir = tmp_path / "broker"
+        cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], [role()],
+                            server={"signing_key_file": str(pem_key(tmp_path / "broker-key.pem"))})
+        cfg["state"] = {"backend": "redis", "url": f"redis://127.0.0.1:{port}", "command_timeout": "5s"}
+        b = Broker(ephemera_bin, workdir, cfg)
+        assert b.exchange(mock_issuer.token()).status == 200  # (the script is loaded)
+        mon = Monitor(port)
+        try:
+            for _ in range(4):
+                assert b.exchange(mock_issuer.token()).status == 200
+            assert mark_calls(mon, port) == [1, 1, 1, 1], "one at a time: a call each"
+            tokens = [mock_issuer.token() for _ in range(8)]
+            assert redis_call(port, "CLIENT", "PAUSE", "1500", "WRITE").startswith(b"+OK")
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(b.exchange, tokens))
+            assert [a.status for a in answers] == [200] * 8, answers
+            calls = mark_calls(mon, port)
+        finally:
+            mon.close()
+        assert sum(calls) == 8 and len(calls) <= 2, calls
+        jtis = {jwt.decode(a.json["access_token"], options={"verify_signature": False})["jti"] for a in answers}
+        allows = [r for r in b.audit() if r["decision"] == "allow"]
+        assert jtis <= {r["credential"]["jti"] for r in allows} and len(jtis) == 8
+        # each was marked: presented again, each is a replay
+        for t in tokens[:3]:
+            r = b.exchange(t)
+            assert r.status == 400 and r.reason == "token_replayed", r
+        b.stop()
+        b.check_audit_invariants()
+    finally:
+        if b is not None:
+            b.stop()
+        redis.kill()
 
 
 def aws_lookup_env(canary_url: str, sts_url: str) -> dict:
