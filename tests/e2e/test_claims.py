@@ -538,35 +538,10 @@ def test_an_exchange_makes_one_redis_round_trip(ephemera_bin, tmp_path, mock_iss
     redis-server around one exchange, once the broker has loaded its script (its very first mark
     on a server that never saw the script costs the EVALSHA that answers NOSCRIPT and the load:
     see the first count below)."""
-    require_peer("redis-server", shutil.which("redis-server") is not None,
-                 "apt-get install redis-server (scripts/test installs it)")
-    port = free_port()
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(tmp_path)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    redis, port = start_redis(tmp_path)
     b = None
     try:
-        def up():
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    return s.recv(16).startswith(b"+PONG")
-            except OSError:
-                return False
-
-        wait_until(up, 15, what="redis-server up")
-        # an established store (its epoch marker long past), as in test_replicas.py: a first start
-        # on an empty Redis would refuse assertions issued within the leeway (review S2/B3)
-        key = redis_epoch_key().encode()
-        epoch = str(REDIS_ESTABLISHED_EPOCH).encode()
-        with socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT) as s:
-            s.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(epoch), epoch))
-            assert s.recv(16).startswith(b"+OK")
-        workdir = tmp_path / "broker"
-        cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], [role()],
-                            server={"signing_key_file": str(pem_key(tmp_path / "broker-key.pem"))})
-        cfg["state"] = {"backend": "redis", "url": f"redis://127.0.0.1:{port}", "command_timeout": "5s"}
-        b = Broker(ephemera_bin, workdir, cfg)
+        b = redis_broker(ephemera_bin, tmp_path, mock_issuer, port)
 
         def one_exchange():
             mon = Monitor(port)
@@ -607,6 +582,41 @@ def test_an_exchange_makes_one_redis_round_trip(ephemera_bin, tmp_path, mock_iss
 # ---- AWS: credentials are loaded at the first mint (README 418-419) -----------------------------
 
 
+def start_redis(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """A redis-server on a free port, answering, with an established store (its epoch marker long
+    past), as in test_replicas.py: a first start on an empty Redis would refuse assertions issued
+    within the leeway (review S2/B3)."""
+    require_peer("redis-server", shutil.which("redis-server") is not None,
+                 "apt-get install redis-server (scripts/test installs it)")
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(tmp_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+    def up():
+        try:
+            return redis_call(port, "PING").startswith(b"+PONG")
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 15, what="redis-server up")
+        assert redis_call(port, "SET", redis_epoch_key(), str(REDIS_ESTABLISHED_EPOCH)).startswith(b"+OK")
+    except BaseException:
+        redis.kill()
+        raise
+    return redis, port
+
+
+def redis_broker(ephemera_bin, tmp_path: Path, mock_issuer, port: int) -> Broker:
+    """A broker on the mock issuer with its state in the redis-server on `port`."""
+    workdir = tmp_path / "broker"
+    cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], [role()],
+                        server={"signing_key_file": str(pem_key(tmp_path / "broker-key.pem"))})
+    cfg["state"] = {"backend": "redis", "url": f"redis://127.0.0.1:{port}", "command_timeout": "5s"}
+    return Broker(ephemera_bin, workdir, cfg)
+
+
 def redis_call(port: int, *args: str) -> bytes:
     """One command in RESP to the redis-server on `port`; its raw answer."""
     msg = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
@@ -644,31 +654,15 @@ def mark_calls(mon: Monitor, port: int) -> list[int]:
 
 def test_marks_waiting_at_the_same_moment_go_to_redis_in_one_call(ephemera_bin, tmp_path, mock_issuer):
     """README (Running several replicas): "the marks of exchanges waiting at the same moment go in
-    one script call (up to 64; each still decided on its own, in order, atomically)". Redis is paused for writes (CLIENT PAUSE) while the first of eight concurrent
-    exchanges is in its call: the seven others wait behind it and go in one call, so eight
-    exchanges cost at most two EVALSHA (INFO commandstats), each answered on its own (eight 200s,
-    eight allow records). The twin: one at a time, one call each."""
-    require_peer("redis-server", shutil.which("redis-server") is not None,
-                 "apt-get install redis-server (scripts/test installs it)")
-    port = free_port()
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(tmp_path)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    one script call (up to 64; each still decided on its own, in order, atomically)". Redis is
+    paused for writes (CLIENT PAUSE) while the first of eight concurrent exchanges is in its call:
+    the others wait behind it and go in one call, so MONITOR sees at most two mark calls carrying
+    eight marks, each answered on its own (eight 200s, eight allow records, each a replay when
+    presented again). The twin: one at a time, a call each."""
+    redis, port = start_redis(tmp_path)
     b = None
     try:
-        def up():
-            try:
-                return redis_call(port, "PING").startswith(b"+PONG")
-            except OSError:
-                return False
-
-        wait_until(up, 15, what="redis-server up")
-        assert redis_call(port, "SET", redis_epoch_key(), str(REDIS_ESTABLISHED_EPOCH)).startswith(b"+OK")
-        workdir = tmp_path / "broker"
-        cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], [role()],
-                            server={"signing_key_file": str(pem_key(tmp_path / "broker-key.pem"))})
-        cfg["state"] = {"backend": "redis", "url": f"redis://127.0.0.1:{port}", "command_timeout": "5s"}
-        b = Broker(ephemera_bin, workdir, cfg)
+        b = redis_broker(ephemera_bin, tmp_path, mock_issuer, port)
         assert b.exchange(mock_issuer.token()).status == 200  # (the script is loaded)
         mon = Monitor(port)
         try:
