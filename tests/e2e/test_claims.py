@@ -508,9 +508,10 @@ class Monitor:
         line, self.buf = self.buf.split(b"\r\n", 1)
         return line.decode(errors="replace")
 
-    def commands_until_marker(self, port: int) -> list[str]:
-        """Every command clients sent up to now (not those a script ran), in order: a marker
-        command sent from another connection ends the list, so nothing is cut short."""
+    def until_marker(self, port: int) -> list[tuple[str, list[str]]]:
+        """Every command executed up to now, as (source, words): a marker command sent from
+        another connection ends the list, so nothing is cut short. The source is `lua` for the
+        commands a script ran."""
         marker = f"end-{os.urandom(6).hex()}"
         with socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT) as s:
             s.sendall(f"ECHO {marker}\r\n".encode())
@@ -519,12 +520,14 @@ class Monitor:
         while True:
             line = self._line()  # +1700000000.123456 [0 127.0.0.1:5555] "MGET" "..."
             src = line.split("[", 1)[1].split("]", 1)[0].split(" ", 1)[1]
-            words = line.split("] ", 1)[1].split(" ")
-            cmd = words[0].strip('"').upper()
-            if cmd == "ECHO" and words[1].strip('"') == marker:
+            words = shlex.split(line.split("] ", 1)[1])
+            if words[0].upper() == "ECHO" and words[1] == marker:
                 return seen
-            if src != "lua":
-                seen.append(cmd)
+            seen.append((src, words))
+
+    def commands_until_marker(self, port: int) -> list[str]:
+        """Every command clients sent up to now (not those a script ran), in order."""
+        return [words[0].upper() for src, words in self.until_marker(port) if src != "lua"]
 
     def close(self):
         self.sock.close()
@@ -634,22 +637,9 @@ def redis_call(port: int, *args: str) -> bytes:
 def mark_calls(mon: Monitor, port: int) -> list[int]:
     """The mark script's calls clients sent up to now, each as the number of marks it carried
     (the script's first argument; the other scripts, the outbox's lease, are left out)."""
-    marker = f"end-{os.urandom(6).hex()}"
-    with socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT) as s:
-        s.sendall(f"ECHO {marker}\r\n".encode())
-        s.recv(64)
-    calls = []
-    while True:
-        line = mon._line()  # +1700000000.123456 [0 127.0.0.1:5555] "EVALSHA" "sha" "10" "k1" ... "a1" ...
-        src, rest = line.split("[", 1)[1].split("] ", 1)
-        words = shlex.split(rest)
-        if words[0].upper() == "ECHO" and words[1] == marker:
-            return calls
-        if src.endswith("lua") or words[0].upper() != "EVALSHA" or words[3] != redis_epoch_key():
-            continue
-        numkeys = int(words[2])
-        if words[4] == redis_epoch_key().replace("epoch", "seq"):  # the mark script's keys
-            calls.append(int(words[3 + numkeys]))
+    return [int(words[3 + int(words[2])]) for src, words in mon.until_marker(port)
+            if src != "lua" and words[0].upper() == "EVALSHA"
+            and words[3:5] == [redis_epoch_key(), redis_epoch_key().replace("epoch", "seq")]]
 
 
 def test_marks_waiting_at_the_same_moment_go_to_redis_in_one_call(ephemera_bin, tmp_path, mock_issuer):
