@@ -169,7 +169,7 @@ pub struct AuditLog {
     healthy: Arc<std::sync::atomic::AtomicBool>,
     /// What the written records say of use (the writer reads each record once it is written).
     activity: Arc<activity::Activity>,
-    /// The hash of the last record written.
+    /// `HASH@OFFSET` of the last record written (empty before the first): [`AuditLog::position`].
     position: Arc<arc_swap::ArcSwap<String>>,
 }
 
@@ -642,59 +642,25 @@ pub struct AllowedCredential {
 }
 
 /// The allow records with a replay mark written after `position` ([`AuditLog::position`]:
-/// `HASH@OFFSET`; a bare hash is looked for line by line; [`GENESIS`]: every record), across the
-/// rotated set at `path`, oldest first; `None` when no file holds that record (the log was moved
-/// or deleted by something other than the broker's own rotation, or a rotated file after it was
-/// removed): the marks since are then unknown.
+/// `HASH@OFFSET`; a bare hash is looked for line by line), across the rotated set at `path`,
+/// oldest first; `None` when no file holds that record (the log was moved or deleted by something
+/// other than the broker's own rotation, or a rotated file after it was removed): the marks since
+/// are then unknown.
 ///
 /// The record is looked for at its offset first (the file's end when the position was read),
 /// then line by line; only the files from the one holding it on are read.
 pub fn allowed_after(path: &Path, position: &str) -> Option<Vec<Allowed>> {
-    use std::io::{Read, Seek, SeekFrom};
+    use std::io::{Seek, SeekFrom};
     let (hash, offset) = match position.split_once('@') {
         Some((h, o)) => (h, o.parse::<u64>().ok()),
         None => (position, None),
     };
     let files = rotated_set(path);
     // (the file's index, the byte after the record)
-    let mut from = None;
-    if hash == GENESIS {
-        from = Some((0, 0));
-    }
-    for (i, file) in files.iter().enumerate().rev() {
-        if from.is_some() {
-            break;
-        }
-        // where the record should end: its line is the last one before the offset
-        if let Some(end) = offset
-            && let Ok(mut f) = File::open(file)
-            && f.metadata().is_ok_and(|m| m.len() >= end)
-        {
-            let begin = end.saturating_sub(1 << 20);
-            let mut window = Vec::new();
-            if f.seek(SeekFrom::Start(begin)).is_ok() && f.take(end - begin).read_to_end(&mut window).is_ok() {
-                let line = window.strip_suffix(b"\n").map(|w| match w.iter().rposition(|b| *b == b'\n') {
-                    Some(at) => &w[at + 1..],
-                    None if begin == 0 => w,
-                    None => &[][..],
-                });
-                if line.is_some_and(|l| !l.is_empty() && sha256_hex(l) == hash) {
-                    from = Some((i, end));
-                    break;
-                }
-            }
-        }
-        let Ok(f) = File::open(file) else { continue };
-        let mut at = 0u64;
-        for line in BufReader::new(f).split(b'\n').map_while(Result::ok) {
-            at += line.len() as u64 + 1;
-            if sha256_hex(&line) == hash {
-                from = Some((i, at));
-                break;
-            }
-        }
-    }
-    let (first, start) = from?;
+    let (first, start) = files.iter().enumerate().rev().find_map(|(i, file)| {
+        let end = offset.filter(|end| ends_at(file, *end, hash)).or_else(|| line_end(file, hash))?;
+        Some((i, end))
+    })?;
     let mut out = Vec::new();
     for (i, file) in files.iter().enumerate().skip(first) {
         let mut f = File::open(file).ok()?;
@@ -704,7 +670,7 @@ pub fn allowed_after(path: &Path, position: &str) -> Option<Vec<Allowed>> {
         let mut lines = BufReader::new(f).split(b'\n').map_while(Result::ok).peekable();
         // each file after the one holding the position continues the one before it (a file
         // of the set removed in between would hide its marks)
-        if i > first && hash != GENESIS {
+        if i > first {
             let before = files[i - 1].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let opening = lines.peek().and_then(|l| serde_json::from_slice::<serde_json::Value>(l).ok());
             let continues = opening.as_ref().is_some_and(|r| {
@@ -715,18 +681,49 @@ pub fn allowed_after(path: &Path, position: &str) -> Option<Vec<Allowed>> {
                 return None;
             }
         }
-        for line in lines {
-            // (a cheap look before the parse: most records are not allow records)
-            let allow = br#""decision":"allow""#;
-            if !line.windows(allow.len()).any(|w| w == allow) {
-                continue;
-            }
-            if let Ok(a) = serde_json::from_slice::<Allowed>(&line) {
-                out.push(a);
-            }
-        }
+        // (a cheap look before the parse: most records are not allow records)
+        let allow = br#""decision":"allow""#;
+        out.extend(
+            lines
+                .filter(|line| line.windows(allow.len()).any(|w| w == allow))
+                .filter_map(|line| serde_json::from_slice::<Allowed>(&line).ok()),
+        );
     }
     Some(out)
+}
+
+/// Does the line of `file` that ends at byte `end` (its newline the byte before) hash to `hash`?
+fn ends_at(file: &Path, end: u64, hash: &str) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(file) else { return false };
+    if !f.metadata().is_ok_and(|m| m.len() >= end) {
+        return false;
+    }
+    let begin = end.saturating_sub(1 << 20);
+    let mut window = Vec::new();
+    if f.seek(SeekFrom::Start(begin)).is_err() || f.take(end - begin).read_to_end(&mut window).is_err() {
+        return false;
+    }
+    let Some(w) = window.strip_suffix(b"\n") else { return false };
+    let line = match w.iter().rposition(|b| *b == b'\n') {
+        Some(at) => &w[at + 1..],
+        None if begin == 0 => w,
+        None => return false,
+    };
+    !line.is_empty() && sha256_hex(line) == hash
+}
+
+/// The byte after the line of `file` that hashes to `hash`, looked for line by line.
+fn line_end(file: &Path, hash: &str) -> Option<u64> {
+    let f = File::open(file).ok()?;
+    let mut at = 0u64;
+    for line in BufReader::new(f).split(b'\n').map_while(Result::ok) {
+        at += line.len() as u64 + 1;
+        if sha256_hex(&line) == hash {
+            return Some(at);
+        }
+    }
+    None
 }
 
 /// The files of a rotated log, oldest first: `PATH.YYYYMMDDTHHMMSSZ[-N]` then `PATH`.
@@ -1037,10 +1034,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
     }
 
-    /// The revocations a log records are read back with when they were made (what the file
-    /// state store re-asserts after losing its file); other records are not revocations.
     /// The allow records with a mark after a position are read back, across a rotation; a log
-    /// that no longer holds the position answers `None`; from [`GENESIS`], every one.
+    /// that no longer holds the position answers `None`.
     #[tokio::test]
     async fn the_marks_after_a_position_are_read_back_across_a_rotation() {
         let dir = tempfile::tempdir().unwrap();
@@ -1075,7 +1070,6 @@ mod tests {
         let ids =
             |from: &str| allowed_after(&path, from).map(|all| all.into_iter().map(|a| a.replay.id).collect::<Vec<_>>());
         assert_eq!(ids(&after_a), Some(vec!["b".to_owned(), "c".to_owned()]));
-        assert_eq!(ids(GENESIS), Some(vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]));
         assert_eq!(ids(&position().unwrap()), Some(vec![]), "the end: nothing after it");
         assert_eq!(ids(&"f".repeat(64)), None, "a position the log does not hold");
         // the record is found by its hash alone, or where an offset does not point to it
@@ -1094,6 +1088,8 @@ mod tests {
         assert_eq!(ids(&after_a), None);
     }
 
+    /// The revocations a log records are read back with when they were made (what the file
+    /// state store re-asserts after losing its file); other records are not revocations.
     #[tokio::test]
     async fn revocations_are_read_back_from_the_log() {
         let dir = tempfile::tempdir().unwrap();

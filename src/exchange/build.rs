@@ -8,7 +8,7 @@ use crate::config::{Config, StateBackend};
 use crate::minting::jwt::BrokerSigner;
 use crate::minting::{Minters, aws::AwsMinter, gcp::GcpMinter};
 use crate::state::StateStore;
-use crate::state::file::{FileStore, Wal};
+use crate::state::file::{FileStore, Wal, WalMark};
 use crate::state::memory::MemoryStore;
 use ephemera_providers::KeyCache;
 use std::sync::Arc;
@@ -55,7 +55,7 @@ fn open_state(config: &Config, now: i64, audit: Option<&AuditLog>) -> Result<Arc
 }
 
 /// The mark and the grant an allow record names (its `replay` and `credential`).
-fn allowed_mark(a: crate::audit::Allowed) -> (String, i64, crate::state::Grant) {
+fn allowed_mark(a: crate::audit::Allowed) -> WalMark {
     let grant = crate::state::Grant {
         id: a.credential.jti,
         subject: a.subject,

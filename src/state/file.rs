@@ -3,8 +3,9 @@
 //!
 //! - Every decision is taken by a [`MemoryStore`] in front (one lock, the same check-and-set as
 //!   the memory backend, reads never touch the disk); every change it accepts is then flushed to
-//!   the journal beside the redb file before the caller is answered. A mark is therefore durable
-//!   before any credential that depends on it exists outside the broker.
+//!   the journal beside the redb file before the caller is answered, or, for a mark made with its
+//!   grant, is named by the audit log's allow record (below). A mark is therefore durable before
+//!   any credential that depends on it exists outside the broker.
 //! - Writes go to one writer thread that appends whatever is waiting as one record to the
 //!   journal beside the file and flushes it (group commit, as the audit log does): concurrent
 //!   exchanges share the cost of the flush, and a mark costs its own bytes, not a B-tree's pages
@@ -390,7 +391,7 @@ fn mark_write(id: &str, until: i64) -> Write {
 
 /// The writes of marks (replay id, until) and their grants, rebuilt from a [`Wal`]; the expired
 /// ones are left out.
-fn marks_writes(marks: &[(String, i64, Grant)], now: i64) -> Result<Vec<Write>, StateError> {
+fn marks_writes(marks: &[WalMark], now: i64) -> Result<Vec<Write>, StateError> {
     let mut writes = Vec::with_capacity(marks.len() * 2);
     for (id, until, grant) in marks {
         if *until >= now {
@@ -480,24 +481,12 @@ fn writer(
     loop {
         // what waits behind the log is committed at least every CHECKPOINT_EVERY, so a crash
         // replays little of it and the log's rotated files hold the position for long enough
-        let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
-            Ok(job) => job,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(b) = behind.as_ref().filter(|b| waiting(b) > 0) {
-                    match checkpoint(&db, &mut journal, &mut pending, Some(b), now, false) {
-                        Ok(()) => checkpointed = std::time::Instant::now(),
-                        Err(e) => {
-                            tracing::error!(error = %e, "state file checkpoint failed");
-                            broken = true;
-                            healthy.store(false, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                }
-                continue;
-            }
+        // (no job for that long: a round with none, for the checkpoint's sake)
+        let mut jobs = match rx.recv_timeout(CHECKPOINT_EVERY) {
+            Ok(job) => vec![job],
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Vec::new(),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let mut jobs = vec![first];
         while jobs.len() < BATCH {
             match rx.try_recv() {
                 Ok(j) => jobs.push(j),
@@ -515,7 +504,7 @@ fn writer(
             // the batch is acknowledged only once everything is committed to the file
             checkpoint(&db, &mut journal, &mut pending, behind.as_ref(), now, false)
         } else if pending.len() == from {
-            // (only a checkpoint asked for: the writes waiting behind the audit log)
+            // (no write: a checkpoint asked for, or a round without a job)
             Ok(())
         } else {
             journal.append(&pending[from..])

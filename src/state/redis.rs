@@ -107,11 +107,18 @@ struct PendingMark {
     done: tokio::sync::oneshot::Sender<Result<MarkReply, StateError>>,
 }
 
+/// The marks waiting for a call, and whether a task is sending them.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<PendingMark>,
+    sending: bool,
+}
+
 /// The marks waiting, and whether a task is sending them: one call at a time carries every mark
 /// that waits when it leaves (a task of its own, so an exchange that goes away takes nobody's
 /// marks with it).
 struct MarkQueue {
-    waiting: std::sync::Mutex<(Vec<PendingMark>, bool)>,
+    queue: std::sync::Mutex<Queue>,
     script: redis::Script,
     /// Epoch marker, counter, confirmed epoch, grant index.
     shared: [String; 4],
@@ -119,8 +126,8 @@ struct MarkQueue {
 }
 
 impl MarkQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<PendingMark>, bool)> {
-        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Sends what waits, call after call, until nothing does.
@@ -130,7 +137,7 @@ impl MarkQueue {
         impl Drop for Sending<'_> {
             fn drop(&mut self) {
                 if self.1 {
-                    self.0.lock().1 = false;
+                    self.0.lock().sending = false;
                 }
             }
         }
@@ -138,13 +145,13 @@ impl MarkQueue {
         loop {
             let batch: Vec<PendingMark> = {
                 let mut q = self.lock();
-                if q.0.is_empty() {
-                    q.1 = false;
+                if q.waiting.is_empty() {
+                    q.sending = false;
                     sending.1 = false;
                     return;
                 }
-                let n = q.0.len().min(MARK_BATCH);
-                q.0.drain(..n).collect()
+                let n = q.waiting.len().min(MARK_BATCH);
+                q.waiting.drain(..n).collect()
             };
             let mut inv = self.script.prepare_invoke();
             for k in &self.shared {
@@ -159,12 +166,14 @@ impl MarkQueue {
                     inv.arg(a);
                 }
             }
-            let answer = match tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<MarkReply>>(&mut conn)).await {
-                Ok(Ok(replies)) if replies.len() == batch.len() => Ok(replies),
-                Ok(Ok(_)) => Err(unavailable("the mark script answered for another number of marks")),
-                Ok(Err(e)) => Err(unavailable(e)),
-                Err(_) => Err(StateError::Unavailable("command timed out".into())),
-            };
+            let answer =
+                bounded(self.timeout, inv.invoke_async::<Vec<MarkReply>>(&mut conn)).await.and_then(|replies| {
+                    if replies.len() == batch.len() {
+                        Ok(replies)
+                    } else {
+                        Err(unavailable("the mark script answered for another number of marks"))
+                    }
+                });
             match answer {
                 Ok(replies) => batch.into_iter().zip(replies).for_each(|(p, r)| {
                     let _ = p.done.send(Ok(r));
@@ -280,6 +289,23 @@ fn unavailable(e: impl std::fmt::Display) -> StateError {
     StateError::Unavailable(e.to_string())
 }
 
+/// A key of the store: `{PREFIX}:KIND:ID` (the hash tag keeps every key in one slot).
+fn tagged(prefix: &str, kind: &str, id: &str) -> String {
+    format!("{{{prefix}}}:{kind}:{id}")
+}
+
+/// `fut`, failing closed past `timeout`.
+async fn bounded<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StateError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(StateError::Unavailable("command timed out".into())),
+    }
+}
+
 impl RedisStore {
     /// A store for `url` (`redis://` or `rediss://`); connects lazily, so the broker starts (not
     /// ready) while Redis is down.
@@ -291,14 +317,9 @@ impl RedisStore {
             timeout,
             prefix: prefix.to_owned(),
             marks: std::sync::Arc::new(MarkQueue {
-                waiting: std::sync::Mutex::new((Vec::new(), false)),
+                queue: std::sync::Mutex::default(),
                 script: redis::Script::new(MARK_SCRIPT),
-                shared: [
-                    format!("{{{prefix}}}:meta:epoch"),
-                    format!("{{{prefix}}}:meta:seq"),
-                    format!("{{{prefix}}}:meta:revocations"),
-                    format!("{{{prefix}}}:meta:grants"),
-                ],
+                shared: ["epoch", "seq", "revocations", "grants"].map(|id| tagged(prefix, "meta", id)),
                 timeout,
             }),
             revoke: redis::Script::new(REVOKE_SCRIPT),
@@ -312,7 +333,7 @@ impl RedisStore {
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
-        format!("{{{}}}:{kind}:{id}", self.prefix)
+        tagged(&self.prefix, kind, id)
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StateError> {
@@ -445,8 +466,8 @@ impl RedisStore {
         let (done, answer) = tokio::sync::oneshot::channel();
         let start = {
             let mut q = self.marks.lock();
-            q.0.push(PendingMark { keys, args, done });
-            !std::mem::replace(&mut q.1, true)
+            q.waiting.push(PendingMark { keys, args, done });
+            !std::mem::replace(&mut q.sending, true)
         };
         if start {
             tokio::spawn(self.marks.clone().run(c.clone()));
@@ -477,11 +498,7 @@ impl RedisStore {
     }
 
     async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, StateError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(unavailable(e)),
-            Err(_) => Err(StateError::Unavailable("command timed out".into())),
-        }
+        bounded(self.timeout, fut).await
     }
 }
 

@@ -11,6 +11,7 @@ Each test's docstring quotes the README line it pins (README.md as of tests/CLAI
 from __future__ import annotations
 
 import base64
+import contextlib
 import concurrent.futures
 import json
 import os
@@ -541,10 +542,7 @@ def test_an_exchange_makes_one_redis_round_trip(ephemera_bin, tmp_path, mock_iss
     redis-server around one exchange, once the broker has loaded its script (its very first mark
     on a server that never saw the script costs the EVALSHA that answers NOSCRIPT and the load:
     see the first count below)."""
-    redis, port = start_redis(tmp_path)
-    b = None
-    try:
-        b = redis_broker(ephemera_bin, tmp_path, mock_issuer, port)
+    with redis_backed_broker(ephemera_bin, tmp_path, mock_issuer) as (port, b):
 
         def one_exchange():
             mon = Monitor(port)
@@ -573,13 +571,6 @@ def test_an_exchange_makes_one_redis_round_trip(ephemera_bin, tmp_path, mock_iss
             assert mon.commands_until_marker(port) == ["MGET", "EVALSHA"]
         finally:
             mon.close()
-        b.stop()
-        b.check_audit_invariants()
-    finally:
-        if b is not None:
-            b.stop()
-        redis.kill()
-        redis.wait(timeout=10)
 
 
 # ---- AWS: credentials are loaded at the first mint (README 418-419) -----------------------------
@@ -611,13 +602,27 @@ def start_redis(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     return redis, port
 
 
-def redis_broker(ephemera_bin, tmp_path: Path, mock_issuer, port: int) -> Broker:
-    """A broker on the mock issuer with its state in the redis-server on `port`."""
-    workdir = tmp_path / "broker"
-    cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], [role()],
-                        server={"signing_key_file": str(pem_key(tmp_path / "broker-key.pem"))})
-    cfg["state"] = {"backend": "redis", "url": f"redis://127.0.0.1:{port}", "command_timeout": "5s"}
-    return Broker(ephemera_bin, workdir, cfg)
+@contextlib.contextmanager
+def redis_backed_broker(ephemera_bin, tmp_path: Path, mock_issuer):
+    """(port, broker): a redis-server ([`start_redis`]) and a broker on the mock issuer with its
+    state there; once the body is done, the broker stops cleanly and its audit log keeps the
+    invariants; both are stopped whatever happens."""
+    redis, port = start_redis(tmp_path)
+    b = None
+    try:
+        workdir = tmp_path / "broker"
+        cfg = broker_config(workdir, [provider("mock", mock_issuer.issuer)], [role()],
+                            server={"signing_key_file": str(pem_key(tmp_path / "broker-key.pem"))})
+        cfg["state"] = {"backend": "redis", "url": f"redis://127.0.0.1:{port}", "command_timeout": "5s"}
+        b = Broker(ephemera_bin, workdir, cfg)
+        yield port, b
+        b.stop()
+        b.check_audit_invariants()
+    finally:
+        if b is not None:
+            b.stop()
+        redis.kill()
+        redis.wait(timeout=10)
 
 
 def redis_call(port: int, *args: str) -> bytes:
@@ -649,10 +654,7 @@ def test_marks_waiting_at_the_same_moment_go_to_redis_in_one_call(ephemera_bin, 
     the others wait behind it and go in one call, so MONITOR sees at most two mark calls carrying
     eight marks, each answered on its own (eight 200s, eight allow records, each a replay when
     presented again). The twin: one at a time, a call each."""
-    redis, port = start_redis(tmp_path)
-    b = None
-    try:
-        b = redis_broker(ephemera_bin, tmp_path, mock_issuer, port)
+    with redis_backed_broker(ephemera_bin, tmp_path, mock_issuer) as (port, b):
         assert b.exchange(mock_issuer.token()).status == 200  # (the script is loaded)
         mon = Monitor(port)
         try:
@@ -675,12 +677,6 @@ def test_marks_waiting_at_the_same_moment_go_to_redis_in_one_call(ephemera_bin, 
         for t in tokens[:3]:
             r = b.exchange(t)
             assert r.status == 400 and r.reason == "token_replayed", r
-        b.stop()
-        b.check_audit_invariants()
-    finally:
-        if b is not None:
-            b.stop()
-        redis.kill()
 
 
 def aws_lookup_env(canary_url: str, sts_url: str) -> dict:
