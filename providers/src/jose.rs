@@ -45,10 +45,17 @@ pub struct UntrustedJws<'a> {
 
 /// Decodes one segment: unpadded base64url only, canonical (no stray trailing bits).
 pub fn b64url_strict(seg: &str) -> Result<Vec<u8>, VerifyError> {
-    if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(VerifyError::Malformed(Malformed::Charset));
-    }
-    URL_SAFE_NO_PAD.decode(seg).map_err(|_| VerifyError::Malformed(Malformed::Base64))
+    // The engine takes only the URL-safe alphabet without padding, so a segment it decodes is
+    // all base64url characters; a refused one is then told apart: a character outside the
+    // alphabet (`+`, `/`, `=`, whitespace) or a base64 error (a lone last character, bits
+    // left over).
+    URL_SAFE_NO_PAD.decode(seg).map_err(|_| {
+        if seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            VerifyError::Malformed(Malformed::Base64)
+        } else {
+            VerifyError::Malformed(Malformed::Charset)
+        }
+    })
 }
 
 fn strict_object(bytes: &[u8], which: Malformed) -> Result<Map<String, Value>, VerifyError> {
@@ -160,6 +167,19 @@ mod tests {
 
     fn tok(h: &str, p: &str) -> String {
         format!("{}.{}.c2ln", seg(h), seg(p))
+    }
+
+    #[test]
+    fn a_segment_outside_the_alphabet_and_a_bad_base64_one_are_told_apart() {
+        for seg in ["ab+c", "ab/c", "abc=", "ab c", "ab\nc", "abé"] {
+            assert_eq!(b64url_strict(seg), Err(VerifyError::Malformed(Malformed::Charset)), "{seg:?}");
+        }
+        // a lone last character, and bits left over after the last byte
+        for seg in ["abcde", "AB"] {
+            assert_eq!(b64url_strict(seg), Err(VerifyError::Malformed(Malformed::Base64)), "{seg:?}");
+        }
+        assert_eq!(b64url_strict("AA-_").unwrap(), vec![0x00, 0x0f, 0xbf]);
+        assert_eq!(b64url_strict("").unwrap(), Vec::<u8>::new());
     }
 
     #[test]

@@ -77,10 +77,14 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             let StrictValue(v) = map.next_value()?;
-            if out.contains_key(&key) {
-                return Err(de::Error::custom(format_args!("{DUP_MARKER}{key}")));
+            match out.entry(key) {
+                serde_json::map::Entry::Vacant(e) => {
+                    e.insert(v);
+                }
+                serde_json::map::Entry::Occupied(e) => {
+                    return Err(de::Error::custom(format_args!("{DUP_MARKER}{}", e.key())));
+                }
             }
-            out.insert(key, v);
         }
         Ok(StrictValue(Value::Object(out)))
     }
