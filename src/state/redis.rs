@@ -41,15 +41,18 @@ use tokio::sync::OnceCell;
 const MARK_SCRIPT: &str = r#"
 local out = {}
 local k, a = 5, 2
+-- the marker, the counter and the confirmed epoch are read once: within the script only its
+-- own writes change them, kept here and written once at the end
+local epoch = redis.call('GET', KEYS[1])
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local confirmed = redis.call('GET', KEYS[3]) or ''
+local epoch_set, seq_set, trim = false, false, nil
 for m = 1, tonumber(ARGV[1]) do
   local now, nrev = ARGV[a], tonumber(ARGV[a + 1])
   local seen = tonumber(ARGV[a + 8])
-  local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
-  local epoch = redis.call('GET', KEYS[1])
   local rolled_back = epoch and epoch == ARGV[a + 9] and seq < seen
   local reply = nil
   if ARGV[a + 10] == '1' then
-    local confirmed = redis.call('GET', KEYS[3]) or ''
     if not epoch or rolled_back or confirmed ~= epoch then
       reply = {3, epoch or '', seq, confirmed, {}}
     else
@@ -66,20 +69,21 @@ for m = 1, tonumber(ARGV[1]) do
   end
   if not reply then
     if not epoch or rolled_back then
-      redis.call('SET', KEYS[1], now)
-      epoch = now
+      epoch, epoch_set = now, true
     end
     if seq < seen then
-      redis.call('SET', KEYS[2], ARGV[a + 8])
+      seq = seen
     end
-    seq = redis.call('INCR', KEYS[2])
+    seq, seq_set = seq + 1, true
     if tonumber(ARGV[a + 3]) < tonumber(epoch) then
       reply = {2, epoch, seq, '', {}}
     elseif redis.call('SET', KEYS[k], '1', 'NX', 'PXAT', ARGV[a + 2]) then
       if ARGV[a + 4] ~= '' then
         redis.call('SET', KEYS[k + 1], ARGV[a + 4], 'PXAT', ARGV[a + 5])
         redis.call('ZADD', KEYS[4], ARGV[a + 6], ARGV[a + 7])
-        redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)
+        if not trim or tonumber(now) > tonumber(trim) then
+          trim = now
+        end
       end
       reply = {1, epoch, seq, '', {}}
     else
@@ -89,6 +93,16 @@ for m = 1, tonumber(ARGV[1]) do
   out[m] = reply
   k = k + 2 + nrev
   a = a + 11
+end
+if epoch_set then
+  redis.call('SET', KEYS[1], epoch)
+end
+if seq_set then
+  redis.call('SET', KEYS[2], string.format('%d', seq))
+end
+-- the grants expired by the latest of the marks' times leave the index, once per call
+if trim then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. trim)
 end
 return out
 "#;

@@ -116,6 +116,36 @@ async fn concurrent_marks_have_exactly_one_winner() {
     assert_eq!(fresh, 1);
 }
 
+/// The marks of concurrent exchanges go to Redis in one script call, which reads the counter once
+/// and writes it once: it still counts every mark, as one call per mark does (the twin, one at a
+/// time), and a replay inside the same call is refused.
+#[tokio::test]
+async fn the_counter_counts_every_mark_of_a_batched_call() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let store = std::sync::Arc::new(redis.store());
+    let t = now();
+    let marks = (0..40).map(|i| {
+        let s = store.clone();
+        // ids 0..39 with every tenth twice: 36 fresh, 4 replays
+        let id = format!("batched-{}", if i % 10 == 9 { i - 1 } else { i });
+        tokio::spawn(async move { s.mark_used(&id, t + 300, t, t + 2, None).await })
+    });
+    let mut answers = std::collections::BTreeMap::new();
+    for task in marks.collect::<Vec<_>>() {
+        *answers.entry(format!("{:?}", task.await.unwrap())).or_insert(0) += 1;
+    }
+    assert_eq!(answers.get("Ok(Fresh)"), Some(&36), "{answers:?}");
+    assert_eq!(answers.get("Ok(AlreadyUsed)"), Some(&4), "{answers:?}");
+    assert_eq!(redis_get(&redis, "{test}:meta:seq").await.as_deref(), Some("40"));
+    for i in 0..3 {
+        assert_eq!(store.mark_used(&format!("one-{i}"), t + 300, t, t + 2, None).await, Ok(Mark::Fresh));
+    }
+    assert_eq!(redis_get(&redis, "{test}:meta:seq").await.as_deref(), Some("43"));
+}
+
 #[tokio::test]
 async fn a_redis_that_lost_its_data_does_not_reopen_replays() {
     if !redis_available() {
@@ -272,6 +302,13 @@ async fn redis_cmd(redis: &Redis, args: &[&str]) {
         cmd.arg(*a);
     }
     let _: redis::Value = cmd.query_async(&mut c).await.unwrap();
+}
+
+/// One key's value on the test Redis, read directly.
+async fn redis_get(redis: &Redis, key: &str) -> Option<String> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET").arg(key).query_async(&mut c).await.unwrap()
 }
 
 /// Revocations vanish with a Redis that lost its data (FLUSHALL): the broker then answers
