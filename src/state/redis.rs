@@ -56,10 +56,13 @@ for m = 1, tonumber(ARGV[1]) do
     if not epoch or rolled_back or confirmed ~= epoch then
       reply = {3, epoch or '', seq, confirmed, {}}
     else
+      -- one EXISTS for all the keys; which of them are revoked is asked only when one is
       local revoked = {}
-      for i = k + 2, k + 1 + nrev do
-        if redis.call('EXISTS', KEYS[i]) == 1 then
-          table.insert(revoked, i - k - 1)
+      if nrev > 0 and redis.call('EXISTS', unpack(KEYS, k + 2, k + 1 + nrev)) > 0 then
+        for i = k + 2, k + 1 + nrev do
+          if redis.call('EXISTS', KEYS[i]) == 1 then
+            table.insert(revoked, i - k - 1)
+          end
         end
       end
       if #revoked > 0 then
